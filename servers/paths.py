@@ -1,0 +1,50 @@
+"""Where the workspace keeps its local state: models, server logs, runtime files, caches.
+
+Everything lives under one ignored folder, `CDW_HOME` (default: `.cdw/` in the project checkout, or
+`~/.cache/cdw` for a non-editable install). `CDW_MODELS_DIR` moves only the model cache, so tests can
+keep their own runtime state while sharing models already built.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _default_home() -> Path:
+    if (PROJECT_ROOT / "pyproject.toml").exists():
+        return PROJECT_ROOT / ".cdw"
+    return Path.home() / ".cache" / "cdw"
+
+
+@dataclass(frozen=True)
+class Paths:
+    home: Path
+    models: Path
+
+    @property
+    def run(self) -> Path:
+        """Runtime files: which servers this workspace started (pids, endpoints)."""
+        return self.home / "run"
+
+    @property
+    def logs(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def vllm_cache(self) -> Path:
+        return self.home / "vllm-cache"
+
+    @property
+    def downloads(self) -> Path:
+        return self.home / "downloads"
+
+
+def paths() -> Paths:
+    """The current paths, read from the environment each call (tests change it)."""
+    home = Path(os.environ.get("CDW_HOME") or _default_home()).expanduser()
+    models = Path(os.environ.get("CDW_MODELS_DIR") or home / "models").expanduser()
+    return Paths(home=home, models=models)

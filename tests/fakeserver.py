@@ -1,0 +1,240 @@
+"""An in-test OpenAI-compatible server: a deterministic toy model behind vLLM's HTTP API shape.
+
+Used only by tests. The toy model has a character-level tokenizer (ids differ per alphabet, so two toy
+servers are a cross-tokenizer pair), a chat template, and a next-token distribution that is a pure function
+of the previous tokens, so greedy decoding is exactly reproducible however requests are chunked. Fault
+injection (status codes, delays, garbage bodies, dropped connections) is set per server by the test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import string
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+CHARS = [c for c in string.printable if c not in "\x0b\x0c\r"]
+
+
+@dataclass
+class ToyModel:
+    name: str = "toy"
+    seed: int = 0
+    reverse: bool = False  # a different vocabulary order: a different tokenizer
+    eos_after: int = 60  # EOS becomes likely after this many generated tokens
+    specials: tuple[str, ...] = ("<pad>", "<s>", "</s>")
+    eos: str = "</s>"
+
+    def __post_init__(self):
+        chars = list(reversed(CHARS)) if self.reverse else CHARS
+        self.vocab = list(self.specials) + chars
+        self.ids = {t: i for i, t in enumerate(self.vocab)}
+        self.eos_id = self.ids[self.eos]
+
+    def encode(self, text: str) -> list[int]:
+        out, i = [], 0
+        while i < len(text):
+            for s in self.specials:
+                if text.startswith(s, i):
+                    out.append(self.ids[s])
+                    i += len(s)
+                    break
+            else:
+                out.append(self.ids.get(text[i], 0))
+                i += 1
+        return out
+
+    def decode(self, ids: list[int], skip_special: bool = True) -> str:
+        return "".join(self.vocab[i] for i in ids if not (skip_special and self.vocab[i] in self.specials))
+
+    def render(self, messages: list[dict], add_generation_prompt: bool, continue_final: bool) -> str:
+        parts = [f"<s>{m['role']}\n{m['content']}</s>\n" for m in messages]
+        if continue_final:
+            last = messages[-1]
+            parts[-1] = f"<s>{last['role']}\n{last['content']}"
+        text = "".join(parts)
+        return text + "<s>assistant\n" if add_generation_prompt else text
+
+    def logprobs(self, context: list[int], n_generated: int) -> list[float]:
+        """Next-token log-distribution: a pure function of the last 4 tokens (plus an EOS ramp)."""
+        h = hashlib.blake2b(f"{self.seed}:{context[-4:]}".encode(), digest_size=32).digest()
+        logits = [0.0] * len(self.vocab)
+        # A few strong candidates among the printable characters, the rest flat: realistic margins.
+        for k in range(6):
+            tok = len(self.specials) + h[k] % (len(self.vocab) - len(self.specials))
+            logits[tok] = max(logits[tok], 4.0 - 0.6 * k + (h[6 + k] / 255.0))
+        logits[self.eos_id] = -3.0 + 0.25 * max(0, n_generated - self.eos_after)
+        m = max(logits)
+        z = math.log(sum(math.exp(x - m) for x in logits)) + m
+        return [x - z for x in logits]
+
+    def generate(self, prompt: list[int], max_tokens: int, stop: list[str] | None):
+        """Greedy generation; returns (ids, logprob rows, text, finish_reason, stop_reason)."""
+        ids, rows = [], []
+        for _ in range(max_tokens):
+            lp = self.logprobs(prompt + ids, len(ids))
+            tok = max(range(len(lp)), key=lambda i: (lp[i], -i))
+            ids.append(tok)
+            rows.append(lp)
+            if tok == self.eos_id:
+                return ids, rows, self.decode(ids), "stop", None
+            text = self.decode(ids)
+            for s in stop or []:
+                if s in text:  # like vLLM: the text is cut at the stop string, the token stays
+                    return ids, rows, text[: text.index(s)], "stop", s
+        return ids, rows, self.decode(ids), "length", None
+
+
+@dataclass
+class Faults:
+    statuses: list[int] = field(default_factory=list)  # answer the next requests with these codes
+    delay: float = 0.0  # seconds before answering
+    garbage: int = 0  # answer this many next requests with a non-JSON 200
+    drop: int = 0  # close this many next connections without an answer
+
+
+class FakeServer:
+    """Serve a ToyModel on 127.0.0.1 (random port). `hits` counts requests per path."""
+
+    def __init__(self, model: ToyModel | None = None):
+        self.model = model or ToyModel()
+        self.faults = Faults()
+        self.hits: dict[str, int] = {}
+        self.active = 0  # requests being handled now, and the most seen at once
+        self.max_active = 0
+        self.requests: list[dict] = []
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> FakeServer:
+        app = web.Application(middlewares=[self._fault_middleware])
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/version", self._version)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/tokenize", self._tokenize)
+        app.router.add_post("/detokenize", self._detokenize)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @web.middleware
+    async def _fault_middleware(self, request: web.Request, handler):
+        self.hits[request.path] = self.hits.get(request.path, 0) + 1
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        try:
+            return await self._faulty(request, handler)
+        finally:
+            self.active -= 1
+
+    async def _faulty(self, request: web.Request, handler):
+        f = self.faults
+        if f.delay:
+            await asyncio.sleep(f.delay)
+        if f.drop:
+            f.drop -= 1
+            request.transport.close()
+            raise asyncio.CancelledError
+        if f.statuses:
+            code = f.statuses.pop(0)
+            return web.json_response({"error": {"message": f"injected {code}"}}, status=code)
+        if f.garbage:
+            f.garbage -= 1
+            return web.Response(text="<html>not json", content_type="text/html")
+        return await handler(request)
+
+    async def _body(self, request: web.Request) -> dict:
+        body = await request.json()
+        self.requests.append({"path": request.path, **body})
+        if body.get("model") not in (None, self.model.name):
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": {"message": f"model {body.get('model')} does not exist"}}),
+                content_type="application/json",
+            )
+        return body
+
+    async def _health(self, request):
+        return web.Response(text="")
+
+    async def _version(self, request):
+        return web.json_response({"version": "fake-0"})
+
+    async def _models(self, request):
+        return web.json_response({"data": [{"id": self.model.name, "object": "model"}]})
+
+    async def _completions(self, request):
+        b = await self._body(request)
+        prompt = b["prompt"] if isinstance(b["prompt"], list) else self.model.encode(b["prompt"])
+        ids, rows, text, finish, stop_reason = self.model.generate(prompt, b["max_tokens"], b.get("stop"))
+        choice = {"index": 0, "text": text, "finish_reason": finish, "stop_reason": stop_reason}
+        if b.get("return_token_ids"):
+            choice["token_ids"] = ids
+        k = b.get("logprobs")
+        if k:
+            key = (lambda i: f"token_id:{i}") if b.get("return_tokens_as_token_ids") else self.model.vocab.__getitem__
+            choice["logprobs"] = {
+                "tokens": [key(i) for i in ids],
+                "token_logprobs": [row[i] for i, row in zip(ids, rows, strict=True)],
+                "top_logprobs": [
+                    {key(j): row[j] for j in sorted(range(len(row)), key=lambda j: -row[j])[:k]} for row in rows
+                ],
+                "text_offset": [],
+            }
+        return web.json_response({"id": "cmpl", "choices": [choice]})
+
+    async def _chat(self, request):
+        b = await self._body(request)
+        m = self.model
+        text = m.render(b["messages"], b.get("add_generation_prompt", True), b.get("continue_final_message", False))
+        ids, rows, out, finish, stop_reason = m.generate(m.encode(text), b["max_tokens"], b.get("stop"))
+        if stop_reason is not None and b.get("include_stop_str_in_output"):
+            out = out + stop_reason
+        choice = {
+            "index": 0,
+            "message": {"role": "assistant", "content": out},
+            "finish_reason": finish,
+            "stop_reason": stop_reason,
+        }
+        if b.get("logprobs"):
+            k = b.get("top_logprobs") or 0
+            content = []
+            for i, row in zip(ids, rows, strict=True):
+                t = m.decode([i])
+                top = sorted(range(len(row)), key=lambda j: -row[j])[:k]
+                content.append({
+                    "token": t, "logprob": row[i], "bytes": list(t.encode()),
+                    "top_logprobs": [{"token": m.decode([j]), "logprob": row[j]} for j in top],
+                })  # fmt: skip
+            choice["logprobs"] = {"content": content}
+        return web.json_response({"id": "chat", "choices": [choice]})
+
+    async def _tokenize(self, request):
+        b = await self._body(request)
+        m = self.model
+        if "messages" in b:
+            text = m.render(
+                b["messages"], b.get("add_generation_prompt", False), b.get("continue_final_message", False)
+            )
+        else:
+            text = b["prompt"]
+        toks = m.encode(text)
+        return web.json_response({"tokens": toks, "count": len(toks), "max_model_len": 4096})
+
+    async def _detokenize(self, request):
+        b = await self._body(request)
+        return web.json_response({"prompt": self.model.decode(b["tokens"])})

@@ -1,0 +1,169 @@
+"""The async client against in-test servers: API calls, retries, timeouts, typed errors, replica routing."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from tests.fakeserver import FakeServer, ToyModel
+from workspace.client import (
+    ClientSettings,
+    MalformedResponse,
+    ModelClient,
+    RequestRejected,
+    RequestTimeout,
+    ServerError,
+    ServerUnavailable,
+)
+from workspace.endpoints import Endpoint
+
+FAST = ClientSettings(attempts=3, backoff_initial=0.01, backoff_max=0.02, request_timeout=5, unhealthy_cooldown=30)
+
+
+@pytest.fixture
+async def fake():
+    s = await FakeServer(ToyModel(name="toy")).start()
+    yield s
+    await s.stop()
+
+
+def dead_url() -> str:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def client(*urls: str, settings: ClientSettings = FAST, model: str | None = None) -> ModelClient:
+    return ModelClient(Endpoint("weak", tuple(urls), model), settings)
+
+
+async def test_complete_returns_ids_text_and_sorted_topk(fake):
+    m = fake.model
+    prompt = m.encode("Hello")
+    async with client(fake.url) as c:
+        out = await c.complete(prompt, max_tokens=12, logprobs=5)
+    ids, rows, text, finish, _ = m.generate(prompt, 12, None)
+    assert out.token_ids == tuple(ids)
+    assert out.text == text
+    assert out.finish_reason == finish
+    assert [t.token_id for t in out.tokens] == ids
+    for tok, row in zip(out.tokens, rows, strict=True):
+        assert len(tok.top) == 5
+        assert [a.logprob for a in tok.top] == sorted((a.logprob for a in tok.top), reverse=True)
+        assert tok.top[0].token_id == tok.token_id  # greedy: the chosen token is the most likely
+        assert tok.logprob == pytest.approx(row[tok.token_id])
+    # the client asked by token ids, not text, and named the served model it discovered
+    req = fake.requests[-1]
+    assert req["prompt"] == prompt and req["model"] == "toy" and req["return_tokens_as_token_ids"]
+
+
+async def test_chat_continuation_tokenize_detokenize_models(fake):
+    msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Well"}]
+    async with client(fake.url) as c:
+        assert await c.models() == ["toy"]
+        out = await c.chat(msgs, max_tokens=8, continue_final=True, logprobs=3)
+        ids = await c.tokenize(messages=msgs, continue_final_message=True)
+        assert await c.detokenize(await c.tokenize("abc d")) == "abc d"
+    m = fake.model
+    assert ids == m.encode(m.render(msgs, False, True))
+    expected = m.generate(ids, 8, None)[2]
+    assert out.text == expected
+    assert "".join(t.text for t in out.tokens) == expected
+    assert all(len(t.top) == 3 for t in out.tokens)
+    req = [r for r in fake.requests if r["path"] == "/v1/chat/completions"][-1]
+    assert req["continue_final_message"] is True and req["add_generation_prompt"] is False
+
+
+async def test_5xx_is_retried_then_succeeds(fake):
+    fake.faults.statuses = [500, 503]
+    async with client(fake.url, model="toy") as c:
+        assert await c.detokenize([5]) == fake.model.decode([5])
+    assert fake.hits["/detokenize"] == 3
+
+
+async def test_persistent_5xx_becomes_server_error_after_all_attempts(fake):
+    fake.faults.statuses = [502] * 10
+    async with client(fake.url, model="toy") as c:
+        with pytest.raises(ServerError) as e:
+            await c.detokenize([5])
+    assert e.value.status == 502 and "injected 502" in str(e.value)
+    assert fake.hits["/detokenize"] == FAST.attempts
+
+
+async def test_4xx_is_not_retried(fake):
+    async with client(fake.url, model="no-such-model") as c:
+        with pytest.raises(RequestRejected) as e:
+            await c.detokenize([5])
+    assert e.value.status == 404 and "does not exist" in str(e.value)
+    assert fake.hits["/detokenize"] == 1
+
+
+async def test_timeout_is_typed_and_not_retried(fake):
+    fake.faults.delay = 1.0
+    slow = ClientSettings(attempts=3, backoff_initial=0.01, request_timeout=0.3)
+    async with client(fake.url, settings=slow, model="toy") as c:
+        with pytest.raises(RequestTimeout):
+            await c.detokenize([5])
+    await asyncio.sleep(0.8)  # let the server finish the slow handler before counting
+    assert fake.hits["/detokenize"] == 1
+
+
+async def test_malformed_json_is_typed(fake):
+    fake.faults.garbage = 1
+    async with client(fake.url, model="toy") as c:
+        with pytest.raises(MalformedResponse) as e:
+            await c.detokenize([5])
+    assert "non-JSON" in str(e.value)
+    assert fake.hits["/detokenize"] == 1
+
+
+async def test_dropped_connection_is_retried(fake):
+    fake.faults.drop = 1
+    async with client(fake.url, model="toy", settings=ClientSettings(attempts=3, backoff_initial=0.01)) as c:
+        assert await c.detokenize([7]) == fake.model.decode([7])
+    assert fake.hits["/detokenize"] == 2
+
+
+async def test_dead_server_is_server_unavailable():
+    async with client(dead_url(), model="toy") as c:
+        with pytest.raises(ServerUnavailable) as e:
+            await c.detokenize([1])
+    assert e.value.role == "weak"
+
+
+async def test_dead_replica_is_skipped(fake):
+    async with client(dead_url(), fake.url, model="toy") as c:
+        results = await asyncio.gather(*(c.detokenize([i + 3]) for i in range(20)))
+    assert results == [fake.model.decode([i + 3]) for i in range(20)]
+    # after the first refusal the dead replica sits out its cooldown: (almost) everything went to the live one
+    assert fake.hits["/detokenize"] == 20
+
+
+async def test_least_busy_replica_spreads_load():
+    a = await FakeServer(ToyModel(name="toy")).start()
+    b = await FakeServer(ToyModel(name="toy")).start()
+    a.faults.delay = b.faults.delay = 0.05
+    try:
+        async with client(a.url, b.url, model="toy") as c:
+            await asyncio.gather(*(c.detokenize([5]) for _ in range(40)))
+        assert a.hits["/detokenize"] + b.hits["/detokenize"] == 40
+        assert 15 <= a.hits["/detokenize"] <= 25
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_in_flight_is_bounded_per_replica(fake):
+    fake.faults.delay = 0.05
+    async with client(fake.url, model="toy", settings=ClientSettings(max_in_flight=4)) as c:
+        await asyncio.gather(*(c.detokenize([5]) for _ in range(12)))
+    assert fake.max_active == 4
+
+
+async def test_status_reports_health_models_version(fake):
+    async with client(fake.url, dead_url()) as c:
+        up, down = await c.status()
+    assert up.healthy and up.models == ("toy",) and up.version == "fake-0"
+    assert not down.healthy and down.error

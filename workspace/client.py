@@ -1,0 +1,448 @@
+"""Async client for OpenAI-compatible servers (vLLM), one `ModelClient` per role.
+
+A `ModelClient` owns one aiohttp session per replica URL, bounds what is in flight per replica (a semaphore)
+and its request rate (asyncio-throttle), and routes each request to the least busy healthy replica. Timeouts
+are explicit. Connection errors and 5xx responses are retried with exponential backoff (on another replica
+when there is one); everything else becomes a typed error at once:
+
+    ClientError
+    ├── ServerUnavailable   could not connect, after retries
+    ├── ServerError         5xx, after retries
+    ├── RequestRejected     4xx: the request itself is wrong (bad model name, too long, bad parameter)
+    ├── RequestTimeout      no complete answer within `request_timeout`
+    └── MalformedResponse   a 2xx answer that is not the JSON we expect
+
+Use it as an async context manager (`async with ModelClient(...) as c:`) so its sessions are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from asyncio_throttle import Throttler
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+from .endpoints import Endpoint
+
+
+class ClientError(Exception):
+    """Base of every error the client raises; says which role and URL it concerns."""
+
+    def __init__(self, message: str, *, role: str = "", url: str = ""):
+        super().__init__(f"[{role} @ {url}] {message}" if role or url else message)
+        self.role, self.url = role, url
+
+
+class ServerUnavailable(ClientError):
+    pass
+
+
+class ServerError(ClientError):
+    def __init__(self, message: str, *, status: int, **kw):
+        super().__init__(message, **kw)
+        self.status = status
+
+
+class RequestRejected(ClientError):
+    def __init__(self, message: str, *, status: int, **kw):
+        super().__init__(message, **kw)
+        self.status = status
+
+
+class RequestTimeout(ClientError):
+    pass
+
+
+class MalformedResponse(ClientError):
+    pass
+
+
+class _Retryable(Exception):
+    """Internal: wraps a retryable failure so tenacity retries exactly these."""
+
+    def __init__(self, error: ClientError):
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    max_in_flight: int = 64  # per replica: vLLM batches whatever arrives, so allow a real batch
+    rate_limit: float = 1000.0  # requests per second per replica (asyncio-throttle)
+    connect_timeout: float = 10.0
+    request_timeout: float = 600.0
+    attempts: int = 5  # total tries for connection errors and 5xx
+    backoff_initial: float = 0.25
+    backoff_max: float = 8.0
+    unhealthy_cooldown: float = 5.0  # a replica that refused a connection is avoided this long
+
+
+# ---------------------------------------------------------------- typed results
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    token_id: int
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token of a completion: its id, logprob, and the top-k alternatives (most likely first)."""
+
+    token_id: int
+    logprob: float
+    top: tuple[TopLogprob, ...]
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    token_ids: tuple[int, ...]
+    tokens: tuple[TokenLogprob, ...]  # empty unless logprobs were requested
+    finish_reason: str  # "stop" | "length" | ...
+    stop_reason: str | int | None  # the stop string or token id that ended it, if any
+
+
+@dataclass(frozen=True)
+class ChatToken:
+    """One generated token of a chat answer, as a black-box API exposes it: text, bytes, logprob."""
+
+    text: str
+    bytes: bytes | None
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class ChatCompletion:
+    text: str
+    finish_reason: str
+    stop_reason: str | int | None
+    tokens: tuple[ChatToken, ...] = ()  # empty unless logprobs were requested
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    url: str
+    healthy: bool
+    models: tuple[str, ...] = ()
+    version: str | None = None
+    error: str | None = None
+
+
+# ---------------------------------------------------------------- the client
+
+
+@dataclass
+class _Replica:
+    url: str
+    settings: ClientSettings
+    session: aiohttp.ClientSession | None = None
+    in_flight: int = 0
+    down_until: float = 0.0
+    sem: asyncio.Semaphore = field(init=False)
+    throttler: Throttler = field(init=False)
+
+    def __post_init__(self):
+        self.sem = asyncio.Semaphore(self.settings.max_in_flight)
+        self.throttler = Throttler(rate_limit=self.settings.rate_limit, period=1.0)
+
+    def get_session(self) -> aiohttp.ClientSession:
+        if self.session is None or self.session.closed:
+            s = self.settings
+            self.session = aiohttp.ClientSession(
+                base_url=self.url,
+                timeout=aiohttp.ClientTimeout(total=s.request_timeout, sock_connect=s.connect_timeout),
+                connector=aiohttp.TCPConnector(limit=s.max_in_flight),
+            )
+        return self.session
+
+
+def _error_message(body: Any, text: str) -> str:
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if body.get("message"):
+            return str(body["message"])
+    return text[:500]
+
+
+class ModelClient:
+    """Talks to every replica of one role's server."""
+
+    def __init__(self, endpoint: Endpoint, settings: ClientSettings | None = None):
+        if not endpoint.urls:
+            raise ValueError(f"endpoint for {endpoint.role} has no URL")
+        self.endpoint = endpoint
+        self.role = endpoint.role
+        self.settings = settings or ClientSettings()
+        self._replicas = [_Replica(u, self.settings) for u in endpoint.urls]
+        self._model: str | None = endpoint.model
+        self._model_lock = asyncio.Lock()
+        self.calls = 0  # requests sent (retries included): benchmarks and cache tests read this
+
+    async def __aenter__(self) -> ModelClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        for r in self._replicas:
+            if r.session is not None:
+                await r.session.close()
+
+    # ------------------------------------------------------------ routing and retries
+
+    def _pick(self) -> _Replica:
+        now = time.monotonic()
+        healthy = [r for r in self._replicas if r.down_until <= now]
+        pool = healthy or sorted(self._replicas, key=lambda r: r.down_until)[:1]
+        return min(pool, key=lambda r: r.in_flight)
+
+    async def _once(self, method: str, path: str, payload: dict | None) -> Any:
+        rep = self._pick()
+        rep.in_flight += 1
+        kw = {"role": self.role, "url": rep.url}
+        try:
+            async with rep.sem, rep.throttler:
+                self.calls += 1
+                session = rep.get_session()
+                try:
+                    async with session.request(method, path, json=payload) as resp:
+                        text = await resp.text()
+                        status = resp.status
+                except aiohttp.ConnectionTimeoutError as e:
+                    rep.down_until = time.monotonic() + self.settings.unhealthy_cooldown
+                    raise _Retryable(ServerUnavailable(f"connect timeout: {e}", **kw)) from e
+                except (TimeoutError, aiohttp.ServerTimeoutError) as e:
+                    raise RequestTimeout(
+                        f"{method} {path}: no answer within {self.settings.request_timeout:.0f} s", **kw
+                    ) from e
+                except aiohttp.ClientConnectionError as e:
+                    rep.down_until = time.monotonic() + self.settings.unhealthy_cooldown
+                    raise _Retryable(ServerUnavailable(f"{type(e).__name__}: {e}", **kw)) from e
+        finally:
+            rep.in_flight -= 1
+        try:
+            body = await asyncio.to_thread(_json_loads, text) if len(text) > 1 << 20 else _json_loads(text)
+        except ValueError:
+            body = None
+        if status >= 500:
+            raise _Retryable(ServerError(f"{status} on {path}: {_error_message(body, text)}", status=status, **kw))
+        if status >= 400:
+            raise RequestRejected(f"{status} on {path}: {_error_message(body, text)}", status=status, **kw)
+        if body is None:
+            raise MalformedResponse(f"{path} answered {status} with non-JSON: {text[:200]!r}", **kw)
+        return body
+
+    async def request(self, method: str, path: str, payload: dict | None = None) -> Any:
+        """Send one request with routing and retries; returns the decoded JSON body."""
+        s = self.settings
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(_Retryable),
+            stop=stop_after_attempt(s.attempts),
+            wait=wait_exponential_jitter(multiplier=s.backoff_initial, max=s.backoff_max),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    return await self._once(method, path, payload)
+        except _Retryable as e:
+            raise e.error from None
+        raise AssertionError("unreachable")
+
+    async def model(self) -> str:
+        """The served model name (asked of the server once if the endpoint did not say)."""
+        if self._model is None:
+            async with self._model_lock:
+                if self._model is None:
+                    names = await self.models()
+                    if not names:
+                        raise MalformedResponse("/v1/models lists no model", role=self.role)
+                    self._model = names[0]
+        return self._model
+
+    # ------------------------------------------------------------ API calls
+
+    async def models(self) -> list[str]:
+        body = await self.request("GET", "/v1/models")
+        try:
+            return [m["id"] for m in body["data"]]
+        except (KeyError, TypeError) as e:
+            raise MalformedResponse(f"/v1/models: unexpected body {str(body)[:200]}", role=self.role) from e
+
+    async def complete(
+        self,
+        prompt_ids: list[int],
+        *,
+        max_tokens: int,
+        logprobs: int = 0,
+        stop: list[str] | None = None,
+        temperature: float = 0.0,
+        **extra: Any,
+    ) -> Completion:
+        """Continue a token-id prompt; with `logprobs=k`, every generated token comes with its top-k."""
+        payload = {
+            "model": await self.model(),
+            "prompt": list(prompt_ids),
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "return_token_ids": True,
+            **({"logprobs": logprobs, "return_tokens_as_token_ids": True} if logprobs else {}),
+            **({"stop": stop} if stop else {}),
+            **extra,
+        }
+        body = await self.request("POST", "/v1/completions", payload)
+        try:
+            return _parse_completion(body)
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise MalformedResponse(f"/v1/completions: cannot parse ({e!r})", role=self.role) from e
+
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int,
+        continue_final: bool = False,
+        stop: list[str] | None = None,
+        include_stop: bool = False,
+        logprobs: int | None = None,
+        temperature: float = 0.0,
+        **extra: Any,
+    ) -> ChatCompletion:
+        """Chat completion. With `continue_final=True` the last (assistant) message is continued in place.
+
+        `logprobs=k` asks for each generated token's text, bytes and logprob, plus the top-k alternatives.
+        """
+        payload = {
+            "model": await self.model(),
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            **({"continue_final_message": True, "add_generation_prompt": False} if continue_final else {}),
+            **({"stop": stop, "include_stop_str_in_output": include_stop} if stop else {}),
+            **({"logprobs": True, "top_logprobs": logprobs} if logprobs is not None else {}),
+            **extra,
+        }
+        body = await self.request("POST", "/v1/chat/completions", payload)
+        try:
+            return _parse_chat(body)
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise MalformedResponse(f"/v1/chat/completions: cannot parse ({e!r})", role=self.role) from e
+
+    async def tokenize(
+        self,
+        text: str | None = None,
+        *,
+        messages: list[dict[str, str]] | None = None,
+        add_special_tokens: bool | None = None,
+        add_generation_prompt: bool = False,
+        continue_final_message: bool = False,
+    ) -> list[int]:
+        """Token ids of a text, or of chat messages rendered with the server's chat template."""
+        if (text is None) == (messages is None):
+            raise ValueError("tokenize takes exactly one of text or messages")
+        payload: dict[str, Any] = {"model": await self.model()}
+        if text is not None:
+            payload["prompt"] = text
+            payload["add_special_tokens"] = bool(add_special_tokens)
+        else:
+            payload["messages"] = messages
+            payload["add_generation_prompt"] = add_generation_prompt
+            payload["continue_final_message"] = continue_final_message
+            if add_special_tokens is not None:
+                payload["add_special_tokens"] = add_special_tokens
+        body = await self.request("POST", "/tokenize", payload)
+        try:
+            return [int(t) for t in body["tokens"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise MalformedResponse(f"/tokenize: unexpected body {str(body)[:200]}", role=self.role) from e
+
+    async def detokenize(self, token_ids: list[int]) -> str:
+        body = await self.request("POST", "/detokenize", {"model": await self.model(), "tokens": list(token_ids)})
+        try:
+            return str(body["prompt"])
+        except (KeyError, TypeError) as e:
+            raise MalformedResponse(f"/detokenize: unexpected body {str(body)[:200]}", role=self.role) from e
+
+    async def status(self) -> list[ReplicaStatus]:
+        """Health, served models and server version of every replica (never raises)."""
+        return list(await asyncio.gather(*(self._replica_status(r) for r in self._replicas)))
+
+    async def _replica_status(self, rep: _Replica) -> ReplicaStatus:
+        try:
+            session = rep.get_session()
+            timeout = aiohttp.ClientTimeout(total=5)
+            async with session.get("/health", timeout=timeout) as r:
+                if r.status != 200:
+                    return ReplicaStatus(rep.url, False, error=f"/health answered {r.status}")
+            async with session.get("/v1/models", timeout=timeout) as r:
+                models = tuple(m["id"] for m in (await r.json(content_type=None))["data"])
+            version = None
+            async with session.get("/version", timeout=timeout) as r:
+                if r.status == 200:
+                    version = (await r.json(content_type=None)).get("version")
+            return ReplicaStatus(rep.url, True, models, version)
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as e:
+            return ReplicaStatus(rep.url, False, error=f"{type(e).__name__}: {e}".strip(": "))
+
+
+def _json_loads(text: str) -> Any:
+    import json
+
+    return json.loads(text)
+
+
+def _token_id(key: str) -> int:
+    # With return_tokens_as_token_ids, vLLM spells tokens "token_id:123" (unique even when texts collide).
+    return int(key.rsplit(":", 1)[1]) if key.startswith("token_id:") else int(key)
+
+
+def _parse_completion(body: dict) -> Completion:
+    choice = body["choices"][0]
+    lp = choice.get("logprobs") or {}
+    tokens = []
+    for tok, tok_lp, top in zip(
+        lp.get("tokens") or [], lp.get("token_logprobs") or [], lp.get("top_logprobs") or [], strict=True
+    ):
+        alts = sorted(((_token_id(k), float(v)) for k, v in (top or {}).items()), key=lambda kv: -kv[1])
+        tokens.append(TokenLogprob(_token_id(tok), float(tok_lp), tuple(TopLogprob(i, v) for i, v in alts)))
+    ids = choice.get("token_ids")
+    token_ids = tuple(int(i) for i in ids) if ids is not None else tuple(t.token_id for t in tokens)
+    if tokens and len(tokens) != len(token_ids):
+        raise ValueError(f"{len(tokens)} logprob entries for {len(token_ids)} tokens")
+    return Completion(
+        text=choice["text"],
+        token_ids=token_ids,
+        tokens=tuple(tokens),
+        finish_reason=choice.get("finish_reason") or "",
+        stop_reason=choice.get("stop_reason"),
+    )
+
+
+def _parse_chat(body: dict) -> ChatCompletion:
+    choice = body["choices"][0]
+    content = (choice.get("logprobs") or {}).get("content") or []
+    tokens = tuple(
+        ChatToken(
+            text=c["token"],
+            bytes=bytes(c["bytes"]) if c.get("bytes") is not None else None,
+            logprob=float(c["logprob"]),
+            top=tuple((t["token"], float(t["logprob"])) for t in c.get("top_logprobs") or []),
+        )
+        for c in content
+    )
+    return ChatCompletion(
+        text=choice["message"].get("content") or "",
+        finish_reason=choice.get("finish_reason") or "",
+        stop_reason=choice.get("stop_reason"),
+        tokens=tokens,
+    )

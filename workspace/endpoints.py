@@ -1,0 +1,76 @@
+"""Where each role's server is: a flag, an environment variable, or what `cdw serve` started.
+
+Precedence, per role: an explicit URL (a `--weak-url` flag or argument) > `CDW_WEAK_URL` / `CDW_STRONG_URL` /
+`CDW_JUDGE_URL` > the runtime file of `cdw serve` (its active preset). A URL may list several replicas
+separated by commas; the client spreads requests over them. `CDW_<ROLE>_MODEL` names the served model when
+a server hosts several; otherwise the client asks the server.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from servers.presets import ROLES
+from servers.runtime import read_state
+
+
+class EndpointError(RuntimeError):
+    """No server is known for a role."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    role: str
+    urls: tuple[str, ...]  # base URLs without the /v1 suffix
+    model: str | None = None  # served model name; None: ask the server
+    origin: str = ""  # where the URL came from, for `cdw status`
+    note: str = ""  # e.g. "plumbing only" when the strong server also answers the judge role
+
+
+def _split(urls: str) -> tuple[str, ...]:
+    out = []
+    for u in urls.split(","):
+        u = u.strip().rstrip("/")
+        if not u:
+            continue
+        if u.endswith("/v1"):
+            u = u[: -len("/v1")]
+        if "://" not in u:
+            u = "http://" + u
+        out.append(u)
+    return tuple(out)
+
+
+def resolve_endpoint(role: str, url: str | None = None, preset: str | None = None) -> Endpoint:
+    """Find the server(s) answering `role`; raises EndpointError with what to do if there is none."""
+    if role not in ROLES:
+        raise EndpointError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+    model = os.environ.get(f"CDW_{role.upper()}_MODEL") or None
+    if url:
+        return Endpoint(role, _split(url), model, origin="argument")
+    env = f"CDW_{role.upper()}_URL"
+    if os.environ.get(env):
+        return Endpoint(role, _split(os.environ[env]), model, origin=f"${env}")
+    state = read_state()
+    recs = state.for_role(role, preset)
+    if not recs:
+        raise EndpointError(
+            f"no {role} server: start one with `cdw serve` (embedded CPU default) or `cdw serve --preset P`, "
+            f"or point at any OpenAI-compatible server with --{role}-url / ${env}"
+        )
+    return Endpoint(
+        role,
+        tuple(r.url for r in recs),
+        model or recs[0].model,
+        origin=f"cdw serve (preset {recs[0].preset})",
+        note=recs[0].notes.get(role, ""),
+    )
+
+
+def resolve_endpoints(
+    urls: dict[str, str | None] | None = None, roles: tuple[str, ...] = ROLES, preset: str | None = None
+) -> dict[str, Endpoint]:
+    """Resolve several roles at once; `urls` maps role -> explicit URL (or None)."""
+    urls = urls or {}
+    return {r: resolve_endpoint(r, urls.get(r), preset) for r in roles}
