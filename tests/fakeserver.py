@@ -25,20 +25,22 @@ class ToyModel:
     name: str = "toy"
     seed: int = 0
     reverse: bool = False  # a different vocabulary order: a different tokenizer
-    eos_after: int = 60  # EOS becomes likely after this many generated tokens
+    eos_after: int = 120  # EOS becomes likely once the whole context (prompt + answer) is this long
     specials: tuple[str, ...] = ("<pad>", "<s>", "</s>")
     eos: str = "</s>"
+    extra: tuple[str, ...] = ()  # multi-character tokens (encoded longest-first), e.g. ".\n\n"
+    empty_spans: bool = False  # chat answers come back empty with finish_reason "length"
 
     def __post_init__(self):
         chars = list(reversed(CHARS)) if self.reverse else CHARS
-        self.vocab = list(self.specials) + chars
+        self.vocab = list(self.specials) + list(self.extra) + chars
         self.ids = {t: i for i, t in enumerate(self.vocab)}
         self.eos_id = self.ids[self.eos]
 
     def encode(self, text: str) -> list[int]:
         out, i = [], 0
         while i < len(text):
-            for s in self.specials:
+            for s in sorted((*self.specials, *self.extra), key=len, reverse=True):
                 if text.startswith(s, i):
                     out.append(self.ids[s])
                     i += len(s)
@@ -59,15 +61,18 @@ class ToyModel:
         text = "".join(parts)
         return text + "<s>assistant\n" if add_generation_prompt else text
 
-    def logprobs(self, context: list[int], n_generated: int) -> list[float]:
-        """Next-token log-distribution: a pure function of the last 4 tokens (plus an EOS ramp)."""
-        h = hashlib.blake2b(f"{self.seed}:{context[-4:]}".encode(), digest_size=32).digest()
+    def logprobs(self, context: list[int]) -> list[float]:
+        """Next-token log-distribution: a pure function of the whole context,
+        so greedy text does not depend on how requests are chunked."""
+        h = hashlib.blake2b(f"{self.seed}:{context}".encode(), digest_size=32).digest()
         logits = [0.0] * len(self.vocab)
         # A few strong candidates among the printable characters, the rest flat: realistic margins.
         for k in range(6):
             tok = len(self.specials) + h[k] % (len(self.vocab) - len(self.specials))
             logits[tok] = max(logits[tok], 4.0 - 0.6 * k + (h[6 + k] / 255.0))
-        logits[self.eos_id] = -3.0 + 0.25 * max(0, n_generated - self.eos_after)
+        if self.extra and h[20] % 3 == 0:  # multi-character tokens come up often
+            logits[self.ids[self.extra[h[21] % len(self.extra)]]] = 6.0
+        logits[self.eos_id] = -3.0 + 0.25 * max(0, len(context) - self.eos_after)
         m = max(logits)
         z = math.log(sum(math.exp(x - m) for x in logits)) + m
         return [x - z for x in logits]
@@ -76,7 +81,7 @@ class ToyModel:
         """Greedy generation; returns (ids, logprob rows, text, finish_reason, stop_reason)."""
         ids, rows = [], []
         for _ in range(max_tokens):
-            lp = self.logprobs(prompt + ids, len(ids))
+            lp = self.logprobs(prompt + ids)
             tok = max(range(len(lp)), key=lambda i: (lp[i], -i))
             ids.append(tok)
             rows.append(lp)
@@ -202,6 +207,8 @@ class FakeServer:
         m = self.model
         text = m.render(b["messages"], b.get("add_generation_prompt", True), b.get("continue_final_message", False))
         ids, rows, out, finish, stop_reason = m.generate(m.encode(text), b["max_tokens"], b.get("stop"))
+        if m.empty_spans:
+            ids, rows, out, finish, stop_reason = [], [], "", "length", None
         if stop_reason is not None and b.get("include_stop_str_in_output"):
             out = out + stop_reason
         choice = {

@@ -52,11 +52,11 @@ async def test_complete_returns_ids_text_and_sorted_topk(fake):
     for tok, row in zip(out.tokens, rows, strict=True):
         assert len(tok.top) == 5
         assert [a.logprob for a in tok.top] == sorted((a.logprob for a in tok.top), reverse=True)
-        assert tok.top[0].token_id == tok.token_id  # greedy: the chosen token is the most likely
+        assert tok.top[0].text == tok.text == m.vocab[tok.token_id]  # greedy: the chosen token is the most likely
         assert tok.logprob == pytest.approx(row[tok.token_id])
     # the client asked by token ids, not text, and named the served model it discovered
     req = fake.requests[-1]
-    assert req["prompt"] == prompt and req["model"] == "toy" and req["return_tokens_as_token_ids"]
+    assert req["prompt"] == prompt and req["model"] == "toy" and req["return_token_ids"]
 
 
 async def test_chat_continuation_tokenize_detokenize_models(fake):

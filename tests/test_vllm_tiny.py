@@ -36,7 +36,7 @@ async def test_token_id_prompt_returns_topk_logprobs(tiny_servers):
             assert len(t.top) == 20
             lps = [a.logprob for a in t.top]
             assert lps == sorted(lps, reverse=True) and all(lp <= 0 for lp in lps)
-            assert t.top[0].token_id == t.token_id  # greedy picks the most likely token
+            assert t.top[0].text == t.text  # greedy picks the most likely token
             assert sum(math.exp(lp) for lp in lps) <= 1.0 + 1e-4
         # Generated text skips special tokens; /detokenize has no such option and keeps them.
         full = await c.detokenize(list(out.token_ids))

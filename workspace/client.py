@@ -86,15 +86,20 @@ class ClientSettings:
 
 @dataclass(frozen=True)
 class TopLogprob:
-    token_id: int
+    text: str
     logprob: float
 
 
 @dataclass(frozen=True)
 class TokenLogprob:
-    """One generated token of a completion: its id, logprob, and the top-k alternatives (most likely first)."""
+    """One generated token of a completion: id, text (decoded alone), logprob, top-k (most likely first).
+
+    The alternatives are keyed by text, as vLLM returns them; two alternatives that decode to the same
+    text (rare: byte fragments) appear once.
+    """
 
     token_id: int
+    text: str
     logprob: float
     top: tuple[TopLogprob, ...]
 
@@ -296,7 +301,7 @@ class ModelClient:
             "max_tokens": max_tokens,
             "temperature": temperature,
             "return_token_ids": True,
-            **({"logprobs": logprobs, "return_tokens_as_token_ids": True} if logprobs else {}),
+            **({"logprobs": logprobs} if logprobs else {}),
             **({"stop": stop} if stop else {}),
             **extra,
         }
@@ -401,24 +406,19 @@ def _json_loads(text: str) -> Any:
     return json.loads(text)
 
 
-def _token_id(key: str) -> int:
-    # With return_tokens_as_token_ids, vLLM spells tokens "token_id:123" (unique even when texts collide).
-    return int(key.rsplit(":", 1)[1]) if key.startswith("token_id:") else int(key)
-
-
 def _parse_completion(body: dict) -> Completion:
     choice = body["choices"][0]
     lp = choice.get("logprobs") or {}
+    token_ids = tuple(int(i) for i in choice["token_ids"])
+    texts = lp.get("tokens") or []
+    if texts and len(texts) != len(token_ids):
+        raise ValueError(f"{len(texts)} logprob entries for {len(token_ids)} tokens")
     tokens = []
-    for tok, tok_lp, top in zip(
-        lp.get("tokens") or [], lp.get("token_logprobs") or [], lp.get("top_logprobs") or [], strict=True
+    for tid, tok, tok_lp, top in zip(
+        token_ids, texts, lp.get("token_logprobs") or [], lp.get("top_logprobs") or [], strict=False
     ):
-        alts = sorted(((_token_id(k), float(v)) for k, v in (top or {}).items()), key=lambda kv: -kv[1])
-        tokens.append(TokenLogprob(_token_id(tok), float(tok_lp), tuple(TopLogprob(i, v) for i, v in alts)))
-    ids = choice.get("token_ids")
-    token_ids = tuple(int(i) for i in ids) if ids is not None else tuple(t.token_id for t in tokens)
-    if tokens and len(tokens) != len(token_ids):
-        raise ValueError(f"{len(tokens)} logprob entries for {len(token_ids)} tokens")
+        alts = sorted(((str(k), float(v)) for k, v in (top or {}).items()), key=lambda kv: -kv[1])
+        tokens.append(TokenLogprob(tid, str(tok), float(tok_lp), tuple(TopLogprob(t, v) for t, v in alts)))
     return Completion(
         text=choice["text"],
         token_ids=token_ids,

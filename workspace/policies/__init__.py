@@ -1,0 +1,16 @@
+"""Deferral policies: the protocol (`base`), the baseline families (`baselines`) and spec strings.
+
+load_policy("margin(tau=0.05, span=sentence)")
+load_policy("hysteresis(entropy(tau=1.5), k=2)")
+load_policy("my_policies/probe.py:Probe(alpha=0.3)")     # a class in a file
+load_policy("mypackage.policies:Probe")                   # a class in an importable module
+expand_spec("margin(tau=[0.02, 0.05])")                   # -> ["margin(tau=0.02)", "margin(tau=0.05)"]
+"""
+
+from .base import Action, Decision, Policy, SpanRule, TokenSignal, as_decision, parse_span
+from .spec import PolicyError, expand_spec, load_policy
+
+__all__ = [
+    "Action", "Decision", "Policy", "PolicyError", "SpanRule", "TokenSignal",
+    "as_decision", "expand_spec", "load_policy", "parse_span",
+]  # fmt: skip

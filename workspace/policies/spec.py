@@ -1,0 +1,153 @@
+"""Policy spec strings: parameters are data. `name(arg=value, ...)`, nested for wrappers, or a user class.
+
+Values are Python literals (numbers, strings, lists) or bare words (`span=sentence` means "sentence").
+A list value marks a sweep axis: `expand_spec` turns one spec into the grid of specs it names.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import itertools
+import re
+import sys
+from pathlib import Path
+
+from .base import Policy
+from .baselines import REGISTRY
+
+
+class PolicyError(ValueError):
+    """A spec that does not parse, names an unknown policy, or whose arguments the policy rejects."""
+
+
+def _parse(spec: str) -> ast.expr:
+    # Span values such as words:3 read naturally but are not Python: quote them before parsing.
+    text = re.sub(r"(?<=[=(,\s\[])([A-Za-z_]+:\d+)", r'"\1"', spec.strip())
+    try:
+        return ast.parse(text, mode="eval").body
+    except SyntaxError as e:
+        raise PolicyError(f"cannot parse policy spec {spec!r}: {e.msg}") from None
+
+
+def _value(node: ast.expr, spec: str):
+    if isinstance(node, ast.Name):
+        return node.id  # bare word: span=sentence
+    if isinstance(node, ast.Call):
+        return _build(node, spec)
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        raise PolicyError(f"in {spec!r}: {ast.unparse(node)!r} is not a number, string, list or policy") from None
+
+
+def _class_for(name: str, spec: str) -> type[Policy]:
+    if name in REGISTRY:
+        return REGISTRY[name]
+    raise PolicyError(f"unknown policy {name!r} in {spec!r}; known: {', '.join(sorted(REGISTRY))}, or path.py:Class")
+
+
+def _build(node: ast.expr, spec: str) -> Policy:
+    if isinstance(node, ast.Name):
+        cls, args, kwargs = _class_for(node.id, spec), [], {}
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+        cls = _class_for(node.func.id, spec)
+        args = [_value(a, spec) for a in node.args]
+        kwargs = {k.arg: _value(k.value, spec) for k in node.keywords}
+    else:
+        raise PolicyError(f"cannot read policy spec {spec!r}: expected name(arg=value, ...)")
+    return _instantiate(cls, args, kwargs, spec)
+
+
+def _instantiate(cls: type, args: list, kwargs: dict, spec: str) -> Policy:
+    if any(isinstance(v, list) for v in [*args, *kwargs.values()]):
+        raise PolicyError(f"{spec!r} has a list value (a sweep): expand it with expand_spec / `cdw sweep` first")
+    try:
+        policy = cls(*args, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise PolicyError(f"{spec!r}: {e}") from None
+    if not isinstance(policy, Policy):
+        raise PolicyError(f"{spec!r}: {cls.__name__} is not a subclass of workspace.policies.Policy")
+    return policy
+
+
+def _load_class(target: str, spec: str) -> type:
+    where, _, name = target.rpartition(":")
+    if where.endswith(".py") or "/" in where:
+        path = Path(where).expanduser().resolve()
+        if not path.is_file():
+            raise PolicyError(f"policy file {where!r} not found")
+        mod_name = f"cdw_user_policy_{abs(hash(str(path)))}"
+        module_spec = importlib.util.spec_from_file_location(mod_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[mod_name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as e:
+            raise PolicyError(f"importing {where!r} failed: {type(e).__name__}: {e}") from e
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as e:
+            raise PolicyError(f"cannot import module {where!r}: {e}") from e
+    cls = getattr(module, name, None)
+    if cls is None:
+        raise PolicyError(f"{where!r} has no {name!r}")
+    return cls
+
+
+def load_policy(spec: str | Policy) -> Policy:
+    """Build a policy from a spec string (see the package docstring); a Policy passes through."""
+    if isinstance(spec, Policy):
+        return spec
+    spec = spec.strip()
+    if ":" in spec.split("(", 1)[0]:  # path/to/file.py:Class(args) or module:Class(args)
+        head, paren, rest = spec.partition("(")
+        cls = _load_class(head, spec)
+        call = _parse(f"X({rest}" if paren else "X()")
+        args = [_value(a, spec) for a in call.args]
+        kwargs = {k.arg: _value(k.value, spec) for k in call.keywords}
+        policy = _instantiate(cls, args, kwargs, spec)
+    else:
+        policy = _build(_parse(spec), spec)
+    policy._spec = spec
+    return policy
+
+
+def _split_target(spec: str) -> tuple[str, str]:
+    """("path.py:Class", "(args)") for user classes, ("", spec) for built-in specs."""
+    head = spec.split("(", 1)[0]
+    if ":" in head:
+        return head, spec[len(head) :]
+    return "", spec
+
+
+class _Pick(ast.NodeTransformer):
+    """Replace each sweep list by its chosen element."""
+
+    def __init__(self, chosen: dict[int, ast.expr]):
+        self.chosen = chosen
+
+    def visit_List(self, node):
+        return self.chosen.get(id(node), node)
+
+
+def expand_spec(spec: str) -> list[str]:
+    """Expand list-valued arguments into the grid of single specs (`margin(tau=[0.02,0.05])` -> 2 specs)."""
+    target, body = _split_target(spec.strip())
+    text = f"X{body or '()'}" if target else body
+
+    def lists(tree: ast.expr) -> list[ast.List]:
+        return [n for n in ast.walk(tree) if isinstance(n, ast.List)]
+
+    axes = [n.elts for n in lists(_parse(text))]
+    if not axes:
+        return [spec]
+    out = []
+    for combo in itertools.product(*[range(len(a)) for a in axes]):
+        tree = _parse(text)  # fresh each time: the transformer below rewrites it
+        chosen = {id(node): node.elts[k] for node, k in zip(lists(tree), combo, strict=True)}
+        expr = ast.unparse(_Pick(chosen).visit(tree))
+        out.append(target + expr[1:] if target else expr)
+    return out
