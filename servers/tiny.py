@@ -80,6 +80,12 @@ def build_tiny_model(out: Path, *, alphabet: str, seed: int) -> dict:
         torch_dtype="float32",
     )
     model = LlamaForCausalLM(config)
+    # Special tokens other than EOS get a zero output row (logit 0, far below the best character's): a random
+    # model that emitted <pad> mid-answer would write something no text interface can hand over.
+    with torch.no_grad():
+        for tok in spec["specials"]:
+            if tok != spec["eos"]:
+                model.lm_head.weight[vocab[tok]] = 0.0
     model.save_pretrained(out)
     fast.save_pretrained(out)
     # The generation config would otherwise carry transformers' defaults into vLLM's sampling defaults.

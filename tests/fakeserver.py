@@ -166,6 +166,11 @@ class FakeServer:
     async def _body(self, request: web.Request) -> dict:
         body = await request.json()
         self.requests.append({"path": request.path, **body})
+        if len(body.get("stop") or []) > 4:  # as vLLM's OpenAI-compatible validation
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": {"message": "stop: List should have at most 4 items"}}),
+                content_type="application/json",
+            )
         if body.get("model") not in (None, self.model.name):
             raise web.HTTPNotFound(
                 text=json.dumps({"error": {"message": f"model {body.get('model')} does not exist"}}),

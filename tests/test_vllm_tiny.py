@@ -105,3 +105,60 @@ def test_server_dying_at_start_shows_its_log(tiny_catalog, tmp_path, monkeypatch
         launcher.serve("tiny", ["weak"], catalog=bad, timeout=300)
     assert "exited while starting" in str(e.value) and "lots" in str(e.value)
     assert launcher.read_state().servers == ()  # nothing recorded as running
+
+
+# ---------------------------------------------------------------- the engine on real servers
+
+
+async def _models():
+    from workspace.engine import Models
+
+    return Models.from_endpoints()
+
+
+ENGINE_INSTRUCTIONS = ["Write a haiku.", "List two colors.", "Explain gravity briefly."]
+
+
+async def test_engine_never_defer_equals_weak_greedy_on_vllm(tiny_servers):
+    from workspace.engine import EngineSettings, decode_many
+
+    m = await _models()
+    try:
+        s = EngineSettings(chunk_tokens=16, max_tokens=64)
+        ds = await decode_many(ENGINE_INSTRUCTIONS, "never", m, s, progress=False)
+        for d in ds:
+            ids = await m.weak.tokenize(
+                messages=[{"role": "user", "content": d.instruction}], add_generation_prompt=True
+            )
+            assert d.error is None and d.text == (await m.weak.complete(ids, max_tokens=64)).text
+    finally:
+        await m.close()
+
+
+async def test_engine_always_defer_equals_strong_greedy_on_vllm(tiny_servers):
+    from workspace.engine import EngineSettings, decode_many
+
+    m = await _models()
+    try:
+        s = EngineSettings(chunk_tokens=16, max_tokens=400, max_span_tokens=16, max_deferrals=400)
+        ds = await decode_many(ENGINE_INSTRUCTIONS, "always(span=tokens:16)", m, s, progress=False)
+        for d in ds:
+            ref = await m.strong.chat([{"role": "user", "content": d.instruction}], max_tokens=600)
+            assert d.error is None and d.f_weak == 0.0 and len(d.segments) > 1
+            assert d.text == (ref.text if d.finish_reason == "strong_eos" else ref.text[: len(d.text)])
+    finally:
+        await m.close()
+
+
+async def test_engine_mixed_policy_segments_add_up_on_vllm(tiny_servers):
+    from workspace.engine import EngineSettings, decode_many
+
+    m = await _models()
+    try:
+        ds = await decode_many(ENGINE_INSTRUCTIONS, "margin(tau=0.3, span=words:2)", m,
+                               EngineSettings(max_tokens=64), progress=False)  # fmt: skip
+        for d in ds:
+            assert d.error is None and "".join(s.text for s in d.segments) == d.text
+        assert any(d.num_deferrals for d in ds)
+    finally:
+        await m.close()

@@ -180,5 +180,46 @@ def check(**kw) -> None:
         sys.exit(1)
 
 
+@main.command("decode")
+@click.argument("instruction")
+@click.option("--policy", "spec", default="margin(tau=0.05, span=sentence)", show_default=True, help="policy spec")
+@click.option("--max-tokens", default=256, show_default=True, help="answer length limit (weak tokens)")
+@click.option("--json", "as_json", is_flag=True, help="print the decode as JSON")
+@url_options
+def decode_cmd(instruction: str, spec: str, max_tokens: int, as_json: bool, **kw) -> None:
+    """Collaboratively decode one INSTRUCTION; weak spans plain, strong spans highlighted."""
+    from .endpoints import EndpointError
+    from .engine import EngineSettings, Models, decode
+    from .policies import PolicyError, load_policy
+
+    try:
+        policy = load_policy(spec)
+        models = Models.from_endpoints(_urls(kw))
+    except (PolicyError, EndpointError) as e:
+        _fail(str(e))
+
+    async def run():
+        try:
+            return await decode(instruction, policy, models, EngineSettings(max_tokens=max_tokens))
+        finally:
+            await models.close()
+
+    d = asyncio.run(run())
+    if as_json:
+        click.echo(json.dumps(d.to_json(), ensure_ascii=False, indent=2))
+    else:
+        for seg in d.segments:
+            console.print(seg.text, style="bold magenta" if seg.author == "strong" else None, end="", markup=False)
+        console.print()
+        f = "n/a" if d.f_weak is None else f"{d.f_weak:.2f}"
+        console.print(
+            f"[dim]f_weak {f} · {d.num_deferrals} deferral(s) · {d.finish_reason} · {d.seconds:.1f} s · "
+            f"{policy.describe()} · [bold magenta]strong[/bold magenta] / weak[/dim]"
+        )
+    if d.error:
+        console.print(f"[bold red]error:[/] {d.error}")
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from .client import ChatCompletion, ClientError, ModelClient
+from .client import ChatCompletion, ClientError, ClientSettings, ModelClient
+from .endpoints import resolve_endpoint
 from .policies import Action, Decision, Policy, SpanRule, TokenSignal, as_decision, load_policy
 
 
@@ -117,6 +118,12 @@ class Models:
     weak: ModelClient
     strong: ModelClient
 
+    @classmethod
+    def from_endpoints(cls, urls: dict[str, str | None] | None = None, settings: ClientSettings | None = None):
+        """Clients for the weak and strong roles, found as `resolve_endpoint` finds them."""
+        urls = urls or {}
+        return cls(*(ModelClient(resolve_endpoint(r, urls.get(r)), settings) for r in ("weak", "strong")))
+
     async def close(self) -> None:
         await asyncio.gather(self.weak.close(), self.strong.close())
 
@@ -167,18 +174,31 @@ async def _timed(st: _State, role: str, kind: str, coro):
 def _heal(out: ChatCompletion, cut: int | None) -> str:
     """The span's text ending on a strong-token boundary at or after `cut` (None: all of it).
 
-    The server cuts at a stop string, possibly inside a token (Qwen's ":\\n\\n" contains ":\\n"); taking
-    whole tokens by their bytes gives exactly what the model generated, which re-tokenises to the same ids.
+    The server cuts at a stop string, possibly inside a token (Qwen's ":\n\n" contains ":\n"); taking the
+    whole token gives exactly what the model generated, which re-tokenises to the same ids. Tokens are
+    aligned to the content by their bytes: special tokens appear in logprobs but not in the content.
     """
+    content = out.text.encode()
     if not out.tokens:
         return out.text if cut is None else out.text[:cut]
-    data, pos = b"", 0
+    target = len(out.text[:cut].encode()) if cut is not None else len(content)
+    pos = 0
     for tok in out.tokens:
-        data += tok.bytes if tok.bytes is not None else tok.text.encode()
-        pos = len(data.decode("utf-8", errors="ignore"))
-        if cut is not None and pos >= cut:
+        tb = tok.bytes if tok.bytes is not None else tok.text.encode()
+        rest = content[pos:]
+        if not tb or not rest:
+            if not rest:
+                break
+            continue
+        if rest.startswith(tb):
+            pos += len(tb)
+        elif tb.startswith(rest):  # the content ends inside this token: a stop string cut it
+            return (content + tb[len(rest) :]).decode("utf-8", errors="replace")
+        else:
+            continue  # a special token: generated, but not part of the text
+        if pos >= target:
             break
-    return data.decode("utf-8", errors="replace")
+    return content[:pos].decode("utf-8", errors="replace")
 
 
 class _Engine:

@@ -91,8 +91,11 @@ class SpanRule:
             raise ValueError("span n and max_tokens must be >= 1")
 
     def stop_strings(self) -> list[str]:
-        """Stop strings that let the server end the span early (the engine still cuts exactly)."""
-        return {"punct": list(PUNCTUATION), "sentence": list(SENTENCE_END), "newline": ["\n"]}.get(self.kind, [])
+        """Up to 4 stop strings (the OpenAI API's limit) that let the server end the span early. They are only
+        a saving: `cut()` decides where the span ends, also for ends not in this list."""
+        return {"punct": [".", ",", ";", "\n"], "sentence": [". ", ".\n", "? ", "! "], "newline": ["\n"]}.get(
+            self.kind, []
+        )
 
     def max_span_tokens(self) -> int:
         return min(self.n, self.max_tokens) if self.kind == "tokens" else self.max_tokens
