@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from .client import ChatCompletion, ClientError, ClientSettings, ModelClient
+from .client import ChatCompletion, ClientError, ClientSettings, ModelClient, TokenLogprob
 from .endpoints import resolve_endpoint
 from .policies import Action, Decision, Policy, SpanRule, TokenSignal, as_decision, load_policy
 
@@ -201,18 +201,26 @@ def _heal(out: ChatCompletion, cut: int | None) -> str:
     return content[:pos].decode("utf-8", errors="replace")
 
 
+def _signal(tok: TokenLogprob, position: int, text_so_far: str, since_handoff: int) -> TokenSignal:
+    """What a policy sees of one drafted weak token."""
+    top = tuple(a.logprob for a in tok.top)
+    return TokenSignal(tok.token_id, tok.text, tok.logprob, top, position, text_so_far, since_handoff)
+
+
 class _Engine:
     def __init__(self, models: Models, settings: EngineSettings):
         self.m, self.s = models, settings
 
-    def _messages(self, st: _State) -> list[dict[str, str]]:
+    async def _strong(
+        self, st: _State, max_tokens: int, stop: list[str], kind: str, text: str | None = None
+    ) -> ChatCompletion:
+        """Ask the strong model to continue the answer `text` (default: the answer so far)."""
+        text = st.text if text is None else text
         msgs = [{"role": "user", "content": st.instruction}]
-        return msgs + [{"role": "assistant", "content": st.text}] if st.text else msgs
-
-    async def _strong(self, st: _State, max_tokens: int, stop: list[str], kind: str) -> ChatCompletion:
-        msgs = self._messages(st)
+        if text:
+            msgs.append({"role": "assistant", "content": text})
         return await _timed(st, "strong", kind, self.m.strong.chat(
-            msgs, max_tokens=max_tokens, continue_final=bool(st.text), stop=stop or None,
+            msgs, max_tokens=max_tokens, continue_final=bool(text), stop=stop or None,
             include_stop=True, logprobs=0,
         ))  # fmt: skip
 
@@ -251,9 +259,9 @@ class _Engine:
         st.policy.on_handoff(text)
         return not (eos and not cut_early)
 
-    async def _peek_disagrees(self, st: _State, weak_rest: str) -> bool:
-        """Lookahead: does the strong model's next word differ from the weak draft's next word?"""
-        out = await self._strong(st, self.s.peek_tokens, [], "peek")
+    async def _peek_disagrees(self, st: _State, text: str, weak_rest: str) -> bool:
+        """Lookahead: after `text`, does the strong model's next word differ from the weak draft's next word?"""
+        out = await self._strong(st, self.s.peek_tokens, [], "peek", text=text)
         strong_word = out.text.split()[:1]
         weak_word = weak_rest.split()[:1]
         return strong_word != weak_word
@@ -291,22 +299,13 @@ class _Engine:
             exact_pieces = "".join(texts) == draft.text
             defer_at, decision = None, Decision(Action.CONTINUE)
             for i, tok in enumerate(draft.tokens):
-                sig = TokenSignal(
-                    token_id=tok.token_id, text=tok.text, logprob=tok.logprob,
-                    top=tuple(a.logprob for a in tok.top), position=st.answer_tokens + i,
-                    text_so_far=st.text + "".join(texts[:i]), since_handoff=st.since_handoff + i,
-                )  # fmt: skip
+                sig = _signal(tok, st.answer_tokens + i, st.text + "".join(texts[:i]), st.since_handoff + i)
                 decision = as_decision(pol.decide(sig))
                 if decision.action is Action.PEEK:
                     if st.num_deferrals() >= s.max_deferrals:
                         continue
-                    keep = "".join(texts[:i]) if exact_pieces else None
-                    peek_state_text = st.text
-                    if keep is not None:
-                        st.text = peek_state_text + keep
-                    disagrees = await self._peek_disagrees(st, "".join(texts[i:]))
-                    st.text = peek_state_text
-                    if not disagrees:
+                    prefix = st.text + ("".join(texts[:i]) if exact_pieces else "")
+                    if not await self._peek_disagrees(st, prefix, "".join(texts[i:])):
                         continue
                     decision = Decision(Action.DEFER, decision.score)
                 if decision.action is Action.DEFER and st.num_deferrals() < s.max_deferrals:
@@ -339,8 +338,7 @@ class _Engine:
             want = min(s.chunk_tokens, s.max_tokens - len(ids))
             d = await _timed(st, "weak", "draft", self.m.weak.complete(st.ids + ids, max_tokens=want, logprobs=s.top_k))
             for tok in d.tokens:
-                signals.append(TokenSignal(tok.token_id, tok.text, tok.logprob, tuple(a.logprob for a in tok.top),
-                                           len(signals), text, len(signals)))  # fmt: skip
+                signals.append(_signal(tok, len(signals), text, len(signals)))
             ids += d.token_ids
             text += d.text
             if d.finish_reason == "stop":

@@ -12,7 +12,7 @@ import math
 import random as _random
 from collections import deque
 
-from .base import Action, Decision, Policy, SpanRule, TokenSignal, parse_span
+from .base import Action, Decision, Policy, SpanRule, TokenSignal, as_decision, parse_span
 
 
 class _Gated(Policy):
@@ -115,8 +115,6 @@ class _Wrapper(Policy):
         self.inner.on_handoff(strong_text)
 
     def _inner(self, s: TokenSignal) -> Decision:
-        from .base import as_decision
-
         return as_decision(self.inner.decide(s))
 
 
