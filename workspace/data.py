@@ -1,0 +1,485 @@
+"""Prompt sets: which instructions an evaluation runs on.
+
+- `alpaca_eval()` — the 805 AlpacaEval instructions. Sources, in order: the Hugging Face hub
+  (`tatsu-lab/alpaca_eval`, `alpaca_eval.json`); else the PyPI source distribution of `alpaca-eval==0.6.6`,
+  whose `example/outputs.json` carries the same 805 instructions (sha256-pinned). Either way the result must
+  match a pinned content hash, and it is cached once under `paths().data` (atomic write: a half-written
+  cache cannot look complete; a corrupt one is detected and fetched again).
+- `canonical()` — the canonical 100 (DESIGN.md §1): the 100 indices i of the 805 with the smallest
+  sha256(f"20260101:{i}"), in that (pseudo-random) order, so the first n of it are themselves a random sample
+  (the 805 are grouped by source dataset; an index-sorted subset's head would be all `helpful_base`).
+  The ids and the PromptSet hash are committed in `workspace/canonical.json`; loading re-derives both and
+  refuses a mismatch. Regenerate with `python -m workspace.data --write-canonical`.
+- `load_prompts(path)` — any JSONL file of `{"instruction": ..., "id"?: ..., "dataset"?: ...}` objects.
+- `resolve(spec)` — one entry point for the CLI, notebooks and agents (see its docstring).
+
+`PromptSet.hash` identifies a set in evaluation records: sha256 over the (id, instruction) pairs in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+from servers.paths import paths
+
+Log = Callable[[str], None] | None
+
+HUB_REPO = "tatsu-lab/alpaca_eval"
+HUB_FILE = "alpaca_eval.json"
+SDIST = "alpaca-eval==0.6.6"
+# sha256 of alpaca_eval-0.6.6.tar.gz as served by PyPI; anything else is not used.
+SDIST_SHA256 = "94db28994674800f59de9983a275bab6c543c8f0478a039b421dd9456a9e43de"
+SDIST_MEMBER = "alpaca_eval-0.6.6/example/outputs.json"
+ALPACA_EVAL_N = 805
+# sha256 of the canonical JSON of the 805 [id, instruction, dataset] triples (see `_records_sha256`): the
+# definition of "the AlpacaEval set", whichever source it came from.
+ALPACA_EVAL_SHA256 = "73be643c017f8722fec1c0665e08da5c649a446c33d175661ca300b168951a42"
+
+CACHE_NAME = "alpaca_eval.json"
+CANONICAL_FILE = Path(__file__).with_name("canonical.json")
+CANONICAL_SEED = 20260101
+CANONICAL_N = 100
+CANONICAL_METHOD = (
+    f"the {CANONICAL_N} indices i in range({ALPACA_EVAL_N}) with the smallest sha256(f'{{seed}}:{{i}}') hex digests, "
+    "in that order"
+)
+
+HUB_PROBE_TIMEOUT_S = 3.0
+PIP_TIMEOUT_S = 600
+
+
+class DataError(Exception):
+    """A prompt set could not be loaded: the message says what failed and what to do."""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One instruction. `id` is stable across runs and machines (evaluation records key on it)."""
+
+    id: str
+    instruction: str
+    dataset: str = ""  # AlpacaEval's source dataset (helpful_base, koala, oasst, selfinstruct, vicuna)
+
+
+def _canonical_json(obj) -> bytes:
+    # Fixed separators, no ASCII escaping: the same bytes on every machine and Python version.
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """An ordered, named tuple of prompts with distinct ids."""
+
+    name: str
+    prompts: tuple[Prompt, ...]
+
+    def __post_init__(self):
+        object.__setattr__(self, "prompts", tuple(self.prompts))
+        seen: set[str] = set()
+        for p in self.prompts:
+            if p.id in seen:
+                raise DataError(f"prompt set {self.name!r}: duplicate prompt id {p.id!r}; ids must be unique")
+            seen.add(p.id)
+
+    @property
+    def hash(self) -> str:
+        """sha256 (hex) over the (id, instruction) pairs in order, as canonical JSON: stable across machines."""
+        return hashlib.sha256(_canonical_json([[p.id, p.instruction] for p in self.prompts])).hexdigest()
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(p.id for p in self.prompts)
+
+    def head(self, n: int) -> PromptSet:
+        """The first `n` prompts; the name records the cut (e.g. "canonical[:10]"). All of them: `self`."""
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(self.prompts):
+            raise DataError(f"{self.name}: cannot take the first {n!r} prompts; choose 1 to {len(self.prompts)}")
+        if n == len(self.prompts):
+            return self
+        return PromptSet(f"{self.name}[:{n}]", self.prompts[:n])
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def __iter__(self) -> Iterator[Prompt]:
+        return iter(self.prompts)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# AlpacaEval 805
+
+
+def alpaca_eval(log: Log = None) -> PromptSet:
+    """All 805 AlpacaEval instructions, ids "alpaca_eval/000" … "alpaca_eval/804" in AlpacaEval's order.
+
+    The first call fetches them (hub, else the pinned PyPI sdist: ~10 s) and caches them under
+    `paths().data`; later calls read the cache. Raises DataError if no source works.
+    """
+    cache = paths().data / CACHE_NAME
+    records = _read_cache(cache, log)
+    if records is None:
+        t0 = time.monotonic()
+        records, source = _fetch(log)
+        _write_cache(cache, records, source, time.monotonic() - t0)
+        _log(log, f"alpaca_eval: {len(records)} instructions cached at {cache} ({source})")
+    return PromptSet("alpaca_eval", tuple(Prompt(i, text, ds) for i, text, ds in records))
+
+
+def _log(log: Log, msg: str) -> None:
+    if log is not None:
+        log(msg)
+
+
+def _records_sha256(records) -> str:
+    return hashlib.sha256(_canonical_json([list(r) for r in records])).hexdigest()
+
+
+def _records_from_alpaca(rows, origin: str) -> list[tuple[str, str, str]]:
+    """AlpacaEval-format rows (dicts with `instruction`, `dataset`) → verified (id, instruction, dataset)."""
+    if not isinstance(rows, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("instruction"), str) for r in rows
+    ):
+        raise DataError(f"{origin}: not a list of objects with an 'instruction' string")
+    records = [(f"alpaca_eval/{i:03d}", r["instruction"], str(r.get("dataset") or "")) for i, r in enumerate(rows)]
+    _verify(records, origin)
+    return records
+
+
+def _verify(records, origin: str) -> None:
+    if len(records) != ALPACA_EVAL_N:
+        raise DataError(f"{origin}: {len(records)} instructions, expected {ALPACA_EVAL_N}")
+    digest = _records_sha256(records)
+    if digest != ALPACA_EVAL_SHA256:
+        raise DataError(f"{origin}: content sha256 {digest} differs from the pinned {ALPACA_EVAL_SHA256}")
+
+
+def _read_cache(cache: Path, log: Log) -> list[tuple[str, str, str]] | None:
+    """The cached records, or None if there is no cache or it fails verification (then it is fetched again)."""
+    if not cache.exists():
+        return None
+    try:
+        doc = json.loads(cache.read_text(encoding="utf-8"))
+        records = [tuple(r) for r in doc["prompts"]]
+        if not all(len(r) == 3 and all(isinstance(x, str) for x in r) for r in records):
+            raise DataError("malformed records")
+        _verify(records, str(cache))
+    except (OSError, ValueError, KeyError, TypeError, DataError) as e:
+        _log(log, f"alpaca_eval: ignoring the cache at {cache} ({type(e).__name__}: {str(e)[:200]}); fetching again")
+        return None
+    return records
+
+
+def _write_cache(cache: Path, records, source: str, seconds: float) -> None:
+    doc = {
+        "source": source,
+        "sha256": _records_sha256(records),
+        "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "seconds": round(seconds, 1),
+        "fields": ["id", "instruction", "dataset"],
+        "prompts": [list(r) for r in records],
+    }
+    _atomic_write(cache, json.dumps(doc, ensure_ascii=False, indent=0))
+
+
+def _atomic_write(dest: Path, text: str) -> None:
+    # Temp file in the same folder + os.replace: readers see the old file or the whole new one, never a part.
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache and canonical.json are meant to be shared
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fetch(log: Log) -> tuple[list[tuple[str, str, str]], str]:
+    """Fetch and verify the 805 records; returns them and a provenance string."""
+    records = _from_hub(log)
+    if records is not None:
+        return records, f"hub:{HUB_REPO}/{HUB_FILE}"
+    return _from_sdist(log), f"pypi:{SDIST} sdist ({SDIST_MEMBER}, sha256 {SDIST_SHA256})"
+
+
+def _hub_offline() -> bool:
+    # Read at call time (huggingface_hub reads it once at import), so a caller or test can set it later.
+    return any(
+        os.environ.get(k, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
+def _hub_reachable(endpoint: str, timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """A quick TCP probe: huggingface_hub retries a failed connection for ~25 s before giving up."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # a direct probe says nothing about a proxied route; let the hub client try
+    u = urlparse(endpoint)
+    host, port = u.hostname, u.port or (80 if u.scheme == "http" else 443)
+    ok: list[bool] = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            pass
+
+    # In a thread because name resolution has no timeout of its own.
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout)
+    return bool(ok)
+
+
+def _from_hub(log: Log) -> list[tuple[str, str, str]] | None:
+    """The 805 from the hub (or the local hub cache); None if unavailable, so the sdist is tried."""
+    try:
+        from huggingface_hub import constants, hf_hub_download
+    except ImportError:
+        _log(log, "alpaca_eval: huggingface_hub is not installed; skipping the hub")
+        return None
+    local_only = _hub_offline() or not _hub_reachable(constants.ENDPOINT)
+    where = "the local hub cache" if local_only else f"the hub ({HUB_REPO})"
+    _log(log, f"alpaca_eval: {'hub offline or unreachable; ' if local_only else ''}trying {where}")
+    try:
+        f = hf_hub_download(HUB_REPO, HUB_FILE, repo_type="dataset", local_files_only=local_only)
+        return _records_from_alpaca(json.loads(Path(f).read_text(encoding="utf-8")), f"hub:{HUB_REPO}/{HUB_FILE}")
+    except Exception as e:  # the data is hash-checked, so any hub problem can safely fall through to the sdist
+        last = str(e).strip().splitlines()[-1][:160] if str(e).strip() else ""
+        _log(log, f"alpaca_eval: {where} failed ({type(e).__name__}: {last})")
+        return None
+
+
+def _from_sdist(log: Log) -> list[tuple[str, str, str]]:
+    """The 805 from the pinned PyPI sdist of alpaca-eval (the wheel does not ship them)."""
+    paths().downloads.mkdir(parents=True, exist_ok=True)
+    dl = Path(tempfile.mkdtemp(prefix="alpaca-eval-", dir=paths().downloads))  # private: concurrent fetches are safe
+    try:
+        _log(log, f"alpaca_eval: downloading the {SDIST} source distribution from PyPI")
+        _pip_download(dl)
+        tarballs = sorted(dl.glob("*.tar.gz"))
+        if len(tarballs) != 1:
+            raise DataError(f"pip download of {SDIST} produced {[p.name for p in dl.iterdir()]}, expected one .tar.gz")
+        digest = _sha256_file(tarballs[0])
+        if digest != SDIST_SHA256:
+            raise DataError(
+                f"sha256 mismatch for {tarballs[0].name}: expected {SDIST_SHA256}, got {digest}. "
+                "The package contents changed; not using them."
+            )
+        try:
+            with tarfile.open(tarballs[0], "r:gz") as tar, tar.extractfile(SDIST_MEMBER) as f:
+                rows = json.load(f)
+        except (KeyError, tarfile.TarError, ValueError) as e:
+            raise DataError(f"{tarballs[0].name}: cannot read {SDIST_MEMBER}: {e}") from e
+        return _records_from_alpaca(rows, f"{tarballs[0].name}:{SDIST_MEMBER}")
+    finally:
+        shutil.rmtree(dl, ignore_errors=True)
+
+
+def _pip_download(dest: Path) -> None:
+    cmd = [sys.executable, "-m", "pip", "download", SDIST, "--no-deps", "--no-binary", ":all:", "-q", "-d", str(dest)]
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+        raise DataError(f"pip download of {SDIST} took over {PIP_TIMEOUT_S} s; check access to PyPI") from e
+    if run.returncode != 0:
+        raise DataError(
+            f"cannot get the AlpacaEval instructions: the hub ({HUB_REPO}) is unavailable and "
+            f"`pip download {SDIST} --no-binary :all:` failed:\n{run.stderr[-2000:]}\n"
+            f"Give this machine access to huggingface.co or PyPI, or copy a {CACHE_NAME} from another "
+            f"machine's {paths().data} into {paths().data}."
+        )
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Canonical 100
+
+
+def canonical_indices(seed: int = CANONICAL_SEED, n: int = CANONICAL_N) -> list[int]:
+    """Indices into the 805 of the canonical set, in selection order (the method recorded in canonical.json).
+
+    A seeded sha256 ordering rather than `random.sample`: Python guarantees only `random.random()` across
+    versions, and the selection must re-derive identically on any interpreter, forever.
+    """
+    return sorted(range(ALPACA_EVAL_N), key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())[:n]
+
+
+def canonical(log: Log = None) -> PromptSet:
+    """The canonical 100 prompts, checked against `workspace/canonical.json` (ids, seed and hash).
+
+    Raises DataError if the committed file does not match what its seed selects or its hash, so every
+    certified evaluation provably ran on the same prompts.
+    """
+    try:
+        doc = json.loads(CANONICAL_FILE.read_text(encoding="utf-8"))
+        ids, committed_hash, seed = list(doc["ids"]), doc["hash"], doc["seed"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"cannot read the canonical set definition {CANONICAL_FILE}: {e}") from e
+    expected_ids = [f"alpaca_eval/{i:03d}" for i in canonical_indices(seed, CANONICAL_N)]
+    if ids != expected_ids or seed != CANONICAL_SEED:
+        raise DataError(
+            f"{CANONICAL_FILE}: its ids are not the ones seed {CANONICAL_SEED} selects ({CANONICAL_METHOD}); "
+            "the file was edited. Restore it from git, or regenerate it with "
+            "`python -m workspace.data --write-canonical`."
+        )
+    by_id = {p.id: p for p in alpaca_eval(log)}
+    ps = PromptSet("canonical", tuple(by_id[i] for i in ids))
+    if ps.hash != committed_hash:
+        raise DataError(
+            f"canonical set hash {ps.hash} differs from the committed {committed_hash} in {CANONICAL_FILE}: "
+            "these are not the canonical prompts. Restore the file from git."
+        )
+    return ps
+
+
+def write_canonical(path: Path | None = None, log: Log = None) -> dict:
+    """(Re)generate canonical.json from the seed: run once, commit the file. Returns what was written."""
+    path = path or CANONICAL_FILE
+    full = alpaca_eval(log)
+    ps = PromptSet("canonical", tuple(full.prompts[i] for i in canonical_indices()))
+    doc = {
+        "description": "The canonical evaluation set (DESIGN.md §1): 100 of the 805 AlpacaEval instructions.",
+        "source": f"alpaca_eval: hub {HUB_REPO}/{HUB_FILE}, or PyPI {SDIST} sdist {SDIST_MEMBER}",
+        "source_sha256": ALPACA_EVAL_SHA256,
+        "seed": CANONICAL_SEED,
+        "method": CANONICAL_METHOD,
+        "n": len(ps),
+        "hash": ps.hash,
+        "hash_method": "sha256 of JSON [[id, instruction], ...] in order, separators (',', ':'), UTF-8",
+        "ids": list(ps.ids),
+    }
+    _atomic_write(path, json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------------------
+# JSONL files and specs
+
+
+def load_prompts(path: str | Path) -> PromptSet:
+    """A prompt set from a JSONL file: one object per line with "instruction" (a non-empty string) and
+    optionally "id" (string or integer; default "<file stem>/<line number>") and "dataset". Blank lines are
+    skipped; other keys are ignored. The set is named after the file stem. Raises DataError naming the file
+    and line for a malformed line, and for an empty file or duplicate ids."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read prompts from {path}: {e}") from e
+    prompts = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {n}"
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise DataError(f"{where}: not valid JSON ({e})") from e
+        if not isinstance(obj, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+        instruction = obj.get("instruction")
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise DataError(f'{where}: needs an "instruction" that is a non-empty string')
+        pid = obj.get("id", f"{path.stem}/{n}")
+        if isinstance(pid, bool) or not isinstance(pid, (str, int)) or not str(pid):
+            raise DataError(f'{where}: "id" must be a non-empty string or an integer')
+        dataset = obj.get("dataset", "")
+        if not isinstance(dataset, str):
+            raise DataError(f'{where}: "dataset" must be a string')
+        prompts.append(Prompt(str(pid), instruction, dataset))
+    if not prompts:
+        raise DataError(f"{path}: no prompts (the file is empty); expected one JSON object per line")
+    try:
+        return PromptSet(path.stem, tuple(prompts))
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from e
+
+
+_NAMED = {"canonical": canonical, "alpaca_eval": alpaca_eval}
+
+
+def resolve(spec: str | int | Path | PromptSet, log: Log = None) -> PromptSet:
+    """Turn a user's choice of prompts into a PromptSet. Accepted forms:
+
+    - "canonical" or "alpaca_eval": the named set;
+    - "canonical:N" / "alpaca_eval:N": its first N prompts;
+    - an int N, or a string of digits: the first N of the canonical set;
+    - a Path, or a string ending in ".jsonl" or naming an existing file: `load_prompts(path)`;
+    - a PromptSet: returned as is.
+    """
+    if isinstance(spec, PromptSet):
+        return spec
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        return canonical(log).head(spec)
+    if isinstance(spec, Path):
+        return load_prompts(spec)
+    if not isinstance(spec, str):
+        raise DataError(f"cannot resolve a prompt set from {spec!r} ({type(spec).__name__})")
+    s = spec.strip()
+    if s.isdigit():
+        return canonical(log).head(int(s))
+    name, sep, count = s.partition(":")
+    if name in _NAMED:
+        ps = _NAMED[name](log)
+        if not sep:
+            return ps
+        if not count.isdigit():
+            raise DataError(f"prompt set {spec!r}: the part after ':' must be a number of prompts")
+        return ps.head(int(count))
+    if s.endswith(".jsonl") or Path(s).expanduser().is_file():
+        return load_prompts(Path(s).expanduser())
+    raise DataError(
+        f"unknown prompt set {spec!r}: use 'canonical', 'alpaca_eval', 'canonical:N', 'alpaca_eval:N', "
+        "a number N (first N of canonical), or the path of a .jsonl file"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m workspace.data [--write-canonical]`: fetch the sets and show (or regenerate) canonical.json."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m workspace.data", description=main.__doc__)
+    ap.add_argument("--write-canonical", action="store_true", help=f"regenerate {CANONICAL_FILE.name} from the seed")
+    args = ap.parse_args(argv)
+    if args.write_canonical:
+        doc = write_canonical(log=print)
+        print(f"wrote {CANONICAL_FILE}: {doc['n']} prompts, hash {doc['hash']}")
+    full = alpaca_eval(log=print)
+    print(f"alpaca_eval: {len(full)} prompts, hash {full.hash}")
+    try:
+        ps = canonical(log=print)
+    except DataError as e:
+        print(f"canonical: {e}")
+        return 1
+    print(f"canonical: {len(ps)} prompts, hash {ps.hash}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
