@@ -186,3 +186,14 @@ async def test_lookahead_and_cascade_and_agree_run_end_to_end(models):
     assert (await decode(INSTRUCTIONS[1], "cascade(tau=0.0)", models, SETTINGS)).f_weak == 1.0
     strong_only = await decode(INSTRUCTIONS[1], "cascade(tau=0.99)", models, SETTINGS)
     assert strong_only.f_weak == 0.0 and strong_only.text == await strong_greedy(models.strong, INSTRUCTIONS[1], 80)
+
+
+async def test_drafts_ask_only_for_the_logprobs_the_policy_reads(models, servers):
+    weak, _ = servers
+    wanted = {"margin(tau=0.1)": 2, "hysteresis(top1(tau=0.2), k=2)": 1, "entropy(tau=2.0)": SETTINGS.top_k}
+    for spec, k in wanted.items():
+        weak.requests.clear()
+        d = await decode(INSTRUCTIONS[0], spec, models, SETTINGS)
+        assert d.error is None
+        drafts = [r for r in weak.requests if r["path"] == "/v1/completions"]
+        assert drafts and {r["logprobs"] for r in drafts} == {k}, spec

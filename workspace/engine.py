@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
@@ -99,6 +99,26 @@ class Decode:
             "error": self.error,
         }
 
+    def to_record(self) -> dict:
+        """Everything about the decode, for evaluation records (read back by `from_record`)."""
+        return {
+            "instruction": self.instruction,
+            "policy": self.policy,
+            "text": self.text,
+            "segments": [[s.author, s.text, s.tokens, list(s.weak_tokens), s.score] for s in self.segments],
+            "finish_reason": self.finish_reason,
+            "calls": [[c.role, c.kind, round(c.seconds, 4), c.tokens] for c in self.calls],
+            "seconds": round(self.seconds, 4),
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_record(cls, d: dict) -> Decode:
+        segments = tuple(Segment(a, t, n, (w[0], w[1]), sc) for a, t, n, w, sc in d["segments"])
+        calls = tuple(Call(*c) for c in d.get("calls", ()))
+        return cls(d["instruction"], d["policy"], d["text"], segments, d["finish_reason"], calls,
+                   d.get("seconds", 0.0), d.get("error"))  # fmt: skip
+
 
 def pooled_f_weak(decodes: Sequence[Decode]) -> float | None:
     """sum(weak chars) / sum(all chars) over a batch (DESIGN.md §1)."""
@@ -153,7 +173,7 @@ class _State:
         start = self.answer_tokens
         self.ids += ids
         self.text += text
-        if not text and not ids:
+        if not text:  # e.g. a draft that is only the end-of-sequence token: context, but no segment
             return
         last = self.segments[-1] if self.segments else None
         if last and last.author == author == "weak":  # consecutive weak chunks form one segment
@@ -199,6 +219,11 @@ def _heal(out: ChatCompletion, cut: int | None) -> str:
         if pos >= target:
             break
     return content[:pos].decode("utf-8", errors="replace")
+
+
+def _top_k(s: EngineSettings, pol: Policy) -> int:
+    """Alternatives to ask for per drafted token: what the policy reads, at least 1 (the chosen token's)."""
+    return s.top_k if pol.top_k is None else max(1, min(s.top_k, pol.top_k))
 
 
 def _signal(tok: TokenLogprob, position: int, text_so_far: str, since_handoff: int) -> TokenSignal:
@@ -294,7 +319,8 @@ class _Engine:
             if st.answer_tokens >= s.max_tokens:
                 return "length"
             want = min(s.chunk_tokens, s.max_tokens - st.answer_tokens)
-            draft = await _timed(st, "weak", "draft", self.m.weak.complete(st.ids, max_tokens=want, logprobs=s.top_k))
+            k = _top_k(s, pol)
+            draft = await _timed(st, "weak", "draft", self.m.weak.complete(st.ids, max_tokens=want, logprobs=k))
             texts = [t.text for t in draft.tokens]
             exact_pieces = "".join(texts) == draft.text
             defer_at, decision = None, Decision(Action.CONTINUE)
@@ -336,7 +362,8 @@ class _Engine:
         ids, text = [], ""
         while len(ids) < s.max_tokens:
             want = min(s.chunk_tokens, s.max_tokens - len(ids))
-            d = await _timed(st, "weak", "draft", self.m.weak.complete(st.ids + ids, max_tokens=want, logprobs=s.top_k))
+            req = self.m.weak.complete(st.ids + ids, max_tokens=want, logprobs=_top_k(s, pol))
+            d = await _timed(st, "weak", "draft", req)
             for tok in d.tokens:
                 signals.append(_signal(tok, len(signals), text, len(signals)))
             ids += d.token_ids
@@ -365,21 +392,25 @@ async def decode_many(
     models: Models,
     settings: EngineSettings | None = None,
     progress: bool = True,
+    on_done: Callable[[int, Decode], None] | None = None,
 ) -> list[Decode]:
     """Decode a batch concurrently (one coroutine each; the client's throttles bound what is in flight).
 
     Results come back in input order; one instruction's failure is recorded on its result only.
+    `on_done(index, decode)` is called as each one finishes (evaluations append it to their record).
     """
     engine = _Engine(models, settings or EngineSettings())
     pol = load_policy(policy)
     bar = tqdm(total=len(instructions), desc=f"decode {pol.describe()}", unit="prompt", disable=not progress)
 
-    async def one(instr: str) -> Decode:
+    async def one(i: int, instr: str) -> Decode:
         d = await engine.run(instr, pol)
+        if on_done is not None:
+            on_done(i, d)
         bar.update(1)
         return d
 
     try:
-        return list(await asyncio.gather(*(one(i) for i in instructions)))
+        return list(await asyncio.gather(*(one(i, instr) for i, instr in enumerate(instructions))))
     finally:
         bar.close()

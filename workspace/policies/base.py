@@ -142,6 +142,9 @@ class Policy:
 
     span: SpanRule = SpanRule()
     prompt_level: bool = False  # True: see the whole weak answer first, then `keep_weak()` decides
+    # How many top alternatives per token the policy reads (None: as many as the engine drafts with). Asking
+    # the server for fewer makes drafts cheaper to send and to parse; it never changes the greedy text.
+    top_k: int | None = None
 
     def fresh(self) -> Policy:
         """A copy with clean per-decode state (the engine calls this once per instruction)."""

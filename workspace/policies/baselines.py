@@ -36,12 +36,16 @@ class _Gated(Policy):
 class Never(Policy):
     """The weak model writes everything."""
 
+    top_k = 1
+
     def decide(self, s: TokenSignal) -> bool:
         return False
 
 
 class Always(Policy):
     """Defer at every weak token: the strong model writes everything (span by span)."""
+
+    top_k = 1
 
     def __init__(self, span: str | SpanRule = "sentence", max_span: int = 64):
         self.span = parse_span(span, max_span)
@@ -52,6 +56,8 @@ class Always(Policy):
 
 class Random(Policy):
     """Defer at each token with probability `rate` (each decode restarts the same seeded stream: reproducible)."""
+
+    top_k = 1
 
     def __init__(self, rate: float, seed: int = 0, span: str | SpanRule = "sentence", max_span: int = 64):
         self.rate, self.seed = float(rate), int(seed)
@@ -67,12 +73,16 @@ class Random(Policy):
 class TopProb(_Gated):
     """Defer when the greedy token's probability p1 < tau."""
 
+    top_k = 1
+
     def score(self, s: TokenSignal) -> float:
         return s.p1
 
 
 class Margin(_Gated):
     """Defer when p1 - p2 < tau (the weak model hesitates between two tokens)."""
+
+    top_k = 2
 
     def score(self, s: TokenSignal) -> float:
         return s.p1 - s.p2
@@ -93,6 +103,7 @@ class Surprisal(_Gated):
     """Defer when the chosen token's surprisal -log p > tau."""
 
     defer_below = False
+    top_k = 1
 
     def score(self, s: TokenSignal) -> float:
         return -s.logprob
@@ -110,6 +121,10 @@ class _Wrapper(Policy):
 
     def inner_policies(self) -> list[Policy]:
         return [self.inner]
+
+    @property
+    def top_k(self) -> int | None:  # type: ignore[override]
+        return self.inner.top_k
 
     def on_handoff(self, strong_text: str) -> None:
         self.inner.on_handoff(strong_text)
@@ -214,6 +229,7 @@ class Cascade(Policy):
     otherwise the strong model's own answer."""
 
     prompt_level = True
+    top_k = 1
 
     def __init__(self, tau: float = 0.7):
         self.tau = float(tau)

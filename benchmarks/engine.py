@@ -1,0 +1,254 @@
+"""Engine efficiency: weak requests per weak token, client CPU per token, latency overhead, real-server cost.
+
+    .venv/bin/python benchmarks/engine.py                  # fake servers only (~1 min)
+    .venv/bin/python benchmarks/engine.py --preset cpu     # also the running `cdw serve --preset cpu` servers
+
+Fake part: the weak and strong toy servers of tests/fakeserver.py (a cross-tokenizer pair, as in
+tests/test_engine.py) run in a child process, so their CPU time is not the client's. `--n` instructions are
+decoded concurrently with `--policy` and the default EngineSettings. The toy weak model's distribution is
+flat (top-1 probability ~0.3), so `margin(tau=0.1)` defers at half its tokens (f_weak ~0.09); the default
+tau=0.005 gives f_weak ~0.75, a realistic mix.
+1. Weak requests per weak token, per chunk size (`--chunks`): weak draft requests (and all weak requests,
+   tokenize included) / weak tokens in the final answers. Each deferral discards the rest of its draft, so
+   draft requests ~ weak tokens / chunk + deferrals.
+2. Client CPU per generated token: time.process_time() of this process around the batch / (weak + strong
+   tokens in the answers).
+3. Latency overhead: the servers delay every request by L (`--latency`). Ideal batch time = max over
+   instructions of (its sequential requests x L + the same decode's time alone at delay 0): the critical path
+   if all decodes ran in parallel and the servers had unlimited capacity; the delay-0 time is the fair compute
+   allowance (toy generation, HTTP, engine work, unloaded). The toy server is single-threaded Python: the
+   compute of 100 concurrent requests would serialise after every latency wave, which a batching vLLM server
+   does not do, so the benchmark's server replays answers it has given before (decoding is deterministic and
+   the delay-0 runs come first); its CPU time is printed, and the most requests one server saw at once. Run with
+   the default ClientSettings (max_in_flight 64 per replica, fewer than 100 decodes) and with `--raised`.
+4. `--preset cpu`: wall time of a collaborative batch (`--real-policy`) / a weak-only (`never`) batch of the
+   same instructions and token budget on the servers found by Models.from_endpoints(), plus f_weak, deferrals
+   and weak requests per weak token. Start them first (`cdw serve --preset cpu`, ~2 min), stop them after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import sys
+import time
+from pathlib import Path
+
+import psutil
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tests` is not an installed package
+
+from tests.fakeserver import FakeServer, ToyModel  # noqa: E402
+from workspace.client import ClientSettings, ModelClient  # noqa: E402
+from workspace.endpoints import Endpoint  # noqa: E402
+from workspace.engine import Decode, EngineSettings, Models, decode, decode_many, pooled_f_weak  # noqa: E402
+
+REAL_INSTRUCTIONS = [
+    "Give three tips for staying healthy.", "Explain what a hash table is in two sentences.",
+    "Describe the water cycle briefly.", "Why is the sky blue?", "Write a short poem about autumn.",
+    "What are the benefits of regular exercise?", "Summarize the plot of Romeo and Juliet.",
+    "How do vaccines work?", "List three uses of a paperclip.", "Explain recursion to a beginner.",
+    "What causes the seasons on Earth?", "Give advice for a job interview.", "Describe how a bicycle works.",
+    "What is photosynthesis?", "Suggest a name for a coffee shop and explain it.", "How can I save money on groceries?",
+]  # fmt: skip
+
+
+class ReplayServer(FakeServer):
+    """A FakeServer that answers a request it has answered before from memory."""
+
+    def __init__(self, model: ToyModel):
+        super().__init__(model)
+        self.memo: dict[tuple[str, bytes], bytes] = {}
+
+    async def _replay(self, request: web.Request, handler) -> web.Response:
+        key = (request.path, await request.read())
+        if key not in self.memo:
+            resp = await handler(request)
+            if resp.status != 200:
+                return resp
+            self.memo[key] = resp.body
+        return web.Response(body=self.memo[key], content_type="application/json")
+
+    async def _completions(self, request):
+        return await self._replay(request, super()._completions)
+
+    async def _chat(self, request):
+        return await self._replay(request, super()._chat)
+
+    async def _tokenize(self, request):
+        return await self._replay(request, super()._tokenize)
+
+
+def _serve(conn) -> None:
+    """Child process: the toy pair of tests/test_engine.py; obeys ("delay", seconds) and ("stop", None)."""
+
+    async def main() -> None:
+        weak = await ReplayServer(ToyModel(name="weak", seed=1, eos_after=110)).start()
+        strong = await ReplayServer(
+            ToyModel(name="strong", seed=2, reverse=True, eos_after=100, extra=(".\n\n", ":\n\n", ", ", "the "))
+        ).start()
+        conn.send((weak.url, strong.url))
+        while (msg := await asyncio.get_running_loop().run_in_executor(None, conn.recv))[0] != "stop":
+            weak.faults.delay = strong.faults.delay = msg[1]
+            conn.send(max(weak.max_active, strong.max_active))  # the most requests in flight at once, then reset
+            weak.max_active = strong.max_active = 0
+        await weak.stop()
+        await strong.stop()
+
+    asyncio.run(main())
+
+
+class FakeServers:
+    def __enter__(self) -> FakeServers:
+        ctx = mp.get_context("fork")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child,), daemon=True)
+        self.proc.start()
+        self.urls, self.ps = self.conn.recv(), psutil.Process(self.proc.pid)
+        return self
+
+    def delay(self, seconds: float) -> int:
+        self.conn.send(("delay", seconds))
+        return self.conn.recv()
+
+    def cpu(self) -> float:
+        return sum(self.ps.cpu_times()[:2])
+
+    def models(self, cs: ClientSettings) -> Models:
+        return Models(
+            *(ModelClient(Endpoint(r, (u,), r), cs) for r, u in zip(("weak", "strong"), self.urls, strict=True))
+        )
+
+    def __exit__(self, *exc) -> None:
+        self.conn.send(("stop", None))
+        self.proc.join(5)
+
+
+def count(ds: list[Decode], role: str, kinds: tuple[str, ...] = (), tokens: bool = False) -> int:
+    calls = [c for d in ds for c in d.calls if c.role == role and (not kinds or c.kind in kinds)]
+    return sum(c.tokens for c in calls) if tokens else len(calls)
+
+
+async def batch(models: Models, instrs: list[str], policy: str, es: EngineSettings) -> dict:
+    """Decode a batch concurrently: the decodes, wall and client CPU seconds, token and request counts."""
+    try:
+        cpu0, t0 = time.process_time(), time.monotonic()
+        ds = await decode_many(instrs, policy, models, es, progress=False)
+        wall, cpu = time.monotonic() - t0, time.process_time() - cpu0
+    finally:
+        await models.close()
+    if errors := [d.error for d in ds if d.error]:
+        raise SystemExit(f"{len(errors)} decodes failed, e.g. {errors[0]}")
+    wt = sum(s.tokens for d in ds for s in d.segments if s.author == "weak")
+    st = sum(s.tokens for d in ds for s in d.segments if s.author == "strong")
+    n, per_wtok = len(ds), (lambda x: x / max(wt, 1))
+    return {"ds": ds, "wall": wall, "cpu": cpu, "wt": wt, "st": st, "f_weak": pooled_f_weak(ds),
+            "defer": sum(d.num_deferrals for d in ds) / n, "draft": per_wtok(count(ds, "weak", ("draft",))),
+            "weak": per_wtok(count(ds, "weak")), "drafted": per_wtok(count(ds, "weak", ("draft",), tokens=True)),
+            "cpu_tok": 1e3 * cpu / max(wt + st, 1)}  # fmt: skip
+
+
+async def alone(models: Models, instrs: list[str], policy: str, es: EngineSettings) -> list[Decode]:
+    """Each instruction decoded on its own, one after another (unloaded servers)."""
+    try:
+        return [await decode(i, policy, models, es) for i in instrs]
+    finally:
+        await models.close()
+
+
+def fake_part(args) -> list[tuple[str, str, str]]:
+    instrs, out = [f"Tell me about item {i}." for i in range(args.n)], []
+    default, raised = ClientSettings(), ClientSettings(max_in_flight=args.raised)
+    with FakeServers() as fs:
+        print(f"\n== fake servers, delay 0: {args.n} instructions, {args.policy}, top_k {args.top_k} ==")
+        print(f"{'chunk':>5}{'draft req/wtok':>15}{'weak req/wtok':>14}{'drafted/kept':>13}{'f_weak':>7}"
+              f"{'defer/dec':>10}{'weak tok':>9}{'strong tok':>11}{'wall s':>7}{'client CPU ms/tok':>18}")  # fmt: skip
+        for k in args.chunks:
+            r = asyncio.run(
+                batch(fs.models(default), instrs, args.policy, EngineSettings(chunk_tokens=k, top_k=args.top_k))
+            )
+            print(f"{k:>5}{r['draft']:>15.3f}{r['weak']:>14.3f}{r['drafted']:>13.2f}{r['f_weak']:>7.3f}{r['defer']:>10.2f}"
+                  f"{r['wt']:>9}{r['st']:>11}{r['wall']:>7.2f}{r['cpu_tok']:>18.3f}")  # fmt: skip
+            if k == EngineSettings().chunk_tokens:
+                out += [(f"weak draft requests / weak token (chunk {k})", f"{r['draft']:.3f}", "<= 0.1"),
+                        (f"all weak requests / weak token (chunk {k})", f"{r['weak']:.3f}", ""),
+                        (f"client CPU ms / token (chunk {k}, delay 0)", f"{r['cpu_tok']:.3f}", "")]  # fmt: skip
+        es = EngineSettings(top_k=args.top_k)
+        solo = asyncio.run(alone(fs.models(default), instrs, args.policy, es))
+        reqs = sorted(len(d.calls) for d in solo)
+        print(f"\n== latency: {args.n} concurrent decodes, chunk {es.chunk_tokens}, median of {args.repeat} batches ==")
+        print(f"sequential requests per decode {reqs[0]}..{reqs[-1]} (median {reqs[len(reqs) // 2]}); "
+              f"each decode alone at delay 0 takes <= {max(d.seconds for d in solo) * 1e3:.0f} ms")  # fmt: skip
+        print(f"{'L ms':>5}  {'client max_in_flight':<21}{'wall s':>7}{'ideal s':>8}{'ratio':>6}{'client CPU s':>13}"
+              f"{'server CPU s':>13}{'peak in flight':>15}")  # fmt: skip
+        for L in args.latency:
+            fs.delay(L)
+            ideal = max(len(d.calls) * L + d.seconds for d in solo)
+            for name, cs in (
+                (f"{default.max_in_flight} (default)", default),
+                (f"{raised.max_in_flight} (raised)", raised),
+            ):
+                runs = []
+                for _ in range(args.repeat):
+                    s0 = fs.cpu()
+                    r = asyncio.run(batch(fs.models(cs), instrs, args.policy, es))
+                    r["server_cpu"], r["peak"] = fs.cpu() - s0, fs.delay(L)
+                    assert [len(d.calls) for d in r["ds"]] == [len(d.calls) for d in solo], "decodes changed"
+                    runs.append(r)
+                r = sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]  # the median run
+                print(f"{L * 1e3:>5.0f}  {name:<21}{r['wall']:>7.2f}{ideal:>8.2f}{r['wall'] / ideal:>6.2f}"
+                      f"{r['cpu']:>13.2f}{r['server_cpu']:>13.2f}{r['peak']:>15}")  # fmt: skip
+                metric = f"latency wall / ideal, L={L * 1e3:.0f} ms, max_in_flight {name}"
+                out.append((metric, f"{r['wall'] / ideal:.2f}", "<= 1.25"))
+            fs.delay(0)
+    return out
+
+
+def real_part(args) -> list[tuple[str, str, str]]:
+    instrs, es = REAL_INSTRUCTIONS[: args.real_n], EngineSettings(max_tokens=args.real_max_tokens, top_k=args.top_k)
+    asyncio.run(batch(Models.from_endpoints(), ["Say hello."], args.real_policy, EngineSettings(max_tokens=16)))
+    runs = {p: asyncio.run(batch(Models.from_endpoints(), instrs, p, es)) for p in ("never", args.real_policy)}
+    print(
+        f"\n== preset {args.preset}: {len(instrs)} instructions, max_tokens {es.max_tokens} (after a warm-up decode) =="
+    )
+    print(f"{'policy':<32}{'wall s':>7}{'f_weak':>7}{'defer/dec':>10}{'draft req/wtok':>15}{'weak req/wtok':>14}"
+          f"{'weak tok':>9}{'strong tok':>11}{'client CPU ms/tok':>18}")  # fmt: skip
+    for p, r in runs.items():
+        print(f"{p:<32}{r['wall']:>7.1f}{r['f_weak']:>7.3f}{r['defer']:>10.2f}{r['draft']:>15.3f}{r['weak']:>14.3f}"
+              f"{r['wt']:>9}{r['st']:>11}{r['cpu_tok']:>18.3f}")  # fmt: skip
+    c, w = runs[args.real_policy], runs["never"]
+    return [(f"[{args.preset}] wall, collaborative / weak-only", f"{c['wall'] / w['wall']:.2f}", ""),
+            (f"[{args.preset}] f_weak (pooled)", f"{c['f_weak']:.3f}", ""),
+            (f"[{args.preset}] deferrals per decode", f"{c['defer']:.2f}", ""),
+            (f"[{args.preset}] weak draft requests / weak token", f"{c['draft']:.3f}", "<= 0.1"),
+            (f"[{args.preset}] all weak requests / weak token", f"{c['weak']:.3f}", "")]  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=100, help="instructions in a fake-server batch")
+    ap.add_argument("--chunks", type=int, nargs="+", default=[1, 4, 16, 32], help="weak chunk sizes to compare")
+    ap.add_argument("--latency", type=float, nargs="+", default=[0.05, 0.2], help="seconds added to each request")
+    ap.add_argument("--repeat", type=int, default=3, help="latency batches per setting; the median is shown")
+    ap.add_argument("--raised", type=int, default=256, help="the raised ClientSettings.max_in_flight")
+    ap.add_argument("--top-k", type=int, default=EngineSettings().top_k, help="logprobs per weak token")
+    ap.add_argument("--policy", default="margin(tau=0.005, span=sentence)", help="policy on the fake servers")
+    ap.add_argument("--preset", help="also measure the running servers of this preset (e.g. cpu)")
+    ap.add_argument("--real-policy", default="margin(tau=0.1, span=sentence)")
+    ap.add_argument("--real-n", type=int, default=16, help="instructions on the real servers (at most 16)")
+    ap.add_argument("--real-max-tokens", type=int, default=128)
+    ap.add_argument("--skip-fake", action="store_true", help="only the --preset part")
+    args = ap.parse_args()
+
+    summary = [] if args.skip_fake else fake_part(args)
+    if args.preset:
+        summary += real_part(args)
+    print(f"\n{'metric':<62}{'value':>8}  target")
+    for name, value, target in summary:
+        print(f"{name:<62}{value:>8}  {target}")
+
+
+if __name__ == "__main__":
+    main()
