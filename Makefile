@@ -1,10 +1,12 @@
 # The two fresh-machine commands (see README):
-#   make demo   install, fetch the cpu models, start the cpu servers, show their status, one real request per role
+#   make demo   install, fetch the cpu models, start the cpu servers, check each role, decode a few instructions
+#               with a margin policy, then a small evaluation (5 canonical prompts) with its numbers
 #   make test   install, then lint and run the whole test suite (fast tier and the vllm tier)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEMO_POLICY := margin(tau=0.1, span=sentence)
 
 .PHONY: install demo test lint stop
 
@@ -24,6 +26,10 @@ demo: install
 	$(BIN)/cdw serve --preset cpu
 	$(BIN)/cdw status
 	$(BIN)/cdw check
+	$(BIN)/cdw decode "Give three tips for staying healthy." --policy "$(DEMO_POLICY)" --max-tokens 96
+	$(BIN)/cdw decode "What is the difference between weather and climate?" --policy "$(DEMO_POLICY)" --max-tokens 96
+	$(BIN)/cdw decode "Write a haiku about autumn leaves." --policy "$(DEMO_POLICY)" --max-tokens 96
+	$(BIN)/cdw eval --policy "$(DEMO_POLICY)" --n 5 --max-tokens 96
 
 test: install lint
 	$(BIN)/cdw models fetch tiny

@@ -42,6 +42,16 @@ class Paths:
     def downloads(self) -> Path:
         return self.home / "downloads"
 
+    @property
+    def data(self) -> Path:
+        """Prompt sets fetched from the hub or a package registry."""
+        return self.home / "data"
+
+    @property
+    def cache(self) -> Path:
+        """The call cache (an SQLite file): greedy requests answered once."""
+        return self.home / "cache"
+
 
 def paths() -> Paths:
     """The current paths, read from the environment each call (tests change it)."""

@@ -65,6 +65,7 @@ class Preset:
 class Catalog:
     presets: dict[str, Preset]
     models: dict[str, ModelSpec]
+    canonical: dict[str, str] = field(default_factory=dict)  # role -> served model name a certified result needs
 
     def preset(self, name: str) -> Preset:
         try:
@@ -139,4 +140,7 @@ def load_catalog(path: Path | None = None) -> Catalog:
     raw = tomllib.loads(text)
     models = {name: _model(name, m) for name, m in raw.get("models", {}).items()}
     presets = {name: _preset(name, p, models) for name, p in raw.get("presets", {}).items()}
-    return Catalog(presets=presets, models=models)
+    canonical = {str(k): str(v) for k, v in raw.get("canonical", {}).items()}
+    if set(canonical) - set(ROLES):
+        raise PresetError(f"[canonical] names unknown roles: {sorted(set(canonical) - set(ROLES))}")
+    return Catalog(presets=presets, models=models, canonical=canonical)

@@ -12,7 +12,9 @@ import asyncio
 import hashlib
 import json
 import math
+import re
 import string
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -100,13 +102,33 @@ class Faults:
     delay: float = 0.0  # seconds before answering
     garbage: int = 0  # answer this many next requests with a non-JSON 200
     drop: int = 0  # close this many next connections without an answer
+    down_after: int | None = None  # answer this many more requests, then 503 to all (an outage) until reset
+
+
+def judge_outputs(prompt: str) -> tuple[str, str]:
+    """The two outputs inside an AlpacaEval-style judge prompt (workspace/templates/alpaca_eval_clf.txt)."""
+    found = re.findall(r'"output": """(.*?)"""', prompt, flags=re.S)
+    if len(found) != 2:
+        raise ValueError("not a pairwise judge prompt")
+    return found[0], found[1]
+
+
+def prefers_longer(prompt: str) -> float:
+    """A toy judge with a length bias and a mild first-position bias: P(first output wins)."""
+    a, b = judge_outputs(prompt)
+    return min(0.98, max(0.02, 1 / (1 + math.exp(-(len(a) - len(b)) / 40)) + 0.03))
 
 
 class FakeServer:
-    """Serve a ToyModel on 127.0.0.1 (random port). `hits` counts requests per path."""
+    """Serve a ToyModel on 127.0.0.1 (random port). `hits` counts requests per path.
 
-    def __init__(self, model: ToyModel | None = None):
+    With `judge` set, a one-token chat request is answered as a pairwise judge: `judge(user prompt)` gives
+    P(first output wins), spread over the labels "m"/"M" in the top logprobs (None: neither label appears).
+    """
+
+    def __init__(self, model: ToyModel | None = None, judge: Callable[[str], float | None] | None = None):
         self.model = model or ToyModel()
+        self.judge = judge
         self.faults = Faults()
         self.hits: dict[str, int] = {}
         self.active = 0  # requests being handled now, and the most seen at once
@@ -155,6 +177,10 @@ class FakeServer:
             f.drop -= 1
             request.transport.close()
             raise asyncio.CancelledError
+        if f.down_after is not None:
+            if f.down_after <= 0:
+                return web.json_response({"error": {"message": "injected outage"}}, status=503)
+            f.down_after -= 1
         if f.statuses:
             code = f.statuses.pop(0)
             return web.json_response({"error": {"message": f"injected {code}"}}, status=code)
@@ -207,9 +233,25 @@ class FakeServer:
             }
         return web.json_response({"id": "cmpl", "choices": [choice]})
 
+    def _judge_answer(self, b: dict):
+        p = self.judge(b["messages"][-1]["content"])
+        if p is None:
+            top = [("x", math.log(0.6)), ("y", math.log(0.3))]
+        else:  # 10% of the mass on other tokens, so renormalising over the labels matters
+            top = sorted([("m", math.log(0.9 * p + 1e-12)), ("M", math.log(0.9 * (1 - p) + 1e-12)),
+                          (" ", math.log(0.1))], key=lambda t: -t[1])  # fmt: skip
+        tok, lp = top[0]
+        content = [{"token": tok, "logprob": lp, "bytes": list(tok.encode()),
+                    "top_logprobs": [{"token": t, "logprob": v} for t, v in top]}]  # fmt: skip
+        choice = {"index": 0, "message": {"role": "assistant", "content": tok}, "finish_reason": "length",
+                  "stop_reason": None, "logprobs": {"content": content}}  # fmt: skip
+        return web.json_response({"id": "chat", "choices": [choice]})
+
     async def _chat(self, request):
         b = await self._body(request)
         m = self.model
+        if self.judge is not None and b.get("max_tokens") == 1:
+            return self._judge_answer(b)
         text = m.render(b["messages"], b.get("add_generation_prompt", True), b.get("continue_final_message", False))
         ids, rows, out, finish, stop_reason = m.generate(m.encode(text), b["max_tokens"], b.get("stop"))
         if m.empty_spans:

@@ -162,3 +162,37 @@ async def test_engine_mixed_policy_segments_add_up_on_vllm(tiny_servers):
         assert any(d.num_deferrals for d in ds)
     finally:
         await m.close()
+
+
+async def test_evaluation_end_to_end_on_vllm(tiny_servers, tmp_path, monkeypatch):
+    """A real evaluation on the tiny servers: records written, the strong-only policy is exactly the reference,
+    and every example either has a preference or says why the (random) judge could not give one."""
+    from workspace.data import Prompt, PromptSet
+    from workspace.engine import EngineSettings
+    from workspace.evaluate import EvalSettings, Setup, evaluate
+    from workspace.store import CallCache
+
+    monkeypatch.setenv("CDW_RECORDS_DIR", str(tmp_path / "records"))
+    prompts = PromptSet("vllm-toy", tuple(Prompt(f"t/{i}", f"Tell me about the number {i}.") for i in range(5)))
+    settings = EvalSettings(EngineSettings(max_tokens=48, max_span_tokens=48, max_deferrals=48), n_boot=100)
+    cache = CallCache(tmp_path / "calls.sqlite")
+    async with Setup.from_endpoints(cache=cache) as setup:
+        ev = await evaluate("always(span=sentence)", prompts, setup, settings, progress=False)
+        before = (setup.weak.calls, setup.strong.calls, setup.judge.calls)
+        again = await evaluate("always(span=sentence)", prompts, setup, settings, progress=False)
+        # Read back: no decoding again; only judge calls that failed at the server are asked again.
+        assert (setup.weak.calls, setup.strong.calls) == before[:2]
+        assert setup.judge.calls - before[2] <= 2 * len(ev.errors)
+    assert (tmp_path / "records" / "evaluations" / f"{ev.id}.jsonl").exists()
+    assert again.to_json()["f_weak"] == ev.to_json()["f_weak"]
+    for e in ev.examples:
+        assert e.candidate.error is None and e.candidate.f_weak in (0.0, None)
+        # always-defer is the strong model's own answer (up to where the two length limits cut it)
+        assert e.reference.startswith(e.candidate.text) or e.candidate.text.startswith(e.reference)
+        if e.candidate.text == e.reference:
+            assert e.preference.preference == 0.5 and e.preference.calls == 0
+        if e.weak_preference and e.weak_preference.error:  # an error, never a silent 0.5: the random judge may
+            # miss both labels, and the judge prompt can exceed the tiny models' 1024-token context
+            assert "neither label" in e.weak_preference.error or "maximum context length" in e.weak_preference.error
+            assert e.weak_preference.preference is None
+    cache.close()

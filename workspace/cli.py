@@ -221,5 +221,248 @@ def decode_cmd(instruction: str, spec: str, max_tokens: int, as_json: bool, **kw
         sys.exit(1)
 
 
+# ---------------------------------------------------------------- evaluation
+
+
+def prompt_options(f):
+    """Which prompts: the canonical set (default), the first N of it, or a JSONL file."""
+    f = click.option("--prompts", "prompts_file", default=None, metavar="FILE.jsonl", help="a JSONL prompt set")(f)
+    f = click.option("--n", "n", type=int, default=None, help="the first N prompts of the canonical set")(f)
+    f = click.option("--canonical", is_flag=True, help="the canonical 100 (the default)")(f)
+    f = click.option("--max-tokens", default=256, show_default=True, help="answer length limit (weak tokens)")(f)
+    f = click.option("--no-cache", is_flag=True, help="do not answer repeated requests from the call cache")(f)
+    return f
+
+
+def _prompt_set(kw: dict):
+    from .data import DataError, resolve
+
+    canonical, n, path = kw.pop("canonical"), kw.pop("n"), kw.pop("prompts_file")
+    if sum(x is not None and x is not False for x in (n, path)) + canonical > 1:
+        _fail("choose one of --canonical, --n N, --prompts FILE")
+    try:
+        return resolve(path) if path else resolve(n) if n is not None else resolve("canonical")
+    except DataError as e:
+        _fail(str(e))
+
+
+def _setup(kw: dict):
+    from .endpoints import EndpointError
+    from .engine import EngineSettings
+    from .evaluate import EvalSettings, Setup
+    from .store import CallCache
+
+    cache = None if kw.pop("no_cache") else CallCache()
+    settings = EvalSettings(EngineSettings(max_tokens=kw.pop("max_tokens")))
+    try:
+        return Setup.from_endpoints(_urls(kw), cache), settings
+    except EndpointError as e:
+        _fail(str(e))
+
+
+def _run(coro, resource, errors):
+    """Run `coro`, close `resource` (a client or setup) afterwards, and turn `errors` into a clean exit."""
+
+    async def go():
+        try:
+            return await coro
+        finally:
+            await resource.close()
+
+    try:
+        return asyncio.run(go())
+    except errors as e:
+        _fail(str(e))
+
+
+def _ci(ev, key: str) -> str:
+    s = ev.summary
+    v = getattr(s, key) if s else None
+    if v is None:
+        return "n/a"
+    iv = s.ci.get(key)
+    return f"{v:.3f} [{iv.low:.3f}, {iv.high:.3f}]" if iv else f"{v:.3f}"
+
+
+def _show_evaluation(ev) -> None:
+    from .evaluate import BAR
+
+    s = ev.summary
+    t = Table(title=f"evaluation {ev.id} · {ev.policy} · {ev.header['prompts']['name']} (n={ev.n})")
+    t.add_column("quantity")
+    t.add_column("value [95% CI]")
+    t.add_row("f_weak", _ci(ev, "f_weak"))
+    t.add_row("utility (LC winrate vs reference)", _ci(ev, "utility"))
+    t.add_row("raw winrate (no length control)", f"{s.raw_winrate:.3f}" if s else "n/a")
+    t.add_row("U_weak", _ci(ev, "u_weak"))
+    t.add_row("recovery", _ci(ev, "recovery"))
+    t.add_row("judged", f"{s.n if s else 0} of {ev.n}")
+    if ev.certified:
+        cert = "[green]yes[/]"
+    else:
+        why = []
+        if not ev.canonical:
+            why.append("not the canonical set, models, judge and settings")
+        if ev.errors:
+            why.append(f"{len(ev.errors)} example(s) not judged")
+        if s and s.recovery is not None and s.recovery < BAR:
+            why.append(f"recovery below {BAR}")
+        cert = "[yellow]no[/] (" + "; ".join(why or ["nothing judged"]) + ")"
+    t.add_row("certified", cert)
+    console.print(t)
+    if s and s.utility == 0.5 and s.raw_winrate != 0.5:
+        console.print(
+            f"[yellow]note: the length-controlled fit shrank utility to exactly 0.5 (raw winrate {s.raw_winrate:.3f}):"
+            " alpaca_eval's cross-validated L1 penalty chose theta = 0. Read the intervals, not the point.[/]"
+        )
+    for pid, err in ev.errors[:10]:
+        console.print(f"[red]  {pid}:[/] {err}")
+    if len(ev.errors) > 10:
+        console.print(f"[red]  … and {len(ev.errors) - 10} more[/]")
+    timings = " · ".join(f"{k} {v:.0f} s" for k, v in ev.timings.items())
+    console.print(f"[dim]{timings} · record records/evaluations/{ev.id}.jsonl[/]")
+
+
+def _run_evaluations(specs: list[str], kw: dict):
+    from .evaluate import EvaluationError, evaluate
+    from .policies import PolicyError, load_policy
+    from .store import StoreError
+
+    prompts = _prompt_set(kw)
+    try:
+        policies = [load_policy(s) for s in specs]
+    except PolicyError as e:
+        _fail(str(e))
+    setup, settings = _setup(kw)
+
+    async def run():
+        out = []
+        try:
+            for pol in policies:
+                out.append(await evaluate(pol, prompts, setup, settings))
+        finally:
+            await setup.close()
+        return out
+
+    try:
+        return asyncio.run(run())
+    except (EvaluationError, StoreError) as e:
+        _fail(str(e))
+
+
+@main.command("eval")
+@click.option("--policy", "spec", required=True, help="policy spec, e.g. 'margin(tau=0.05, span=sentence)'")
+@click.option("--json", "as_json", is_flag=True, help="print the numbers as JSON")
+@prompt_options
+@url_options
+def eval_cmd(spec: str, as_json: bool, **kw) -> None:
+    """Evaluate a policy: decode, judge against the reference, report f_weak, utility, recovery with 95% CIs.
+
+    Running the same evaluation again resumes it (a finished one is read back without calling any server).
+    """
+    (ev,) = _run_evaluations([spec], kw)
+    if as_json:
+        click.echo(json.dumps(ev.to_json(), ensure_ascii=False, indent=2))
+    else:
+        _show_evaluation(ev)
+    if ev.errors:
+        sys.exit(2)
+
+
+@main.command()
+@click.option("--policy", "spec", required=True, help="a spec with lists, e.g. 'margin(tau=[0.02,0.05,0.1])'")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object per point")
+@prompt_options
+@url_options
+def sweep(spec: str, as_json: bool, **kw) -> None:
+    """Evaluate every point of a policy grid on the same prompts (baselines are computed once)."""
+    from .policies import PolicyError, expand_spec
+
+    try:
+        specs = expand_spec(spec)
+    except PolicyError as e:
+        _fail(str(e))
+    evs = _run_evaluations(specs, kw)
+    if as_json:
+        click.echo(json.dumps([e.to_json() for e in evs], ensure_ascii=False, indent=2))
+        return
+    t = Table(title=f"sweep {spec} · {evs[0].header['prompts']['name']} (n={evs[0].n})")
+    for col in ("policy", "f_weak", "recovery", "utility", "judged", "certified", "id"):
+        t.add_column(col)
+    for e in evs:
+        judged = f"{e.summary.n if e.summary else 0}/{e.n}"
+        cert = "[green]yes[/]" if e.certified else "no"
+        t.add_row(e.policy, _ci(e, "f_weak"), _ci(e, "recovery"), _ci(e, "utility"), judged, cert, e.id)
+    console.print(t)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print the baselines as JSON")
+@prompt_options
+@url_options
+def baselines(as_json: bool, **kw) -> None:
+    """Show (computing them once if needed) U_weak, U_strong and the gap for the current servers and prompts."""
+    from .evaluate import EvaluationError, ensure_baselines
+
+    prompts = _prompt_set(kw)
+    setup, settings = _setup(kw)
+
+    b = _run(ensure_baselines(prompts, setup, settings), setup, EvaluationError)
+    info = b.to_json()
+    if as_json:
+        click.echo(json.dumps(info, ensure_ascii=False, indent=2))
+        return
+    t = Table(title=f"baselines {b.id} · {info['prompts']} (n={info['n']})")
+    t.add_column("")
+    t.add_column("")
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    t.add_row("U_weak (weak only vs reference)", fmt(info["u_weak"]))
+    t.add_row("U_strong (reference vs itself)", "0.500")
+    t.add_row("gap", fmt(info["gap"]))
+    for role, name in info["models"].items():
+        t.add_row(f"{role} model", name)
+    t.add_row("judge", info["judge"])
+    t.add_row("computed", f"{info['created']} ({', '.join(f'{k} {v:.0f} s' for k, v in info['timings'].items())})")
+    console.print(t)
+    for pid, err in b.errors[:10]:
+        console.print(f"[red]  {pid}:[/] {err}")
+
+
+@main.command("judge-check")
+@click.option("--baselines", "baselines_id", default=None, help="baselines record id (default: the newest)")
+@click.option("--pairs", default=20, show_default=True, help="how many of its stored pairs to re-judge")
+@click.option("--json", "as_json", is_flag=True)
+@url_options
+def judge_check_cmd(baselines_id: str | None, pairs: int, as_json: bool, **kw) -> None:
+    """Re-judge a frozen set of stored pairs (weak answer vs reference), bypassing the cache, and report drift."""
+    from .endpoints import EndpointError
+    from .evaluate import EvaluationError, judge_check
+    from .store import list_records
+
+    ids = list_records("baselines")
+    if not ids:
+        _fail("no baselines on record yet: run `cdw baselines` or `cdw eval` first")
+    try:
+        from .client import ModelClient
+        from .endpoints import resolve_endpoint
+
+        client = ModelClient(resolve_endpoint("judge", _urls(kw)["judge"]))
+    except EndpointError as e:
+        _fail(str(e))
+
+    d = _run(judge_check(baselines_id or ids[-1], client, pairs), client, EvaluationError)
+    if as_json:
+        click.echo(json.dumps(d.to_json(), indent=2))
+    else:
+        console.print(
+            f"re-judged {d.n} pairs of baselines {d.baselines_id}: mean |Δ| {d.mean_abs_delta:.4f}, "
+            f"max |Δ| {d.max_abs_delta:.4f}, {d.flipped} verdict(s) flipped, {len(d.errors)} error(s)"
+        )
+        if d.judge_changed:
+            console.print(f"[yellow]the judge is not the one that made these preferences: {d.judge_changed}[/]")
+    if d.errors or d.max_abs_delta > 0.05:
+        sys.exit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -18,9 +18,12 @@ Use it as an async context manager (`async with ModelClient(...) as c:`) so its 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from asyncio_throttle import Throttler
@@ -71,7 +74,7 @@ class _Retryable(Exception):
 
 @dataclass(frozen=True)
 class ClientSettings:
-    max_in_flight: int = 64  # per replica: vLLM batches whatever arrives, so allow a real batch
+    max_in_flight: int = 256  # per replica: vLLM batches whatever arrives; a 100-prompt batch must fit at once
     rate_limit: float = 1000.0  # requests per second per replica (asyncio-throttle)
     connect_timeout: float = 10.0
     request_timeout: float = 600.0
@@ -178,10 +181,23 @@ def _error_message(body: Any, text: str) -> str:
     return text[:500]
 
 
+class CallCache(Protocol):
+    """Where answered requests are kept (`workspace.store.CallCache` is the SQLite one)."""
+
+    def get(self, key: str) -> Any | None: ...
+
+    def put(self, key: str, body: Any) -> None: ...
+
+
+def _cache_key(path: str, payload: dict) -> str:
+    blob = json.dumps([path, payload], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 class ModelClient:
     """Talks to every replica of one role's server."""
 
-    def __init__(self, endpoint: Endpoint, settings: ClientSettings | None = None):
+    def __init__(self, endpoint: Endpoint, settings: ClientSettings | None = None, cache: CallCache | None = None):
         if not endpoint.urls:
             raise ValueError(f"endpoint for {endpoint.role} has no URL")
         self.endpoint = endpoint
@@ -191,6 +207,8 @@ class ModelClient:
         self._model: str | None = endpoint.model
         self._model_lock = asyncio.Lock()
         self.calls = 0  # requests sent (retries included): benchmarks and cache tests read this
+        self.cache = cache
+        self.cache_hits = 0
 
     async def __aenter__(self) -> ModelClient:
         return self
@@ -247,8 +265,34 @@ class ModelClient:
             raise MalformedResponse(f"{path} answered {status} with non-JSON: {text[:200]!r}", **kw)
         return body
 
-    async def request(self, method: str, path: str, payload: dict | None = None) -> Any:
-        """Send one request with routing and retries; returns the decoded JSON body."""
+    async def request(self, method: str, path: str, payload: dict | None = None, parse: Callable | None = None) -> Any:
+        """Send one request with routing and retries; returns `parse(body)` (default: the decoded JSON body).
+
+        A body `parse` cannot read raises MalformedResponse. With a call cache, a deterministic request (greedy
+        generation, tokenize, detokenize) is answered from the cache when the exact same request was answered
+        before (the served model name is in every payload); only bodies that parsed are stored.
+        """
+        parse = parse or (lambda b: b)
+        key = None
+        if self.cache is not None and method == "POST" and payload is not None and not payload.get("temperature"):
+            key = _cache_key(path, payload)
+            hit = self.cache.get(key)
+            if hit is not None:
+                self.cache_hits += 1
+                return self._parse(path, hit, parse)
+        body = await self._request(method, path, payload)
+        out = self._parse(path, body, parse)
+        if key is not None:
+            self.cache.put(key, body)
+        return out
+
+    def _parse(self, path: str, body: Any, parse: Callable) -> Any:
+        try:
+            return parse(body)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            raise MalformedResponse(f"{path}: cannot parse ({e!r}): {str(body)[:200]}", role=self.role) from e
+
+    async def _request(self, method: str, path: str, payload: dict | None) -> Any:
         s = self.settings
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Retryable),
@@ -305,11 +349,7 @@ class ModelClient:
             **({"stop": stop} if stop else {}),
             **extra,
         }
-        body = await self.request("POST", "/v1/completions", payload)
-        try:
-            return _parse_completion(body)
-        except (KeyError, TypeError, ValueError, IndexError) as e:
-            raise MalformedResponse(f"/v1/completions: cannot parse ({e!r})", role=self.role) from e
+        return await self.request("POST", "/v1/completions", payload, _parse_completion)
 
     async def chat(
         self,
@@ -337,11 +377,7 @@ class ModelClient:
             **({"logprobs": True, "top_logprobs": logprobs} if logprobs is not None else {}),
             **extra,
         }
-        body = await self.request("POST", "/v1/chat/completions", payload)
-        try:
-            return _parse_chat(body)
-        except (KeyError, TypeError, ValueError, IndexError) as e:
-            raise MalformedResponse(f"/v1/chat/completions: cannot parse ({e!r})", role=self.role) from e
+        return await self.request("POST", "/v1/chat/completions", payload, _parse_chat)
 
     async def tokenize(
         self,
@@ -365,18 +401,11 @@ class ModelClient:
             payload["continue_final_message"] = continue_final_message
             if add_special_tokens is not None:
                 payload["add_special_tokens"] = add_special_tokens
-        body = await self.request("POST", "/tokenize", payload)
-        try:
-            return [int(t) for t in body["tokens"]]
-        except (KeyError, TypeError, ValueError) as e:
-            raise MalformedResponse(f"/tokenize: unexpected body {str(body)[:200]}", role=self.role) from e
+        return await self.request("POST", "/tokenize", payload, lambda b: [int(t) for t in b["tokens"]])
 
     async def detokenize(self, token_ids: list[int]) -> str:
-        body = await self.request("POST", "/detokenize", {"model": await self.model(), "tokens": list(token_ids)})
-        try:
-            return str(body["prompt"])
-        except (KeyError, TypeError) as e:
-            raise MalformedResponse(f"/detokenize: unexpected body {str(body)[:200]}", role=self.role) from e
+        payload = {"model": await self.model(), "tokens": list(token_ids)}
+        return await self.request("POST", "/detokenize", payload, lambda b: str(b["prompt"]))
 
     async def status(self) -> list[ReplicaStatus]:
         """Health, served models and server version of every replica (never raises)."""

@@ -1,0 +1,99 @@
+"""`cdw eval`, `sweep`, `baselines` and `judge-check` against in-test servers running in a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import pytest
+from click.testing import CliRunner
+
+from tests.fakeserver import FakeServer, ToyModel, prefers_longer
+from workspace.cli import main
+
+
+@pytest.fixture(scope="module")
+def urls():
+    """Weak, strong and judge servers on their own event loop (the CLI runs its own with asyncio.run)."""
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    def start(server):
+        return asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
+
+    servers = [
+        start(FakeServer(ToyModel(name="weak", seed=1, eos_after=110))),
+        start(FakeServer(ToyModel(name="strong", seed=2, reverse=True, eos_after=100, extra=(".\n\n", ", ")))),
+        start(FakeServer(ToyModel(name="judge", seed=3), judge=prefers_longer)),
+    ]
+    yield [f"--{r}-url={s.url}" for r, s in zip(("weak", "strong", "judge"), servers, strict=True)], servers
+    for s in servers:
+        asyncio.run_coroutine_threadsafe(s.stop(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("CDW_RECORDS_DIR", str(tmp_path / "records"))
+    monkeypatch.setenv("CDW_HOME", str(tmp_path / "home"))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"instruction": f"Task {i}: do it."}) + "\n" for i in range(6)))
+    return prompts
+
+
+def cdw(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_eval_json_has_the_documented_fields_and_resumes_to_the_same_id(urls, env):
+    flags, _ = urls
+    args = ("eval", "--policy", "top1(tau=0.3, span=punct)", "--prompts", env, "--max-tokens", 120, "--json", *flags)
+    r = cdw(*args)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    for key in ("evaluation_id", "n", "f_weak", "utility", "u_weak", "recovery", "ci", "certified", "errors"):
+        assert key in out
+    assert out["n"] == 6 and out["errors"] == [] and out["certified"] is False
+    assert set(out["ci"]) == {"f_weak", "utility", "u_weak", "recovery"}
+    again = cdw(*args)
+    assert json.loads(again.stdout)["evaluation_id"] == out["evaluation_id"]
+
+
+def test_eval_table_says_why_it_is_not_certified(urls, env):
+    flags, _ = urls
+    r = cdw("eval", "--policy", "never", "--prompts", env, "--max-tokens", 120, *flags)
+    assert r.exit_code == 0, r.output
+    assert "recovery" in r.output and "not the canonical set" in r.output
+
+
+def test_sweep_evaluates_each_point(urls, env):
+    flags, _ = urls
+    r = cdw("sweep", "--policy", "top1(tau=[0.1,0.3])", "--prompts", env, "--max-tokens", 120, "--json", *flags)
+    assert r.exit_code == 0, r.output
+    points = json.loads(r.stdout)
+    assert [p["policy"] for p in points] == ["top1(tau=0.1)", "top1(tau=0.3)"]
+    assert points[0]["evaluation_id"] != points[1]["evaluation_id"]
+
+
+def test_baselines_and_judge_check(urls, env):
+    flags, _ = urls
+    r = cdw("baselines", "--prompts", env, "--max-tokens", 120, "--json", *flags)
+    assert r.exit_code == 0, r.output
+    b = json.loads(r.stdout)
+    assert b["u_strong"] == 0.5 and b["gap"] == pytest.approx(0.5 - b["u_weak"]) and b["n"] == 6
+    assert b["models"] == {"weak": "weak", "strong": "strong", "judge": "judge"}
+    r = cdw("judge-check", "--baselines", b["baselines_id"], "--json", f"--judge-url={flags[2].split('=', 1)[1]}")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["n"] > 0 and d["max_abs_delta"] < 1e-9 and d["flipped"] == 0 and d["judge_changed"] == ""
+
+
+def test_bad_arguments_are_clear_errors(urls, env):
+    flags, _ = urls
+    r = cdw("eval", "--policy", "nosuch(tau=1)", "--prompts", env, *flags)
+    assert r.exit_code != 0 and "nosuch" in r.output
+    r = cdw("eval", "--policy", "never", "--prompts", env, "--n", 3, *flags)
+    assert r.exit_code != 0 and "choose one" in r.output
+    r = cdw("eval", "--policy", "never", "--prompts", env.parent / "missing.jsonl", *flags)
+    assert r.exit_code != 0 and "missing.jsonl" in r.output

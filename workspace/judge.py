@@ -1,0 +1,139 @@
+"""The pairwise judge: soft preferences between a candidate answer and the reference (DESIGN.md §1).
+
+AlpacaEval 2.0's protocol: the judge sees the instruction and two outputs labelled "m" and "M", answers with
+one token, and we read the top logprobs. P(first output wins) is the probability of the first label
+renormalised over the two labels. Every pair is judged in both orders and averaged, so position bias cancels
+per example. Identical outputs score 0.5 without a call.
+
+A failed call, or an answer whose top logprobs hold neither label, is an **error** on that example: it is
+never turned into 0.5 (that is U_strong, and would pull every policy toward parity; DESIGN.md §7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+from .client import ClientError, ModelClient
+
+SYSTEM = (
+    "You are a highly efficient assistant, who evaluates and selects the best large language model (LLMs) based "
+    "on the quality of their responses to a given instruction. This process will be used to create a leaderboard "
+    "reflecting the most accurate and human-preferred answers."
+)
+
+
+@dataclass(frozen=True)
+class JudgeSettings:
+    """How the judge is asked: settings are data, and their hash is part of the judge's id."""
+
+    template: str = "alpaca_eval_clf.txt"  # in workspace/templates/
+    labels: tuple[str, str] = ("m", "M")  # first output, second output
+    top_logprobs: int = 20
+    system: str = SYSTEM
+
+    def text(self) -> str:
+        return resources.files("workspace").joinpath("templates", self.template).read_text()
+
+    def digest(self) -> str:
+        h = hashlib.sha256("\x00".join((self.text(), self.system, *self.labels, str(self.top_logprobs))).encode())
+        return h.hexdigest()[:12]
+
+
+class JudgeError(RuntimeError):
+    """The judge could not give a verdict (call failed, or neither label among the top logprobs)."""
+
+
+@dataclass(frozen=True)
+class Preference:
+    """P(candidate beats reference) for one example, with both orders kept for inspection."""
+
+    preference: float | None  # None exactly when `error` is set
+    candidate_first: float | None = None  # P(first wins) with the candidate shown first
+    reference_first: float | None = None  # P(first wins) with the reference shown first
+    calls: int = 0
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "preference": self.preference,
+            "candidate_first": self.candidate_first,
+            "reference_first": self.reference_first,
+            "calls": self.calls,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict) -> Preference:
+        return cls(d.get("preference"), d.get("candidate_first"), d.get("reference_first"), d.get("calls", 0),
+                   d.get("error"))  # fmt: skip
+
+
+def _label_logprob(top: tuple[tuple[str, float], ...], label: str) -> float | None:
+    """Log of the total probability of tokens that spell the label (a leading space is the same answer)."""
+    ps = [lp for tok, lp in top if tok.strip() == label]
+    if not ps:
+        return None
+    m = max(ps)
+    return m + math.log(sum(math.exp(p - m) for p in ps))
+
+
+class Judge:
+    """Asks one judge server for pairwise verdicts."""
+
+    def __init__(self, client: ModelClient, settings: JudgeSettings | None = None):
+        self.client = client
+        self.settings = settings or JudgeSettings()
+
+    async def id(self) -> str:
+        """Which judge this is: served model and a hash of the prompt settings. Stored with every evaluation."""
+        return f"{await self.client.model()}#{self.settings.digest()}"
+
+    def prompt(self, instruction: str, first: str, second: str) -> list[dict[str, str]]:
+        fields = {"instruction": instruction, "output_1": first, "output_2": second}
+        # One pass over the template only (not str.format, not chained replace): the template and the outputs
+        # are full of braces, and an output may itself contain "{output_2}".
+        user = re.sub(r"\{(instruction|output_1|output_2)\}", lambda m: fields[m.group(1)], self.settings.text())
+        return [{"role": "system", "content": self.settings.system}, {"role": "user", "content": user}]
+
+    async def p_first(self, instruction: str, first: str, second: str) -> float:
+        """P(the first output is better), renormalised over the two labels. Raises JudgeError."""
+        try:
+            out = await self.client.chat(
+                self.prompt(instruction, first, second), max_tokens=1, logprobs=self.settings.top_logprobs
+            )
+        except ClientError as e:
+            raise JudgeError(f"judge call failed: {type(e).__name__}: {e}") from e
+        if not out.tokens:
+            raise JudgeError(f"judge answered {out.text!r} without logprobs")
+        a, b = (_label_logprob(out.tokens[0].top, lab) for lab in self.settings.labels)
+        if a is None and b is None:
+            seen = ", ".join(repr(t) for t, _ in out.tokens[0].top[:5])
+            raise JudgeError(f"neither label {self.settings.labels} among the judge's top logprobs (top: {seen})")
+        if a is None:
+            return 0.0
+        if b is None:
+            return 1.0
+        return 1.0 / (1.0 + math.exp(b - a))
+
+    async def prefer(self, instruction: str, candidate: str, reference: str) -> Preference:
+        """P(candidate beats reference), both orders averaged. Never raises: failures are on the result."""
+        if candidate == reference:
+            return Preference(0.5)
+        got = await asyncio.gather(
+            self.p_first(instruction, candidate, reference),
+            self.p_first(instruction, reference, candidate),
+            return_exceptions=True,
+        )
+        errors = [g for g in got if isinstance(g, BaseException)]
+        for g in errors:
+            if not isinstance(g, JudgeError):
+                raise g  # a bug, not a judge failure
+        if errors:
+            return Preference(None, calls=2, error="; ".join(str(e) for e in errors))
+        cf, rf = got
+        return Preference((cf + (1.0 - rf)) / 2.0, cf, rf, calls=2)

@@ -1,0 +1,194 @@
+"""Where evaluations live on disk: append-only record logs, and the call cache.
+
+**Records.** One JSON Lines file per record (`records/<kind>/<id>.jsonl`, e.g. `records/evaluations/…`):
+the first line is the header (what was evaluated, with what), every later line one event (a generation, a
+preference, a timing). Lines are appended and fsynced as the run progresses, so a killed run loses at most
+the line it was writing; reopening drops a torn last line and carries on. A record is written by one process
+at a time (an exclusive lock); readers never need the lock. Numbers are never read from a record: readers
+recompute them from the events (DESIGN.md §6).
+
+`records/` sits in the project checkout so records can be shared with the findings that cite them;
+`CDW_RECORDS_DIR` moves it.
+
+**Call cache.** An SQLite file mapping the hash of an exact request to its answer. Greedy decoding makes a
+request's answer a function of the request, so a re-run or a sweep that revisits a prefix is answered from
+here. WAL mode lets several processes share it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from servers.paths import PROJECT_ROOT, paths
+
+
+class StoreError(RuntimeError):
+    """A record cannot be read or written as asked (damaged file, another writer, a changed header)."""
+
+
+def records_dir() -> Path:
+    """The folder of record logs (`CDW_RECORDS_DIR`, default `records/` in the project)."""
+    env = os.environ.get("CDW_RECORDS_DIR")
+    if env:
+        return Path(env).expanduser()
+    if (PROJECT_ROOT / "pyproject.toml").exists():
+        return PROJECT_ROOT / "records"
+    return paths().home / "records"
+
+
+def record_path(kind: str, record_id: str) -> Path:
+    if not record_id or any(c in record_id for c in "/\\.") or not kind.isidentifier():
+        raise StoreError(f"not a record id: {kind}/{record_id!r}")
+    return records_dir() / kind / f"{record_id}.jsonl"
+
+
+@dataclass(frozen=True)
+class Record:
+    """A record as read from disk: its header and its events, in the order they were written."""
+
+    kind: str
+    id: str
+    header: dict
+    events: tuple[dict, ...]
+    path: Path
+
+    def of_type(self, type_: str) -> Iterator[dict]:
+        return (e for e in self.events if e.get("type") == type_)
+
+
+def _parse_lines(path: Path, data: bytes) -> tuple[list[dict], int]:
+    """Parsed lines and the byte length of the intact part.
+
+    A last line without its newline is a write the run was killed in: it is dropped. Damage in a complete
+    line is an error, never silently skipped.
+    """
+    complete = data[: data.rfind(b"\n") + 1]
+    out = []
+    for i, line in enumerate(complete.splitlines()):
+        try:
+            obj = json.loads(line)
+            if not isinstance(obj, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            raise StoreError(f"{path}: line {i + 1} is damaged ({e}); the record cannot be read") from e
+        out.append(obj)
+    return out, len(complete)
+
+
+def read_record(kind: str, record_id: str) -> Record | None:
+    """Read a record, or None when it does not exist. A torn final line is ignored."""
+    path = record_path(kind, record_id)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    objs, _ = _parse_lines(path, data)
+    if not objs or objs[0].get("type") != "header":
+        raise StoreError(f"{path}: no header line; the record cannot be read")
+    return Record(kind, record_id, objs[0], tuple(objs[1:]), path)
+
+
+def list_records(kind: str) -> list[str]:
+    """Ids of the records of one kind, oldest file first."""
+    folder = records_dir() / kind
+    if not folder.is_dir():
+        return []
+    files = sorted(folder.glob("*.jsonl"), key=lambda p: (p.stat().st_mtime, p.name))
+    return [p.stem for p in files]
+
+
+class RecordWriter:
+    """Appends events to one record; holds its lock until closed (use as a context manager).
+
+    Opening an existing record checks that the header is the same (same evaluation), truncates a torn final
+    line, and lets the caller resume from `record.events`.
+    """
+
+    def __init__(self, kind: str, record_id: str, header: dict):
+        self.path = record_path(kind, record_id)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        header = {"type": "header", **header}
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(f"{self.path} is being written by another process; wait for it or stop it") from None
+        self._fd = fd
+        self._lock = threading.Lock()
+        data = b""
+        while chunk := os.read(fd, 1 << 20):
+            data += chunk
+        objs, good = _parse_lines(self.path, data)
+        if good < len(data):
+            os.ftruncate(fd, good)
+        if not objs:
+            os.ftruncate(fd, 0)
+            self._write([header])
+            objs = [header]
+        elif _comparable(objs[0]) != _comparable(header):
+            os.close(fd)
+            raise StoreError(f"{self.path} holds a different record under the same id; not overwriting it")
+        self.record = Record(kind, record_id, objs[0], tuple(objs[1:]), self.path)
+
+    def _write(self, objs: list[dict]) -> None:
+        blob = b"".join(json.dumps(o, ensure_ascii=False).encode() + b"\n" for o in objs)
+        with self._lock:
+            os.lseek(self._fd, 0, os.SEEK_END)
+            os.write(self._fd, blob)
+            os.fsync(self._fd)
+
+    def append(self, type_: str, **fields: Any) -> None:
+        """Append one event, durably."""
+        self._write([{"type": type_, **fields}])
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # releases the lock
+            self._fd = -1
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _comparable(header: dict) -> dict:
+    # When a record was created (and with which server versions) is not part of what it is.
+    return {k: v for k, v in header.items() if k not in ("created", "servers")}
+
+
+class CallCache:
+    """Answers of deterministic requests, keyed by a hash of the exact request (see `ModelClient.request`)."""
+
+    def __init__(self, path: Path | None = None):
+        self.path = path or paths().cache / "calls.sqlite"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, body TEXT NOT NULL)")
+        self._db.commit()
+
+    def get(self, key: str) -> Any | None:
+        row = self._db.execute("SELECT body FROM calls WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def put(self, key: str, body: Any) -> None:
+        self._db.execute("INSERT OR REPLACE INTO calls VALUES (?, ?)", (key, json.dumps(body, ensure_ascii=False)))
+        self._db.commit()
+
+    def __len__(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
+
+    def close(self) -> None:
+        self._db.close()
