@@ -16,10 +16,11 @@ import hashlib
 import math
 import re
 from dataclasses import dataclass
-from importlib import resources
+from pathlib import Path
 
 from .client import ClientError, ModelClient
 
+TEMPLATES = Path(__file__).parent / "templates"
 SYSTEM = (
     "You are a highly efficient assistant, who evaluates and selects the best large language model (LLMs) based "
     "on the quality of their responses to a given instruction. This process will be used to create a leaderboard "
@@ -37,7 +38,7 @@ class JudgeSettings:
     system: str = SYSTEM
 
     def text(self) -> str:
-        return resources.files("workspace").joinpath("templates", self.template).read_text()
+        return (TEMPLATES / self.template).read_text()
 
     def digest(self) -> str:
         h = hashlib.sha256("\x00".join((self.text(), self.system, *self.labels, str(self.top_logprobs))).encode())
