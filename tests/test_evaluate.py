@@ -193,3 +193,9 @@ async def test_editing_a_stored_summary_does_not_change_what_is_read_back(server
     back = load_evaluation(ev.id, SETTINGS)
     assert numbers(back) == numbers(ev)
     assert back.summary.recovery != 1.0 and not back.certified
+
+
+async def test_too_few_prompts_for_length_control_is_readable_with_a_reason(servers, records):
+    ev = await run(servers, "top1(tau=0.3, span=punct)", prompts=PROMPTS.head(3))
+    assert ev.complete and ev.summary is None and "at least 5" in ev.note
+    assert load_evaluation(ev.id, SETTINGS).note == ev.note

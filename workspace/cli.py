@@ -315,6 +315,8 @@ def _show_evaluation(ev) -> None:
             f"[yellow]note: the length-controlled fit shrank utility to exactly 0.5 (raw winrate {s.raw_winrate:.3f}):"
             " alpaca_eval's cross-validated L1 penalty chose theta = 0. Read the intervals, not the point.[/]"
         )
+    if ev.note:
+        console.print(f"[yellow]no numbers: {ev.note}[/]")
     for pid, err in ev.errors[:10]:
         console.print(f"[red]  {pid}:[/] {err}")
     if len(ev.errors) > 10:

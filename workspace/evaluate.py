@@ -213,6 +213,7 @@ class Evaluation:
     examples: tuple[Example, ...]
     summary: Summary | None  # over the complete examples; None when there are none
     timings: dict[str, float]
+    note: str = ""  # why there are no numbers although examples were judged (e.g. too few for length control)
 
     @property
     def policy(self) -> str:
@@ -264,6 +265,7 @@ class Evaluation:
             "certified": self.certified,
             "canonical": self.canonical,
             "errors": [{"prompt_id": p, "error": e} for p, e in self.errors],
+            "note": self.note,
             "created": self.header.get("created"),
             "timings": self.timings,
         }
@@ -487,7 +489,7 @@ async def evaluate(
         await _judge_phase(w, "preference", Judge(setup.judge, settings.judge), pairs, "judge candidate vs reference",
                            progress, reuse)  # fmt: skip
         result = _build(eid, read_record("evaluations", eid), base, settings)
-        w.append("summary", note="for people reading this file; readers recompute it", **result.to_json())
+        w.append("summary", comment="for people reading this file; readers recompute it", **result.to_json())
     return result
 
 
@@ -500,15 +502,15 @@ def _build(eid: str, rec, base: Baselines, settings: EvalSettings) -> Evaluation
         p = Preference.from_json(prefs[b.prompt_id]) if b.prompt_id in prefs else None
         examples.append(Example(b.prompt_id, b.instruction, b.reference, b.weak, b.weak_preference, g, p))
     ok = [e.sample() for e in examples if e.error is None]
-    summary = None
+    summary, note = None, ""
     if ok:
         try:
             summary = summarize(ok, n_boot=settings.n_boot, seed=settings.seed)
-        except StatsError as e:
-            raise EvaluationError(f"evaluation {eid}: {e}") from e
+        except StatsError as e:  # e.g. fewer than 5 judged prompts: the record stays readable, without numbers
+            note = str(e)
     base_rec = read_record("baselines", base.id)
     timings = _timings((*(base_rec.events if base_rec else ()), *rec.events))
-    return Evaluation(eid, rec.header, base, tuple(examples), summary, timings)
+    return Evaluation(eid, rec.header, base, tuple(examples), summary, timings, note)
 
 
 @dataclass(frozen=True)
