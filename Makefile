@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_POLICY := margin(tau=0.1, span=sentence)
 
-.PHONY: install demo test lint stop
+.PHONY: install demo test lint stop browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,9 +31,14 @@ demo: install
 	$(BIN)/cdw decode "Write a haiku about autumn leaves." --policy "$(DEMO_POLICY)" --max-tokens 96
 	$(BIN)/cdw eval --policy "$(DEMO_POLICY)" --n 5 --max-tokens 96
 
-test: install lint
+test: install lint browser
 	$(BIN)/cdw models fetch tiny
 	$(BIN)/python -m pytest
+
+# The page test drives Debian's Chromium through playwright (no `playwright install`: its CDN may be unreachable).
+browser:
+	@test -x /usr/bin/chromium || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y chromium; }
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,0 +1,155 @@
+"""Altair charts of the leaderboard: the frontier and the certified state of the art over time (DESIGN.md §3).
+
+Charts are built from a `Leaderboard` (itself built from evaluation records), so a chart never shows a number that
+was typed in. They display in JupyterLab as they are (offline: `use_offline_renderer()`), and `save_chart` writes
+PNG or SVG through vl-convert.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import altair as alt
+
+from .leaderboard import BASELINE, BELOW_BAR, CERTIFIED, NOT_CANONICAL, Leaderboard, LeaderboardEntry, get_leaderboard
+
+STATUSES = (CERTIFIED, BELOW_BAR, NOT_CANONICAL, BASELINE)
+COLORS = ("#1a7f37", "#c26a00", "#8c959f", "#24292f")
+SHAPES = ("diamond", "circle", "circle", "square")
+WIDTH, HEIGHT = 680, 400
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def _ci(iv) -> str:
+    return "n/a" if iv is None else f"[{iv.low:.3f}, {iv.high:.3f}]"
+
+
+def _row(e: LeaderboardEntry) -> dict:
+    """One point of the frontier: the numbers, their intervals, and the tooltip text."""
+    fi, ri = e.f_weak_ci, e.recovery_ci
+    return {
+        "policy": e.policy, "status": e.status, "evaluation": e.evaluation or "—", "n": e.n,
+        "f_weak": e.f_weak, "recovery": e.recovery,
+        "f_lo": fi.low if fi else e.f_weak, "f_hi": fi.high if fi else e.f_weak,
+        "r_lo": ri.low if ri else e.recovery, "r_hi": ri.high if ri else e.recovery,
+        "f_weak (95% CI)": f"{_fmt(e.f_weak)} {_ci(fi)}", "recovery (95% CI)": f"{_fmt(e.recovery)} {_ci(ri)}",
+        "date": (e.created or "")[:16].replace("T", " ") or "—", "finding": e.finding_title or "—",
+    }  # fmt: skip
+
+
+def frontier_chart(board: Leaderboard | None = None, error_bars: bool = False) -> alt.LayerChart:
+    """Every evaluation as a point (f_weak → x, recovery → y), the bar as a hairline, certified points set apart,
+    the two endpoints (strong only at (0, 1), weak only at (1, 0)); a checkbox shows the 95% intervals."""
+    board = board or get_leaderboard()
+    rows = [_row(e) for e in board.evaluations if e.f_weak is not None and e.recovery is not None]
+    ends = [_row(e) for e in board.baselines]
+    recs = [r["recovery"] for r in rows] + [0.0, 1.0, board.bar]
+    domain = [min(-0.05, min(recs) - 0.05), max(1.05, max(recs) + 0.05)]  # intervals are clipped, points never
+    xs, xt = alt.Scale(domain=[0, 1]), "f_weak (share of characters the weak model wrote)"
+    ys, yt = alt.Scale(domain=domain, nice=False), "recovery"
+    x, y = alt.X("f_weak:Q", title=xt, scale=xs), alt.Y("recovery:Q", title=yt, scale=ys)
+    show = alt.param(name="error_bars", value=error_bars, bind=alt.binding_checkbox(name="95% intervals "))
+    err_opacity = alt.expr(f"{show.name} ? 0.55 : 0")
+    palette = alt.Scale(domain=list(STATUSES), range=list(COLORS))
+    status = alt.Color(
+        "status:N", title=None, scale=palette,
+        legend=alt.Legend(orient="bottom-left", direction="vertical"),
+    )  # fmt: skip
+    stroke = alt.Stroke("status:N", title=None, scale=palette)
+    tooltip = ["policy:N", "status:N", "n:Q", "f_weak (95% CI):N", "recovery (95% CI):N", "date:N", "finding:N",
+               "evaluation:N"]  # fmt: skip
+    data = alt.Data(values=rows + ends)
+    base = alt.Chart(data)
+    bar = alt.Chart(alt.Data(values=[{"bar": board.bar, "label": f"bar {board.bar:g}"}]))
+    bar_y = alt.Y("bar:Q", title=yt, scale=ys)
+    layers = [
+        bar.mark_rule(strokeWidth=0.75, strokeDash=[4, 3], color="#57606a").encode(y=bar_y),
+        bar.mark_text(align="right", baseline="bottom", dx=-4, dy=-2, fontSize=10, color="#57606a").encode(
+            y=bar_y, x=alt.value(WIDTH), text="label:N"
+        ),
+        base.mark_rule(strokeOpacity=err_opacity, clip=True).encode(
+            x=alt.X("f_lo:Q", title=xt, scale=xs), x2="f_hi:Q", y=y, stroke=stroke
+        ),
+        base.mark_rule(strokeOpacity=err_opacity, clip=True).encode(
+            x=x, y=alt.Y("r_lo:Q", title=yt, scale=ys), y2="r_hi:Q", stroke=stroke
+        ),
+        base.mark_point(filled=True, opacity=0.9).encode(
+            x=x,
+            y=y,
+            color=status,
+            shape=alt.Shape("status:N", title=None, scale=alt.Scale(domain=list(STATUSES), range=list(SHAPES))),
+            size=alt.condition(f"datum.status == '{CERTIFIED}'", alt.value(140), alt.value(60)),
+            tooltip=tooltip,
+        ),  # fmt: skip
+    ]
+    for side, test in (("left", "datum.f_weak < 0.5"), ("right", "datum.f_weak >= 0.5")):  # labels stay inside
+        layers.append(
+            alt.Chart(alt.Data(values=ends)).transform_filter(test)
+            .mark_text(fontSize=10, dy=-10, align=side, color=COLORS[3]).encode(x=x, y=y, text="policy:N")
+        )  # fmt: skip
+    return (
+        alt.layer(*layers)
+        .add_params(show)
+        .properties(width=WIDTH, height=HEIGHT, title="Frontier: weak share vs recovery, every evaluation")
+    )
+
+
+def sota_rows(board: Leaderboard, now: datetime | None = None) -> list[dict]:
+    """The best certified f_weak as a step series: one row per improvement, and one at `now` to end the line."""
+    out: list[dict] = []
+    best = None
+    for e in sorted(board.certified, key=lambda e: e.created or ""):
+        if e.f_weak is not None and e.created and (best is None or e.f_weak > best):
+            best = e.f_weak
+            out.append({"created": e.created, "best": best, "policy": e.policy, "recovery": _fmt(e.recovery),
+                        "evaluation": e.evaluation, "improvement": True})  # fmt: skip
+    if out:
+        stamp = (now or datetime.now(UTC)).isoformat(timespec="seconds")
+        out.append({**out[-1], "created": max(stamp, out[-1]["created"]), "improvement": False})
+    return out
+
+
+def sota_chart(board: Leaderboard | None = None, now: datetime | None = None) -> alt.LayerChart | alt.Chart:
+    """A step line of the best certified f_weak over time, a point at each new best."""
+    board = board or get_leaderboard()
+    rows = sota_rows(board, now)
+    title = "Certified state of the art: best f_weak at recovery ≥ bar"
+    if not rows:
+        return (
+            alt.Chart(alt.Data(values=[{"text": "no certified evaluation yet"}]))
+            .mark_text(fontSize=14, color="#57606a")
+            .encode(text="text:N")
+            .properties(width=WIDTH, height=HEIGHT / 2, title=title)
+        )
+    base = alt.Chart(alt.Data(values=rows))
+    x = alt.X("created:T", title="date (UTC)", axis=alt.Axis(format="%Y-%m-%d", labelOverlap="greedy"))
+    y = alt.Y("best:Q", title="best certified f_weak", scale=alt.Scale(domain=[0, 1]))
+    tooltip = [alt.Tooltip("created:T", format="%Y-%m-%d %H:%M"), "policy:N",
+               alt.Tooltip("best:Q", title="f_weak", format=".3f"), "recovery:N", "evaluation:N"]  # fmt: skip
+    return alt.layer(
+        base.mark_line(interpolate="step-after", color=COLORS[0], strokeWidth=2).encode(x=x, y=y),
+        base.transform_filter("datum.improvement").mark_point(filled=True, size=80, color=COLORS[0])
+        .encode(x=x, y=y, tooltip=tooltip),
+    ).properties(width=WIDTH, height=HEIGHT / 2, title=title)  # fmt: skip
+
+
+def use_offline_renderer() -> None:
+    """Show charts in a JupyterLab with no internet: each output inlines the Vega libraries (about 0.9 MB).
+
+    Altair's default renderer loads them from a CDN; JupyterLab's own Vega renderer may predate Vega-Lite 6.
+    """
+    alt.renderers.enable("html", template="inline")
+
+
+def save_chart(chart: alt.TopLevelMixin, path: str | Path, scale: float = 2.0) -> Path:
+    """Write a chart as PNG or SVG (by the file's suffix) with vl-convert; no browser or network needed."""
+    path = Path(path)
+    if path.suffix.lower() not in (".png", ".svg"):
+        raise ValueError(f"save_chart writes .png or .svg, not {path.suffix!r}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    chart.save(str(path), scale_factor=scale) if path.suffix.lower() == ".png" else chart.save(str(path))
+    return path

@@ -1,0 +1,201 @@
+"""The leaderboard: computed from evaluation records only, never from a number someone typed (DESIGN.md §1, §6).
+
+Certified evaluations are ranked by f_weak (ties by recovery, then the earlier one); canonical evaluations below
+the bar and non-canonical ones are listed apart; the two baselines (weak only, strong only) are always there.
+Each entry names the finding that reported it, but takes nothing else from it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from . import evaluate
+from .evaluate import Evaluation, EvaluationError, load_evaluation
+from .forum import Finding, get_findings
+from .stats import Interval
+from .store import StoreError, list_records, record_path
+
+CERTIFIED, BELOW_BAR, NOT_CANONICAL, BASELINE = "certified", "below bar", "not canonical", "baseline"
+
+
+@dataclass(frozen=True)
+class LeaderboardEntry:
+    """One evaluation's numbers as recomputed from its record, and where it stands."""
+
+    status: str  # certified | below bar | not canonical | baseline
+    policy: str
+    evaluation: str | None  # record id (None for the definitional baselines)
+    f_weak: float | None
+    recovery: float | None
+    f_weak_ci: Interval | None = None
+    recovery_ci: Interval | None = None
+    utility: float | None = None
+    n: int = 0  # prompts in the evaluation
+    judged: int = 0  # prompts with numbers
+    prompts: str = ""  # prompt set name
+    created: str | None = None  # UTC ISO, when the evaluation was made
+    rank: int | None = None  # 1-based, certified entries only
+    finding: str | None = None  # id of the finding that reported it
+    finding_title: str | None = None
+    note: str = ""  # why it is not certified
+
+    @property
+    def family(self) -> str:
+        return self.policy.split("(", 1)[0].strip()
+
+    def to_json(self) -> dict:
+        ci = lambda iv: None if iv is None else [iv.low, iv.high]  # noqa: E731
+        return {
+            "rank": self.rank, "status": self.status, "policy": self.policy, "evaluation": self.evaluation,
+            "f_weak": self.f_weak, "f_weak_ci": ci(self.f_weak_ci), "recovery": self.recovery,
+            "recovery_ci": ci(self.recovery_ci), "utility": self.utility, "n": self.n, "judged": self.judged,
+            "prompts": self.prompts, "created": self.created, "finding": self.finding,
+            "finding_title": self.finding_title, "note": self.note,
+        }  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    """Everything on record, sorted into the ranked board and the lists beside it."""
+
+    bar: float
+    certified: tuple[LeaderboardEntry, ...]
+    below_bar: tuple[LeaderboardEntry, ...]
+    non_canonical: tuple[LeaderboardEntry, ...]
+    baselines: tuple[LeaderboardEntry, ...]
+    skipped: tuple[tuple[str, str], ...] = ()  # (evaluation id, why it could not be read)
+
+    @property
+    def best(self) -> LeaderboardEntry | None:
+        return self.certified[0] if self.certified else None
+
+    @property
+    def evaluations(self) -> tuple[LeaderboardEntry, ...]:
+        """Every evaluation entry (baselines excluded)."""
+        return self.certified + self.below_bar + self.non_canonical
+
+    def to_json(self) -> dict:
+        return {
+            "bar": self.bar,
+            **{k: [e.to_json() for e in getattr(self, k)] for k in ("certified", "below_bar", "non_canonical")},
+            "baselines": [e.to_json() for e in self.baselines],
+            "skipped": [{"evaluation": i, "error": e} for i, e in self.skipped],
+        }
+
+
+# The endpoints hold by definition (DESIGN.md §1): weak only writes everything and recovers nothing; strong only
+# writes nothing and is the reference itself.
+BASELINES = (
+    LeaderboardEntry(BASELINE, "weak only (never defer)", None, 1.0, 0.0, note="by definition"),
+    LeaderboardEntry(BASELINE, "strong only (always defer)", None, 0.0, 1.0, note="by definition"),
+)
+
+
+def _why_not(ev: Evaluation, bar: float) -> str:
+    why = []
+    if not ev.canonical:
+        why.append("not canonical")
+    if ev.errors:
+        why.append(f"{len(ev.errors)} of {ev.n} unjudged")
+    s = ev.summary
+    if s is None or s.recovery is None:
+        why.append("no recovery (nothing judged, or no gap)")
+    elif s.recovery < bar:
+        why.append(f"recovery {s.recovery:.3f} < bar {bar}")
+    return "; ".join(why)
+
+
+def entry(ev: Evaluation, finding: Finding | None = None, bar: float | None = None) -> LeaderboardEntry:
+    """The leaderboard entry of one evaluation; every number comes from the evaluation itself."""
+    bar = evaluate.BAR if bar is None else bar
+    s = ev.summary
+    status = CERTIFIED if ev.certified else BELOW_BAR if ev.canonical else NOT_CANONICAL
+    return LeaderboardEntry(
+        status=status, policy=ev.policy, evaluation=ev.id,
+        f_weak=s.f_weak if s else None, recovery=s.recovery if s else None,
+        f_weak_ci=s.ci.get("f_weak") if s else None, recovery_ci=s.ci.get("recovery") if s else None,
+        utility=s.utility if s else None, n=ev.n, judged=s.n if s else 0,
+        prompts=ev.header.get("prompts", {}).get("name", ""), created=ev.header.get("created"),
+        finding=finding.id if finding else None, finding_title=finding.title if finding else None,
+        note="" if status == CERTIFIED else _why_not(ev, bar),
+    )  # fmt: skip
+
+
+def _reporters(findings: Iterable[Finding]) -> dict[str, Finding]:
+    """Per evaluation id, the finding that reported it: the first result naming it, else the first finding."""
+    out: dict[str, Finding] = {}
+    for f in sorted(findings, key=lambda f: (f.kind != "result", f.created, f.id)):
+        if f.evaluation:
+            out.setdefault(f.evaluation, f)
+    return out
+
+
+def _order(e: LeaderboardEntry) -> tuple:
+    num = lambda v: -math.inf if v is None else v  # noqa: E731
+    return (-num(e.f_weak), -num(e.recovery), e.created or "", e.evaluation or "")
+
+
+def build_leaderboard(
+    evaluations: Iterable[Evaluation], findings: Iterable[Finding] = (), skipped: Iterable[tuple[str, str]] = ()
+) -> Leaderboard:
+    """Sort evaluations into the board: certified ranked by f_weak, ties by recovery; the rest listed apart."""
+    bar = evaluate.BAR
+    by_eval = _reporters(findings)
+    entries = [entry(ev, by_eval.get(ev.id), bar) for ev in evaluations]
+    ranked = sorted((e for e in entries if e.status == CERTIFIED), key=_order)
+    ranked = [replace(e, rank=i) for i, e in enumerate(ranked, 1)]
+    return Leaderboard(
+        bar=bar,
+        certified=tuple(ranked),
+        below_bar=tuple(sorted((e for e in entries if e.status == BELOW_BAR), key=_order)),
+        non_canonical=tuple(sorted((e for e in entries if e.status == NOT_CANONICAL), key=_order)),
+        baselines=BASELINES,
+        skipped=tuple(skipped),
+    )
+
+
+# Recomputing an evaluation (bootstrap, length-control fits) takes about half a second. Records are append-only, so
+# an evaluation whose record files have not changed since it was last read has not changed either.
+_cache: dict[Path, tuple[tuple, Evaluation]] = {}
+
+
+def _file_state(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _load(record_id: str) -> Evaluation:
+    path = record_path("evaluations", record_id)
+    try:
+        with path.open("rb") as f:
+            base = json.loads(f.readline()).get("baselines", "")
+        state = (_file_state(path), _file_state(record_path("baselines", base)))
+    except (OSError, ValueError, AttributeError, StoreError):
+        return load_evaluation(record_id)  # let the loader say what is wrong
+    hit = _cache.get(path)
+    if hit and hit[0] == state:
+        return hit[1]
+    ev = load_evaluation(record_id)
+    _cache[path] = (state, ev)
+    return ev
+
+
+def load_all_evaluations() -> tuple[list[Evaluation], list[tuple[str, str]]]:
+    """Every evaluation on record that can be read, and (id, why) for each that cannot."""
+    out, skipped = [], []
+    for rid in list_records("evaluations"):
+        try:
+            out.append(_load(rid))
+        except (EvaluationError, StoreError, KeyError, TypeError, ValueError) as e:
+            skipped.append((rid, f"{type(e).__name__}: {e}"))  # one damaged record never hides the rest
+    return out, skipped
+
+
+def get_leaderboard(findings: Iterable[Finding] | None = None) -> Leaderboard:
+    """The leaderboard from the evaluation records on disk (findings only say who reported what)."""
+    evaluations, skipped = load_all_evaluations()
+    return build_leaderboard(evaluations, get_findings() if findings is None else findings, skipped)
