@@ -622,5 +622,22 @@ def site_cmd(out: str | None) -> None:
     )
 
 
+# ---------------------------------------------------------------- agents: the MCP server (workspace/mcp_server.py)
+
+
+@main.command("mcp")
+@click.option("--http", is_flag=True, help="serve streamable HTTP on 127.0.0.1 instead of stdio")
+@click.option("--port", default=8765, show_default=True, help="HTTP port (with --http)")
+@click.option("--token", default=None, help="bearer token for --http (else $CDW_MCP_TOKEN, else one is generated)")
+@click.option("--author", default=None, help="author of the findings agents share (else $CDW_AUTHOR, else login)")
+@click.option("--no-cache", is_flag=True, help="do not answer repeated requests from the call cache")
+@url_options
+def mcp_cmd(http: bool, port: int, token: str | None, author: str | None, no_cache: bool, **kw) -> None:
+    """Serve the agents' tools over MCP (stdio by default); AGENTS.md has a client configuration."""
+    from .mcp_server import ServerConfig, serve
+
+    serve(ServerConfig(_urls(kw), author, cache=not no_cache), http=http, port=port, token=token)
+
+
 if __name__ == "__main__":
     main()

@@ -438,8 +438,12 @@ async def evaluate(
     setup: Setup,
     settings: EvalSettings | None = None,
     progress: bool = True,
+    judge: bool = True,
 ) -> Evaluation:
-    """Evaluate a policy on a prompt set, resuming its record if it exists; returns the recomputed numbers."""
+    """Evaluate a policy on a prompt set, resuming its record if it exists; returns the recomputed numbers.
+
+    `judge=False` stops after the candidate's decodes (see `generate`); `evaluate_generations` judges them later.
+    """
     settings = settings or EvalSettings()
     pol = load_policy(policy)
     eid = await evaluation_id(pol, prompts, setup, settings)
@@ -476,6 +480,8 @@ async def evaluate(
             await decode_many([p.instruction for p in todo], pol, setup.models, settings.engine,
                               progress=progress, on_done=done)  # fmt: skip
             w.append("timing", phase="decode", seconds=round(time.monotonic() - t0, 3), n=len(todo))
+        if not judge:
+            return _build(eid, read_record("evaluations", eid), base, settings)
         prefs = _latest(w.record.events, "preference")
         pairs, reuse = [], {}
         for p in prompts:
@@ -570,3 +576,75 @@ def load_evaluation(evaluation_id: str, settings: EvalSettings | None = None) ->
 def list_evaluations(settings: EvalSettings | None = None) -> list[Evaluation]:
     """Every evaluation on record (oldest first); damaged ones raise."""
     return [load_evaluation(i, settings) for i in list_records("evaluations")]
+
+
+# ---------------------------------------------------------------- engine runs, judged later
+
+
+async def generate(
+    policy: Policy | str,
+    prompts: data.PromptSet,
+    setup: Setup,
+    settings: EvalSettings | None = None,
+    progress: bool = True,
+) -> str:
+    """Decode a policy on a prompt set into an evaluation record without judging it; returns the run id.
+
+    The baselines are made (or read) as for `evaluate`; the candidate's generations are recorded with their
+    segments, which are f_weak's provenance. `evaluate_generations(run_id, ...)` judges them later and gives
+    exactly the numbers `evaluate` would have given.
+    """
+    return (await evaluate(policy, prompts, setup, settings, progress, judge=False)).id
+
+
+def recorded_settings(header: dict, n_boot: int = 1000, seed: int = 0) -> EvalSettings:
+    """The settings a record was made with, rebuilt from its header (engine settings, judge template)."""
+    s = header["settings"]
+    j = s["judge"]
+    judge = JudgeSettings(template=j["template"], labels=tuple(j["labels"]), top_logprobs=j["top_logprobs"])
+    return EvalSettings(EngineSettings(**s["engine"]), judge, n_boot=n_boot, seed=seed)
+
+
+async def baselines_id(prompts: data.PromptSet, setup: Setup, settings: EvalSettings | None = None) -> str:
+    """The id of the baselines record these prompts and servers have (whether it exists yet or not)."""
+    return _digest(await _baselines_header(prompts, setup, settings or EvalSettings()))
+
+
+async def evaluate_generations(
+    run_id: str,
+    setup: Setup,
+    settings: EvalSettings | None = None,
+    policy: Policy | str | None = None,
+    progress: bool = True,
+) -> Evaluation:
+    """Judge the generations of a stored engine run (from `generate`) and return its recomputed numbers.
+
+    Everything comes from the record, nothing from the caller: the policy spec, prompt ids and settings from
+    its header, f_weak from the recorded segments, utility from the judge, recovery from the baselines record
+    (summary lines are never read). `setup` must reach the models and judge the run was made with; the run id
+    is recomputed to check it. A generation that failed is decoded again, so the policy must still load (pass
+    `policy`, with the recorded spec, to load it yourself) and its code must not have changed.
+    """
+    try:
+        rec = read_record("evaluations", run_id)
+    except StoreError as e:
+        raise EvaluationError(str(e)) from e
+    if rec is None:
+        raise EvaluationError(f"no engine run {run_id!r} on record (records/evaluations/)")
+    h = rec.header
+    base = _read_baselines(h["baselines"])
+    # The instructions live in the baselines record; the header's hash proves they are the run's prompts.
+    prompts = data.PromptSet(h["prompts"]["name"], [data.Prompt(e.prompt_id, e.instruction) for e in base.examples])
+    if prompts.hash != h["prompts"]["hash"]:
+        raise EvaluationError(f"run {run_id}: its baselines {base.id} do not hold the instructions of its prompts")
+    settings = settings or recorded_settings(h)
+    pol = load_policy(h["policy"] if policy is None else policy)
+    if pol.describe() != h["policy"]:
+        raise EvaluationError(f"run {run_id} was made by policy {h['policy']!r}, not {pol.describe()!r}")
+    eid = await evaluation_id(pol, prompts, setup, settings)
+    if eid != run_id:
+        raise EvaluationError(
+            f"run {run_id} cannot be judged with these servers and this code: its policy source, models "
+            f"({h['models']}), judge ({h['judge']}) or settings differ from what this setup gives (run {eid})"
+        )
+    return await evaluate(pol, prompts, setup, settings, progress)

@@ -1,0 +1,390 @@
+"""The agents' MCP server, driven by the `mcp` SDK's own client over stdio (and once over HTTP).
+
+The server runs as a subprocess (`python -m workspace.mcp_server`, or `cdw mcp`) pointed at in-test weak, strong and
+judge servers that live on a background thread's event loop, with records, findings, the call cache and the policy
+folder in temp dirs. Prompts are the first few canonical ones (the AlpacaEval instructions are copied from this
+machine's cache, or fetched once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx2
+import pytest
+from mcp.client.session import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+
+from servers.paths import paths
+from tests.fakeserver import FakeServer, ToyModel, judge_outputs
+from workspace import charts, data, forum, leaderboard
+from workspace.client import ModelClient
+from workspace.endpoints import Endpoint
+from workspace.evaluate import EngineSettings, Setup, evaluate, generate, load_evaluation
+from workspace.store import record_path
+
+ROOT = Path(__file__).resolve().parent.parent
+N = 5  # prompts per evaluation: the fewest the length-controlled fit accepts
+TOOLS = {"get_baselines", "get_findings", "get_leaderboard", "evaluate_policy", "evaluate_generations", "share_finding"}
+TEMPLATE = "template.py:MarginCooldown(tau=0.3, min_gap=3, span=punct)"
+
+
+class AnswerToy(ToyModel):
+    """A toy model whose end of sequence depends on the answer's length, not the whole context's: canonical
+    instructions run from one line to a page, and `eos_after` counts from the last `<s>` (the assistant turn)."""
+
+    def logprobs(self, context: list[int]) -> list[float]:
+        bos = self.ids["<s>"]
+        start = len(context) - context[::-1].index(bos) if bos in context else 0
+        saved = self.eos_after
+        self.eos_after = saved + start  # the server is one thread and this call does not yield: nothing sees it
+        try:
+            return super().logprobs(context)
+        finally:
+            self.eos_after = saved
+
+
+class ScriptedJudge:
+    """Likes answers that share a long start with one of the strong model's answers (as in test_evaluate), so the
+    weak model loses (a real gap) and partly strong answers do better."""
+
+    def __init__(self):
+        self.references: set[str] = set()
+
+    def score(self, text: str) -> float:
+        return max(len(os.path.commonprefix([text, r])) / max(len(r), 1) for r in self.references)
+
+    def __call__(self, prompt: str) -> float:
+        a, b = judge_outputs(prompt)
+        return 1 / (1 + math.exp(-4 * (self.score(a) - self.score(b)) - 0.2))
+
+
+@pytest.fixture(scope="module")
+def alpaca_cache(tmp_path_factory) -> Path:
+    """The AlpacaEval cache file (copied from this machine's, else fetched once into a temp home)."""
+    home = tmp_path_factory.mktemp("alpaca-home")
+    (home / "data").mkdir()
+    mine = paths().data / data.CACHE_NAME
+    if mine.is_file():
+        shutil.copy(mine, home / "data" / data.CACHE_NAME)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CDW_HOME", str(home))
+        data.alpaca_eval()  # verifies the copy, or fetches
+    return home / "data" / data.CACHE_NAME
+
+
+@pytest.fixture(scope="module")
+def prompts(alpaca_cache):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CDW_HOME", str(alpaca_cache.parent.parent))
+        return data.canonical().head(N)
+
+
+@pytest.fixture(scope="module")
+def servers(prompts):
+    """Weak, strong and judge servers on their own loop, so a subprocess and the test's loop can both reach them."""
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    judge = ScriptedJudge()
+
+    def on_loop(coro, timeout=60):
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
+
+    weak = on_loop(FakeServer(AnswerToy(name="weak", seed=1, eos_after=90)).start())
+    strong = on_loop(FakeServer(AnswerToy(name="strong", seed=2, reverse=True, eos_after=80,
+                                          extra=(".\n\n", ", ", "the "))).start())  # fmt: skip
+    jserver = on_loop(FakeServer(ToyModel(name="judge", seed=3), judge=judge).start())
+
+    async def references():  # what the evaluation will take as the reference answers (max_tokens as by default)
+        async with ModelClient(Endpoint("strong", (strong.url,), "strong")) as c:
+            for p in prompts:
+                out = await c.chat([{"role": "user", "content": p.instruction}], max_tokens=EngineSettings().max_tokens)
+                judge.references.add(out.text)
+
+    on_loop(references())
+    yield {"weak": weak, "strong": strong, "judge": jserver}
+    for s in (weak, strong, jserver):
+        on_loop(s.stop())
+    loop.call_soon_threadsafe(loop.stop)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, servers, alpaca_cache) -> dict[str, str]:
+    """The server subprocess's environment; this process gets the same folders, to read what the server wrote."""
+    home = tmp_path / "home"
+    (home / "data").mkdir(parents=True)
+    shutil.copy(alpaca_cache, home / "data" / data.CACHE_NAME)
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    shutil.copy(ROOT / "policies" / "template.py", folder / "template.py")
+    env = {
+        "CDW_HOME": str(home),
+        "CDW_RECORDS_DIR": str(tmp_path / "records"),
+        "CDW_FINDINGS_DIR": str(tmp_path / "findings"),
+        "CDW_POLICIES_DIR": str(folder),
+        "CDW_AUTHOR": "agent-under-test",
+        **{f"CDW_{role.upper()}_URL": s.url for role, s in servers.items()},
+    }
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    for role in ("WEAK", "STRONG", "JUDGE"):
+        monkeypatch.delenv(f"CDW_{role}_MODEL", raising=False)
+    return env
+
+
+@asynccontextmanager
+async def connect(env: dict[str, str], *args: str, cli: bool = False):
+    """A ClientSession on a fresh server subprocess (its stderr goes to a log file beside the records)."""
+    module = ["-m", "workspace.cli", "mcp"] if cli else ["-m", "workspace.mcp_server"]
+    params = StdioServerParameters(command=sys.executable, args=[*module, *args], env=env, cwd=str(ROOT))
+    log = Path(env["CDW_HOME"]) / "mcp-server.log"
+    with log.open("a") as errlog:
+        async with stdio_client(params, errlog=errlog) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            yield session
+
+
+async def call(session: ClientSession, tool: str, progress: list | None = None, **args) -> dict:
+    """Call a tool that must succeed; returns its structured result."""
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append((done, total, message))
+
+    r = await session.call_tool(tool, args, progress_callback=on_progress if progress is not None else None)
+    assert not r.is_error, r.content[0].text
+    return r.structured_content
+
+
+async def refused(session: ClientSession, tool: str, **args) -> str:
+    """Call a tool that must fail with a readable message (a tool error, not a crash); returns the message."""
+    r = await session.call_tool(tool, args)
+    assert r.is_error, f"{tool}({args}) should have failed: {r.structured_content}"
+    text = r.content[0].text
+    assert text != f"Error executing tool {tool}", "a crash, not an expected error"
+    return text
+
+
+def numbers(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k not in ("timings", "created")}
+
+
+async def test_tools_are_listed_with_their_schemas(env):
+    async with connect(env, cli=True) as session:  # `cdw mcp`
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+    assert set(tools) == TOOLS
+    for t in tools.values():
+        assert t.description and t.input_schema["type"] == "object"
+        assert "ctx" not in t.input_schema.get("properties", {})
+    ev = tools["evaluate_policy"].input_schema
+    assert ev["required"] == ["policy"] and ev["properties"]["policy"]["type"] == "string"
+    assert {"string", "integer"} == {a["type"] for a in ev["properties"]["prompts"]["anyOf"]}
+    assert ev["properties"]["prompts"]["default"] == "canonical"
+    assert tools["evaluate_generations"].input_schema["required"] == ["run_id"]
+    share = tools["share_finding"].input_schema
+    assert sorted(share["required"]) == ["body", "kind", "title"]
+    assert share["properties"]["kind"]["enum"] == list(forum.KINDS)
+    assert set(share["properties"]) == {"title", "kind", "body", "policy", "evaluation_id", "tags"}
+    assert set(tools["get_findings"].input_schema["properties"]) == {"kind", "policy", "since", "text", "limit"}
+    assert tools["get_leaderboard"].input_schema.get("properties", {}) == {}
+
+
+async def test_bad_arguments_come_back_as_tool_errors_and_nothing_runs(env, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    marker = tmp_path / "imported"
+    (outside / "evil.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).touch()\n"
+        "from workspace.policies import Policy\n\nclass Evil(Policy):\n    def decide(self, s):\n        return True\n"
+    )
+    folder = Path(env["CDW_POLICIES_DIR"])
+    (folder / "link.py").symlink_to(outside / "evil.py")
+    (folder / "sub").symlink_to(outside, target_is_directory=True)
+    async with connect(env) as session:
+        assert "unknown policy 'nosuch'" in await refused(session, "evaluate_policy", policy="nosuch(tau=1)")
+        assert "empty policy" in await refused(session, "evaluate_policy", policy="  ")
+        for escape in ("link.py:Evil", "sub/evil.py:Evil", f"{outside}/evil.py:Evil", "../outside/evil.py:Evil",
+                       "policies/../../outside/evil.py:Evil"):  # fmt: skip
+            msg = await refused(session, "evaluate_policy", policy=escape)
+            assert "outside the policy folder" in msg or "'..' is not allowed" in msg, msg
+        assert "not from modules" in await refused(session, "evaluate_policy", policy="subprocess:run(['true'])")
+        assert "has no 'Nope'" in await refused(session, "evaluate_policy", policy="template.py:Nope")
+        assert "no policy file" in await refused(session, "evaluate_policy", policy="missing.py:X")
+        assert "tau is a probability" in await refused(session, "evaluate_policy", policy=TEMPLATE.replace("0.3", "3"))
+        assert "prompts" in await refused(session, "evaluate_policy", policy="never", prompts="/etc/passwd")
+        assert "choose 1 to 100" in await refused(session, "evaluate_policy", policy="never", prompts=0)
+        assert "no engine run 'nope'" in await refused(session, "evaluate_generations", run_id="nope")
+        assert "not a record id" in await refused(session, "evaluate_generations", run_id="../x")
+        assert "needs a title" in await refused(session, "share_finding", title="  ", kind="insight", body="b")
+        assert "must name the evaluation" in await refused(session, "share_finding", title="t", kind="result", body="b")
+        msg = await refused(session, "share_finding", title="t", kind="result", body="b", evaluation_id="abc123")
+        assert "abc123" in msg
+        assert "kind" in await refused(session, "share_finding", title="t", kind="rumour", body="b")
+        assert "ISO date" in await refused(session, "get_findings", since="last tuesday")
+        assert "limit" in await refused(session, "get_findings", limit=0)
+        board = await call(session, "get_leaderboard")  # still serving
+    assert board["certified"] == [] and board["non_canonical"] == []
+    assert not marker.exists(), "a policy file outside the folder was imported"
+    assert not Path(env["CDW_RECORDS_DIR"]).exists() and not Path(env["CDW_FINDINGS_DIR"]).exists()
+
+
+async def test_baselines_and_an_evaluation_with_progress_and_intervals(env, prompts):
+    async with connect(env) as session:
+        steps: list = []
+        base = await call(session, "get_baselines", steps, prompts=N)
+        assert steps and steps[-1][0] == steps[-1][1] == 3 * N
+        progress: list = []
+        ev = await call(session, "evaluate_policy", progress, policy="margin(tau=0.3, span=punct)", prompts=N)
+        again = await call(session, "evaluate_policy", policy="margin(tau=0.3, span=punct)", prompts=str(N))
+    assert base["u_strong"] == 0.5 and 0 < base["u_weak"] < 0.5 and base["gap"] == pytest.approx(0.5 - base["u_weak"])
+    assert base["n"] == N and base["errors"] == [] and base["bar"] == 0.98
+    assert base["models"] == {"weak": "weak", "strong": "strong", "judge": "judge"}
+    assert base["judge"].startswith("judge#")
+    assert base["canonical_hash"] == json.loads(data.CANONICAL_FILE.read_text())["hash"]
+    assert base["prompts"] == f"canonical[:{N}]" and base["prompts_hash"] == prompts.hash
+    assert progress and progress[-1][:2] == (5 * N, 5 * N)
+    assert all(done <= total for done, total, _ in progress)
+    assert ev["n"] == ev["judged"] == N and ev["errors"] == []
+    assert 0 < ev["f_weak"] < 1 and ev["u_weak"] == pytest.approx(base["u_weak"])
+    for k in ("f_weak", "utility", "u_weak", "recovery"):
+        low, high = ev["ci"][k]
+        assert low <= ev[k] <= high, k
+    assert ev["certified"] is False and ev["canonical"] is False  # toy models, 5 prompts
+    assert numbers(load_evaluation(ev["evaluation_id"]).to_json()) == numbers(ev)  # what the record says
+    assert numbers(again) == numbers(ev)  # the same evaluation, read back
+
+
+async def test_evaluate_generations_returns_the_true_numbers_whatever_the_record_claims(
+    env, servers, prompts, tmp_path, monkeypatch
+):
+    policy = "top1(tau=0.4, span=words:2)"
+
+    def setup() -> Setup:
+        return Setup(*(ModelClient(Endpoint(r, (servers[r].url,), r)) for r in ("weak", "strong", "judge")))
+
+    async with setup() as s:
+        run_id = await generate(policy, prompts, s, progress=False)
+    path = record_path("evaluations", run_id)
+    assert load_evaluation(run_id).summary is None  # decoded, not judged
+    forged = {"type": "summary", "f_weak": 0.99, "utility": 0.9, "recovery": 1.0, "certified": True, "judged": N}
+    with path.open("a") as f:
+        f.write(json.dumps(forged) + "\n")
+    # the one the server must refuse: a run of a policy file outside the policy folder
+    outside = tmp_path / "elsewhere.py"
+    shutil.copy(ROOT / "policies" / "template.py", outside)
+    async with setup() as s:
+        foreign = await generate(f"{outside}:MarginCooldown(tau=0.3)", prompts, s, progress=False)
+
+    async with connect(env) as session:
+        first = await call(session, "evaluate_generations", run_id=run_id)
+        lines = [json.loads(x) for x in path.read_text().splitlines()]
+        path.write_text("".join(json.dumps({**o, **forged} if o["type"] == "summary" else o) + "\n" for o in lines))
+        second = await call(session, "evaluate_generations", run_id=run_id)
+        assert "outside the policy folder" in await refused(session, "evaluate_generations", run_id=foreign)
+
+    assert first["evaluation_id"] == run_id and first["judged"] == N and first["policy"] == policy
+    assert first["recovery"] != 1.0 and first["f_weak"] != 0.99 and first["certified"] is False
+    assert numbers(second) == numbers(first)
+    # f_weak is the pooled share of weak characters in the recorded segments
+    gens = [o["decode"] for o in lines if o["type"] == "generation"]
+    weak = sum(len(seg[1]) for g in gens for seg in g["segments"] if seg[0] == "weak")
+    assert first["f_weak"] == pytest.approx(weak / sum(len(g["text"]) for g in gens))
+    # and the numbers are those of the same evaluation run straight through, elsewhere
+    monkeypatch.setenv("CDW_RECORDS_DIR", str(tmp_path / "straight"))
+    async with setup() as s:
+        straight = await evaluate(policy, prompts, s, progress=False)
+    assert numbers(straight.to_json()) == numbers(first)
+
+
+async def test_one_agent_turn_end_to_end(env, prompts):
+    seed = forum.share_finding("Margin gates may need a cooldown after each handoff", "hypothesis",
+                               "Back-to-back handoffs look wasteful; a minimum gap should cut them.", "someone",
+                               policy="margin")  # fmt: skip
+    async with connect(env, "--author", "agent-7") as session:
+        feed = await call(session, "get_findings")
+        base = await call(session, "get_baselines", prompts=N)
+        ev = await call(session, "evaluate_policy", policy=TEMPLATE, prompts=N)
+        same = await call(session, "evaluate_policy", policy=f"policies/{TEMPLATE}", prompts=N)  # one policy, read
+        body = (f"MarginCooldown on the first {N} canonical prompts: f_weak {ev['f_weak']:.3f} "
+                f"{ev['ci']['f_weak']}, recovery {ev['recovery']:.3f} {ev['ci']['recovery']}. Too few prompts to "
+                "claim anything; the intervals are wide.")  # fmt: skip
+        shared = await call(session, "share_finding", title=f"Cooldown margin gate on {N} prompts", kind="result",
+                            body=body, policy=TEMPLATE, evaluation_id=ev["evaluation_id"],
+                            tags=["template", "cooldown"])  # fmt: skip
+        results = await call(session, "get_findings", kind="result")
+        everything = await call(session, "get_findings", limit=1)
+        board = await call(session, "get_leaderboard")
+
+    assert feed["total"] == 1 and feed["findings"][0]["id"] == seed
+    assert feed["findings"][0]["body"].startswith("Back-to-back handoffs")
+    assert base["gap"] > 0
+    assert ev["policy"] == f"policies/{TEMPLATE}" and ev["judged"] == N and ev["recovery"] is not None
+    assert numbers(same) == numbers(ev)
+    fid = shared["id"]
+    assert shared["finding"]["author"] == "agent-7" and shared["finding"]["kind"] == "result"
+    assert shared["finding"]["policy"] == ev["policy"] and shared["finding"]["tags"] == ["template", "cooldown"]
+    assert numbers(shared["evaluation"]) == numbers(ev)
+    assert (Path(env["CDW_FINDINGS_DIR"]) / f"{fid}.md").is_file()
+    assert [f["id"] for f in results["findings"]] == [fid] and results["findings"][0]["body"].strip() == body
+    assert everything["total"] == 2 and [f["id"] for f in everything["findings"]] == [fid]  # newest first
+    (entry,) = [e for e in board["non_canonical"] if e["evaluation"] == ev["evaluation_id"]]
+    assert entry["finding"] == fid and entry["f_weak"] == ev["f_weak"] and entry["recovery"] == ev["recovery"]
+    assert entry["f_weak_ci"] == ev["ci"]["f_weak"] and entry["recovery_ci"] == ev["ci"]["recovery"]
+    assert board["certified"] == []
+    # the frontier chart's data holds the point, built from the records
+    frontier = json.dumps(charts.frontier_chart(leaderboard.get_leaderboard()).to_dict())
+    assert ev["evaluation_id"] in frontier and f"policies/{TEMPLATE}" in frontier
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_http_transport_answers_only_with_the_bearer_token(env, tmp_path):
+    port, token = _free_port(), "test-token-123"
+    log = (tmp_path / "http.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workspace.mcp_server", "--http", "--port", str(port), "--token", token],
+        env={**os.environ, **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}/mcp"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "http.log").read_text()
+                await asyncio.sleep(0.1)
+        hello = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+        async with httpx2.AsyncClient() as plain:
+            assert (await plain.post(url, json=hello)).status_code == 401
+            wrong = await plain.post(url, json=hello, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401
+        async with (
+            httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}) as authed,
+            streamable_http_client(url, http_client=authed) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            assert {t.name for t in (await session.list_tools()).tools} == TOOLS
+            feed = await call(session, "get_findings")
+        assert feed == {"total": 0, "findings": [], "skipped": []}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()

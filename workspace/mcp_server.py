@@ -1,0 +1,450 @@
+"""`cdw mcp`: the agents' interface, an MCP server whose tools are thin calls into the Python API (DESIGN.md §2).
+
+Tools: `get_baselines`, `get_findings`, `get_leaderboard`, `evaluate_policy`, `evaluate_generations`,
+`share_finding`. Nothing an agent sends becomes a number: evaluations run the engine and the judge here, and every
+number is recomputed from the evaluation records. Policy files load only from the workspace's policy folder
+(`policies/` in the project, `CDW_POLICIES_DIR` moves it): a path that resolves outside it (`..`, an absolute path
+elsewhere, a symlink out) is refused, and so is `module:Class`, which would import any installed module.
+
+The servers (weak, strong, judge) are found as everywhere else: `--weak-url` etc., `CDW_WEAK_URL` etc., or what
+`cdw serve` started. Transports: stdio (the default), or `--http`: streamable HTTP on 127.0.0.1 that answers only
+requests carrying `Authorization: Bearer <token>`.
+
+    python -m workspace.mcp_server            # or: cdw mcp
+    cdw mcp --http --port 8765 --token SECRET
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hmac
+import json
+import os
+import re
+import secrets
+import sys
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from pydantic import Field
+
+from servers.paths import PROJECT_ROOT
+from servers.presets import load_catalog
+
+from . import data, forum, leaderboard
+from .client import ClientError
+from .data import DataError, PromptSet
+from .endpoints import EndpointError
+from .evaluate import (
+    BAR,
+    EvalSettings,
+    EvaluationError,
+    Setup,
+    baselines_id,
+    ensure_baselines,
+    evaluate,
+    evaluation_id,
+    load_evaluation,
+)
+from .evaluate import evaluate_generations as judge_generations  # the tool of the same name wraps it
+from .forum import FindingError
+from .policies import Policy, PolicyError, load_policy
+from .store import CallCache, StoreError, read_record
+
+T = TypeVar("T")
+HOST = "127.0.0.1"
+DEFAULT_PORT = 8765
+POLICY_PREFIX = "policies"  # how records name the policy folder, whatever CDW_POLICIES_DIR says
+PROGRESS_EVERY_S = 1.0
+# Errors that mean "the request cannot be done as asked": the agent sees the message. Anything else is a bug and
+# reaches the agent as the SDK's generic tool error (with the traceback in the server's log).
+EXPECTED = (PolicyError, DataError, EvaluationError, FindingError, StoreError, EndpointError, ClientError)
+
+INSTRUCTIONS = """\
+Collaborative decoding research: a weak model writes, a deferral policy hands spans to a strong model, a judge
+compares the result with the strong model's own answer. Goal: maximise f_weak (share of characters the weak model
+wrote) at recovery >= 0.98 on the canonical set. Read AGENTS.md in the project first. One turn: get_baselines,
+get_findings (what others learned), write a Policy class in policies/, evaluate_policy(policy, prompts=10), read the
+intervals, then prompts="canonical", and share_finding (results, negative results and refuted hypotheses alike).
+"""
+
+
+# ---------------------------------------------------------------- argument checks (no I/O beyond the policy folder)
+
+
+def policies_dir() -> Path:
+    """The folder policy files are loaded from (`CDW_POLICIES_DIR`, default `policies/` in the project)."""
+    env = os.environ.get("CDW_POLICIES_DIR")
+    return Path(env).expanduser() if env else PROJECT_ROOT / POLICY_PREFIX
+
+
+def _policy_file(where: str) -> Path:
+    """The `.py` file `where` names inside the policy folder; PolicyError if it is elsewhere or missing."""
+    folder = policies_dir().resolve()
+    path = Path(where)
+    if ".." in path.parts:
+        raise PolicyError(f"policy file {where!r}: '..' is not allowed; name a file inside {folder}")
+    if not path.is_absolute():
+        if path.parts and path.parts[0] in (POLICY_PREFIX, folder.name):
+            path = Path(*path.parts[1:])  # "policies/x.py" and "x.py" name the same file
+        path = folder / path
+    resolved = path.resolve()  # follows symlinks: a link pointing out of the folder is caught below
+    if not resolved.is_relative_to(folder):
+        raise PolicyError(f"policy file {where!r} is outside the policy folder {folder}; put your policy there")
+    if resolved.suffix != ".py" or not resolved.is_file():
+        raise PolicyError(f"no policy file {where!r} in {folder} (a .py file there, e.g. template.py)")
+    return resolved
+
+
+def _locate(spec: str) -> tuple[str, str] | None:
+    """For `file.py:Class(args)`: (the spec with the file's absolute path, the spec as records name it, i.e.
+    `policies/<file>.py:Class(args)`, what a person types from the project root). None for a built-in spec."""
+    head, paren, rest = spec.partition("(")
+    if ":" not in head:
+        return None
+    where, _, name = head.rpartition(":")
+    where, name = where.strip(), name.strip()
+    if not where.endswith(".py"):
+        raise PolicyError(
+            f"{spec!r}: this server loads classes from .py files in the policy folder ({policies_dir()}) or built-in "
+            "specs such as margin(tau=0.05), not from modules"
+        )
+    path = _policy_file(where)
+    rel = path.relative_to(policies_dir().resolve()).as_posix()
+    return f"{path}:{name}{paren}{rest}", f"{POLICY_PREFIX}/{rel}:{name}{paren}{rest}"
+
+
+def resolve_policy(spec: str) -> Policy:
+    """Load a policy an agent named: a built-in spec (`margin(tau=0.05)`) or `file.py:Class(args)` in the folder."""
+    spec = (spec or "").strip()
+    if not spec:
+        raise PolicyError("empty policy spec; e.g. 'margin(tau=0.05, span=sentence)' or 'template.py:MarginCooldown'")
+    located = _locate(spec)
+    if located is None:
+        return load_policy(spec)
+    full, recorded = located
+    try:
+        policy = load_policy(full)
+    except PolicyError as e:
+        raise PolicyError(str(e).replace(full, spec)) from e  # name it as the agent did
+    policy._spec = recorded  # load_policy keeps what it was given: this machine's absolute path
+    return policy
+
+
+def recorded_spec(spec: str) -> str:
+    """The name records give a policy spec (file specs as `policies/<file>.py:…`); unchanged if it names no file
+    here yet (a hypothesis may be about a policy not written)."""
+    try:
+        located = _locate(spec.strip())
+    except PolicyError:
+        return spec
+    return located[1] if located else spec
+
+
+_NAMED_SET = re.compile(r"^(canonical|alpaca_eval)(:\d+)?$")
+
+
+def prompt_set(prompts: str | int) -> PromptSet:
+    """`"canonical"`, `"canonical:N"`, `"alpaca_eval:N"` or a number N (the first N canonical prompts).
+
+    Files are not accepted: an agent cannot make the server read a path.
+    """
+    if isinstance(prompts, bool):
+        raise DataError("prompts must be 'canonical' or a number of prompts, not a boolean")
+    if isinstance(prompts, int):
+        return data.resolve(prompts)
+    s = str(prompts).strip()
+    if s.isdigit() or _NAMED_SET.match(s):
+        return data.resolve(s)
+    raise DataError(
+        f"prompts {prompts!r}: use 'canonical' (the 100), a number N (its first N), 'canonical:N' or 'alpaca_eval:N'"
+    )
+
+
+@contextmanager
+def _tool_errors() -> Iterator[None]:
+    """Turn an expected failure into a tool error the agent can read (the server keeps running)."""
+    try:
+        yield
+    except EXPECTED as e:
+        raise ToolError(f"{type(e).__name__}: {e}") from e
+
+
+def _with_warnings(fn, *args, **kw) -> tuple[Any, list[str]]:
+    """Call fn, returning what it returned and the findings it skipped (malformed files) as messages."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", forum.FindingWarning)
+        out = fn(*args, **kw)
+    return out, [str(w.message) for w in caught if issubclass(w.category, forum.FindingWarning)]
+
+
+# ---------------------------------------------------------------- progress, read from the records as they grow
+
+BASELINE_PHASES = (("baselines", "reference"), ("baselines", "weak"), ("baselines", "weak_preference"))
+EVALUATION_PHASES = (("evaluations", "generation"), ("evaluations", "preference"))
+
+
+def _done(kind: str, record_id: str, type_: str) -> int:
+    """Prompts whose latest event of this type in the record succeeded."""
+    try:
+        rec = read_record(kind, record_id)
+    except StoreError:
+        return 0
+    latest: dict[str, dict] = {}
+    for e in rec.events if rec else ():
+        if e.get("type") == type_:
+            latest[e.get("prompt_id")] = e
+    return sum(1 for e in latest.values() if (e.get("decode") or e).get("error") is None)
+
+
+async def _with_progress(ctx: Context, work: Awaitable[T], ids: dict[str, str], phases, n: int) -> T:
+    """Await `work`, reporting how many (prompt, phase) steps are on record every PROGRESS_EVERY_S seconds."""
+    total = len(phases) * n
+
+    def count() -> tuple[int, str]:
+        done, message = 0, "done"
+        for kind, type_ in phases:
+            k = min(n, _done(kind, ids[kind], type_))
+            if k < n and message == "done":
+                message = f"{type_.replace('_', ' ')}: {k}/{n} prompts"
+            done += k
+        return done, message
+
+    async def poll() -> None:
+        last = -1
+        while True:
+            done, message = await asyncio.to_thread(count)  # parsing a growing record must not stall the decode
+            if done != last:
+                await ctx.report_progress(done, total, message)
+                last = done
+            await asyncio.sleep(PROGRESS_EVERY_S)
+
+    poller = asyncio.create_task(poll())
+    try:
+        result = await work
+    finally:
+        poller.cancel()
+    await ctx.report_progress(total, total, "done")
+    return result
+
+
+# ---------------------------------------------------------------- the server
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What a running server needs besides the records: where the model servers are and who posts findings."""
+
+    urls: dict[str, str | None] = field(default_factory=dict)  # role -> URL(s); None: $CDW_<ROLE>_URL or `cdw serve`
+    author: str | None = None  # findings' author (None: $CDW_AUTHOR, else the login name)
+    cache: bool = True  # answer repeated requests from the call cache
+
+
+def build_server(config: ServerConfig | None = None) -> MCPServer:
+    """The MCP server with its six tools; each validates its arguments, calls the Python API, returns JSON."""
+    config = config or ServerConfig()
+    settings = EvalSettings()  # the canonical decoding and judge settings: agents cannot change what is measured
+    mcp = MCPServer("cdw", instructions=INSTRUCTIONS, log_level="WARNING")
+
+    @asynccontextmanager
+    async def setup() -> AsyncIterator[Setup]:
+        cache = CallCache() if config.cache else None
+        try:
+            async with Setup.from_endpoints(config.urls, cache) as s:
+                yield s
+        finally:
+            if cache is not None:
+                cache.close()
+
+    @mcp.tool()
+    async def get_baselines(
+        ctx: Context,
+        prompts: Annotated[str | int, Field(description="'canonical', or N: its first N prompts")] = "canonical",
+    ) -> dict[str, Any]:
+        """U_weak, U_strong (0.5 by definition), the gap, the certification bar, the models, the judge and the
+        canonical set's hash. Computed once per prompt set and servers (that first time takes a while), then read."""
+        with _tool_errors():
+            ps = prompt_set(prompts)
+            async with setup() as s:
+                ids = {"baselines": await baselines_id(ps, s, settings)}
+                base = await _with_progress(
+                    ctx, ensure_baselines(ps, s, settings, progress=False), ids, BASELINE_PHASES, len(ps)
+                )
+            canonical = json.loads(data.CANONICAL_FILE.read_text())
+            return {
+                **base.to_json(),
+                "bar": BAR,
+                "canonical_hash": canonical["hash"],
+                "canonical_n": canonical["n"],
+                "canonical_models": load_catalog().canonical,
+            }
+
+    @mcp.tool()
+    def get_findings(
+        kind: Annotated[
+            Literal["hypothesis", "negative", "result", "insight"] | None, Field(description="only this kind")
+        ] = None,
+        policy: Annotated[str | None, Field(description="a policy spec or a family name such as 'margin'")] = None,
+        since: Annotated[str | None, Field(description="ISO date or time: only findings created at or after")] = None,
+        text: Annotated[str | None, Field(description="only findings whose title, body or tags contain this")] = None,
+        limit: Annotated[int, Field(ge=1, le=500, description="at most this many (newest first)")] = 20,
+    ) -> dict[str, Any]:
+        """The research forum, newest first, bodies included. A result's numbers are in get_leaderboard (read
+        from its evaluation record), never in its text."""
+        with _tool_errors():
+            found, skipped = _with_warnings(forum.get_findings, kind=kind, policy=policy, since=since, text=text)
+            return {"total": len(found), "findings": [f.to_json() for f in found[:limit]], "skipped": skipped}
+
+    @mcp.tool()
+    def get_leaderboard() -> dict[str, Any]:
+        """As `cdw leaderboard`: certified policies ranked by f_weak (ties by recovery), then canonical ones below
+        the bar and non-canonical ones, each with 95% intervals, all recomputed from the evaluation records."""
+        with _tool_errors():
+            board, skipped = _with_warnings(leaderboard.get_leaderboard)
+            return {**board.to_json(), "skipped_findings": skipped}
+
+    @mcp.tool()
+    async def evaluate_policy(
+        ctx: Context,
+        policy: Annotated[
+            str,
+            Field(
+                description="a built-in spec, e.g. 'margin(tau=0.05, span=sentence)', or a class in a file of the "
+                "policy folder, e.g. 'template.py:MarginCooldown(tau=0.05, min_gap=4)'"
+            ),
+        ],
+        prompts: Annotated[
+            str | int, Field(description="N (the first N canonical prompts: try 10 first) or 'canonical' (all 100)")
+        ] = "canonical",
+    ) -> dict[str, Any]:
+        """Run the engine and the judge on a policy and return the evaluation: its id, f_weak, utility, U_weak and
+        recovery with 95% intervals, how many prompts were judged, errors, and whether it is certified. Resumes
+        (and for a finished one, only reads) the record of the same policy, code and prompts. Reports progress."""
+        with _tool_errors():
+            pol = resolve_policy(policy)
+            ps = prompt_set(prompts)
+            async with setup() as s:
+                ids = {"baselines": await baselines_id(ps, s, settings),
+                       "evaluations": await evaluation_id(pol, ps, s, settings)}  # fmt: skip
+                ev = await _with_progress(
+                    ctx, evaluate(pol, ps, s, settings, progress=False), ids,
+                    BASELINE_PHASES + EVALUATION_PHASES, len(ps),
+                )  # fmt: skip
+            return ev.to_json()
+
+    @mcp.tool()
+    async def evaluate_generations(
+        ctx: Context,
+        run_id: Annotated[str, Field(description="the id of a stored engine run (from workspace.evaluate.generate)")],
+    ) -> dict[str, Any]:
+        """Judge the generations of a stored engine run and return its numbers, as evaluate_policy does. It takes
+        no numbers: f_weak comes from the run's segment provenance, utility from the judge, recovery from the
+        stored baselines; summary lines in the record are ignored."""
+        with _tool_errors():
+            rec = read_record("evaluations", run_id.strip())
+            if rec is None:
+                raise EvaluationError(f"no engine run {run_id!r} on record")
+            try:
+                spec, n, base_id = rec.header["policy"], len(rec.header["prompts"]["ids"]), rec.header["baselines"]
+            except (KeyError, TypeError) as e:
+                raise EvaluationError(f"run {run_id} has a damaged header ({type(e).__name__}: {e})") from e
+            # Only a policy this server could have been asked to run is loaded (never a path the record names).
+            pol = resolve_policy(spec)
+            async with setup() as s:
+                ids = {"baselines": base_id, "evaluations": rec.id}
+                work = judge_generations(rec.id, s, policy=pol, progress=False)
+                ev = await _with_progress(ctx, work, ids, BASELINE_PHASES + EVALUATION_PHASES, n)
+            return ev.to_json()
+
+    @mcp.tool()
+    def share_finding(
+        title: Annotated[str, Field(description="one line: what was found")],
+        kind: Annotated[Literal["hypothesis", "negative", "result", "insight"], Field(description="what it is")],
+        body: Annotated[str, Field(description="self-contained markdown: what was tried, how, what it means")],
+        policy: Annotated[str | None, Field(description="the policy spec it is about")] = None,
+        evaluation_id: Annotated[
+            str | None, Field(description="the evaluation it reports (required for a result)")
+        ] = None,
+        tags: Annotated[list[str] | None, Field(description="a few words to find it by")] = None,
+    ) -> dict[str, Any]:
+        """Post a finding to the forum (findings/*.md): hypotheses, negative results, refutations, results. A
+        result names its evaluation; the numbers shown with it are read from that evaluation's record."""
+        with _tool_errors():
+            author = config.author or forum.default_author()
+            policy = recorded_spec(policy) if policy else policy  # "x.py:C" and "policies/x.py:C" are one policy
+            fid = forum.share_finding(title, kind, body, author, policy, evaluation_id, tuple(tags or ()))
+            out: dict[str, Any] = {"id": fid, "finding": forum.get_finding(fid).to_json()}
+            out["evaluation"] = load_evaluation(evaluation_id).to_json() if evaluation_id else None
+            return out
+
+    return mcp
+
+
+# ---------------------------------------------------------------- transports
+
+
+class BearerAuth:
+    """ASGI middleware: every HTTP request must carry `Authorization: Bearer <token>`, else 401."""
+
+    def __init__(self, app, token: str):
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            got = dict(scope.get("headers") or ()).get(b"authorization", b"")
+            if not hmac.compare_digest(got, self.expected):  # constant time: no guessing the token byte by byte
+                body = b'{"error": "missing or wrong bearer token (Authorization: Bearer <token>)"}'
+                await send({"type": "http.response.start", "status": 401, "headers": [
+                    (b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})  # fmt: skip
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def serve(
+    config: ServerConfig | None = None, http: bool = False, port: int = DEFAULT_PORT, token: str | None = None
+) -> None:
+    """Run the server: stdio (blocks until the client closes it), or streamable HTTP on 127.0.0.1:port/mcp."""
+    server = build_server(config)
+    if not http:
+        server.run("stdio")
+        return
+    import anyio
+    import uvicorn
+
+    token = token or os.environ.get("CDW_MCP_TOKEN")
+    if not token:
+        token = secrets.token_urlsafe(24)
+        print(
+            f"cdw mcp: generated bearer token (pass --token or $CDW_MCP_TOKEN to choose one): {token}", file=sys.stderr
+        )
+    print(f"cdw mcp: serving streamable HTTP at http://{HOST}:{port}/mcp", file=sys.stderr, flush=True)
+    app = BearerAuth(server.streamable_http_app(host=HOST), token)
+    anyio.run(uvicorn.Server(uvicorn.Config(app, host=HOST, port=port, log_level="warning")).serve)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m workspace.mcp_server [--http] [--port P] [--token T] [--author NAME]`."""
+    ap = argparse.ArgumentParser(prog="python -m workspace.mcp_server", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--http", action="store_true", help=f"streamable HTTP on {HOST} instead of stdio")
+    ap.add_argument("--port", type=int, default=DEFAULT_PORT, help="HTTP port")
+    ap.add_argument("--token", default=None, help="bearer token for --http (else $CDW_MCP_TOKEN, else generated)")
+    ap.add_argument("--author", default=None, help="author of shared findings (else $CDW_AUTHOR, else login name)")
+    ap.add_argument("--no-cache", action="store_true", help="do not answer repeated requests from the call cache")
+    for role in ("weak", "strong", "judge"):
+        ap.add_argument(f"--{role}-url", default=None, help=f"{role} server URL(s) (else $CDW_{role.upper()}_URL)")
+    a = ap.parse_args(argv)
+    urls = {"weak": a.weak_url, "strong": a.strong_url, "judge": a.judge_url}
+    serve(ServerConfig(urls, a.author, cache=not a.no_cache), http=a.http, port=a.port, token=a.token)
+
+
+if __name__ == "__main__":
+    main()
