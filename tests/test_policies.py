@@ -74,9 +74,27 @@ def test_window_fires_on_m_of_last_n():
 
 def test_warmup_hands_over_the_opening_then_stays_quiet():
     p = load_policy("warmup(margin(tau=0.1), k=5, quiet=20)").fresh()
-    assert fires(p, sig(0.9, 0.05, position=0)) == [True] and p.span == SpanRule("tokens", 5, 5)
+    opening = as_decision(p.decide(sig(0.9, 0.05, position=0)))
+    assert opening.fires and opening.span == SpanRule("tokens", 5, 5)  # this handoff's span: the opening
     assert fires(p, sig(0.45, 0.44, position=6), sig(0.45, 0.44, position=25)) == [False, True]
-    assert p.span == SpanRule()  # back to the inner policy's span
+    assert p.span == SpanRule()  # the inner policy's span for every other handoff
+
+
+@pytest.mark.parametrize("outer", ["hysteresis({}, k=1)", "window({}, n=2, m=1)"])
+def test_wrappers_pass_on_the_inner_decisions_span_and_peek(outer):
+    # Wrappers read the inner policy's span when used: warmup's opening span survives a wrapper around it.
+    p = load_policy(outer.format("warmup(never(), k=5)")).fresh()
+    d = as_decision(p.decide(sig(0.9, 0.05, position=0)))
+    assert d.fires and d.span == SpanRule("tokens", 5, 5)
+    # A lookahead inside a wrapper still peeks (it used to be read as "did not fire").
+    p = load_policy(outer.format("lookahead(margin(tau=0.1, span=words:2))")).fresh()
+    d = as_decision(p.decide(TORN))
+    assert d.action is Action.PEEK and p.span == SpanRule("words", 2)
+
+
+def test_a_prompt_level_policy_cannot_be_wrapped():
+    with pytest.raises(PolicyError, match="cannot be wrapped"):
+        load_policy("hysteresis(cascade(tau=0.5), k=2)")
 
 
 def test_budget_tracks_the_target_rate():

@@ -3,8 +3,9 @@
 A policy is a small object. The engine calls `fresh()` once per decode (a deep copy, so anything a policy
 keeps in `self` is per-decode state), then `decide(signal)` for every weak token in order. `decide` answers
 continue or defer (a bool, or a `Decision` carrying the policy's score, which is recorded at each handoff).
-`span` says how long the strong model writes once the policy defers. Policies see only the weak model's
-signals, never the strong model's logprobs.
+`span` says how long the strong model writes once the policy defers; a `Decision` may name another span rule
+for this one handoff (wrappers pass their inner policy's decision on, span included). Policies see only the
+weak model's signals, never the strong model's logprobs.
 """
 
 from __future__ import annotations
@@ -52,6 +53,12 @@ class Action(enum.Enum):
 class Decision:
     action: Action
     score: float | None = None  # the policy's signal (recorded at handoffs)
+    span: SpanRule | None = None  # this handoff's span rule (None: the policy's `span`)
+
+    @property
+    def fires(self) -> bool:
+        """Defer, or peek and defer if the strong model disagrees."""
+        return self.action is not Action.CONTINUE
 
 
 def as_decision(value: bool | Decision) -> Decision:

@@ -113,14 +113,23 @@ class Surprisal(_Gated):
 
 
 class _Wrapper(Policy):
+    """A policy over another one. Its span rule, top_k and handoff hook are the inner policy's, read when used
+    (not copied when built), and a firing decision keeps the inner decision's action (a lookahead's peek) and
+    span rule."""
+
     def __init__(self, inner: Policy):
         if not isinstance(inner, Policy):
             raise TypeError("the first argument of a wrapper must be a policy, e.g. hysteresis(margin(tau=0.05))")
+        if inner.prompt_level:
+            raise TypeError(f"{type(inner).__name__} decides per answer, not per token: it cannot be wrapped")
         self.inner = inner
-        self.span = inner.span
 
     def inner_policies(self) -> list[Policy]:
         return [self.inner]
+
+    @property
+    def span(self) -> SpanRule:  # type: ignore[override]
+        return self.inner.span
 
     @property
     def top_k(self) -> int | None:  # type: ignore[override]
@@ -132,6 +141,12 @@ class _Wrapper(Policy):
     def _inner(self, s: TokenSignal) -> Decision:
         return as_decision(self.inner.decide(s))
 
+    @staticmethod
+    def _gate(fire: bool, d: Decision) -> Decision:
+        """Fire with the inner decision's action and span (it fired at some point), or continue."""
+        action = (d.action if d.fires else Action.DEFER) if fire else Action.CONTINUE
+        return Decision(action, d.score, d.span if fire else None)
+
 
 class Hysteresis(_Wrapper):
     """Defer only after the inner policy fires on `k` consecutive tokens."""
@@ -142,8 +157,8 @@ class Hysteresis(_Wrapper):
 
     def decide(self, s: TokenSignal) -> Decision:
         d = self._inner(s)
-        self._run = self._run + 1 if d.action is Action.DEFER else 0
-        return Decision(Action.DEFER if self._run >= self.k else Action.CONTINUE, d.score)
+        self._run = self._run + 1 if d.fires else 0
+        return self._gate(self._run >= self.k, d)
 
     def on_handoff(self, strong_text: str) -> None:
         self._run = 0
@@ -160,8 +175,8 @@ class Window(_Wrapper):
 
     def decide(self, s: TokenSignal) -> Decision:
         d = self._inner(s)
-        self._recent.append(d.action is Action.DEFER)
-        return Decision(Action.DEFER if sum(self._recent) >= self.m else Action.CONTINUE, d.score)
+        self._recent.append(d.fires)
+        return self._gate(sum(self._recent) >= self.m, d)
 
     def on_handoff(self, strong_text: str) -> None:
         self._recent.clear()
@@ -180,9 +195,7 @@ class Warmup(_Wrapper):
     def decide(self, s: TokenSignal) -> Decision:
         if not self._opening_done:
             self._opening_done = True
-            self.span = SpanRule("tokens", self.k, max(self.k, 1))
-            return Decision(Action.DEFER, None)
-        self.span = self.inner.span
+            return Decision(Action.DEFER, None, SpanRule("tokens", self.k, max(self.k, 1)))
         if s.position < self.quiet:
             return Decision(Action.CONTINUE, None)
         return self._inner(s)
@@ -221,7 +234,7 @@ class Lookahead(_Wrapper):
 
     def decide(self, s: TokenSignal) -> Decision:
         d = self._inner(s)
-        return Decision(Action.PEEK, d.score) if d.action is Action.DEFER else d
+        return Decision(Action.PEEK, d.score, d.span) if d.fires else d
 
 
 class Cascade(Policy):
