@@ -1,15 +1,18 @@
 """An in-test OpenAI-compatible server: a deterministic toy model behind vLLM's HTTP API shape.
 
-Used only by tests. The toy model has a character-level tokenizer (ids differ per alphabet, so two toy
-servers are a cross-tokenizer pair), a chat template, and a next-token distribution that is a pure function
-of the previous tokens, so greedy decoding is exactly reproducible however requests are chunked. Fault
-injection (status codes, delays, garbage bodies, dropped connections) is set per server by the test.
+Used only by tests. `ToyModel` has a character-level tokenizer (ids differ per alphabet, so two toy servers
+are a cross-tokenizer pair); `tests.bytetoy.ByteToy` is a byte-level BPE model with the quirks of real ones
+(leading-space tokens, characters split across tokens, vLLM's ways of reporting them). Both have a chat
+template and a next-token distribution that is a pure function of the previous tokens, so greedy decoding is
+exactly reproducible however requests are chunked. Fault injection (status codes, delays, garbage bodies,
+dropped connections) is set per server by the test.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
 import json
 import math
 import re
@@ -55,6 +58,16 @@ class ToyModel:
     def decode(self, ids: list[int], skip_special: bool = True) -> str:
         return "".join(self.vocab[i] for i in ids if not (skip_special and self.vocab[i] in self.specials))
 
+    def detokenize(self, ids: list[int]) -> str:
+        return self.decode(ids)
+
+    def piece(self, i: int, prev: list[int]) -> str:
+        """How the server reports token i in logprobs (one character; a special token's own text)."""
+        return self.vocab[i]
+
+    def chat_piece_bytes(self, i: int, piece: str) -> list[int]:
+        return list(piece.encode())
+
     def render(self, messages: list[dict], add_generation_prompt: bool, continue_final: bool) -> str:
         parts = [f"<s>{m['role']}\n{m['content']}</s>\n" for m in messages]
         if continue_final:
@@ -79,21 +92,32 @@ class ToyModel:
         z = math.log(sum(math.exp(x - m) for x in logits)) + m
         return [x - z for x in logits]
 
+    def stop_reason(self, tok: int) -> int | None | bool:
+        """None when `tok` is the end of sequence, False when it does not end the answer."""
+        return None if tok == self.eos_id else False
+
+    def text_of(self, prompt: list[int], ids: list[int]) -> str:
+        return self.decode(ids)
+
     def generate(self, prompt: list[int], max_tokens: int, stop: list[str] | None):
-        """Greedy generation; returns (ids, logprob rows, text, finish_reason, stop_reason)."""
-        ids, rows = [], []
-        for _ in range(max_tokens):
-            lp = self.logprobs(prompt + ids)
-            tok = max(range(len(lp)), key=lambda i: (lp[i], -i))
-            ids.append(tok)
-            rows.append(lp)
-            if tok == self.eos_id:
-                return ids, rows, self.decode(ids), "stop", None
-            text = self.decode(ids)
-            for s in stop or []:
-                if s in text:  # like vLLM: the text is cut at the stop string, the token stays
-                    return ids, rows, text[: text.index(s)], "stop", s
-        return ids, rows, self.decode(ids), "length", None
+        return greedy(self, prompt, max_tokens, stop)
+
+
+def greedy(model, prompt: list[int], max_tokens: int, stop: list[str] | None):
+    """Greedy generation of a toy model; returns (ids, logprob rows, text, finish_reason, stop_reason).
+    Ties go to the lower id; a stop string cuts the text, not the token (as vLLM does)."""
+    ids, rows = [], []
+    for _ in range(max_tokens):
+        lp = model.logprobs(prompt + ids)
+        tok = max(range(len(lp)), key=lambda i: (lp[i], -i))
+        ids.append(tok)
+        rows.append(lp)
+        if (reason := model.stop_reason(tok)) is not False:  # end of sequence: None, or another stop id (int)
+            return ids, rows, model.text_of(prompt, ids), "stop", reason
+        if stop and any(s in (text := model.text_of(prompt, ids)) for s in stop):
+            s = min((s for s in stop if s in text), key=text.index)
+            return ids, rows, text[: text.index(s)], "stop", s
+    return ids, rows, model.text_of(prompt, ids), "length", None
 
 
 @dataclass
@@ -120,13 +144,13 @@ def prefers_longer(prompt: str) -> float:
 
 
 class FakeServer:
-    """Serve a ToyModel on 127.0.0.1 (random port). `hits` counts requests per path.
+    """Serve a ToyModel or a ByteToy on 127.0.0.1 (random port). `hits` counts requests per path.
 
     With `judge` set, a one-token chat request is answered as a pairwise judge: `judge(user prompt)` gives
     P(first output wins), spread over the labels "m"/"M" in the top logprobs (None: neither label appears).
     """
 
-    def __init__(self, model: ToyModel | None = None, judge: Callable[[str], float | None] | None = None):
+    def __init__(self, model=None, judge: Callable[[str], float | None] | None = None):
         self.model = model or ToyModel()
         self.judge = judge
         self.faults = Faults()
@@ -215,22 +239,40 @@ class FakeServer:
 
     async def _completions(self, request):
         b = await self._body(request)
-        prompt = b["prompt"] if isinstance(b["prompt"], list) else self.model.encode(b["prompt"])
-        ids, rows, text, finish, stop_reason = self.model.generate(prompt, b["max_tokens"], b.get("stop"))
+        m = self.model
+        prompt = b["prompt"] if isinstance(b["prompt"], list) else m.encode(b["prompt"])
+        ids, rows, text, finish, stop_reason = m.generate(prompt, b["max_tokens"], b.get("stop"))
         choice = {"index": 0, "text": text, "finish_reason": finish, "stop_reason": stop_reason}
         if b.get("return_token_ids"):
             choice["token_ids"] = ids
         k = b.get("logprobs")
         if k:
-            key = (lambda i: f"token_id:{i}") if b.get("return_tokens_as_token_ids") else self.model.vocab.__getitem__
+            ctx = list(prompt)
+            key = (lambda i, prev: f"token_id:{i}") if b.get("return_tokens_as_token_ids") else m.piece
+            toks, tops = [], []
+            for i, row in zip(ids, rows, strict=True):
+                prev = ctx[-4:]
+                toks.append(key(i, prev))
+                tops.append({key(j, prev): row[j] for j in heapq.nlargest(k, range(len(row)), key=row.__getitem__)})
+                ctx.append(i)
             choice["logprobs"] = {
-                "tokens": [key(i) for i in ids],
+                "tokens": toks,
                 "token_logprobs": [row[i] for i, row in zip(ids, rows, strict=True)],
-                "top_logprobs": [
-                    {key(j): row[j] for j in sorted(range(len(row)), key=lambda j: -row[j])[:k]} for row in rows
-                ],
+                "top_logprobs": tops,
                 "text_offset": [],
             }
+        if b.get("prompt_logprobs"):  # vLLM's extension: each prompt token's logprob and rank given the ones before
+            out = [None]
+            for j in range(1, len(prompt)):
+                row = m.logprobs(prompt[:j])
+                tok = prompt[j]
+                rank = 1 + sum(1 for x in range(len(row)) if (row[x], -x) > (row[tok], -tok))
+                best = max(range(len(row)), key=lambda x: (row[x], -x))
+                prev = prompt[max(0, j - 4) : j]
+                entry = {str(tok): {"logprob": row[tok], "rank": rank, "decoded_token": m.piece(tok, prev)}}
+                entry.setdefault(str(best), {"logprob": row[best], "rank": 1, "decoded_token": m.piece(best, prev)})
+                out.append(entry)
+            choice["prompt_logprobs"] = out
         return web.json_response({"id": "cmpl", "choices": [choice]})
 
     def _judge_answer(self, b: dict):
@@ -256,7 +298,7 @@ class FakeServer:
         ids, rows, out, finish, stop_reason = m.generate(m.encode(text), b["max_tokens"], b.get("stop"))
         if m.empty_spans:
             ids, rows, out, finish, stop_reason = [], [], "", "length", None
-        if stop_reason is not None and b.get("include_stop_str_in_output"):
+        if isinstance(stop_reason, str) and b.get("include_stop_str_in_output"):
             out = out + stop_reason
         choice = {
             "index": 0,
@@ -266,14 +308,16 @@ class FakeServer:
         }
         if b.get("logprobs"):
             k = b.get("top_logprobs") or 0
-            content = []
+            content, ctx = [], m.encode(text)
             for i, row in zip(ids, rows, strict=True):
-                t = m.decode([i])
-                top = sorted(range(len(row)), key=lambda j: -row[j])[:k]
+                prev = ctx[-4:]
+                t = m.piece(i, prev)
+                top = heapq.nlargest(k, range(len(row)), key=row.__getitem__) if k else []
                 content.append({
-                    "token": t, "logprob": row[i], "bytes": list(t.encode()),
-                    "top_logprobs": [{"token": m.decode([j]), "logprob": row[j]} for j in top],
+                    "token": t, "logprob": row[i], "bytes": m.chat_piece_bytes(i, t),
+                    "top_logprobs": [{"token": m.piece(j, prev), "logprob": row[j]} for j in top],
                 })  # fmt: skip
+                ctx.append(i)
             choice["logprobs"] = {"content": content}
         return web.json_response({"id": "chat", "choices": [choice]})
 
@@ -291,4 +335,4 @@ class FakeServer:
 
     async def _detokenize(self, request):
         b = await self._body(request)
-        return web.json_response({"prompt": self.model.decode(b["tokens"])})
+        return web.json_response({"prompt": self.model.detokenize(b["tokens"])})

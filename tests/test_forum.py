@@ -27,10 +27,10 @@ from workspace.evaluate import Evaluation, evaluate, load_evaluation
 from workspace.forum import FindingError, FindingWarning, findings_dir, get_finding, get_findings, share_finding
 from workspace.leaderboard import get_leaderboard
 
-# On the toy servers (tests/test_evaluate.py): margin → f_weak ≈ 0.10 at recovery 1.0; top1(0.5) and always write
+# On the toy servers (tests/test_evaluate.py): margin → f_weak ≈ 0.035 at recovery 1.0; top1(0.5) and always write
 # nothing weak (f_weak 0) with recoveries ≈ 2.04 and 1.0 (a real tie on f_weak); never and top1(0.3) recover ~0.
 POLICIES = {
-    "margin": "margin(tau=0.1, span=sentence)",
+    "margin": "margin(tau=0.2, span=sentence)",
     "top1_high": "top1(tau=0.5, span=sentence)",
     "always": "always(span=sentence)",
     "never": "never",

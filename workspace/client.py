@@ -351,6 +351,22 @@ class ModelClient:
         }
         return await self.request("POST", "/v1/completions", payload, _parse_completion)
 
+    async def prompt_ranks(self, prompt_ids: list[int], *, start: int = 1) -> list[int]:
+        """The rank of each prompt token from index `start` on among the model's predictions given the tokens
+        before it (1: the model's greedy choice). One request; vLLM's `prompt_logprobs` extension, so only for a
+        white-box (vLLM) server."""
+        payload = {"model": await self.model(), "prompt": list(prompt_ids), "max_tokens": 1, "temperature": 0.0,
+                   "prompt_logprobs": 1}  # fmt: skip
+        start = max(1, start)  # the first prompt token has no prediction
+
+        def parse(body: dict) -> list[int]:
+            rows = body["choices"][0]["prompt_logprobs"]
+            if len(rows) != len(prompt_ids):
+                raise ValueError(f"{len(rows)} prompt logprob rows for {len(prompt_ids)} prompt tokens")
+            return [int(rows[j][str(prompt_ids[j])]["rank"]) for j in range(start, len(prompt_ids))]
+
+        return await self.request("POST", "/v1/completions", payload, parse)
+
     async def chat(
         self,
         messages: list[dict[str, str]],

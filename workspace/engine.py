@@ -1,14 +1,20 @@
 """Collaborative decoding: the weak model drafts, a policy scans, the strong model writes single spans.
 
 Per instruction (DESIGN.md §4):
-1. The weak model drafts a chunk of tokens from its own token ids, with top-k logprobs.
+1. The weak model drafts a chunk of tokens from its own token ids, with top-k logprobs. Drafts are short
+   right after a handoff (the policy often fires again soon) and double while the policy stays quiet.
 2. The policy scans the draft token by token; at the first deferral the rest of the draft is discarded.
 3. The strong model continues the assistant text (chat continuation) for one span, bounded by the policy's
-   span rule and a maximum. The span is healed to a strong-token boundary: it ends at the end of the token
-   in which the rule's cut (or a stop string) falls, so the text is exactly what the model generated and
-   the next continuation re-tokenises to the same ids.
+   span rule, a maximum and the answer budget. The span is healed to a strong-token boundary (the last one at
+   or before the rule's cut; the first one after it only when the first token straddles the cut), so its
+   text is a prefix of what the model generated and the next continuation re-tokenises to the same ids.
 4. Only the strong text is re-tokenised by the weak server; the weak model resumes from its own ids.
-The decode stops at end of sequence (either model) or at a length limit and records why.
+
+One length rule keeps both endpoints exact: the answer budget is `max_tokens`, and each segment spends it in
+its author's own tokens (weak tokens for weak text, strong tokens for strong text); the last span is clipped
+to what is left. Never-defer with N is then the weak model's own N-token answer, always-defer the strong
+model's own N-token answer. Handoffs, span ends and draft ends fall only on character boundaries
+(`workspace.alignment`), never inside a multi-byte character.
 
 f_weak comes only from segment provenance: `Decode.f_weak` and `pooled_f_weak` count characters of segments.
 """
@@ -16,25 +22,28 @@ f_weak comes only from segment provenance: `Decode.f_weak` and `pooled_f_weak` c
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
-from .client import ChatCompletion, ClientError, ClientSettings, ModelClient, TokenLogprob
+from .alignment import Alignment, align
+from .client import ChatCompletion, ClientError, ClientSettings, Completion, ModelClient, TokenLogprob
 from .endpoints import resolve_endpoint
 from .policies import Action, Decision, Policy, SpanRule, TokenSignal, as_decision, load_policy
 
 
 @dataclass(frozen=True)
 class EngineSettings:
-    chunk_tokens: int = 16  # weak tokens drafted per request
+    chunk_tokens: int = 32  # the most weak tokens drafted per request (drafts grow to this while quiet)
+    first_chunk: int = 8  # the draft size at the start and right after each handoff
     top_k: int = 20  # logprobs per weak token (vLLM's --max-logprobs must allow it)
-    max_tokens: int = 256  # answer length limit, in weak tokens
+    max_tokens: int = 256  # the answer budget: weak text spends weak tokens, strong text strong tokens
     max_span_tokens: int = 64  # hard cap on one strong span
     max_deferrals: int = 64  # after this many spans the policy is no longer asked to defer
-    peek_tokens: int = 8  # strong tokens asked for by a lookahead peek
+    peek_tokens: int = 8  # tokens asked for by a lookahead peek (strong), or to finish the weak word
     agree_tokens: int = 2  # `agree` span rule default: weak agrees this many tokens in a row
 
 
@@ -42,7 +51,7 @@ class EngineSettings:
 class Segment:
     author: str  # "weak" | "strong"
     text: str
-    tokens: int  # in the author's own tokenisation
+    tokens: int  # in the author's own tokenisation: what this segment spent of the answer budget
     weak_tokens: tuple[int, int]  # [start, end) of this segment's ids in the weak answer context
     score: float | None = None  # strong segments: the policy's score at the handoff
 
@@ -50,7 +59,7 @@ class Segment:
 @dataclass(frozen=True)
 class Call:
     role: str
-    kind: str  # draft | span | peek | tokenize | detokenize | reference
+    kind: str  # draft | span | peek | agree | tokenize | detokenize
     seconds: float
     tokens: int = 0
 
@@ -61,22 +70,31 @@ class Decode:
     policy: str
     text: str
     segments: tuple[Segment, ...]
-    finish_reason: str  # weak_eos | strong_eos | length | error
+    finish_reason: str  # weak_eos | strong_eos | length (the budget is spent) | error
     calls: tuple[Call, ...] = ()
     seconds: float = 0.0
     error: str | None = None
+    max_tokens: int | None = None  # the answer budget it ran under
 
     @property
     def num_deferrals(self) -> int:
         return sum(1 for s in self.segments if s.author == "strong")
 
+    def _sum(self, author: str, what: str) -> int:
+        return sum(len(s.text) if what == "chars" else s.tokens for s in self.segments if s.author == author)
+
     @property
     def weak_chars(self) -> int:
-        return sum(len(s.text) for s in self.segments if s.author == "weak")
+        return self._sum("weak", "chars")
 
     @property
     def strong_chars(self) -> int:
-        return sum(len(s.text) for s in self.segments if s.author == "strong")
+        return self._sum("strong", "chars")
+
+    @property
+    def tokens_spent(self) -> dict[str, int]:
+        """The answer budget spent per author, each in its own tokens (sums to max_tokens at "length")."""
+        return {"weak": self._sum("weak", "tokens"), "strong": self._sum("strong", "tokens")}
 
     @property
     def f_weak(self) -> float | None:
@@ -95,7 +113,9 @@ class Decode:
             "finished": self.finished,
             "finish_reason": self.finish_reason,
             "num_deferrals": self.num_deferrals,
-            "segments": [{"author": s.author, "text": s.text} for s in self.segments],
+            "max_tokens": self.max_tokens,
+            "tokens_spent": self.tokens_spent,
+            "segments": [{"author": s.author, "text": s.text, "tokens": s.tokens} for s in self.segments],
             "error": self.error,
         }
 
@@ -107,6 +127,8 @@ class Decode:
             "text": self.text,
             "segments": [[s.author, s.text, s.tokens, list(s.weak_tokens), s.score] for s in self.segments],
             "finish_reason": self.finish_reason,
+            "max_tokens": self.max_tokens,
+            "tokens_spent": self.tokens_spent,
             "calls": [[c.role, c.kind, round(c.seconds, 4), c.tokens] for c in self.calls],
             "seconds": round(self.seconds, 4),
             "error": self.error,
@@ -117,7 +139,7 @@ class Decode:
         segments = tuple(Segment(a, t, n, (w[0], w[1]), sc) for a, t, n, w, sc in d["segments"])
         calls = tuple(Call(*c) for c in d.get("calls", ()))
         return cls(d["instruction"], d["policy"], d["text"], segments, d["finish_reason"], calls,
-                   d.get("seconds", 0.0), d.get("error"))  # fmt: skip
+                   d.get("seconds", 0.0), d.get("error"), d.get("max_tokens"))  # fmt: skip
 
 
 def pooled_f_weak(decodes: Sequence[Decode]) -> float | None:
@@ -155,16 +177,21 @@ class _State:
     instruction: str
     policy: Policy
     settings: EngineSettings
-    ids: list[int]  # weak context: prompt ids + answer ids
+    ids: list[int]  # weak context: prompt ids + answer ids (strong text re-tokenised by the weak tokenizer)
     prompt_len: int
     text: str = ""
     segments: list[Segment] = field(default_factory=list)
     calls: list[Call] = field(default_factory=list)
     since_handoff: int = 0
+    spent: int = 0  # the answer budget spent: weak tokens of weak text + strong tokens of strong text
 
     @property
     def answer_tokens(self) -> int:
         return len(self.ids) - self.prompt_len
+
+    @property
+    def left(self) -> int:
+        return self.settings.max_tokens - self.spent
 
     def num_deferrals(self) -> int:
         return sum(1 for seg in self.segments if seg.author == "strong")
@@ -173,6 +200,7 @@ class _State:
         start = self.answer_tokens
         self.ids += ids
         self.text += text
+        self.spent += tokens
         if not text:  # e.g. a draft that is only the end-of-sequence token: context, but no segment
             return
         last = self.segments[-1] if self.segments else None
@@ -191,34 +219,10 @@ async def _timed(st: _State, role: str, kind: str, coro):
     return out
 
 
-def _heal(out: ChatCompletion, cut: int | None) -> str:
-    """The span's text ending on a strong-token boundary at or after `cut` (None: all of it).
-
-    The server cuts at a stop string, possibly inside a token (Qwen's ":\n\n" contains ":\n"); taking the
-    whole token gives exactly what the model generated, which re-tokenises to the same ids. Tokens are
-    aligned to the content by their bytes: special tokens appear in logprobs but not in the content.
-    """
-    content = out.text.encode()
-    if not out.tokens:
-        return out.text if cut is None else out.text[:cut]
-    target = len(out.text[:cut].encode()) if cut is not None else len(content)
-    pos = 0
-    for tok in out.tokens:
-        tb = tok.bytes if tok.bytes is not None else tok.text.encode()
-        rest = content[pos:]
-        if not tb or not rest:
-            if not rest:
-                break
-            continue
-        if rest.startswith(tb):
-            pos += len(tb)
-        elif tb.startswith(rest):  # the content ends inside this token: a stop string cut it
-            return (content + tb[len(rest) :]).decode("utf-8", errors="replace")
-        else:
-            continue  # a special token: generated, but not part of the text
-        if pos >= target:
-            break
-    return content[:pos].decode("utf-8", errors="replace")
+def _strong_ended(out: ChatCompletion) -> bool:
+    """End of sequence: the EOS token (stop_reason None) or another stop token id (vLLM reports an int,
+    e.g. Qwen's <|endoftext|>); a string stop_reason is one of our stop strings."""
+    return out.finish_reason == "stop" and not isinstance(out.stop_reason, str)
 
 
 def _top_k(s: EngineSettings, pol: Policy) -> int:
@@ -232,9 +236,35 @@ def _signal(tok: TokenLogprob, position: int, text_so_far: str, since_handoff: i
     return TokenSignal(tok.token_id, tok.text, tok.logprob, top, position, text_so_far, since_handoff)
 
 
+_MAX_CHAR_TOKENS = 8  # a draft this long holds a whole character (UTF-8: at most 4 bytes, so 4 byte tokens)
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def _first_word(text: str) -> str:
+    m = _WORD.search(text)
+    return m.group(0) if m else ""
+
+
+@dataclass
+class _Draft:
+    """A weak draft and where its tokens start in its text."""
+
+    out: Completion
+    al: Alignment
+
+    @property
+    def n(self) -> int:
+        return len(self.out.token_ids)
+
+    def text_before(self, i: int) -> str:
+        return self.al.text[: self.al.offset(i)]
+
+
 class _Engine:
     def __init__(self, models: Models, settings: EngineSettings):
         self.m, self.s = models, settings
+
+    # ------------------------------------------------------------ requests
 
     async def _strong(
         self, st: _State, max_tokens: int, stop: list[str], kind: str, text: str | None = None
@@ -249,134 +279,178 @@ class _Engine:
             include_stop=True, logprobs=0,
         ))  # fmt: skip
 
-    async def _weak_agrees_until(self, st: _State, span_text: str, n: int) -> str:
-        """`agree` rule: end the span once the weak model's greedy choice (teacher-forced on the strong text)
-        has matched the strong tokens n times in a row. One concurrent 1-token draft per prefix."""
-        ids = await _timed(st, "weak", "tokenize", self.m.weak.tokenize(span_text))
-        nexts = await asyncio.gather(*(self.m.weak.complete(st.ids + ids[:i], max_tokens=1) for i in range(len(ids))))
-        st.calls.append(Call("weak", "agree", 0.0, len(ids)))
-        run = 0
-        for i, nxt in enumerate(nexts):
-            run = run + 1 if nxt.token_ids[:1] == (ids[i],) else 0
-            if run >= n:
-                return await _timed(st, "weak", "detokenize", self.m.weak.detokenize(ids[: i + 1]))
-        return span_text
+    async def _draft(self, st: _State, ids: list[int], want: int, k: int) -> _Draft:
+        out = await _timed(st, "weak", "draft", self.m.weak.complete(ids, max_tokens=want, logprobs=k))
+        al = align(out.text, [t.text for t in out.tokens])
+        if al is None:  # pieces that do not add up to the text: ask the server where each token ends
+            al = await self._align_by_detokenize(st, ids, out)
+        return _Draft(out, al)
 
-    async def _span(self, st: _State, rule: SpanRule, score: float | None) -> bool:
-        """Let the strong model write one span; returns False when the strong model ended the answer."""
-        budget = min(rule.max_span_tokens(), self.s.max_span_tokens)
-        out = await self._strong(st, budget, rule.stop_strings(), "span")
-        eos = out.finish_reason == "stop" and out.stop_reason is None
-        if not out.text:
-            if eos:
-                return False  # end of sequence right away: the strong model considers the answer complete
-            raise EngineError(f"the strong model returned an empty span (finish_reason={out.finish_reason!r})")
-        text = _heal(out, rule.cut(out.text))
-        if rule.kind == "agree":
-            text = await self._weak_agrees_until(st, text, rule.n)
-        if not text:
-            raise EngineError("the strong span is empty after healing")
-        cut_early = len(text) < len(out.text)
-        ids = await _timed(st, "weak", "tokenize", self.m.weak.tokenize(text))
-        n_strong = len(out.tokens) or len(text)
-        st.append("strong", text, ids, n_strong, score)
-        st.since_handoff = 0
-        st.policy.on_handoff(text)
-        return not (eos and not cut_early)
+    async def _align_by_detokenize(self, st: _State, ctx: list[int], out: Completion) -> Alignment:
+        """Token boundaries from /detokenize of every prefix (in context): slow, for odd servers only."""
+        tail = ctx[-8:]
+        head = await _timed(st, "weak", "detokenize", self.m.weak.detokenize(tail))
+        texts = await asyncio.gather(
+            *(self.m.weak.detokenize(tail + list(out.token_ids[:j])) for j in range(1, len(out.token_ids) + 1))
+        )
+        st.calls.append(Call("weak", "detokenize", 0.0, len(texts)))
+        bounds: list[int | None] = [0]
+        for t in texts:
+            ok = t.startswith(head) and not t.endswith("\ufffd")
+            bounds.append(len(t) - len(head) if ok else None)
+        if bounds[-1] is not None and bounds[-1] > len(out.text):  # trailing special tokens: zero-width
+            bounds = [b if b is None else min(b, len(out.text)) for b in bounds]
+        return Alignment(out.text, tuple(bounds))
 
-    async def _peek_disagrees(self, st: _State, text: str, weak_rest: str) -> bool:
-        """Lookahead: after `text`, does the strong model's next word differ from the weak draft's next word?"""
-        out = await self._strong(st, self.s.peek_tokens, [], "peek", text=text)
-        strong_word = out.text.split()[:1]
-        weak_word = weak_rest.split()[:1]
-        return strong_word != weak_word
+    # ------------------------------------------------------------ one decode
 
     async def run(self, instruction: str, policy: Policy) -> Decode:
         t0 = time.monotonic()
-        s = self.s
         pol = policy.fresh()
-        st = _State(instruction, pol, s, [], 0)
+        st = _State(instruction, pol, self.s, [], 0)
         finish = "length"
         try:
             st.ids = await _timed(st, "weak", "tokenize", self.m.weak.tokenize(
                 messages=[{"role": "user", "content": instruction}], add_generation_prompt=True))  # fmt: skip
             st.prompt_len = len(st.ids)
-            if pol.prompt_level:
-                finish = await self._cascade(st, pol)
-            else:
-                finish = await self._loop(st, pol)
+            finish = await (self._cascade(st, pol) if pol.prompt_level else self._loop(st, pol))
             error = None
         except (ClientError, EngineError) as e:
             finish, error = "error", f"{type(e).__name__}: {e}"
         except Exception as e:  # a policy's own bug must not stop the batch
             finish, error = "error", f"policy or engine raised {type(e).__name__}: {e}"
         return Decode(instruction, policy.describe(), st.text, tuple(st.segments), finish, tuple(st.calls),
-                      time.monotonic() - t0, error)  # fmt: skip
+                      time.monotonic() - t0, error, self.s.max_tokens)  # fmt: skip
 
-    async def _loop(self, st: _State, pol: Policy) -> str:
+    async def _loop(self, st: _State, pol: Policy, on_signal: Callable[[TokenSignal], None] | None = None) -> str:
         s = self.s
+        chunk = min(s.first_chunk, s.chunk_tokens)
         while True:
-            if st.answer_tokens >= s.max_tokens:
+            if st.left <= 0:
                 return "length"
-            want = min(s.chunk_tokens, s.max_tokens - st.answer_tokens)
-            k = _top_k(s, pol)
-            draft = await _timed(st, "weak", "draft", self.m.weak.complete(st.ids, max_tokens=want, logprobs=k))
-            texts = [t.text for t in draft.tokens]
-            exact_pieces = "".join(texts) == draft.text
+            want = min(chunk, st.left)
+            dr = await self._draft(st, st.ids, want, _top_k(s, pol))
             defer_at, decision = None, Decision(Action.CONTINUE)
-            for i, tok in enumerate(draft.tokens):
-                sig = _signal(tok, st.answer_tokens + i, st.text + "".join(texts[:i]), st.since_handoff + i)
+            for i, tok in enumerate(dr.out.tokens):
+                sig = _signal(tok, st.answer_tokens + i, st.text + dr.text_before(i), st.since_handoff + i)
+                if on_signal is not None:
+                    on_signal(sig)
                 decision = as_decision(pol.decide(sig))
-                if decision.action is Action.PEEK:
-                    if st.num_deferrals() >= s.max_deferrals:
-                        continue
-                    prefix = st.text + ("".join(texts[:i]) if exact_pieces else "")
-                    if not await self._peek_disagrees(st, prefix, "".join(texts[i:])):
-                        continue
-                    decision = Decision(Action.DEFER, decision.score)
-                if decision.action is Action.DEFER and st.num_deferrals() < s.max_deferrals:
-                    defer_at = i
-                    break
+                if not decision.fires or st.num_deferrals() >= s.max_deferrals:
+                    continue
+                if decision.action is Action.PEEK and not await self._peek_disagrees(st, dr, i):
+                    continue
+                defer_at = i
+                break
             if defer_at is None:
-                st.append("weak", draft.text, list(draft.token_ids), len(draft.token_ids))
-                st.since_handoff += len(draft.token_ids)
-                if draft.finish_reason == "stop":
+                ended = dr.out.finish_reason == "stop"
+                keep = dr.n
+                if not ended and dr.n < st.left and dr.al.bounds[dr.n] is None:
+                    # The draft stopped inside a character: keep up to its first byte and draft it again
+                    # (resuming mid-character makes vLLM's detokenizer restart and emit the whole prompt).
+                    keep = dr.al.safe_at_or_before(dr.n)
+                    if keep == 0 and want < max(s.chunk_tokens, _MAX_CHAR_TOKENS):
+                        chunk = 2 * want  # the whole draft is one character's bytes: ask for more
+                        continue
+                    keep = keep or dr.n  # a server that never completes the character: take what it gave
+                text = dr.out.text if keep == dr.n else dr.text_before(keep)
+                st.append("weak", text, list(dr.out.token_ids[:keep]), keep)
+                st.since_handoff += keep
+                if ended:
                     return "weak_eos"
+                chunk = min(2 * chunk, s.chunk_tokens)
                 continue
-            kept_ids = list(draft.token_ids[:defer_at])
-            if kept_ids:
-                if exact_pieces:
-                    kept_text = "".join(texts[:defer_at])
-                else:  # a piece does not decode alone (split UTF-8, special token): detokenize in context
-                    ctx = st.ids[-8:]
-                    full = await _timed(st, "weak", "detokenize", self.m.weak.detokenize(ctx + kept_ids))
-                    head = await _timed(st, "weak", "detokenize", self.m.weak.detokenize(ctx))
-                    kept_text = full[len(head) :]
-                st.append("weak", kept_text, kept_ids, len(kept_ids))
-            if not await self._span(st, pol.span, decision.score):
+            # Hand off at the deferral, moved back to the start of a character the weak model split.
+            h = dr.al.safe_at_or_before(defer_at)
+            if h:
+                st.append("weak", dr.text_before(h), list(dr.out.token_ids[:h]), h)
+            if not await self._span(st, decision.span or pol.span, decision.score):
                 return "strong_eos"
+            chunk = min(s.first_chunk, s.chunk_tokens)
+
+    async def _span(self, st: _State, rule: SpanRule, score: float | None) -> bool:
+        """Let the strong model write one span; returns False when the strong model ended the answer."""
+        budget = min(rule.max_span_tokens(), self.s.max_span_tokens, st.left)
+        out = await self._strong(st, budget, rule.stop_strings(), "span")
+        ended = _strong_ended(out)
+        al = align(out.text, [t.text for t in out.tokens])
+        if not out.text:
+            if ended:
+                return False  # end of sequence right away: the strong model considers the answer complete
+            raise EngineError(f"the strong model returned an empty span (finish_reason={out.finish_reason!r})")
+        if al is None:  # pieces that cannot be placed in the text: keep it whole, cut nowhere
+            al = Alignment(out.text, (0,) + (None,) * (len(out.tokens) - 1) + (len(out.text),))
+        cut = rule.cut(out.text)
+        if rule.kind == "agree":
+            cut = await self._agree_cut(st, out.text, rule.n)
+        last = budget == st.left and out.finish_reason == "length"  # the budget clips this span: keep it all
+        if cut is not None and cut < len(al.text):  # (al.text: a stop string may end inside the last token)
+            keep = al.heal(cut)
+        elif ended or last or al.bounds[al.n] is not None:
+            keep = al.n
+        else:  # the span stopped inside a character: end it before; the next span writes that character
+            keep = al.safe_at_or_before(al.n) or al.n
+        text = al.text[: al.bounds[keep]] if al.bounds[keep] is not None else out.text
+        if not text:
+            raise EngineError("the strong span is empty after healing")
+        ids = await _timed(st, "weak", "tokenize", self.m.weak.tokenize(text))
+        st.append("strong", text, ids, max(keep, 1), score)
+        st.since_handoff = 0
+        st.policy.on_handoff(text)
+        return not (ended and keep == al.n)
+
+    async def _agree_cut(self, st: _State, span_text: str, n: int) -> int | None:
+        """`agree` rule: where the weak model, teacher-forced on the strong text, has predicted the strong
+        text's next token n times in a row (one request: the weak server's prompt logprobs give each position's
+        rank). The cut is a character offset in the span; the caller heals it to a strong-token boundary."""
+        ids = await _timed(st, "weak", "tokenize", self.m.weak.tokenize(span_text))
+        ranks = await _timed(st, "weak", "agree", self.m.weak.prompt_ranks(st.ids + ids, start=len(st.ids)))
+        run = 0
+        for i, rank in enumerate(ranks):
+            run = run + 1 if rank == 1 else 0
+            if run >= n:
+                if i + 1 == len(ids):
+                    return None
+                prefix = await _timed(st, "weak", "detokenize", self.m.weak.detokenize(ids[: i + 1]))
+                return len(prefix.rstrip("\ufffd")) if span_text.startswith(prefix.rstrip("\ufffd")) else None
+        return None
+
+    async def _peek_disagrees(self, st: _State, dr: _Draft, i: int) -> bool:
+        """Lookahead: after the text before token i, is the strong model's next word not the weak draft's?"""
+        h = dr.al.safe_at_or_before(i)
+        weak_rest = dr.al.text[dr.al.offset(h) :]
+        word_open = weak_rest.strip() == "" or re.fullmatch(r"\s*\w+", weak_rest) is not None
+        if word_open and dr.out.finish_reason != "stop":
+            # The draft ends inside the next word (or before it): finish the word from a character boundary.
+            end = dr.al.safe_at_or_before(dr.n)
+            more = await _timed(st, "weak", "peek", self.m.weak.complete(
+                st.ids + list(dr.out.token_ids[:end]), max_tokens=self.s.peek_tokens))  # fmt: skip
+            weak_rest = dr.al.text[dr.al.offset(h) : dr.al.offset(end)] + more.text
+        out = await self._strong(st, self.s.peek_tokens, [], "peek", text=st.text + dr.text_before(h))
+        return _first_word(out.text) != _first_word(weak_rest)
 
     async def _cascade(self, st: _State, pol: Policy) -> str:
-        s = self.s
-        signals, finish = [], "length"
-        ids, text = [], ""
-        while len(ids) < s.max_tokens:
-            want = min(s.chunk_tokens, s.max_tokens - len(ids))
-            req = self.m.weak.complete(st.ids + ids, max_tokens=want, logprobs=_top_k(s, pol))
-            d = await _timed(st, "weak", "draft", req)
-            for tok in d.tokens:
-                signals.append(_signal(tok, len(signals), text, len(signals)))
-            ids += d.token_ids
-            text += d.text
-            if d.finish_reason == "stop":
-                finish = "weak_eos"
-                break
+        """Prompt-level: draft the whole weak answer, show the policy every token, then keep it or replace it
+        with the strong model's own answer."""
+        signals: list[TokenSignal] = []
+        weak_only = _State(st.instruction, pol, st.settings, list(st.ids), st.prompt_len, calls=st.calls)
+        finish = await self._loop(weak_only, _NeverDefers(pol), on_signal=signals.append)
         if pol.keep_weak(signals):
-            st.append("weak", text, ids, len(ids))
+            st.text, st.segments, st.ids, st.spent = weak_only.text, weak_only.segments, weak_only.ids, weak_only.spent
             return finish
-        out = await self._strong(st, s.max_tokens, [], "span")
+        out = await self._strong(st, self.s.max_tokens, [], "span")
         st.append("strong", out.text, [], len(out.tokens) or len(out.text))
-        return "strong_eos" if out.finish_reason == "stop" else "length"
+        return "strong_eos" if _strong_ended(out) else "length"
+
+
+class _NeverDefers(Policy):
+    """The weak-only pass of a prompt-level policy (drafts ask for the logprobs that policy reads)."""
+
+    def __init__(self, inner: Policy):
+        self.top_k = inner.top_k
+
+    def decide(self, s: TokenSignal) -> bool:
+        return False
 
 
 async def decode(
@@ -397,7 +471,8 @@ async def decode_many(
     """Decode a batch concurrently (one coroutine each; the client's throttles bound what is in flight).
 
     Results come back in input order; one instruction's failure is recorded on its result only.
-    `on_done(index, decode)` is called as each one finishes (evaluations append it to their record).
+    `on_done(index, decode)` is called as each one finishes (evaluations append it to their record); if it
+    raises (say the disk is full), the other decodes are cancelled and the error is raised here.
     """
     engine = _Engine(models, settings or EngineSettings())
     pol = load_policy(policy)
@@ -411,6 +486,10 @@ async def decode_many(
         return d
 
     try:
-        return list(await asyncio.gather(*(one(i, instr) for i, instr in enumerate(instructions))))
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(one(i, instr)) for i, instr in enumerate(instructions)]
+    except BaseExceptionGroup as eg:
+        raise eg.exceptions[0] from None
     finally:
         bar.close()
+    return [t.result() for t in tasks]
