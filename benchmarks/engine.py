@@ -3,14 +3,16 @@
     .venv/bin/python benchmarks/engine.py                  # fake servers only (~1 min)
     .venv/bin/python benchmarks/engine.py --preset cpu     # also the running `cdw serve --preset cpu` servers
 
+Each part compares the draft sizing before issue 11 (a fixed 16-token draft after every handoff) with the
+adaptive drafts now (8 tokens after a handoff, doubling to 32 while the policy stays quiet), in the same run.
+
 Fake part: the weak and strong toy servers of tests/fakeserver.py (a cross-tokenizer pair, as in
 tests/test_engine.py) run in a child process, so their CPU time is not the client's. `--n` instructions are
-decoded concurrently with `--policy` and the default EngineSettings. The toy weak model's distribution is
-flat (top-1 probability ~0.3), so `margin(tau=0.1)` defers at half its tokens (f_weak ~0.09); the default
-tau=0.005 gives f_weak ~0.75, a realistic mix.
-1. Weak requests per weak token, per chunk size (`--chunks`): weak draft requests (and all weak requests,
-   tokenize included) / weak tokens in the final answers. Each deferral discards the rest of its draft, so
-   draft requests ~ weak tokens / chunk + deferrals.
+decoded concurrently with `--policy`. The toy weak model's distribution is flat (top-1 probability ~0.3), so
+`margin(tau=0.1)` defers at half its tokens; the default tau=0.005 gives f_weak ~0.75, a realistic mix.
+1. Weak requests per weak token: weak draft requests (and all weak requests, tokenize included) / weak tokens
+   in the final answers; drafted / kept: weak tokens drafted / weak tokens in the answers (each deferral
+   discards the rest of its draft).
 2. Client CPU per generated token: time.process_time() of this process around the batch / (weak + strong
    tokens in the answers).
 3. Latency overhead: the servers delay every request by L (`--latency`). Ideal batch time = max over
@@ -19,11 +21,10 @@ tau=0.005 gives f_weak ~0.75, a realistic mix.
    allowance (toy generation, HTTP, engine work, unloaded). The toy server is single-threaded Python: the
    compute of 100 concurrent requests would serialise after every latency wave, which a batching vLLM server
    does not do, so the benchmark's server replays answers it has given before (decoding is deterministic and
-   the delay-0 runs come first); its CPU time is printed, and the most requests one server saw at once. Run with
-   the default ClientSettings (max_in_flight 64 per replica, fewer than 100 decodes) and with `--raised`.
-4. `--preset cpu`: wall time of a collaborative batch (`--real-policy`) / a weak-only (`never`) batch of the
-   same instructions and token budget on the servers found by Models.from_endpoints(), plus f_weak, deferrals
-   and weak requests per weak token. Start them first (`cdw serve --preset cpu`, ~2 min), stop them after.
+   the delay-0 runs come first); its CPU time is printed, and the most requests one server saw at once.
+4. `--preset cpu`: the same comparison on the servers found by Models.from_endpoints(), with a weak-only
+   (`never`) batch of the same instructions and token budget for the wall-time ratio. Start them first
+   (`cdw serve --preset cpu`, ~2 min), stop them after.
 """
 
 from __future__ import annotations
@@ -158,38 +159,35 @@ async def alone(models: Models, instrs: list[str], policy: str, es: EngineSettin
         await models.close()
 
 
+VARIANTS = {  # draft sizing before and after adaptive drafts (issue 11), otherwise the default settings
+    "fixed 16 (before)": {"first_chunk": 16, "chunk_tokens": 16},
+    "adaptive 8->32 (now)": {},
+}
+
+
 def fake_part(args) -> list[tuple[str, str, str]]:
-    instrs, out = [f"Tell me about item {i}." for i in range(args.n)], []
-    default, raised = ClientSettings(), ClientSettings(max_in_flight=args.raised)
+    instrs, out, cs = [f"Tell me about item {i}." for i in range(args.n)], [], ClientSettings()
+    variants = {name: EngineSettings(top_k=args.top_k, **kw) for name, kw in VARIANTS.items()}
     with FakeServers() as fs:
         print(f"\n== fake servers, delay 0: {args.n} instructions, {args.policy}, top_k {args.top_k} ==")
-        print(f"{'chunk':>5}{'draft req/wtok':>15}{'weak req/wtok':>14}{'drafted/kept':>13}{'f_weak':>7}"
+        print(f"{'drafts':<22}{'draft req/wtok':>15}{'weak req/wtok':>14}{'drafted/kept':>13}{'f_weak':>7}"
               f"{'defer/dec':>10}{'weak tok':>9}{'strong tok':>11}{'wall s':>7}{'client CPU ms/tok':>18}")  # fmt: skip
-        for k in args.chunks:
-            r = asyncio.run(
-                batch(fs.models(default), instrs, args.policy, EngineSettings(chunk_tokens=k, top_k=args.top_k))
-            )
-            print(f"{k:>5}{r['draft']:>15.3f}{r['weak']:>14.3f}{r['drafted']:>13.2f}{r['f_weak']:>7.3f}{r['defer']:>10.2f}"
-                  f"{r['wt']:>9}{r['st']:>11}{r['wall']:>7.2f}{r['cpu_tok']:>18.3f}")  # fmt: skip
-            if k == EngineSettings().chunk_tokens:
-                out += [(f"weak draft requests / weak token (chunk {k})", f"{r['draft']:.3f}", "<= 0.1"),
-                        (f"all weak requests / weak token (chunk {k})", f"{r['weak']:.3f}", ""),
-                        (f"client CPU ms / token (chunk {k}, delay 0)", f"{r['cpu_tok']:.3f}", "")]  # fmt: skip
-        es = EngineSettings(top_k=args.top_k)
-        solo = asyncio.run(alone(fs.models(default), instrs, args.policy, es))
-        reqs = sorted(len(d.calls) for d in solo)
-        print(f"\n== latency: {args.n} concurrent decodes, chunk {es.chunk_tokens}, median of {args.repeat} batches ==")
-        print(f"sequential requests per decode {reqs[0]}..{reqs[-1]} (median {reqs[len(reqs) // 2]}); "
-              f"each decode alone at delay 0 takes <= {max(d.seconds for d in solo) * 1e3:.0f} ms")  # fmt: skip
-        print(f"{'L ms':>5}  {'client max_in_flight':<21}{'wall s':>7}{'ideal s':>8}{'ratio':>6}{'client CPU s':>13}"
-              f"{'server CPU s':>13}{'peak in flight':>15}")  # fmt: skip
-        for L in args.latency:
-            fs.delay(L)
-            ideal = max(len(d.calls) * L + d.seconds for d in solo)
-            for name, cs in (
-                (f"{default.max_in_flight} (default)", default),
-                (f"{raised.max_in_flight} (raised)", raised),
-            ):
+        for name, es in variants.items():
+            r = asyncio.run(batch(fs.models(cs), instrs, args.policy, es))
+            print(f"{name:<22}{r['draft']:>15.3f}{r['weak']:>14.3f}{r['drafted']:>13.2f}{r['f_weak']:>7.3f}"
+                  f"{r['defer']:>10.2f}{r['wt']:>9}{r['st']:>11}{r['wall']:>7.2f}{r['cpu_tok']:>18.3f}")  # fmt: skip
+            out += [(f"weak draft requests / weak token, {name}", f"{r['draft']:.3f}", "<= 0.1"),
+                    (f"weak tokens drafted / kept, {name}", f"{r['drafted']:.2f}", ""),
+                    (f"client CPU ms / token, {name}", f"{r['cpu_tok']:.3f}", "")]  # fmt: skip
+        print(f"\n== latency: {args.n} concurrent decodes, median of {args.repeat} batches ==")
+        print(f"{'L ms':>5}  {'drafts':<22}{'requests/decode':>16}{'wall s':>7}{'ideal s':>8}{'ratio':>6}"
+              f"{'client CPU s':>13}{'server CPU s':>13}{'peak in flight':>15}")  # fmt: skip
+        for name, es in variants.items():
+            solo = asyncio.run(alone(fs.models(cs), instrs, args.policy, es))
+            reqs = sorted(len(d.calls) for d in solo)
+            for L in args.latency:
+                fs.delay(L)
+                ideal = max(len(d.calls) * L + d.seconds for d in solo)
                 runs = []
                 for _ in range(args.repeat):
                     s0 = fs.cpu()
@@ -198,41 +196,40 @@ def fake_part(args) -> list[tuple[str, str, str]]:
                     assert [len(d.calls) for d in r["ds"]] == [len(d.calls) for d in solo], "decodes changed"
                     runs.append(r)
                 r = sorted(runs, key=lambda r: r["wall"])[len(runs) // 2]  # the median run
-                print(f"{L * 1e3:>5.0f}  {name:<21}{r['wall']:>7.2f}{ideal:>8.2f}{r['wall'] / ideal:>6.2f}"
-                      f"{r['cpu']:>13.2f}{r['server_cpu']:>13.2f}{r['peak']:>15}")  # fmt: skip
-                metric = f"latency wall / ideal, L={L * 1e3:.0f} ms, max_in_flight {name}"
-                out.append((metric, f"{r['wall'] / ideal:.2f}", "<= 1.25"))
+                print(f"{L * 1e3:>5.0f}  {name:<22}{f'{reqs[0]}..{reqs[-1]}':>16}{r['wall']:>7.2f}{ideal:>8.2f}"
+                      f"{r['wall'] / ideal:>6.2f}{r['cpu']:>13.2f}{r['server_cpu']:>13.2f}{r['peak']:>15}")  # fmt: skip
+                out.append((f"latency wall / ideal, L={L * 1e3:.0f} ms, {name}", f"{r['wall'] / ideal:.2f}", "<= 1.25"))
             fs.delay(0)
     return out
 
 
 def real_part(args) -> list[tuple[str, str, str]]:
-    instrs, es = REAL_INSTRUCTIONS[: args.real_n], EngineSettings(max_tokens=args.real_max_tokens, top_k=args.top_k)
+    instrs = REAL_INSTRUCTIONS[: args.real_n]
+    base = EngineSettings(max_tokens=args.real_max_tokens, top_k=args.top_k)
     asyncio.run(batch(Models.from_endpoints(), ["Say hello."], args.real_policy, EngineSettings(max_tokens=16)))
-    runs = {p: asyncio.run(batch(Models.from_endpoints(), instrs, p, es)) for p in ("never", args.real_policy)}
-    print(
-        f"\n== preset {args.preset}: {len(instrs)} instructions, max_tokens {es.max_tokens} (after a warm-up decode) =="
-    )
-    print(f"{'policy':<32}{'wall s':>7}{'f_weak':>7}{'defer/dec':>10}{'draft req/wtok':>15}{'weak req/wtok':>14}"
-          f"{'weak tok':>9}{'strong tok':>11}{'client CPU ms/tok':>18}")  # fmt: skip
+    runs = {"never": asyncio.run(batch(Models.from_endpoints(), instrs, "never", base))}
+    for name, kw in VARIANTS.items():
+        es = EngineSettings(max_tokens=args.real_max_tokens, top_k=args.top_k, **kw)
+        runs[f"{args.real_policy}, {name}"] = asyncio.run(batch(Models.from_endpoints(), instrs, args.real_policy, es))
+    print(f"\n== preset {args.preset}: {len(instrs)} instructions, max_tokens {base.max_tokens} (after a warm-up) ==")
+    print(f"{'policy, drafts':<58}{'wall s':>7}{'f_weak':>7}{'defer/dec':>10}{'draft req/wtok':>15}"
+          f"{'weak req/wtok':>14}{'drafted/kept':>13}{'client CPU ms/tok':>18}")  # fmt: skip
     for p, r in runs.items():
-        print(f"{p:<32}{r['wall']:>7.1f}{r['f_weak']:>7.3f}{r['defer']:>10.2f}{r['draft']:>15.3f}{r['weak']:>14.3f}"
-              f"{r['wt']:>9}{r['st']:>11}{r['cpu_tok']:>18.3f}")  # fmt: skip
-    c, w = runs[args.real_policy], runs["never"]
-    return [(f"[{args.preset}] wall, collaborative / weak-only", f"{c['wall'] / w['wall']:.2f}", ""),
-            (f"[{args.preset}] f_weak (pooled)", f"{c['f_weak']:.3f}", ""),
-            (f"[{args.preset}] deferrals per decode", f"{c['defer']:.2f}", ""),
-            (f"[{args.preset}] weak draft requests / weak token", f"{c['draft']:.3f}", "<= 0.1"),
-            (f"[{args.preset}] all weak requests / weak token", f"{c['weak']:.3f}", "")]  # fmt: skip
+        print(f"{p:<58}{r['wall']:>7.1f}{r['f_weak']:>7.3f}{r['defer']:>10.2f}{r['draft']:>15.3f}{r['weak']:>14.3f}"
+              f"{r['drafted']:>13.2f}{r['cpu_tok']:>18.3f}")  # fmt: skip
+    out = []
+    for p, r in list(runs.items())[1:]:
+        out += [(f"[{args.preset}] wall, {p} / never", f"{r['wall'] / runs['never']['wall']:.2f}", ""),
+                (f"[{args.preset}] weak draft requests / weak token, {p}", f"{r['draft']:.3f}", ""),
+                (f"[{args.preset}] weak tokens drafted / kept, {p}", f"{r['drafted']:.2f}", "")]  # fmt: skip
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=100, help="instructions in a fake-server batch")
-    ap.add_argument("--chunks", type=int, nargs="+", default=[1, 4, 16, 32], help="weak chunk sizes to compare")
     ap.add_argument("--latency", type=float, nargs="+", default=[0.05, 0.2], help="seconds added to each request")
     ap.add_argument("--repeat", type=int, default=3, help="latency batches per setting; the median is shown")
-    ap.add_argument("--raised", type=int, default=256, help="the raised ClientSettings.max_in_flight")
     ap.add_argument("--top-k", type=int, default=EngineSettings().top_k, help="logprobs per weak token")
     ap.add_argument("--policy", default="margin(tau=0.005, span=sentence)", help="policy on the fake servers")
     ap.add_argument("--preset", help="also measure the running servers of this preset (e.g. cpu)")
@@ -245,9 +242,9 @@ def main() -> None:
     summary = [] if args.skip_fake else fake_part(args)
     if args.preset:
         summary += real_part(args)
-    print(f"\n{'metric':<62}{'value':>8}  target")
+    print(f"\n{'metric':<90}{'value':>8}  target")
     for name, value, target in summary:
-        print(f"{name:<62}{value:>8}  {target}")
+        print(f"{name:<90}{value:>8}  {target}")
 
 
 if __name__ == "__main__":
