@@ -33,6 +33,7 @@ demo: install
 
 test: install lint browser
 	$(BIN)/cdw models fetch tiny
+	$(BIN)/cdw models fetch tiny-bpe
 	$(BIN)/python -m pytest
 
 # The page test drives Debian's Chromium through playwright (no `playwright install`: its CDN may be unreachable).
