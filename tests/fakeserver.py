@@ -153,6 +153,8 @@ class FakeServer:
     def __init__(self, model=None, judge: Callable[[str], float | None] | None = None):
         self.model = model or ToyModel()
         self.judge = judge
+        self.judge_mass = 0.9  # the labels' share of the judge's probability
+        self.refuses_system = False  # answer a system message with 400, as Gemma-2's chat template makes vLLM do
         self.faults = Faults()
         self.hits: dict[str, int] = {}
         self.active = 0  # requests being handled now, and the most seen at once
@@ -276,12 +278,16 @@ class FakeServer:
         return web.json_response({"id": "cmpl", "choices": [choice]})
 
     def _judge_answer(self, b: dict):
-        p = self.judge(b["messages"][-1]["content"])
+        try:
+            p = self.judge(b["messages"][-1]["content"])
+        except ValueError:  # not a judge prompt (e.g. the judge's one-token probe of the chat template)
+            p = 0.5
+        mass = self.judge_mass
         if p is None:
             top = [("x", math.log(0.6)), ("y", math.log(0.3))]
-        else:  # 10% of the mass on other tokens, so renormalising over the labels matters
-            top = sorted([("m", math.log(0.9 * p + 1e-12)), ("M", math.log(0.9 * (1 - p) + 1e-12)),
-                          (" ", math.log(0.1))], key=lambda t: -t[1])  # fmt: skip
+        else:  # the rest of the mass on another token, so renormalising over the labels matters
+            top = sorted([("m", math.log(mass * p + 1e-12)), ("M", math.log(mass * (1 - p) + 1e-12)),
+                          (" ", math.log(1 - mass))], key=lambda t: -t[1])  # fmt: skip
         tok, lp = top[0]
         content = [{"token": tok, "logprob": lp, "bytes": list(tok.encode()),
                     "top_logprobs": [{"token": t, "logprob": v} for t, v in top]}]  # fmt: skip
@@ -289,8 +295,17 @@ class FakeServer:
                   "stop_reason": None, "logprobs": {"content": content}}  # fmt: skip
         return web.json_response({"id": "chat", "choices": [choice]})
 
+    def _refuse_system(self, b: dict) -> None:
+        """As a chat template that raises on a system message (Gemma-2's) makes vLLM answer."""
+        if self.refuses_system and any(m.get("role") == "system" for m in b.get("messages") or []):
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": {"message": "System role not supported", "type": "BadRequestError"}}),
+                content_type="application/json",
+            )
+
     async def _chat(self, request):
         b = await self._body(request)
+        self._refuse_system(b)
         m = self.model
         if self.judge is not None and b.get("max_tokens") == 1:
             return self._judge_answer(b)
@@ -324,6 +339,7 @@ class FakeServer:
     async def _tokenize(self, request):
         b = await self._body(request)
         m = self.model
+        self._refuse_system(b)
         if "messages" in b:
             text = m.render(
                 b["messages"], b.get("add_generation_prompt", False), b.get("continue_final_message", False)

@@ -15,7 +15,7 @@ from workspace.client import ClientSettings, ModelClient
 from workspace.data import Prompt, PromptSet
 from workspace.endpoints import Endpoint
 from workspace.engine import EngineSettings
-from workspace.evaluate import EvalSettings, Setup, evaluate, load_evaluation
+from workspace.evaluate import EvalSettings, Setup, ensure_baselines, evaluate, load_evaluation
 
 FAST = ClientSettings(attempts=2, backoff_initial=0.01, backoff_max=0.02, request_timeout=10)
 SETTINGS = EvalSettings(EngineSettings(chunk_tokens=7, top_k=5, max_tokens=400, max_span_tokens=24, max_deferrals=400),
@@ -106,7 +106,9 @@ async def test_a_middle_policy_lands_between_and_has_intervals(servers, records)
 
 
 async def test_judge_outage_gives_an_uncertified_resumable_evaluation_never_a_silent_half(servers, records):
-    servers["judge"].faults.down_after = 2 * len(PROMPTS) + 5  # the weak baseline is judged, then 5 more calls
+    async with make_setup(servers) as setup:  # the baselines first: the outage below hits the candidate's verdicts
+        await ensure_baselines(PROMPTS, setup, SETTINGS, progress=False)
+    servers["judge"].faults.down_after = 13  # enough for 6 of the 8 candidates, then an outage
     broken = await run(servers, "top1(tau=0.3, span=punct)")
     servers["judge"].faults.down_after = None
     assert not broken.complete and not broken.certified
