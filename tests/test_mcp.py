@@ -329,7 +329,9 @@ async def test_one_agent_turn_end_to_end(env, prompts):
     assert feed["total"] == 1 and feed["findings"][0]["id"] == seed
     assert feed["findings"][0]["body"].startswith("Back-to-back handoffs")
     assert base["gap"] > 0
-    assert ev["policy"] == f"policies/{TEMPLATE}" and ev["judged"] == N and ev["recovery"] is not None
+    # records name a policy file as the CLI would: relative to the project, absolute outside it (this folder)
+    assert ev["policy"] == f"{Path(env['CDW_POLICIES_DIR']).resolve()}/{TEMPLATE}" and ev["judged"] == N
+    assert ev["recovery"] is not None
     assert numbers(same) == numbers(ev)
     fid = shared["id"]
     assert shared["finding"]["author"] == "agent-7" and shared["finding"]["kind"] == "result"

@@ -28,9 +28,12 @@ def signal(p1: float, p2: float, position: int, since_handoff: int) -> TokenSign
     return TokenSignal(7, "x", math.log(p1), (math.log(p1), math.log(p2)), position, "", since_handoff)
 
 
-def test_it_loads_by_path_with_its_arguments_in_the_spec():
+def test_it_loads_by_path_with_its_arguments_in_the_spec(monkeypatch, tmp_path):
     pol = load_policy(spec("tau=0.1, min_gap=3, span=punct"))
-    assert pol.describe() == spec("tau=0.1, min_gap=3, span=punct")
+    # Records name the file relative to the project however it was typed: one policy, one name.
+    assert pol.describe() == "policies/template.py:MarginCooldown(tau=0.1, min_gap=3, span=punct)"
+    monkeypatch.chdir(TEMPLATE.parent)
+    assert load_policy("template.py:MarginCooldown(tau=0.1, min_gap=3, span=punct)").describe() == pol.describe()
     assert (pol.tau, pol.min_gap, pol.span.kind, pol.top_k) == (0.1, 3, "punct", 2)
     assert len(pol.source_hash()) == 16
 

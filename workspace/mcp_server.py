@@ -55,7 +55,7 @@ from .evaluate import (
 )
 from .evaluate import evaluate_generations as judge_generations  # the tool of the same name wraps it
 from .forum import FindingError
-from .policies import Policy, PolicyError, load_policy
+from .policies import Policy, PolicyError, canonical_spec, load_policy
 from .store import CallCache, StoreError, read_record
 
 T = TypeVar("T")
@@ -85,67 +85,18 @@ def policies_dir() -> Path:
     return Path(env).expanduser() if env else PROJECT_ROOT / POLICY_PREFIX
 
 
-def _policy_file(where: str) -> Path:
-    """The `.py` file `where` names inside the policy folder; PolicyError if it is elsewhere or missing."""
-    folder = policies_dir().resolve()
-    path = Path(where)
-    if ".." in path.parts:
-        raise PolicyError(f"policy file {where!r}: '..' is not allowed; name a file inside {folder}")
-    if not path.is_absolute():
-        if path.parts and path.parts[0] in (POLICY_PREFIX, folder.name):
-            path = Path(*path.parts[1:])  # "policies/x.py" and "x.py" name the same file
-        path = folder / path
-    resolved = path.resolve()  # follows symlinks: a link pointing out of the folder is caught below
-    if not resolved.is_relative_to(folder):
-        raise PolicyError(f"policy file {where!r} is outside the policy folder {folder}; put your policy there")
-    if resolved.suffix != ".py" or not resolved.is_file():
-        raise PolicyError(f"no policy file {where!r} in {folder} (a .py file there, e.g. template.py)")
-    return resolved
-
-
-def _locate(spec: str) -> tuple[str, str] | None:
-    """For `file.py:Class(args)`: (the spec with the file's absolute path, the spec as records name it, i.e.
-    `policies/<file>.py:Class(args)`, what a person types from the project root). None for a built-in spec."""
-    head, paren, rest = spec.partition("(")
-    if ":" not in head:
-        return None
-    where, _, name = head.rpartition(":")
-    where, name = where.strip(), name.strip()
-    if not where.endswith(".py"):
-        raise PolicyError(
-            f"{spec!r}: this server loads classes from .py files in the policy folder ({policies_dir()}) or built-in "
-            "specs such as margin(tau=0.05), not from modules"
-        )
-    path = _policy_file(where)
-    rel = path.relative_to(policies_dir().resolve()).as_posix()
-    return f"{path}:{name}{paren}{rest}", f"{POLICY_PREFIX}/{rel}:{name}{paren}{rest}"
-
-
 def resolve_policy(spec: str) -> Policy:
     """Load a policy an agent named: a built-in spec (`margin(tau=0.05)`) or `file.py:Class(args)` in the folder."""
-    spec = (spec or "").strip()
-    if not spec:
-        raise PolicyError("empty policy spec; e.g. 'margin(tau=0.05, span=sentence)' or 'template.py:MarginCooldown'")
-    located = _locate(spec)
-    if located is None:
-        return load_policy(spec)
-    full, recorded = located
-    try:
-        policy = load_policy(full)
-    except PolicyError as e:
-        raise PolicyError(str(e).replace(full, spec)) from e  # name it as the agent did
-    policy._spec = recorded  # load_policy keeps what it was given: this machine's absolute path
-    return policy
+    return load_policy(spec, folder=policies_dir())
 
 
 def recorded_spec(spec: str) -> str:
-    """The name records give a policy spec (file specs as `policies/<file>.py:…`); unchanged if it names no file
-    here yet (a hypothesis may be about a policy not written)."""
+    """The name records give a policy spec (file specs relative to the project, as `policies/<file>.py:…`);
+    unchanged if it names no file here yet (a hypothesis may be about a policy not written)."""
     try:
-        located = _locate(spec.strip())
+        return canonical_spec(spec, folder=policies_dir())
     except PolicyError:
         return spec
-    return located[1] if located else spec
 
 
 _NAMED_SET = re.compile(r"^(canonical|alpaca_eval)(:\d+)?$")

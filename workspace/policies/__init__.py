@@ -7,10 +7,10 @@ load_policy("mypackage.policies:Probe")                   # a class in an import
 expand_spec("margin(tau=[0.02, 0.05])")                   # -> ["margin(tau=0.02)", "margin(tau=0.05)"]
 """
 
-from .base import Action, Decision, Policy, SpanRule, TokenSignal, as_decision, parse_span
-from .spec import PolicyError, expand_spec, load_policy
+from .base import Action, Decision, Policy, SpanRule, TokenSignal, as_decision, constructor_spec, parse_span
+from .spec import PolicyError, canonical_spec, expand_spec, load_policy, policy_file
 
 __all__ = [
-    "Action", "Decision", "Policy", "PolicyError", "SpanRule", "TokenSignal",
-    "as_decision", "expand_spec", "load_policy", "parse_span",
+    "Action", "Decision", "Policy", "PolicyError", "SpanRule", "TokenSignal", "as_decision", "canonical_spec",
+    "constructor_spec", "expand_spec", "load_policy", "parse_span", "policy_file",
 ]  # fmt: skip

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import copy
 import enum
+import functools
 import hashlib
 import inspect
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -145,13 +147,32 @@ def parse_span(value: str | SpanRule, max_tokens: int = 64) -> SpanRule:
 
 
 class Policy:
-    """Base class for deferral policies. Subclasses implement `decide`; parameters are constructor arguments."""
+    """Base class for deferral policies. Subclasses implement `decide`; parameters are constructor arguments.
+
+    A policy's name in records is its spec: the string it was loaded from (`load_policy`), or, for one built in
+    code, a spec made from its constructor's arguments (`Margin(tau=0.05)` is `margin(tau=0.05)`), so two
+    parameter settings never share an evaluation id.
+    """
 
     span: SpanRule = SpanRule()
     prompt_level: bool = False  # True: see the whole weak answer first, then `keep_weak()` decides
     # How many top alternatives per token the policy reads (None: as many as the engine drafts with). Asking
     # the server for fewer makes drafts cheaper to send and to parse; it never changes the greedy text.
     top_k: int | None = None
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+
+        @functools.wraps(init)
+        def recording_init(self, *args, **kwargs):
+            if "_init_args" not in self.__dict__:  # the outermost constructor: the arguments that name it
+                self._init_args = (type(self), args, kwargs)
+            init(self, *args, **kwargs)
+
+        cls.__init__ = recording_init
 
     def fresh(self) -> Policy:
         """A copy with clean per-decode state (the engine calls this once per instruction)."""
@@ -168,21 +189,71 @@ class Policy:
 
     # Records need a stable name for what ran: the spec string and a hash of the code behind it.
     def describe(self) -> str:
+        """The policy's spec: how it was loaded, or made from its constructor's arguments."""
         spec = getattr(self, "_spec", None)
-        return spec or type(self).__name__
+        if spec:
+            return spec
+        try:
+            return constructor_spec(self)
+        except ValueError:
+            return type(self).__name__
 
     def source_hash(self) -> str:
+        """A hash of the whole source file of every class the policy is made of (its own, its bases', its inner
+        policies'): editing anything in a policy's module makes it another policy."""
         h = hashlib.sha256()
         for cls in type(self).__mro__:
             if cls is object:
                 continue
+            h.update(cls.__qualname__.encode())
             try:
-                h.update(inspect.getsource(cls).encode())
+                h.update(Path(inspect.getsourcefile(cls) or "").read_bytes())
             except (OSError, TypeError):
-                h.update(cls.__qualname__.encode())
-        for inner in getattr(self, "inner_policies", lambda: [])():
+                try:
+                    h.update(inspect.getsource(cls).encode())
+                except (OSError, TypeError):
+                    h.update(cls.__qualname__.encode())
+        for inner in self.inner_policies():
             h.update(inner.source_hash().encode())
         return h.hexdigest()[:16]
 
     def inner_policies(self) -> list[Policy]:
         return []
+
+
+def _literal(value, where: str) -> str:
+    if isinstance(value, Policy):
+        return value.describe()
+    if isinstance(value, SpanRule):
+        return value.describe()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_literal(v, where) for v in value) + "]"
+    raise ValueError(f"{where}: {value!r} is not a number, string, list, span rule or policy, so it cannot be named")
+
+
+def constructor_spec(policy: Policy) -> str:
+    """A spec for a policy built in code, from the arguments its constructor was given (keyword form).
+
+    Raises ValueError when it cannot be named: an argument that is not a literal, or a class that cannot be
+    found again by name (defined in a notebook cell or inside a function)."""
+    from .baselines import REGISTRY
+
+    cls, args, kwargs = getattr(policy, "_init_args", (type(policy), (), {}))
+    names = {c: n for n, c in REGISTRY.items()}
+    if cls in names:
+        name = names[cls]
+    elif cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+        raise ValueError(
+            f"{cls.__qualname__} is defined in {cls.__module__} and cannot be loaded again by name: put it in a "
+            "file (e.g. policies/mine.py) and load it with load_policy('policies/mine.py:Class(...)')"
+        )
+    else:
+        name = f"{cls.__module__}:{cls.__qualname__}"
+    try:
+        bound = inspect.signature(cls).bind(*args, **kwargs)
+    except TypeError as e:
+        raise ValueError(f"{cls.__qualname__}: {e}") from None
+    parts = [f"{k}={_literal(v, f'{cls.__qualname__}({k}=...)')}" for k, v in bound.arguments.items()]
+    return f"{name}({', '.join(parts)})" if parts else name

@@ -2,6 +2,10 @@
 
 Values are Python literals (numbers, strings, lists) or bare words (`span=sentence` means "sentence").
 A list value marks a sweep axis: `expand_spec` turns one spec into the grid of specs it names.
+
+A spec naming a file (`path/to/file.py:Class(args)`) is recorded with the file's path relative to the project
+(absolute outside it), however it was typed, so the CLI, notebooks and the MCP server give one policy one name.
+`load_policy(spec, folder=F)` is the sandbox for specs from agents: only `.py` files inside F, no modules.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import itertools
 import re
 import sys
 from pathlib import Path
+
+from servers.paths import PROJECT_ROOT
 
 from .base import Policy
 from .baselines import REGISTRY
@@ -97,21 +103,73 @@ def _load_class(target: str, spec: str) -> type:
     return cls
 
 
-def load_policy(spec: str | Policy) -> Policy:
-    """Build a policy from a spec string (see the package docstring); a Policy passes through."""
+def policy_file(where: str, folder: Path) -> Path:
+    """The `.py` file `where` names inside `folder`; PolicyError if it is elsewhere (`..`, a symlink out,
+    an absolute path outside) or missing. `folder/x.py` and `x.py` name the same file."""
+    folder = Path(folder).resolve()
+    path = Path(where)
+    if ".." in path.parts:
+        raise PolicyError(f"policy file {where!r}: '..' is not allowed; name a file inside {folder}")
+    if not path.is_absolute():
+        if path.parts and path.parts[0] == folder.name:
+            path = Path(*path.parts[1:])
+        path = folder / path
+    resolved = path.resolve()  # follows symlinks: a link pointing out of the folder is caught below
+    if not resolved.is_relative_to(folder):
+        raise PolicyError(f"policy file {where!r} is outside the policy folder {folder}; put your policy there")
+    if resolved.suffix != ".py" or not resolved.is_file():
+        raise PolicyError(f"no policy file {where!r} in {folder} (a .py file there, e.g. template.py)")
+    return resolved
+
+
+def _recorded_path(path: Path) -> str:
+    root = PROJECT_ROOT.resolve()
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+
+
+def canonical_spec(spec: str, folder: Path | None = None) -> str:
+    """The name records give a spec: file paths made relative to the project (absolute outside it)."""
+    spec = spec.strip()
+    head, paren, rest = spec.partition("(")
+    if ":" not in head:
+        return spec
+    where, _, name = head.rpartition(":")
+    where = where.strip()
+    if not (where.endswith(".py") or "/" in where):
+        if folder is not None:
+            raise PolicyError(
+                f"{spec!r}: this loads classes from .py files in the policy folder ({folder}) or built-in specs "
+                "such as margin(tau=0.05), not from modules"
+            )
+        return spec  # an importable module: its name is already canonical
+    path = policy_file(where, folder) if folder is not None else Path(where).expanduser().resolve()
+    return f"{_recorded_path(path)}:{name.strip()}{paren}{rest}"
+
+
+def load_policy(spec: str | Policy, folder: Path | None = None) -> Policy:
+    """Build a policy from a spec string (see the package docstring); a Policy passes through.
+
+    With `folder`, a spec may name only `.py` files inside that folder (the sandbox for agents' specs)."""
     if isinstance(spec, Policy):
         return spec
     spec = spec.strip()
+    if not spec:
+        raise PolicyError("empty policy spec; e.g. 'margin(tau=0.05, span=sentence)' or 'policies/template.py:Class'")
     if ":" in spec.split("(", 1)[0]:  # path/to/file.py:Class(args) or module:Class(args)
-        head, paren, rest = spec.partition("(")
-        cls = _load_class(head, spec)
+        recorded = canonical_spec(spec, folder)
+        head, paren, rest = recorded.partition("(")
+        where, _, name = head.rpartition(":")
+        if where.endswith(".py") and not Path(where).is_absolute():
+            where = str(PROJECT_ROOT / where)
+        cls = _load_class(f"{where}:{name}", spec)
         call = _parse(f"X({rest}" if paren else "X()")
         args = [_value(a, spec) for a in call.args]
         kwargs = {k.arg: _value(k.value, spec) for k in call.keywords}
         policy = _instantiate(cls, args, kwargs, spec)
+        policy._spec = recorded
     else:
         policy = _build(_parse(spec), spec)
-    policy._spec = spec
+        policy._spec = spec
     return policy
 
 
