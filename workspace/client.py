@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
+import orjson
 from asyncio_throttle import Throttler
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
@@ -181,6 +182,9 @@ def _error_message(body: Any, text: str) -> str:
     return text[:500]
 
 
+_JSON_HEADERS = {"Content-Type": "application/json"}
+
+
 class CallCache(Protocol):
     """Where answered requests are kept (`workspace.store.CallCache` is the SQLite one)."""
 
@@ -238,8 +242,9 @@ class ModelClient:
                 self.calls += 1
                 session = rep.get_session()
                 try:
-                    async with session.request(method, path, json=payload) as resp:
-                        text = await resp.text()
+                    body_bytes = None if payload is None else orjson.dumps(payload)
+                    async with session.request(method, path, data=body_bytes, headers=_JSON_HEADERS) as resp:
+                        raw = await resp.read()
                         status = resp.status
                 except aiohttp.ConnectionTimeoutError as e:
                     rep.down_until = time.monotonic() + self.settings.unhealthy_cooldown
@@ -253,10 +258,11 @@ class ModelClient:
                     raise _Retryable(ServerUnavailable(f"{type(e).__name__}: {e}", **kw)) from e
         finally:
             rep.in_flight -= 1
-        try:
-            body = await asyncio.to_thread(_json_loads, text) if len(text) > 1 << 20 else _json_loads(text)
-        except ValueError:
+        try:  # orjson: a draft's logprobs are most of what the client parses (benchmarks/engine.py)
+            body = await asyncio.to_thread(orjson.loads, raw) if len(raw) > 1 << 20 else orjson.loads(raw)
+        except orjson.JSONDecodeError:
             body = None
+        text = raw[:1000].decode("utf-8", errors="replace")
         if status >= 500:
             raise _Retryable(ServerError(f"{status} on {path}: {_error_message(body, text)}", status=status, **kw))
         if status >= 400:
@@ -293,10 +299,16 @@ class ModelClient:
             raise MalformedResponse(f"{path}: cannot parse ({e!r}): {str(body)[:200]}", role=self.role) from e
 
     async def _request(self, method: str, path: str, payload: dict | None) -> Any:
+        try:  # the first try without tenacity's machinery: most requests need no retry
+            return await self._once(method, path, payload)
+        except _Retryable as e:
+            if self.settings.attempts <= 1:
+                raise e.error from None
         s = self.settings
+        await asyncio.sleep(s.backoff_initial)  # tenacity's first attempt does not wait
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(_Retryable),
-            stop=stop_after_attempt(s.attempts),
+            stop=stop_after_attempt(s.attempts - 1),
             wait=wait_exponential_jitter(multiplier=s.backoff_initial, max=s.backoff_max),
             reraise=True,
         )
@@ -443,12 +455,6 @@ class ModelClient:
             return ReplicaStatus(rep.url, True, models, version)
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as e:
             return ReplicaStatus(rep.url, False, error=f"{type(e).__name__}: {e}".strip(": "))
-
-
-def _json_loads(text: str) -> Any:
-    import json
-
-    return json.loads(text)
 
 
 def _parse_completion(body: dict) -> Completion:
