@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import time
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
 from workspace.stats import (
+    Certification,
     Interval,
     PairedSample,
     StatsError,
     Summary,
+    certify,
+    lc_winrate_mle,
     length_controlled_winrate,
     recovery,
     summarize,
@@ -333,3 +339,368 @@ def test_resamples_without_a_gap_are_dropped_from_the_recovery_interval():
     else:
         assert s.u_weak < 0.5
     assert ("recovery" in s.ci) == (s.recovery_dropped < s.n_boot)
+
+
+def test_bootstrap_folds_keep_the_copies_of_a_prompt_together():
+    # summarize's bootstrap refits the penalised GLM on resamples; their CV folds are GroupKFold(5) with groups =
+    # the original prompt ids, so the copies of one prompt never sit on both sides of a split
+    model_selection = pytest.importorskip("sklearn.model_selection", reason="needs scikit-learn (dev extra)")
+    from workspace.stats import _group_folds
+
+    rng = np.random.default_rng(12)
+    for n in (5, 8, 23, 100):
+        idx = rng.integers(0, n, size=(25, n))
+        folds = _group_folds(idx)
+        for r in range(25):
+            for g in set(idx[r].tolist()):
+                assert len(set(folds[r][idx[r] == g].tolist())) == 1
+            groups = np.tile(idx[r], 2)  # alpaca_eval's duplicated frame
+            if len(set(groups.tolist())) < 5:
+                continue  # scikit-learn refuses; we leave a fold empty (it then scores 0 for every C)
+            theirs = np.empty(2 * n, dtype=int)
+            for k, (_, test) in enumerate(model_selection.GroupKFold(n_splits=5).split(groups, groups=groups)):
+                theirs[test] = k
+            assert theirs[:n].tolist() == folds[r].tolist() == theirs[n:].tolist(), (n, r)
+        # one copy of every prompt: alpaca_eval's own folds
+        assert _group_folds(np.arange(n)[None, :])[0].tolist() == ((n - 1 - np.arange(n)) % 5).tolist()
+
+
+def test_one_copy_per_prompt_in_grouped_folds_gives_the_plain_fit():
+    from workspace.stats import _cv_l1_fit
+
+    rng = np.random.default_rng(13)
+    n = 60
+    p, t = rng.uniform(0, 1, (20, n)), np.tanh(rng.normal(0, 1, (20, n)))
+    fold = np.tile((n - 1 - np.arange(n)) % 5, (20, 1))
+    assert np.array_equal(_cv_l1_fit(t, p), _cv_l1_fit(t, p, fold))
+
+
+# ---------------------------------------------------------------- the unpenalised GLM (maximum likelihood)
+
+
+def independent_mle(p, cand, ref) -> float:
+    """The plain soft-label GLM fitted by scipy's BFGS, from the definition: sigmoid(theta)."""
+    optimize = pytest.importorskip("scipy.optimize", reason="needs scipy (with the dev extra's scikit-learn)")
+    p = np.asarray(p, dtype=float)
+    d = np.asarray(ref, dtype=float) - np.asarray(cand, dtype=float)
+    t = np.tanh(d / np.std(d, ddof=1))
+
+    def loss(w):
+        z = w[0] + w[1] * t
+        return np.sum(np.logaddexp(0, z) - p * z)
+
+    def grad(w):
+        r = 1 / (1 + np.exp(-(w[0] + w[1] * t))) - p
+        return np.array([r.sum(), r @ t])
+
+    res = optimize.minimize(loss, np.zeros(2), jac=grad, method="BFGS", options={"gtol": 1e-10, "maxiter": 1000})
+    return float(1 / (1 + np.exp(-res.x[0])))
+
+
+@pytest.mark.parametrize(("kind", "n", "seed"), [(k, n, s) for k, n, s in CASES if k != "weak" or n == 100])
+def test_mle_matches_an_independent_fit(kind, n, seed):
+    p, cand, ref = dataset(kind, n, seed)
+    assert abs(lc_winrate_mle(p, cand, ref) - independent_mle(p, cand, ref)) <= 1e-6
+
+
+def test_mle_matches_an_independent_fit_on_random_data():
+    rng = np.random.default_rng(14)
+    for _ in range(10):
+        n = int(rng.integers(10, 300))
+        ref, cand = rng.integers(100, 3000, n), rng.integers(100, 3000, n)
+        logit = rng.normal(0, 1.5) + rng.normal(0, 2) * np.tanh((cand - ref) / 900) + rng.normal(0, 1, n)
+        p = 1 / (1 + np.exp(-logit))
+        assert abs(lc_winrate_mle(p, cand, ref) - independent_mle(p, cand, ref)) <= 1e-6
+
+
+def test_mle_is_not_pulled_to_one_half_like_the_penalised_fit():
+    # near parity alpaca_eval's cross-validation sets theta to exactly 0; the MLE reports what the data say
+    p, cand, ref = dataset("near_parity", 100, 0)
+    assert length_controlled_winrate(p, cand, ref) == 0.5
+    assert lc_winrate_mle(p, cand, ref) != 0.5
+    # with a clear signal the two fits nearly agree
+    p, cand, ref = dataset("weak", 100, 0)
+    assert abs(lc_winrate_mle(p, cand, ref) - length_controlled_winrate(p, cand, ref)) < 0.01
+
+
+def test_mle_degenerate_lengths_drop_the_length_column():
+    rng = np.random.default_rng(15)
+    p = rng.uniform(0, 1, 30)
+    lengths = rng.integers(10, 2000, 30)
+    assert lc_winrate_mle(p, lengths, lengths) == float(np.mean(p))  # std(d) == 0
+    assert lc_winrate_mle(p, lengths + 17, lengths) == float(np.mean(p))  # a constant difference
+    ref = rng.integers(500, 2000, 30)
+    assert lc_winrate_mle(p, ref + 1000 + rng.integers(0, 2, 30), ref) == float(np.mean(p))  # tanh saturates
+    assert lc_winrate_mle([0.5, 0.5], [3, 3], [3, 3]) == 0.5
+
+
+def test_mle_without_a_finite_maximiser_stays_finite_and_deterministic():
+    rng = np.random.default_rng(16)
+    cand, ref = rng.integers(100, 3000, 50), rng.integers(100, 3000, 50)
+    assert 1 - 1e-5 < lc_winrate_mle(np.ones(50), cand, ref) < 1
+    assert 0 < lc_winrate_mle(np.zeros(50), cand, ref) < 1e-5
+    separable = (cand > ref).astype(float)  # the longer answer always wins, with certainty: phi diverges
+    first = lc_winrate_mle(separable, cand, ref)
+    assert math.isfinite(first) and 0 <= first <= 1
+    assert lc_winrate_mle(separable, cand, ref) == first
+    t0 = time.perf_counter()
+    out = lc_winrate_mle([1.0, 0.0], [1, 5], [5, 1])  # two prompts, separated
+    assert math.isfinite(out) and time.perf_counter() - t0 < 1
+
+
+@pytest.mark.parametrize(
+    ("prefs", "cand", "ref", "match"),
+    [
+        ([], [], [], "empty"),
+        ([0.2, 1.2, 0.5], [1, 2, 3], [3, 2, 1], r"\[0, 1\]; item 1"),
+        ([0.2, math.nan, 0.5], [1, 2, 3], [3, 2, 1], r"\[0, 1\]; item 1"),
+        ([0.2, 0.3, 0.5], [1, 2], [3, 2, 1], "candidate_lengths has 2 items"),
+        ([0.2, 0.3, 0.5], [1, 2, 3], [3, 2], "reference_lengths has 2 items"),
+        ([0.2, 0.3, 0.5], [1, -2, 3], [3, 2, 1], "non-negative"),
+        ([0.2], [1], [3], "at least 2 prompts"),
+    ],
+)
+def test_mle_bad_input_is_a_clear_stats_error(prefs, cand, ref, match):
+    with pytest.raises(StatsError, match=match):
+        lc_winrate_mle(prefs, cand, ref)
+
+
+def test_mle_bootstrap_sized_batches_are_fast():
+    from workspace.stats import _mle_winrates
+
+    p, cand, ref = dataset("length_biased", 100, 0)
+    idx = np.random.default_rng(17).integers(0, 100, size=(1000, 100))
+    pp, dd = p[idx], (ref - cand)[idx].astype(float)
+    best = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        _mle_winrates(pp, dd)
+        best = min(best, time.perf_counter() - t0)
+    assert best < 0.5, best
+
+
+# ---------------------------------------------------------------- certify
+
+
+def certify_samples(data: Sequence[PairedSample], **kw) -> Certification:
+    return certify([s.preference for s in data], [s.weak_preference for s in data],
+                   [s.candidate_length for s in data], [s.weak_length for s in data],
+                   [s.reference_length for s in data], **kw)  # fmt: skip
+
+
+def test_certify_is_deterministic_for_a_seed():
+    data = samples(60, seed=18, cand_mean=0.45)
+    a, b, c = certify_samples(data, seed=5), certify_samples(data, seed=5), certify_samples(data, seed=6)
+    assert a == b
+    assert (a.utility, a.u_weak, a.recovery) == (c.utility, c.u_weak, c.recovery)  # point values use no randomness
+    assert a.recovery_lower != c.recovery_lower
+    assert a.n == 60 and a.n_boot == 1000 and a.seed == 5 and (a.bar, a.floor, a.level) == (0.98, 0.8, 0.95)
+
+
+def test_certify_never_defer_recovers_zero_and_is_not_certified():
+    base = samples(60, seed=19)
+    never = [dataclasses.replace(s, preference=s.weak_preference, candidate_length=s.weak_length) for s in base]
+    c = certify_samples(never)
+    assert c.utility == c.u_weak  # bit-identical: one code path on equal arrays
+    assert c.recovery == 0.0 and c.recovery_lower == 0.0
+    assert not c.certified
+    assert c.reasons == (
+        "recovery 0.000 is below the bar 0.98",
+        "the one-sided 95% lower bound of recovery, 0.000, is below the floor 0.80",
+    )
+
+
+def test_certify_always_defer_recovers_exactly_one_and_is_certified():
+    base = samples(60, seed=20)
+    always = [dataclasses.replace(s, preference=0.5, candidate_length=s.reference_length) for s in base]
+    c = certify_samples(always)
+    assert c.utility == 0.5 and c.u_weak < 0.5
+    assert c.recovery == 1.0 and c.recovery_lower == 1.0
+    assert c.certified and c.reasons == ()
+    assert c.utility_penalised == 0.5 and c.recovery_penalised == 1.0
+
+
+def test_certify_gives_reasons_exactly_when_not_certified():
+    seen = set()
+    for i, (cand_mean, weak_mean, n) in enumerate(
+        [(0.2, 0.2, 50), (0.35, 0.2, 50), (0.45, 0.2, 100), (0.5, 0.2, 200), (0.52, 0.15, 400), (0.5, 0.5, 30)]
+    ):
+        c = certify_samples(samples(n, seed=21 + i, cand_mean=cand_mean, weak_mean=weak_mean), n_boot=300)
+        assert bool(c.reasons) == (not c.certified)
+        assert c.certified == (c.recovery is not None and c.recovery >= c.bar and c.recovery_lower >= c.floor)
+        seen.add(c.certified)
+    assert seen == {True, False}
+
+
+def test_certify_without_a_gap_has_nothing_to_recover():
+    data = samples(40, seed=27, cand_mean=0.6, weak_mean=0.65)  # the weak model already beats the reference
+    c = certify_samples(data, n_boot=300)
+    assert c.u_weak >= 0.5 and c.recovery is None and not c.certified
+    assert c.reasons[0].startswith("the weak model is not worse than the reference")
+    assert c.dropped > 0.05 * c.n_boot and c.recovery_lower == -math.inf  # resamples without a gap are failures
+    assert "lower bound of recovery is undefined" in c.reasons[1]
+    out = c.to_json()
+    assert out["recovery"] is None and out["recovery_lower"] is None
+    json.dumps(out, allow_nan=False)
+
+
+def test_certify_counts_resamples_without_a_gap_as_failures():
+    from workspace.stats import _lower_quantile
+
+    # resamples without a gap sit at -inf, below every defined recovery
+    values = np.concatenate([np.linspace(0.5, 1.5, 97), [-np.inf] * 3])
+    # numpy's linear quantile at position 0.05 * 99 = 4.95 of the sorted values: 1.95 into the finite ones
+    assert _lower_quantile(values, 0.05) == pytest.approx(np.quantile(values[:97], 1.95 / 96), abs=1e-12)
+    assert _lower_quantile(values, 0.02) == -math.inf  # position 1.98: among the failures
+    finite = np.random.default_rng(34).normal(size=1000)
+    assert _lower_quantile(finite, 0.05) == pytest.approx(np.quantile(finite, 0.05), abs=1e-12)
+    # a small gap: some resamples have none
+    data = samples(30, seed=11, cand_mean=0.55, weak_mean=0.5)
+    c = certify_samples(data, n_boot=400)
+    assert c.dropped > 0
+    assert not c.certified
+
+
+def test_certification_to_json():
+    c = certify_samples(samples(40, seed=28), n_boot=200)
+    out = c.to_json()
+    assert json.loads(json.dumps(out, allow_nan=False)) == out
+    assert set(out) == {f.name for f in dataclasses.fields(Certification)}
+    assert out["reasons"] == list(c.reasons) and out["certified"] is c.certified
+
+
+def test_certify_penalised_values_are_alpaca_evals_and_none_below_five_prompts():
+    data = samples(40, seed=29)
+    c = certify_samples(data, n_boot=100)
+    s = summarize(data, n_boot=50)
+    assert (c.utility_penalised, c.u_weak_penalised, c.recovery_penalised) == (s.utility, s.u_weak, s.recovery)
+    small = certify_samples(samples(4, seed=30), n_boot=100)
+    assert small.utility_penalised is None and small.recovery_penalised is None and small.recovery is not None
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"n_boot": 0}, "n_boot"),
+        ({"level": 1.0}, "level"),
+        ({"bar": math.nan}, "finite"),
+        ({"floor": math.inf}, "finite"),
+    ],
+)
+def test_certify_rejects_bad_settings(kw, match):
+    with pytest.raises(StatsError, match=match):
+        certify_samples(samples(10, seed=31), **kw)
+
+
+def test_certify_rejects_bad_input():
+    with pytest.raises(StatsError, match="at least 2 prompts"):
+        certify([0.5], [0.2], [10], [10], [10])
+    with pytest.raises(StatsError, match="pref_weak has 2 items"):
+        certify([0.5, 0.5, 0.5], [0.2, 0.2], [10, 11, 12], [10, 11, 12], [10, 11, 12])
+    with pytest.raises(StatsError, match="len_weak has 2 items"):
+        certify([0.5, 0.5, 0.5], [0.2, 0.2, 0.2], [10, 11, 12], [10, 11], [10, 11, 12])
+    with pytest.raises(StatsError, match=r"pref_candidate must be probabilities in \[0, 1\]"):
+        certify([0.5, 1.5], [0.2, 0.2], [10, 11], [10, 11], [10, 11])
+
+
+def test_summary_carries_the_certification():
+    data = samples(50, seed=32, cand_mean=0.45)
+    s = summarize(data, n_boot=200, seed=3)
+    assert s.certification == certify_samples(data, n_boot=200, seed=3)
+    assert summarize(samples(1, seed=33), n_boot=20).certification is None
+
+
+# ---------------------------------------------------------------- the certification rule in simulation
+#
+# One simulated evaluation: n prompts, each with a reference answer, a weak-only answer and a candidate answer. An
+# answer has a quality q ~ N(mu, 1) (the reference mu = 0) and a length: a per-prompt scale (lognormal around 1000
+# characters, sd 0.5) times the answer's length ratio times lognormal noise (sd 0.3). The judge's soft preference
+# for an answer over the prompt's reference is sigmoid(k * (q - q_ref + tanh((length - length_ref) / 500))): better
+# answers win and so do longer ones, by up to 1 unit of quality (a length-biased judge). k is the judge's sharpness:
+# 1 by default; 4 for a judge whose preferences are mostly near 0 or 1 (noisier per prompt, and the case where
+# alpaca_eval's penalised fit most often shrinks to exactly 0.5). Weak-only answers: mu set for U_weak = 0.2, 0.7x
+# the reference's length. The candidate at true recovery 0.8 is verbose (1.3x the reference's length: its raw
+# winrate is ~0.50 although its LC winrate is 0.44); the candidate at parity is distributed exactly like the
+# reference (mu = 0, ratio 1). The weak-only answer and the candidate are judged against the same reference.
+# "True" values are the population values of the statistic being certified: the MLE LC fit on 200,000 prompts
+# (the mu values below were found by bisection on 400,000).
+
+SIM = {  # sharpness k: (mu of the weak-only answers, mu of the candidate at true recovery 0.8)
+    1.0: (-1.8580190740167382, -0.3374993175448253),
+    4.0: (-1.2296, -0.2262),
+}
+SIM_RUNS = 150  # simulated evaluations per scenario
+
+
+def simulate(seed: int, runs: int, n: int, mu: float | None, ratio: float, sharpness: float = 1.0):
+    """(pref_candidate, pref_weak, len_candidate, len_weak, len_reference), each of shape (runs, n).
+
+    ``mu`` None: the candidate at true recovery 0.8 for this sharpness.
+    """
+    mu_weak, mu_08 = SIM[sharpness]
+    rng = np.random.default_rng(seed)
+    scale = 1000.0 * np.exp(rng.normal(0, 0.5, (runs, n)))
+    len_ref = np.round(scale * np.exp(rng.normal(0, 0.3, (runs, n))))
+    q_ref = rng.normal(0, 1, (runs, n))
+    out = []
+    for m, r in ((mu_weak, 0.7), (mu_08 if mu is None else mu, ratio)):
+        length = np.round(scale * r * np.exp(rng.normal(0, 0.3, (runs, n))))
+        logit = sharpness * (rng.normal(m, 1, (runs, n)) - q_ref + np.tanh((length - len_ref) / 500))
+        out.append((1 / (1 + np.exp(-logit)), length))
+    (pw, lw), (pc, lc) = out
+    return pc, pw, lc, lw, len_ref
+
+
+@pytest.mark.parametrize("sharpness", sorted(SIM))
+def test_the_simulated_truths(sharpness):
+    pc, pw, lc, lw, lr = (x[0] for x in simulate(100, 1, 200_000, None, 1.3, sharpness))
+    u_weak, u_08 = lc_winrate_mle(pw, lw, lr), lc_winrate_mle(pc, lc, lr)
+    assert abs(u_weak - 0.2) < 0.005
+    assert abs((u_08 - u_weak) / (0.5 - u_weak) - 0.8) < 0.015
+    assert winrate(pc) > u_08 + 0.04  # the judge's length bias is real: the verbose candidate's raw winrate is higher
+    assert winrate(pw) < u_weak - 0.02  # and it holds the shorter weak answers back
+    pc, _, lc, _, lr = (x[0] for x in simulate(101, 1, 200_000, 0.0, 1.0, sharpness))
+    assert abs(lc_winrate_mle(pc, lc, lr) - 0.5) < 0.005  # parity: the candidate is exchangeable with the reference
+
+
+@pytest.fixture(scope="module")
+def simulated_certifications():
+    """certify (n_boot = 1000) on simulated evaluations of n = 100 prompts: SIM_RUNS per scenario."""
+    out = {}
+    for name, seed, mu, ratio, sharpness, runs in (
+        ("0.8", 200, None, 1.3, 1.0, SIM_RUNS),
+        ("parity", 201, 0.0, 1.0, 1.0, SIM_RUNS),
+        ("0.8 sharp", 202, None, 1.3, 4.0, 100),
+    ):
+        pc, pw, lc, lw, lr = simulate(seed, runs, 100, mu, ratio, sharpness)
+        out[name] = [certify(pc[i], pw[i], lc[i], lw[i], lr[i], seed=i) for i in range(runs)]
+    return out
+
+
+def certified_share(runs: list[Certification]) -> float:
+    return float(np.mean([c.certified for c in runs]))
+
+
+def old_rule_share(runs: list[Certification]) -> float:
+    """How often the old rule (alpaca_eval's penalised point recovery >= 0.98) would have certified."""
+    return float(np.mean([c.recovery_penalised is not None and c.recovery_penalised >= 0.98 for c in runs]))
+
+
+def test_rule_rarely_certifies_a_policy_whose_true_recovery_is_0_8(simulated_certifications):
+    runs = simulated_certifications["0.8"]
+    assert all(c.n == 100 and c.n_boot == 1000 for c in runs)
+    assert certified_share(runs) <= 0.10
+    assert abs(np.mean([c.recovery for c in runs]) - 0.8) < 0.03  # the MLE recovery is centred on the truth
+
+
+def test_rule_rarely_certifies_0_8_with_a_sharp_judge_where_the_old_rule_often_did(simulated_certifications):
+    runs = simulated_certifications["0.8 sharp"]
+    assert certified_share(runs) <= 0.10
+    assert old_rule_share(runs) >= 0.25  # the penalised fit's shrinkage to recovery 1.0: the bug this rule fixes
+    assert np.mean([c.recovery_penalised == 1.0 for c in runs]) >= 0.10
+
+
+def test_rule_certifies_a_policy_at_parity_often(simulated_certifications):
+    runs = simulated_certifications["parity"]
+    assert certified_share(runs) >= 0.40
+    assert abs(np.mean([c.recovery for c in runs]) - 1.0) < 0.03

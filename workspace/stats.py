@@ -1,22 +1,32 @@
-"""The statistics of an evaluation: winrate, length-controlled winrate, recovery, paired bootstrap (DESIGN.md §1).
+"""The statistics of an evaluation: winrate, length-controlled winrate, recovery, bootstrap, certification.
 
 Numbers in, numbers out: no I/O, no servers. Winrates are in [0, 1].
 
-Length control reproduces `alpaca_eval` 0.6.6's ``length_controlled_minimal`` GLM as that package fits it
-(``alpaca_eval/metrics/glm_winrate.py``, ``get_length_controlled_winrate`` and ``fit_LogisticRegressionCV``):
+Utility is a length-controlled (LC) winrate against a reference answer per prompt. A pairwise judge gives a soft
+preference p_i = P(candidate i beats reference i), and the GLM
 
-- one feature ``tanh(d / std(d))`` with d = reference length - candidate length in characters (their
-  ``len(output_1) - len(output_2)``, output_1 being the baseline); pandas' std (ddof=1); d itself is not centred;
-  a second all-ones column whose weight is theta; no other intercept (``fit_intercept=False``);
+    p_i ~ sigmoid(theta + phi * t_i),   t_i = tanh(d_i / std(d)),   d_i = reference length - candidate length
+
+(characters; pandas' std, ddof=1; d itself is not centred) is fitted with soft labels; the LC winrate is the
+prediction at d = 0, ``sigmoid(theta)``. recovery = (U - U_weak) / (0.5 - U_weak), U_weak being the same fit on the
+weak-only answers' preferences and lengths. This module fits the GLM two ways.
+
+**Penalised: alpaca_eval's numbers** (``length_controlled_winrate``, ``summarize``). Length control reproduces
+`alpaca_eval` 0.6.6's ``length_controlled_minimal`` GLM as that package fits it (``alpaca_eval/metrics/
+glm_winrate.py``, ``get_length_controlled_winrate`` and ``fit_LogisticRegressionCV``):
+
+- one feature ``tanh(d / std(d))`` as above (their ``len(output_1) - len(output_2)``, output_1 being the baseline)
+  and a second all-ones column whose weight is theta; no other intercept (``fit_intercept=False``);
 - soft labels as duplicated rows: (x, y=1) with sample weight p and (x, y=0) with sample weight 1 - p;
 - ``LogisticRegressionCV(Cs=10, penalty="l1", solver="liblinear", fit_intercept=False, cv=GroupKFold(5))``, i.e.
   minimise ``|phi| + |theta| + C * sum(weighted log loss)``: the L1 penalty covers theta too, and C is chosen from
   ``logspace(-4, 4, 10)`` by the held-out soft log loss (predictions clipped to [1e-15, 1 - 1e-15]) summed over
   folds, the smallest C on ties, then refit on all rows;
-- the winrate is the prediction at d = 0, ``sigmoid(theta)``.
+- the winrate is ``sigmoid(theta)``.
 
 So this is *not* a plain maximum-likelihood fit: when the preferences carry little signal the cross-validation picks
-a strong penalty and theta shrinks towards 0, often to exactly 0 (a winrate of exactly 0.5).
+a strong penalty and theta shrinks towards 0, often to exactly 0 (a winrate of exactly 0.5, a recovery of exactly
+1.0). It is kept because it is the number alpaca_eval publishes.
 
 GroupKFold (scikit-learn >= 1.6 sorts stably) puts row i of n into fold ``(n - 1 - i) % 5``. The penalised
 two-parameter problems are solved to machine precision here (proximal Newton with a closed-form 2-D lasso step),
@@ -32,26 +42,60 @@ cannot agree, we keep to the stated objective:
 - all preferences of a training set exactly 0: liblinear drops zero-weight rows, is left with one class and fits
   garbage (alpaca_eval reports 0.5 for an all-0 input); we fit the objective (a winrate near 0);
 - ill-conditioned data (t nearly constant) where liblinear's own tolerance moves the answer by more than 1e-3.
+
+In ``summarize``'s bootstrap the penalised fit is refitted on every resample with its cross-validation folds grouped
+by the *original* prompt: the copies of one resampled prompt always land in the same fold, which is what alpaca_eval
+itself does with resampled annotations (its ``GroupKFold(5)`` groups rows by the prompt's index, and copies share
+it). Treating each copy as its own group would put copies of one prompt on both sides of a split, so the held-out
+loss that picks C would partly score rows the fit was trained on.
+
+**Unpenalised: certification** (``lc_winrate_mle``, ``certify``). The same GLM fitted by plain maximum likelihood:
+minimise ``sum_i softplus(z_i) - p_i z_i`` with z_i = theta + phi * t_i, no penalty and no cross-validation (a ridge of
+``1e-9 / 2 * (theta**2 + phi**2)`` is added so that the minimiser always exists; on ordinary data it moves the
+winrate by far less than 1e-6). Certification uses this fit because the penalised one is biased exactly where
+certification looks: near parity the cross-validation sets theta to exactly 0, so U = 0.5 and recovery = 1.0 whatever
+the policy's true recovery. In simulation (tests/test_stats.py: n = 100 prompts, U_weak = 0.2, a length-biased judge)
+a policy whose true recovery is 0.8 reaches a penalised point recovery >= 0.98 in ~12% of evaluations, and in ~33%
+when the judge's preferences are mostly near 0 or 1. The MLE has no such pull: its recovery is centred on the truth,
+and its bootstrap describes its spread. The rule below certifies that policy in ~3% of evaluations (either judge)
+and a policy at parity in ~56% (~41% with the sharp judge); at n = 400 in 0% and ~68% (1% and ~60%).
+
+The certification rule (``certify``): certified iff the MLE point recovery >= ``bar`` (0.98) AND the one-sided
+``level`` (95%) lower bound of recovery >= ``floor`` (0.80). The lower bound is the (1 - level) quantile of
+``n_boot`` (1000) paired percentile-bootstrap recoveries: each resample draws prompt indices with replacement
+(``numpy.random.default_rng(seed)``), the same indices for the candidate and the weak-only answers, and refits both
+MLE GLMs on them. A resample whose weak baseline is not below the reference (gap 0.5 - U_weak <= 0) has no recovery;
+it counts as a failure (-inf) for the lower bound and is counted in ``Certification.dropped``. The non-statistical
+conditions (canonical prompt set, models, judge and settings; every example judged) are the caller's.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 __all__ = [
+    "BAR",
+    "FLOOR",
+    "Certification",
     "Interval",
     "PairedSample",
     "StatsError",
     "Summary",
+    "certify",
+    "lc_winrate_mle",
     "length_controlled_winrate",
     "recovery",
     "summarize",
     "winrate",
 ]
+
+
+BAR = 0.98  # point recovery a certified result must reach (DESIGN.md §1)
+FLOOR = 0.80  # and the one-sided 95% lower bound of its recovery (DESIGN.md §5b)
 
 
 class StatsError(ValueError):
@@ -79,17 +123,56 @@ class PairedSample:
 
 
 @dataclass(frozen=True)
+class Certification:
+    """The outcome of the certification rule (``certify``): the statistical half of "certified".
+
+    ``certified`` is point ``recovery`` >= ``bar`` and ``recovery_lower`` >= ``floor``; ``reasons`` says in plain
+    words why not (empty exactly when certified). Utility, u_weak and recovery are the unpenalised (MLE) LC fits; the
+    ``*_penalised`` fields are alpaca_eval's penalised LC point values, for comparison with published numbers only
+    (None where undefined: fewer than 5 prompts with varying lengths, or no gap).
+    """
+
+    certified: bool
+    reasons: tuple[str, ...]
+    recovery: float | None  # MLE point recovery; None when the gap 0.5 - u_weak is not positive
+    recovery_lower: float  # one-sided `level` bootstrap lower bound; -inf when too many resamples have no gap
+    utility: float  # MLE LC winrate of the candidate vs the reference
+    u_weak: float  # MLE LC winrate of the weak-only answers vs the reference
+    utility_penalised: float | None
+    u_weak_penalised: float | None
+    recovery_penalised: float | None
+    n: int  # prompts
+    n_boot: int  # bootstrap resamples drawn
+    dropped: int  # resamples whose gap was not positive: counted as failures (-inf) in the lower bound
+    bar: float
+    floor: float
+    level: float
+    seed: int
+    # Two-sided `level` percentile intervals of the same bootstrap: "utility", "u_weak", and "recovery" (over the
+    # resamples that have a gap; `dropped` says how many do not).
+    ci: dict[str, Interval] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """A JSON-ready dict of every field; ``reasons`` a list, a non-finite ``recovery_lower`` null."""
+        out = asdict(self)
+        out["reasons"] = list(self.reasons)
+        out["recovery_lower"] = self.recovery_lower if math.isfinite(self.recovery_lower) else None
+        return out
+
+
+@dataclass(frozen=True)
 class Summary:
     n: int
     f_weak: float | None  # pooled: sum weak chars / sum all chars; None when no characters were written
-    utility: float  # LC winrate of candidate vs reference
-    u_weak: float  # LC winrate of weak-only vs reference
+    utility: float  # LC winrate of candidate vs reference (alpaca_eval's penalised fit)
+    u_weak: float  # LC winrate of weak-only vs reference (alpaca_eval's penalised fit)
     recovery: float | None  # None when the gap (0.5 - u_weak) is not positive
     raw_winrate: float
     ci: dict[str, Interval]  # keys "f_weak", "utility", "u_weak", "recovery"; a key is absent if never defined
     n_boot: int = 0  # resamples drawn
     recovery_dropped: int = 0  # resamples with gap <= 0, left out of the recovery interval
     f_weak_dropped: int = 0  # resamples with no characters at all, left out of the f_weak interval
+    certification: Certification | None = None  # `certify` on the same samples; None for fewer than 2 prompts
 
 
 # ---------------------------------------------------------------- point statistics
@@ -141,6 +224,33 @@ def length_controlled_winrate(
     return float(_lc_winrates(p[None, :], (ref - cand)[None, :])[0])
 
 
+def lc_winrate_mle(
+    preferences: Sequence[float], candidate_lengths: Sequence[int], reference_lengths: Sequence[int]
+) -> float:
+    """The same length-controlled GLM fitted by plain maximum likelihood (no penalty, no cross-validation), in [0, 1].
+
+    Minimises ``sum_i softplus(z_i) - p_i z_i`` with z_i = theta + phi * tanh(d_i / std(d)), d = reference length -
+    candidate length (std with ddof=1, d not centred), and returns ``sigmoid(theta)``. Newton's method on the two
+    parameters (closed-form 2x2 solve, backtracking when needed) until the relative Newton step is below 1e-6, that
+    step taken (quadratic convergence: ~1e-12 is left). Degenerate inputs, deterministically:
+
+    - every length difference equal (std 0), or tanh(d / std) equal for every prompt: the length column is a
+      constant, so it is dropped and the theta-only fit is returned, which is exactly the mean of the preferences;
+    - no finite maximiser (e.g. every preference 1, or preferences in {0, 1} separated by length): a ridge of
+      ``1e-9 / 2 * (theta**2 + phi**2)``, always part of the objective, keeps the optimum finite and unique, so the
+      fit ends within a few dozen steps at a finite, deterministic answer, never NaN (all preferences 1: a winrate
+      within 1e-5 of 1). On ordinary data the ridge moves the winrate by far less than 1e-6.
+
+    Raises StatsError on empty, mismatched or out-of-range input, and for fewer than 2 prompts.
+    """
+    p = _check_preferences(preferences)
+    cand = _check_lengths(candidate_lengths, p.size, "candidate_lengths")
+    ref = _check_lengths(reference_lengths, p.size, "reference_lengths")
+    if p.size < 2:
+        raise StatsError(f"the maximum-likelihood LC winrate needs at least 2 prompts; got {p.size}")
+    return float(_mle_winrates(p[None, :], (ref - cand)[None, :])[0])
+
+
 def recovery(utility: float, u_weak: float, u_strong: float = 0.5) -> float:
     """(U - U_weak) / (U_strong - U_weak): 1.0 is strong parity, 0.0 no better than the weak model alone.
 
@@ -163,15 +273,24 @@ def recovery(utility: float, u_weak: float, u_strong: float = 0.5) -> float:
 
 
 def summarize(samples: Sequence[PairedSample], *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> Summary:
-    """Point estimates on all samples, with paired percentile-bootstrap intervals.
+    """Point estimates on all samples, with paired percentile-bootstrap intervals, and the certification.
 
-    Each of ``n_boot`` resamples draws prompt indices with replacement (``numpy.random.default_rng(seed)``) and
-    recomputes, on the same indices, pooled f_weak, the LC utility, the LC weak baseline u_weak (the baseline moves
-    with the prompts) and recovery from those two. Intervals are the plain percentile intervals (numpy's linear
-    quantiles at (1 - level) / 2 and (1 + level) / 2). Resamples where recovery is undefined (gap <= 0) are left out
-    of its interval and counted in ``recovery_dropped``; if that count is more than a few percent of ``n_boot`` the
-    recovery interval describes only the resamples with a real gap and should be read with care. Same inputs and
-    seed give identical outputs.
+    utility, u_weak and recovery are alpaca_eval's penalised LC values (``length_controlled_winrate``), the numbers
+    comparable with published ones. Each of ``n_boot`` resamples draws prompt indices with replacement
+    (``numpy.random.default_rng(seed)``) and recomputes, on the same indices, pooled f_weak, the LC utility, the LC
+    weak baseline u_weak (the baseline moves with the prompts) and recovery from those two. The penalised fit is
+    refitted on each resample with its cross-validation folds grouped by original prompt (``GroupKFold`` with
+    groups = prompt ids: every copy of a resampled prompt in the same fold, as alpaca_eval would fit the resampled
+    annotations); the point values themselves are unchanged, bit for bit. Intervals are the plain percentile
+    intervals (numpy's linear quantiles at (1 - level) / 2 and (1 + level) / 2). Resamples where recovery is undefined
+    (gap <= 0) are left out of its interval and counted in ``recovery_dropped``; if that count is more than a few
+    percent of ``n_boot`` the recovery interval describes only the resamples with a real gap and should be read with
+    care.
+
+    These intervals describe the penalised estimator, which is pulled to exactly 0.5 near parity; they are for
+    reading, not for certifying. ``certification`` is ``certify`` on the same samples with the same ``seed`` and
+    ``n_boot`` (and certify's own bar, floor and level), on the unpenalised fit; None for fewer than 2 prompts.
+    Same inputs and seed give identical outputs.
     """
     if not samples:
         raise StatsError("summarize needs at least one sample")
@@ -198,8 +317,8 @@ def summarize(samples: Sequence[PairedSample], *, n_boot: int = 1000, seed: int 
     rec = recovery(utility, u_weak) if 0.5 - u_weak > 0 else None
 
     idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    b_utility = _lc_winrates(pref[idx], d_cand[idx])
-    b_u_weak = _lc_winrates(wpref[idx], d_weak[idx])
+    b_utility = _lc_winrates(pref[idx], d_cand[idx], groups=idx)
+    b_u_weak = _lc_winrates(wpref[idx], d_weak[idx], groups=idx)
     b_w, b_all = wchars[idx].sum(axis=1), (wchars[idx] + schars[idx]).sum(axis=1)
     has_chars = b_all > 0
     b_f_weak = b_w[has_chars] / b_all[has_chars]
@@ -229,7 +348,137 @@ def summarize(samples: Sequence[PairedSample], *, n_boot: int = 1000, seed: int 
         n_boot=n_boot,
         recovery_dropped=int(n_boot - has_gap.sum()),
         f_weak_dropped=int(n_boot - has_chars.sum()),
+        certification=certify(pref, wpref, cand, wlen, ref, seed=seed, n_boot=n_boot) if n >= 2 else None,
     )
+
+
+# ---------------------------------------------------------------- certification
+
+
+def certify(
+    pref_candidate: Sequence[float],
+    pref_weak: Sequence[float],
+    len_candidate: Sequence[int],
+    len_weak: Sequence[int],
+    len_reference: Sequence[int],
+    *,
+    seed: int = 0,
+    n_boot: int = 1000,
+    bar: float = BAR,
+    floor: float = FLOOR,
+    level: float = 0.95,
+) -> Certification:
+    """The certification rule: MLE recovery >= ``bar`` AND its one-sided ``level`` lower bound >= ``floor``.
+
+    Per prompt i: ``pref_candidate[i]`` = P(candidate beats reference), ``pref_weak[i]`` = P(weak-only answer beats
+    the same reference), and the three answers' lengths in characters. utility and u_weak are ``lc_winrate_mle`` on
+    the candidate and on the weak-only answers; recovery = (utility - u_weak) / (0.5 - u_weak), None when that gap is
+    not positive (then nothing is certified). The lower bound is the (1 - level) quantile (numpy's linear
+    interpolation) of ``n_boot`` paired bootstrap recoveries: each resample draws n prompt indices with replacement
+    from ``numpy.random.default_rng(seed)``, the same indices for the candidate and the weak-only answers, and refits
+    both MLE GLMs on them. A resample whose gap 0.5 - u_weak is not positive has no recovery: it counts as a failure
+    (recovery -inf) for the bound, conservatively, and in ``dropped``; when more than a fraction 1 - level of the
+    resamples are such, the bound is -inf.
+
+    Only the statistical half of certification: the caller checks the rest (canonical prompt set, models, judge and
+    settings, every example judged). Pure and deterministic: same inputs and seed, same result. Raises StatsError on
+    malformed input, fewer than 2 prompts, ``n_boot`` < 1, ``level`` outside (0, 1) or a non-finite bar or floor.
+    """
+    pc = _check_preferences(pref_candidate, "pref_candidate")
+    pw = _check_preferences(pref_weak, "pref_weak")
+    n = pc.size
+    if pw.size != n:
+        raise StatsError(f"pref_weak has {pw.size} items but there are {n} candidate preferences")
+    lc = _check_lengths(len_candidate, n, "len_candidate")
+    lw = _check_lengths(len_weak, n, "len_weak")
+    lr = _check_lengths(len_reference, n, "len_reference")
+    if n < 2:
+        raise StatsError(f"certification needs at least 2 prompts; got {n}")
+    if not (isinstance(n_boot, int | np.integer) and n_boot >= 1):
+        raise StatsError(f"n_boot must be an integer >= 1, got {n_boot!r}")
+    if not 0 < level < 1:
+        raise StatsError(f"level must be in (0, 1), got {level!r}")
+    if not (math.isfinite(bar) and math.isfinite(floor)):
+        raise StatsError(f"bar and floor must be finite numbers, got {bar!r} and {floor!r}")
+    d_cand, d_weak = lr - lc, lr - lw
+
+    # Candidate and weak-only go through the same function on identically built arrays: identical inputs give
+    # bit-identical outputs (never-defer => recovery exactly 0.0), in the point fit and in every resample.
+    utility, c_phi, c_theta = (x[0] for x in _mle_glm(pc[None, :], d_cand[None, :]))
+    u_weak, w_phi, w_theta = (x[0] for x in _mle_glm(pw[None, :], d_weak[None, :]))
+    gap = 0.5 - u_weak
+    rec = float((utility - u_weak) / gap) if gap > 0 else None
+
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    # The full-sample optimum is a good start for every resample: fewer Newton steps, same optimum.
+    b_utility = _mle_glm(pc[idx], d_cand[idx], start=(c_phi, c_theta))[0]
+    b_u_weak = _mle_glm(pw[idx], d_weak[idx], start=(w_phi, w_theta))[0]
+    b_gap = 0.5 - b_u_weak
+    has_gap = b_gap > 0
+    b_rec = np.full(n_boot, -np.inf)
+    b_rec[has_gap] = (b_utility[has_gap] - b_u_weak[has_gap]) / b_gap[has_gap]
+    lower = _lower_quantile(b_rec, 1 - level)
+    dropped = int(n_boot - has_gap.sum())
+    q = ((1 - level) / 2, (1 + level) / 2)
+    boots = (("utility", b_utility), ("u_weak", b_u_weak), ("recovery", b_rec[has_gap]))
+    ci = {k: Interval(*(float(x) for x in np.quantile(v, q)), level) for k, v in boots if v.size}
+
+    try:  # both rows in one call (rows are fitted independently: the same numbers as length_controlled_winrate)
+        u_pen, uw_pen = (float(x) for x in _lc_winrates(np.stack([pc, pw]), np.stack([d_cand, d_weak])))
+    except StatsError:  # fewer than 5 prompts with varying lengths: alpaca_eval's fit is undefined
+        u_pen = uw_pen = None
+    rec_pen = recovery(u_pen, uw_pen) if u_pen is not None and 0.5 - uw_pen > 0 else None
+
+    pct = f"{100 * level:g}%"
+    reasons = []
+    if rec is None:
+        reasons.append(
+            f"the weak model is not worse than the reference (U_weak {u_weak:.3f} >= 0.5, so the gap 0.5 - U_weak "
+            "<= 0): nothing to recover"
+        )
+    elif not rec >= bar:
+        reasons.append(f"recovery {rec:.3f} is below the bar {_fmt(bar)}")
+    if lower == -np.inf:
+        reasons.append(
+            f"the one-sided {pct} lower bound of recovery is undefined: {dropped} of {n_boot} bootstrap resamples had "
+            f"no gap (U_weak >= 0.5), more than the {100 * (1 - level):g}% the bound can absorb"
+        )
+    elif not lower >= floor:
+        reasons.append(f"the one-sided {pct} lower bound of recovery, {lower:.3f}, is below the floor {_fmt(floor)}")
+    return Certification(
+        certified=not reasons,
+        reasons=tuple(reasons),
+        recovery=rec,
+        recovery_lower=lower,
+        utility=float(utility),
+        u_weak=float(u_weak),
+        utility_penalised=u_pen,
+        u_weak_penalised=uw_pen,
+        recovery_penalised=rec_pen,
+        n=n,
+        n_boot=n_boot,
+        dropped=dropped,
+        bar=float(bar),
+        floor=float(floor),
+        level=float(level),
+        seed=seed,
+        ci=ci,
+    )
+
+
+def _lower_quantile(values: np.ndarray, alpha: float) -> float:
+    """numpy's linear ``quantile(values, alpha)``, where -inf entries are allowed and pull the quantile to -inf."""
+    v = np.sort(values)
+    h = (v.size - 1) * alpha
+    lo = math.floor(h)
+    hi = min(lo + 1, v.size - 1)
+    if v[lo] == -np.inf:
+        return -math.inf
+    return float(v[lo] + (h - lo) * (v[hi] - v[lo]))
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.2f}" if abs(100 * x - round(100 * x)) < 1e-9 else f"{x:g}"
 
 
 # ---------------------------------------------------------------- the GLM (alpaca_eval's length_controlled_minimal)
@@ -240,8 +489,13 @@ _CLIP = 1e-15  # alpaca_eval's logloss clips predictions
 _BLOCK = 6400  # datasets x prompts per vectorised block: bounds the (problems x n) arrays to a few MB
 
 
-def _lc_winrates(p: np.ndarray, d: np.ndarray) -> np.ndarray:
-    """LC winrate for each row of ``p`` / ``d`` (shape (R, n)): alpaca_eval's fit applied to each row separately."""
+def _lc_winrates(p: np.ndarray, d: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """LC winrate for each row of ``p`` / ``d`` (shape (R, n)): alpaca_eval's fit applied to each row separately.
+
+    ``groups`` (R, n), optional: the prompt id of every entry, in [0, n) (a bootstrap resample's indices). Entries of
+    a row with the same id go to the same cross-validation fold (``GroupKFold(5)`` with those groups); without it
+    every entry is its own group, as in alpaca_eval.
+    """
     r, n = p.shape
     out = np.empty(r)
     std = np.std(d, axis=1, ddof=1) if n > 1 else np.zeros(r)
@@ -264,7 +518,8 @@ def _lc_winrates(p: np.ndarray, d: np.ndarray) -> np.ndarray:
     chunk = max(1, _BLOCK // n)
     for start in range(0, fit.size, chunk):
         rows = fit[start : start + chunk]
-        out[rows] = _cv_l1_fit(t[start : start + chunk], p[rows])
+        fold = None if groups is None else _group_folds(groups[rows])
+        out[rows] = _cv_l1_fit(t[start : start + chunk], p[rows], fold)
     return out
 
 
@@ -284,10 +539,60 @@ def _folds(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return train, test_idx, test_w
 
 
-def _cv_l1_fit(t: np.ndarray, p: np.ndarray) -> np.ndarray:
-    """sigmoid(theta) after LogisticRegressionCV's choice of C, for each row of t, p (shape (R, n))."""
+def _group_folds(groups: np.ndarray) -> np.ndarray:
+    """The fold (0-4) of every entry of ``groups`` (R, n) of ids in [0, n): ``GroupKFold(5)`` with those groups.
+
+    scikit-learn's rule, per row: the groups (present ids) in decreasing size, ties in decreasing id (its stable
+    argsort, reversed), each added to the fold holding the fewest entries so far (the first such fold on ties). On
+    the duplicated soft-label frame every size doubles, which changes no choice. Ids 0..n-1 once each reproduce
+    ``_folds(n)``.
+    """
+    r, n = groups.shape
+    row = np.arange(r)
+    size = np.bincount((row[:, None] * n + groups).ravel(), minlength=r * n).reshape(r, n)
+    order = np.argsort(size * n + np.arange(n), axis=1)[:, ::-1]  # keys are distinct: no ties to break
+    load = np.zeros((r, _N_SPLITS))
+    fold_of = np.zeros((r, n), dtype=int)
+    for k in range(n):
+        g = order[:, k]
+        w = size[row, g]
+        if not w.any():  # every remaining id is absent from every row
+            break
+        f = np.argmin(load, axis=1)
+        load[row, f] += w
+        fold_of[row, g] = f
+    return np.take_along_axis(fold_of, groups, axis=1)
+
+
+def _fold_arrays(fold: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_folds``' three arrays for per-row fold assignments ``fold`` (R, n): shapes (R, 5, n), (R, 5, W), (R, 5, W).
+
+    A fold may be empty (a resample with fewer than 5 distinct prompts): no test rows, and its training set is all.
+    """
+    r, n = fold.shape
+    train = (fold[:, None, :] != np.arange(_N_SPLITS)[None, :, None]).astype(float)
+    order = np.argsort(fold, axis=1, kind="stable")  # entries of fold 0, then fold 1, ... each in row order
+    count = np.stack([(fold == k).sum(axis=1) for k in range(_N_SPLITS)], axis=1)  # (R, 5)
+    first = np.cumsum(count, axis=1) - count
+    width = max(int(count.max()), 1)
+    pos = first[:, :, None] + np.arange(width)  # (R, 5, W)
+    test_w = (np.arange(width) < count[:, :, None]).astype(float)
+    pos = np.where(test_w > 0, pos, 0)
+    test_idx = np.take_along_axis(order, pos.reshape(r, -1), axis=1).reshape(r, _N_SPLITS, width)
+    return train, test_idx, test_w
+
+
+def _cv_l1_fit(t: np.ndarray, p: np.ndarray, fold: np.ndarray | None = None) -> np.ndarray:
+    """sigmoid(theta) after LogisticRegressionCV's choice of C, for each row of t, p (shape (R, n)).
+
+    ``fold`` (R, n): each entry's cross-validation fold (``_group_folds``); None for alpaca_eval's one-row groups,
+    the same for every row (``_folds(n)``, broadcast: the same values as always, so the same result bit for bit).
+    """
     r, n = t.shape
-    train, test_idx, test_w = _folds(n)
+    if fold is None:
+        train, test_idx, test_w = (np.broadcast_to(x, (r, *x.shape)) for x in _folds(n))
+    else:
+        train, test_idx, test_w = _fold_arrays(fold)
     # Problems whose optimum is exactly 0 (gradient at 0 within the L1 subgradient) need no solve; for small C
     # that is most of them.
     g_a = (((0.5 - p) * t)[:, None, :] * train).sum(-1)
@@ -297,16 +602,16 @@ def _cv_l1_fit(t: np.ndarray, p: np.ndarray) -> np.ndarray:
     a = np.zeros((r, _N_SPLITS, _CS.size))
     b = np.zeros((r, _N_SPLITS, _CS.size))
     ri, fi, ci = live
-    a[live], b[live] = _solve_l1_logistic(t[ri], p[ri], train[fi], _CS[ci], np.zeros(ri.size), np.zeros(ri.size))
+    a[live], b[live] = _solve_l1_logistic(t[ri], p[ri], train[ri, fi], _CS[ci], np.zeros(ri.size), np.zeros(ri.size))
 
     # Held-out score of every fold fit: the mean soft log likelihood over the fold's rows, i.e. minus
     # alpaca_eval's clipped logloss (each row is in its duplicated frame twice with the same target, which leaves
-    # the mean unchanged). A zero fit scores the same for every C.
+    # the mean unchanged). A zero fit scores the same for every C, and so does an empty fold (0).
     def score(rr, ff, aa, bb):
-        cols = test_idx[ff]
-        tt, pt, w = t[rr[:, None], cols], p[rr[:, None], cols], test_w[ff]
+        cols = test_idx[rr, ff]
+        tt, pt, w = t[rr[:, None], cols], p[rr[:, None], cols], test_w[rr, ff]
         q = np.clip(_sigmoid(aa[:, None] * tt + bb[:, None]), _CLIP, 1 - _CLIP)
-        return (_rowdot(w * pt, np.log(q)) + _rowdot(w * (1 - pt), np.log(1 - q))) / w.sum(1)
+        return (_rowdot(w * pt, np.log(q)) + _rowdot(w * (1 - pt), np.log(1 - q))) / np.maximum(w.sum(1), 1.0)
 
     rr, ff = (x.ravel() for x in np.meshgrid(np.arange(r), np.arange(_N_SPLITS), indexing="ij"))
     zero = score(rr, ff, np.zeros(rr.size), np.zeros(rr.size)).reshape(r, _N_SPLITS)
@@ -459,3 +764,177 @@ def _lasso_2d(ca, cb, haa, hab, hbb):
     pick = np.argmin(obj, axis=0)
     cols = np.arange(ca.size)
     return va[pick, cols], vb[pick, cols]
+
+
+# ---------------------------------------------------------------- the GLM by maximum likelihood (certification)
+
+_RIDGE = 1e-9  # on theta and phi: the objective gets _RIDGE / 2 * (theta**2 + phi**2), so a minimiser always exists
+_MLE_BLOCK = 1 << 16  # datasets x prompts per vectorised block
+_MLE_TOL = 1e-6  # relative Newton step at which a fit stops (quadratic convergence: ~1e-12 left)
+
+
+def _mle_winrates(p: np.ndarray, d: np.ndarray, start: tuple[float, float] | None = None) -> np.ndarray:
+    """``lc_winrate_mle`` for each row of ``p`` / ``d`` (shape (R, n)), each row fitted separately."""
+    return _mle_glm(p, d, start)[0]
+
+
+def _mle_glm(
+    p: np.ndarray, d: np.ndarray, start: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(winrate, phi, theta) of the unpenalised GLM for each row of ``p`` / ``d`` (shape (R, n)).
+
+    Rows whose length column is constant (std(d) = 0, or tanh(d / std) the same for every prompt) get the theta-only
+    fit: winrate = mean(p) exactly, phi = 0, theta = logit(mean(p)) (infinite for a mean of 0 or 1). ``start``
+    (phi, theta): where Newton starts for every row (e.g. the full-sample optimum, for bootstrap resamples); by
+    default phi = 0, theta = logit(mean(p)), clipped. The start changes the path, not the optimum.
+    """
+    r, n = p.shape
+    win, phi, theta = np.empty(r), np.zeros(r), np.empty(r)
+    blocks = max(1, -(-r * n // _MLE_BLOCK))  # equal blocks of about _MLE_BLOCK entries at most; t built per block
+    chunk = max(1, -(-r // blocks))
+    for s in range(0, r, chunk):
+        pb, db = p[s : s + chunk], d[s : s + chunk]
+        std = np.std(db, axis=1, ddof=1) if n > 1 else np.zeros(pb.shape[0])
+        flat = ~(std > 0)
+        t = np.tanh(db / np.where(flat, 1.0, std)[:, None])
+        flat |= np.ptp(t, axis=1) == 0
+        if flat.any():
+            rows = s + np.flatnonzero(flat)
+            mean = pb[flat].mean(axis=1)
+            win[rows] = mean
+            with np.errstate(divide="ignore"):
+                theta[rows] = np.log(mean) - np.log1p(-mean)
+            fit = np.flatnonzero(~flat)
+            if fit.size == 0:
+                continue
+            t, pb = t[fit], pb[fit]
+        else:
+            fit = np.arange(pb.shape[0])
+        if start is not None and np.isfinite(start).all():
+            a0, b0 = np.full(fit.size, float(start[0])), np.full(fit.size, float(start[1]))
+        else:
+            pbar = np.clip(pb.mean(axis=1), 1e-3, 1 - 1e-3)
+            a0, b0 = np.zeros(fit.size), np.log(pbar) - np.log1p(-pbar)
+        rows = s + fit
+        phi[rows], theta[rows] = _newton_glm(t, pb, a0, b0)
+        win[rows] = _sigmoid(theta[rows])
+    return win, phi, theta
+
+
+def _newton_glm(t, p, a0, b0, *, max_iter=100):
+    """(a, b) minimising F = sum_i [softplus(z_i) - p_i z_i] + _RIDGE / 2 (a^2 + b^2), z_i = a t_i + b, for each row.
+
+    Newton's method, the 2x2 system solved in closed form. A row stops once its Newton step is below _MLE_TOL
+    (relative), taking that last step: with quadratic convergence its error is then far smaller. The whole step is
+    taken when F provably decreases along it, else Armijo backtracking on F itself. Two exact tests, no F needed:
+
+    - F's curvature is at most M = X'X / 4 + ridge I (softplus'' <= 1/4), so F(w + d) <= F(w) + g.d + d'Md / 2; for the
+      Newton step g.d = -d'Hd, so (1 - 1e-4) d'Hd >= d'Md / 2 guarantees Armijo's decrease (O(1) per row);
+    - F is convex, so if its slope along the step is still <= 0 at the step's end, F decreased.
+
+    The sums over prompts (sum w, sum w t, sum w t^2 for w = q, q(1 - q), p) are one einsum against the stacked
+    columns (1, t, t^2). Rows that have stopped leave the arrays, so each step costs only the rows still moving.
+    """
+    a, b = np.array(a0, dtype=float), np.array(b0, dtype=float)
+    r, n = t.shape
+    x = np.empty((r, 3, n))  # the columns 1, t, t^2 of every row
+    x[:, 0], x[:, 1] = 1.0, t
+    np.multiply(t, t, out=x[:, 2])
+    k0, k1 = _colsums(x[:, :2], p).T  # the data's part of the gradient: sum p, sum p t
+    s1, s2 = _colsums(x[:, 1:], np.ones_like(t)).T  # X'X = [[n, s1], [s1, s2]]
+    hbuf = np.empty((r, n))
+    active = np.arange(r)
+    xa, pa, k0a, k1a, s1a, s2a = x, p, k0, k1, s1, s2
+    q = a[:, None] * t
+    q += b[:, None]
+    _sigmoid_inplace(q)
+    gb, ga = _colsums(x[:, :2], q).T
+    ga, gb = ga - k1 + _RIDGE * a, gb - k0 + _RIDGE * b
+    for _ in range(max_iter):
+        aa, ba = a[active], b[active]
+        h = np.subtract(1.0, q, out=hbuf[: active.size])
+        h *= q
+        hbb, hab, haa = _colsums(xa, h).T
+        haa, hbb = haa + _RIDGE, hbb + _RIDGE
+        det = haa * hbb - hab * hab  # > 0: Cauchy-Schwarz plus the ridge
+        da = (hab * gb - hbb * ga) / det
+        db = (hab * ga - haa * gb) / det
+        small = np.maximum(np.abs(da), np.abs(db)) <= _MLE_TOL * (1.0 + np.maximum(np.abs(aa), np.abs(ba)))
+        a[active], b[active] = aa + da, ba + db  # the whole step, for now
+        go = np.flatnonzero(~small)  # rows that go on: they need F's gradient at the new point
+        if go.size == 0:
+            break
+        dhd = -(ga * da + gb * db)
+        if go.size < active.size:
+            active, xa, pa, k0a, k1a, s1a, s2a = (v[go] for v in (active, xa, pa, k0a, k1a, s1a, s2a))
+            aa, ba, da, db, ga, gb, dhd = (v[go] for v in (aa, ba, da, db, ga, gb, dhd))
+        dmd = 0.25 * (s2a * da * da + 2.0 * s1a * da * db + n * db * db) + _RIDGE * (da * da + db * db)
+        an, bn = aa + da, ba + db
+        qn = an[:, None] * xa[:, 1]
+        qn += bn[:, None]
+        _sigmoid_inplace(qn)
+        gbn, gan = _colsums(xa[:, :2], qn).T
+        gan, gbn = gan - k1a + _RIDGE * an, gbn - k0a + _RIDGE * bn
+        bad = np.flatnonzero(~(2.0 * (1.0 - 1e-4) * dhd >= dmd) & (gan * da + gbn * db > 0))
+        if bad.size:
+            tb = xa[bad, 1]
+            step = _armijo_glm(tb, pa[bad], aa[bad], ba[bad], da[bad], db[bad], ga[bad], gb[bad])
+            part = step < 1
+            if part.any():
+                rows, st = bad[part], step[part]
+                an[rows], bn[rows] = aa[rows] + st * da[rows], ba[rows] + st * db[rows]
+                qn[rows] = _sigmoid_inplace(an[rows, None] * tb[part] + bn[rows, None])
+                gbn[rows], gan[rows] = _colsums(xa[rows, :2], qn[rows]).T
+                gan[rows] += _RIDGE * an[rows] - k1a[rows]
+                gbn[rows] += _RIDGE * bn[rows] - k0a[rows]
+                a[active[rows]], b[active[rows]] = an[rows], bn[rows]
+            stuck = step == 0  # no decrease left to find: optimal to rounding
+            if stuck.any():
+                keep = np.flatnonzero(~np.isin(np.arange(active.size), bad[stuck]))
+                active, xa, pa, k0a, k1a, s1a, s2a = (v[keep] for v in (active, xa, pa, k0a, k1a, s1a, s2a))
+                qn, gan, gbn = qn[keep], gan[keep], gbn[keep]
+        q, ga, gb = qn, gan, gbn
+    return a, b
+
+
+def _colsums(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """sum_j w[i, j] * x[i, k, j] for every row i and column k: shape (R, K)."""
+    return np.einsum("ikj,ij->ik", x, w)
+
+
+def _armijo_glm(t, p, a, b, da, db, ga, gb):
+    """Backtracking step sizes s with F(w + s d) <= F(w) + 1e-4 s g.d (up to rounding); 0 if none passes.
+
+    Rarely needed (the whole Newton step usually passes the cheaper tests), so it favours clarity over speed.
+    """
+
+    def f(i, aa, bb):
+        zz = aa[:, None] * t[i] + bb[:, None]
+        return np.logaddexp(0.0, zz).sum(axis=1) - _rowdot(p[i], zz) + 0.5 * _RIDGE * (aa * aa + bb * bb)
+
+    every = np.arange(a.size)
+    f0 = f(every, a, b)
+    slope = ga * da + gb * db
+    slack = 1e-13 * (np.abs(f0) + 1.0)  # rounding in F
+    step = np.ones(a.size)
+    pending = every
+    for _ in range(60):
+        s = step[pending]
+        fs = f(pending, a[pending] + s * da[pending], b[pending] + s * db[pending])
+        ok = fs <= f0[pending] + 1e-4 * s * slope[pending] + slack[pending]
+        pending = pending[~ok]
+        if pending.size == 0:
+            return step
+        step[pending] *= 0.5
+    step[pending] = 0.0
+    return step
+
+
+def _sigmoid_inplace(z: np.ndarray) -> np.ndarray:
+    """sigmoid(z), overwriting and returning z (exp overflow for z < -709 gives exactly 0, as it should)."""
+    np.negative(z, out=z)
+    with np.errstate(over="ignore"):
+        np.exp(z, out=z)
+    z += 1.0
+    np.reciprocal(z, out=z)
+    return z
