@@ -7,6 +7,9 @@ the line it was writing; reopening drops a torn last line and carries on. A reco
 at a time (an exclusive lock); readers never need the lock. Numbers are never read from a record: readers
 recompute them from the events (DESIGN.md §6).
 
+Every writer session ends with a **signature** line: this workspace's Ed25519 signature over every byte before
+it (`workspace/signing.py`). An edit anywhere in the file breaks it; `Record.signature` says who signed what.
+
 `records/` sits in the project checkout so records can be shared with the findings that cite them;
 `CDW_RECORDS_DIR` moves it.
 
@@ -28,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from servers.paths import PROJECT_ROOT, paths
+
+from . import signing
 
 
 class StoreError(RuntimeError):
@@ -51,28 +56,37 @@ def record_path(kind: str, record_id: str) -> Path:
 
 
 @dataclass(frozen=True)
+class SignatureCheck:
+    """Who signed a record, and whether every signature in it holds."""
+
+    key: str | None  # the signing key (None: unsigned, or signatures by different keys)
+    problem: str | None  # None: every signature holds and the last line is one
+
+
+@dataclass(frozen=True)
 class Record:
-    """A record as read from disk: its header and its events, in the order they were written."""
+    """A record as read from disk: its header and its events (signature lines apart), in the order written."""
 
     kind: str
     id: str
     header: dict
     events: tuple[dict, ...]
     path: Path
+    signature: SignatureCheck = SignatureCheck(None, "not read")
 
     def of_type(self, type_: str) -> Iterator[dict]:
         return (e for e in self.events if e.get("type") == type_)
 
 
-def _parse_lines(path: Path, data: bytes) -> tuple[list[dict], int]:
-    """Parsed lines and the byte length of the intact part.
+def _parse_lines(path: Path, data: bytes) -> tuple[list[dict], list[int], int]:
+    """Parsed lines, the byte offset where each starts, and the byte length of the intact part.
 
     A last line without its newline is a write the run was killed in: it is dropped. Damage in a complete
     line is an error, never silently skipped.
     """
     complete = data[: data.rfind(b"\n") + 1]
-    out = []
-    for i, line in enumerate(complete.splitlines()):
+    out, starts, pos = [], [], 0
+    for i, line in enumerate(complete.split(b"\n")[:-1]):
         try:
             obj = json.loads(line)
             if not isinstance(obj, dict):
@@ -80,7 +94,29 @@ def _parse_lines(path: Path, data: bytes) -> tuple[list[dict], int]:
         except ValueError as e:
             raise StoreError(f"{path}: line {i + 1} is damaged ({e}); the record cannot be read") from e
         out.append(obj)
-    return out, len(complete)
+        starts.append(pos)
+        pos += len(line) + 1
+    return out, starts, len(complete)
+
+
+def _check_signatures(data: bytes, objs: list[dict], starts: list[int]) -> SignatureCheck:
+    """Each signature line must sign every byte before it, all by one key, and the record must end with one."""
+    keys = set()
+    for obj, start in zip(objs, starts, strict=True):
+        if obj.get("type") != "signature":
+            continue
+        before = data[:start]
+        key, sig = obj.get("key"), obj.get("signature")
+        if obj.get("sha256") != signing.digest(before) or not signing.check(before, str(key), str(sig)):
+            return SignatureCheck(None, f"the signature at byte {start} does not match the lines before it (edited)")
+        keys.add(key)
+    if not keys:
+        return SignatureCheck(None, "unsigned")
+    if len(keys) > 1:
+        return SignatureCheck(None, f"signed by {len(keys)} different keys")
+    if objs[-1].get("type") != "signature":
+        return SignatureCheck(keys.pop(), "lines were added after the last signature")
+    return SignatureCheck(keys.pop(), None)
 
 
 def read_record(kind: str, record_id: str) -> Record | None:
@@ -90,10 +126,12 @@ def read_record(kind: str, record_id: str) -> Record | None:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
-    objs, _ = _parse_lines(path, data)
+    objs, starts, good = _parse_lines(path, data)
     if not objs or objs[0].get("type") != "header":
         raise StoreError(f"{path}: no header line; the record cannot be read")
-    return Record(kind, record_id, objs[0], tuple(objs[1:]), path)
+    sig = _check_signatures(data[:good], objs, starts)
+    events = tuple(o for o in objs[1:] if o.get("type") != "signature")
+    return Record(kind, record_id, objs[0], events, path, sig)
 
 
 def list_records(kind: str) -> list[str]:
@@ -124,20 +162,24 @@ class RecordWriter:
             raise StoreError(f"{self.path} is being written by another process; wait for it or stop it") from None
         self._fd = fd
         self._lock = threading.Lock()
+        self._appended = False
         data = b""
         while chunk := os.read(fd, 1 << 20):
             data += chunk
-        objs, good = _parse_lines(self.path, data)
+        objs, starts, good = _parse_lines(self.path, data)
         if good < len(data):
             os.ftruncate(fd, good)
         if not objs:
             os.ftruncate(fd, 0)
             self._write([header])
-            objs = [header]
+            objs, starts = [header], [0]
         elif _comparable(objs[0]) != _comparable(header):
             os.close(fd)
             raise StoreError(f"{self.path} holds a different record under the same id; not overwriting it")
-        self.record = Record(kind, record_id, objs[0], tuple(objs[1:]), self.path)
+        self._signed = objs[-1].get("type") == "signature"
+        events = tuple(o for o in objs[1:] if o.get("type") != "signature")
+        sig = _check_signatures(data[:good], objs, starts)
+        self.record = Record(kind, record_id, objs[0], events, self.path, sig)
 
     def _write(self, objs: list[dict]) -> None:
         blob = b"".join(json.dumps(o, ensure_ascii=False).encode() + b"\n" for o in objs)
@@ -145,15 +187,38 @@ class RecordWriter:
             os.lseek(self._fd, 0, os.SEEK_END)
             os.write(self._fd, blob)
             os.fsync(self._fd)
+            self._appended = True
 
     def append(self, type_: str, **fields: Any) -> None:
         """Append one event, durably."""
+        if type_ in ("header", "signature"):
+            raise StoreError(f"{type_!r} lines are written by the store itself")
         self._write([{"type": type_, **fields}])
+
+    def record_now(self) -> Record:
+        """The record as it stands on disk now (events appended so far included)."""
+        rec = read_record(self.record.kind, self.record.id)
+        assert rec is not None
+        return rec
+
+    def sign(self) -> None:
+        """Append this workspace's signature over every byte before it (done by `close` when needed)."""
+        with self._lock:
+            os.lseek(self._fd, 0, os.SEEK_SET)
+            data = b""
+            while chunk := os.read(self._fd, 1 << 20):
+                data += chunk
+        key, sig = signing.sign(data)
+        self._write([{"type": "signature", "key": key, "sha256": signing.digest(data), "signature": sig}])
 
     def close(self) -> None:
         if self._fd >= 0:
-            os.close(self._fd)  # releases the lock
-            self._fd = -1
+            try:
+                if self._appended or not self._signed:
+                    self.sign()
+            finally:
+                os.close(self._fd)  # releases the lock
+                self._fd = -1
 
     def __enter__(self) -> RecordWriter:
         return self
@@ -163,8 +228,8 @@ class RecordWriter:
 
 
 def _comparable(header: dict) -> dict:
-    # When a record was created (and with which server versions) is not part of what it is.
-    return {k: v for k, v in header.items() if k not in ("created", "servers")}
+    # When a record was created (with which server versions, by which code) is not part of what it is.
+    return {k: v for k, v in header.items() if k not in ("created", "servers", "code")}
 
 
 class CallCache:
