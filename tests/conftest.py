@@ -16,7 +16,7 @@ import pytest
 from servers.paths import paths
 from servers.presets import load_catalog
 
-TEST_PORTS = {"8111": "18111", "8112": "18112", "8113": "18113", "8114": "18114"}
+TEST_PORTS = {"8111": "18111", "8112": "18112", "8113": "18113", "8114": "18114", "8115": "18115"}
 
 
 def write_test_presets(dest: Path, **replacements: str) -> Path:
@@ -30,11 +30,33 @@ def write_test_presets(dest: Path, **replacements: str) -> Path:
     return dest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def test_signing_key(tmp_path_factory):
+    """Tests sign records with a key of their own, which their trusted-keys file lists (never the user's key)."""
+    from workspace import signing
+
+    folder = tmp_path_factory.mktemp("keys")
+    old = {k: os.environ.get(k) for k in ("CDW_KEYS_DIR", "CDW_TRUSTED_KEYS")}
+    os.environ["CDW_KEYS_DIR"] = str(folder)
+    os.environ["CDW_TRUSTED_KEYS"] = str(folder / "trusted_keys.txt")
+    (folder / "trusted_keys.txt").write_text(f"{signing.public_key()} the test suite\n")
+    yield signing.public_key()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def test_home(tmp_path_factory):
     """A private CDW_HOME (runtime files, logs) sharing the real model cache."""
-    models = paths().models
+    import shutil
+
+    models, data = paths().models, paths().data
     home = tmp_path_factory.mktemp("cdw-home")
+    if data.is_dir():  # the AlpacaEval prompts (hash-checked on every load): no need to fetch them again
+        shutil.copytree(data, home / "data")
     old = {k: os.environ.get(k) for k in ("CDW_HOME", "CDW_MODELS_DIR")}
     os.environ["CDW_HOME"] = str(home)
     os.environ["CDW_MODELS_DIR"] = str(models)

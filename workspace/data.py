@@ -57,6 +57,14 @@ CANONICAL_METHOD = (
     f"the {CANONICAL_N} indices i in range({ALPACA_EVAL_N}) with the smallest sha256(f'{{seed}}:{{i}}') hex digests, "
     "in that order"
 )
+# The confirmation set: 300 more prompts, disjoint from the canonical 100, that confirm a certified result at
+# n = 400 (DESIGN.md §5b). The same ordering, continued.
+CONFIRMATION_FILE = Path(__file__).with_name("confirmation.json")
+CONFIRMATION_N = 300
+CONFIRMATION_METHOD = (
+    f"the next {CONFIRMATION_N} indices in the canonical set's order (ranks {CANONICAL_N}..{CANONICAL_N + 299} of "
+    "sha256(f'{seed}:{i}'), same seed): disjoint from the canonical set"
+)
 
 HUB_PROBE_TIMEOUT_S = 3.0
 PIP_TIMEOUT_S = 600
@@ -358,6 +366,42 @@ def canonical(log: Log = None) -> PromptSet:
     return ps
 
 
+def confirmation_indices(seed: int = CANONICAL_SEED) -> list[int]:
+    """Indices into the 805 of the confirmation set: the canonical ordering continued past the canonical 100."""
+    return canonical_indices(seed, CANONICAL_N + CONFIRMATION_N)[CANONICAL_N:]
+
+
+def confirmation(log: Log = None) -> PromptSet:
+    """The 300-prompt confirmation set, checked against `workspace/confirmation.json` as `canonical()` is."""
+    try:
+        doc = json.loads(CONFIRMATION_FILE.read_text(encoding="utf-8"))
+        ids, committed_hash = list(doc["ids"]), doc["hash"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"cannot read the confirmation set definition {CONFIRMATION_FILE}: {e}") from e
+    if ids != [f"alpaca_eval/{i:03d}" for i in confirmation_indices()]:
+        raise DataError(f"{CONFIRMATION_FILE}: its ids are not the ones the seed selects; restore it from git")
+    by_id = {p.id: p for p in alpaca_eval(log)}
+    ps = PromptSet("confirmation", tuple(by_id[i] for i in ids))
+    if ps.hash != committed_hash:
+        raise DataError(f"confirmation set hash {ps.hash} differs from the committed {committed_hash}")
+    return ps
+
+
+def write_confirmation(path: Path | None = None, log: Log = None) -> dict:
+    """(Re)generate confirmation.json from the seed: run once, commit the file."""
+    path = path or CONFIRMATION_FILE
+    full = alpaca_eval(log)
+    ps = PromptSet("confirmation", tuple(full.prompts[i] for i in confirmation_indices()))
+    doc = {
+        "description": "The confirmation set (DESIGN.md §5b): 300 AlpacaEval instructions disjoint from the canonical.",
+        "seed": CANONICAL_SEED, "method": CONFIRMATION_METHOD, "n": len(ps), "hash": ps.hash,
+        "hash_method": "sha256 of JSON [[id, instruction], ...] in order, separators (',', ':'), UTF-8",
+        "ids": list(ps.ids),
+    }  # fmt: skip
+    _atomic_write(path, json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
+    return doc
+
+
 def write_canonical(path: Path | None = None, log: Log = None) -> dict:
     """(Re)generate canonical.json from the seed: run once, commit the file. Returns what was written."""
     path = path or CANONICAL_FILE
@@ -421,7 +465,7 @@ def load_prompts(path: str | Path) -> PromptSet:
         raise DataError(f"{path}: {e}") from e
 
 
-_NAMED = {"canonical": canonical, "alpaca_eval": alpaca_eval}
+_NAMED = {"canonical": canonical, "confirmation": confirmation, "alpaca_eval": alpaca_eval}
 
 
 def resolve(spec: str | int | Path | PromptSet, log: Log = None) -> PromptSet:
@@ -455,7 +499,7 @@ def resolve(spec: str | int | Path | PromptSet, log: Log = None) -> PromptSet:
     if s.endswith(".jsonl") or Path(s).expanduser().is_file():
         return load_prompts(Path(s).expanduser())
     raise DataError(
-        f"unknown prompt set {spec!r}: use 'canonical', 'alpaca_eval', 'canonical:N', 'alpaca_eval:N', "
+        f"unknown prompt set {spec!r}: use 'canonical', 'confirmation', 'alpaca_eval', 'canonical:N', 'alpaca_eval:N', "
         "a number N (first N of canonical), or the path of a .jsonl file"
     )
 
@@ -466,10 +510,14 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m workspace.data", description=main.__doc__)
     ap.add_argument("--write-canonical", action="store_true", help=f"regenerate {CANONICAL_FILE.name} from the seed")
+    ap.add_argument("--write-confirmation", action="store_true", help=f"regenerate {CONFIRMATION_FILE.name}")
     args = ap.parse_args(argv)
     if args.write_canonical:
         doc = write_canonical(log=print)
         print(f"wrote {CANONICAL_FILE}: {doc['n']} prompts, hash {doc['hash']}")
+    if args.write_confirmation:
+        doc = write_confirmation(log=print)
+        print(f"wrote {CONFIRMATION_FILE}: {doc['n']} prompts, hash {doc['hash']}")
     full = alpaca_eval(log=print)
     print(f"alpaca_eval: {len(full)} prompts, hash {full.hash}")
     try:

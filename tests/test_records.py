@@ -1,0 +1,141 @@
+"""Tamper-evident records: real evaluation records (in-test servers) verify; forged ones — a preference, an author,
+a text, a hand-written record — are refused by `cdw verify` and shown as unverified by the leaderboard."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tests import test_evaluate
+from tests.test_evaluate import run
+from workspace import signing
+from workspace.cli import main
+from workspace.evaluate import load_evaluation
+from workspace.leaderboard import get_leaderboard
+from workspace.records import check
+
+servers, records = test_evaluate.servers, test_evaluate.records  # the in-test servers and a records folder
+
+
+def lines(path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def rewrite(path, objs: list[dict], key: Ed25519PrivateKey | None = None) -> None:
+    """Write the lines back; with `key`, drop the old signatures and sign the result (a forger's own key)."""
+    objs = [o for o in objs if key is None or o["type"] != "signature"]
+    data = b"".join(json.dumps(o, ensure_ascii=False).encode() + b"\n" for o in objs)
+    if key is not None:
+        raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        sig = {"type": "signature", "key": signing.PREFIX + base64.b64encode(raw).decode(),
+               "sha256": signing.digest(data), "signature": base64.b64encode(key.sign(data)).decode()}  # fmt: skip
+        data += json.dumps(sig).encode() + b"\n"
+    path.write_bytes(data)
+
+
+def verify_cli(eid: str) -> tuple[int, str]:
+    r = CliRunner().invoke(main, ["verify", eid])
+    return r.exit_code, r.output
+
+
+@pytest.fixture
+async def evaluation(servers, records):
+    ev = await run(servers, "top1(tau=0.3, span=punct)")
+    assert ev.complete
+    return ev
+
+
+async def test_an_untouched_record_verifies(evaluation, records):
+    c = check("evaluation", evaluation.id)
+    assert c.valid and c.verified and c.trusted_by == "the test suite", c.reason
+    code, out = verify_cli(evaluation.id)
+    assert code == 0 and "verifies" in out
+    entry = next(e for e in get_leaderboard([]).evaluations if e.evaluation == evaluation.id)
+    assert entry.verified and entry.to_json()["verified"] is True
+
+
+def _forge_preference(objs):
+    v = next(o for o in objs if o["type"] == "preference" and o["calls"] == 2)
+    v["preference"] = 0.5  # the classic: every verdict a tie, so the candidate looks as good as the reference
+    return "preference"
+
+
+def _forge_author(objs):
+    g = next(o for o in objs if o["type"] == "generation" and any(s[0] == "strong" for s in o["decode"]["segments"]))
+    for s in g["decode"]["segments"]:
+        s[0] = "weak"  # credit the strong model's text to the weak one: f_weak goes up
+    return "author"
+
+
+def _forge_text(objs):
+    g = next(o for o in objs if o["type"] == "generation")
+    g["decode"]["text"] = g["decode"]["text"] + " and a better ending"
+    return "text"
+
+
+@pytest.mark.parametrize("forge", [_forge_preference, _forge_author, _forge_text])
+@pytest.mark.parametrize("resign", [False, True], ids=["edited", "edited-and-re-signed"])
+async def test_a_forged_record_is_refused_and_shown_unverified(evaluation, records, forge, resign):
+    path = records / "evaluations" / f"{evaluation.id}.jsonl"
+    objs = lines(path)
+    what = forge(objs)
+    rewrite(path, objs, Ed25519PrivateKey.generate() if resign else None)
+    c = check("evaluation", evaluation.id)
+    assert not c.verified
+    if resign:  # the forger's own signature holds, but the key is not trusted...
+        assert c.signed_by and c.trusted_by is None
+        if what != "author":  # ...and the content checks catch a preference or a text that does not add up
+            assert not c.valid and c.problems
+    else:
+        assert any("signature" in p for p in c.problems)
+    code, out = verify_cli(evaluation.id)
+    assert code == 1 and "does not verify" in out
+    board = get_leaderboard([])
+    entry = next(e for e in board.evaluations if e.evaluation == evaluation.id)
+    assert entry.status == "unverified" and not entry.verified and entry.note
+    assert entry.to_json()["verified"] is False and entry not in board.certified
+
+
+async def test_content_checks_catch_each_forgery_without_the_signature(evaluation, records, monkeypatch):
+    """With the signature checks aside, the offline checks still refuse a forged preference and a forged text."""
+    path = records / "evaluations" / f"{evaluation.id}.jsonl"
+    original = lines(path)
+    for forge, expect in ((_forge_preference, "mean of its two one-order verdicts"),
+                          (_forge_text, "not its segments joined")):  # fmt: skip
+        objs = json.loads(json.dumps(original))
+        forge(objs)
+        rewrite(path, objs)
+        problems = check("evaluation", evaluation.id).problems
+        assert any(expect in p for p in problems), problems
+    rewrite(path, original)
+    assert check("evaluation", evaluation.id).verified
+
+
+async def test_a_hand_written_record_is_not_certified(evaluation, records):
+    """The issue's case: strong text credited to the weak model and every preference 0.5, written by hand (no
+    signature) next to real baselines. It is read, numbers and all, but it is never verified or certified."""
+    path = records / "evaluations" / f"{evaluation.id}.jsonl"
+    objs = [o for o in lines(path) if o["type"] != "signature"]
+    for o in objs:
+        if o["type"] == "generation":
+            for s in o["decode"]["segments"]:
+                s[0] = "weak"
+        if o["type"] == "preference":
+            o.update(preference=0.5, candidate_first=0.5, reference_first=0.5)
+    rewrite(path, objs)
+    ev = load_evaluation(evaluation.id)
+    assert ev.summary.f_weak == 1.0  # the numbers it claims...
+    assert not ev.verified and not ev.certified and any("not verified" in r for r in ev.reasons())
+    assert "unsigned" in ev.check.reason or "signature" in ev.check.reason
+
+
+async def test_a_record_moved_under_another_id_is_refused(evaluation, records):
+    src = records / "evaluations" / f"{evaluation.id}.jsonl"
+    dst = records / "evaluations" / "0123456789abcdef.jsonl"
+    dst.write_bytes(src.read_bytes())
+    assert any("its id is not the hash" in p for p in check("evaluation", "0123456789abcdef").problems)

@@ -1,0 +1,28 @@
+"""Evaluations: a policy on a prompt set → decodes → judge → a record → f_weak, utility, recovery (DESIGN.md §1, §6).
+
+Phases, each fully concurrent and each appended to a record as it goes:
+1. **Baselines** (`baselines.py`; once per models, judge, prompt set and decoding settings; `records/baselines/`):
+   the strong model's free-running greedy answers (the *reference*), the weak model's own answers (never-defer),
+   and the judge's preference of each weak answer over its reference (→ U_weak).
+2. **Decode** the candidate policy on every prompt, then **judge** each candidate against its reference, both
+   orders (`runs.py`; `records/evaluations/`). A candidate identical to the reference is 0.5 and one identical to
+   the weak answer takes the weak preference, without calls.
+3. **Read** (`results.py`): numbers recomputed from the recorded generations and preferences, the certification
+   rule (`stats.certify`), the offline checks of the record (`records.check`) and why it is not certified.
+
+`setup.py` holds the settings and the servers; `audit.py` asks the servers again (judge drift, replay).
+"""
+
+from ..engine import EngineSettings
+from .audit import JudgeDrift, Replay, judge_check, replay
+from .baselines import Progress, baselines_id, ensure_baselines
+from .results import CONFIRMATION, Baselines, Evaluation, Example, list_evaluations, load_evaluation, read_baselines
+from .runs import evaluate, evaluate_generations, evaluation_id, generate, policy_identity, recorded_settings, sweep
+from .setup import EvalSettings, EvaluationError, Setup
+
+__all__ = [
+    "CONFIRMATION", "Baselines", "EngineSettings", "EvalSettings", "Evaluation", "EvaluationError", "Example",
+    "JudgeDrift", "Progress", "Replay", "Setup", "baselines_id", "ensure_baselines", "evaluate",
+    "evaluate_generations", "evaluation_id", "generate", "judge_check", "list_evaluations", "load_evaluation",
+    "policy_identity", "read_baselines", "recorded_settings", "replay", "sweep",
+]  # fmt: skip

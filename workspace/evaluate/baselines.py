@@ -1,0 +1,147 @@
+"""Baselines: once per (models, judge, prompt set, settings), the strong model's own greedy answers (the
+reference), the weak model's own answers (never-defer) and the judge's preference of each weak answer over its
+reference (-> U_weak). Appended to `records/baselines/<id>.jsonl` as they are made; resumable."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import msgspec
+from tqdm.auto import tqdm
+
+from .. import data
+from ..client import ClientError
+from ..engine import Decode, decode_many
+from ..judge import Judge, Preference
+from ..records import Header, PromptsRef, Reference, Timing, Verdict, WeakAnswer, WeakVerdict, digest, to_fields
+from ..store import RecordWriter, read_record
+from .results import Baselines, latest, read_baselines, typed
+from .setup import EvalSettings, Setup, code_version, now
+
+
+class Progress:
+    """Counts of work done per phase, passed to an `on_progress(phase, done, total)` callback as they change."""
+
+    def __init__(self, on_progress: Callable[[str, int, int], None] | None, progress_bars: bool):
+        self.on_progress, self.bars = on_progress, progress_bars
+
+    def phase(self, name: str, total: int, desc: str) -> Callable[[], None]:
+        """Start a phase of `total` steps; returns the function that counts one step done."""
+        bar = tqdm(total=total, desc=desc, unit="prompt", disable=not self.bars)
+        done = [0]
+        if self.on_progress:
+            self.on_progress(name, 0, total)
+
+        def step() -> None:
+            done[0] += 1
+            bar.update(1)
+            if self.on_progress:
+                self.on_progress(name, done[0], total)
+            if done[0] == total:
+                bar.close()
+
+        return step
+
+
+async def baselines_header(prompts: data.PromptSet, setup: Setup, settings: EvalSettings) -> Header:
+    return Header(
+        kind="baselines",
+        models=await setup.names(),
+        judge=await Judge(setup.judge, settings.judge).id(),
+        prompts=PromptsRef(prompts.name, prompts.hash, [p.id for p in prompts]),
+        settings=settings.identity(),
+    )
+
+
+async def baselines_id(prompts: data.PromptSet, setup: Setup, settings: EvalSettings | None = None) -> str:
+    """The id of the baselines record these prompts and servers have (whether it exists yet or not)."""
+    return digest((await baselines_header(prompts, setup, settings or EvalSettings())).identity())
+
+
+async def judge_phase(
+    w: RecordWriter, kind: type[Verdict] | type[WeakVerdict], judge: Judge, pairs: list[tuple[str, str, str, str]],
+    progress: Progress, desc: str, reuse: dict[str, Preference] | None = None,
+) -> None:  # fmt: skip
+    """Judge (prompt_id, instruction, candidate, reference) pairs concurrently, appending each verdict."""
+    if not pairs:
+        return
+    t0 = time.monotonic()
+    step = progress.phase(kind.__struct_config__.tag, len(pairs), desc)
+
+    async def one(pid: str, instr: str, cand: str, ref: str) -> None:
+        pref = (reuse or {}).get(pid) or await judge.prefer(instr, cand, ref)
+        v = kind(prompt_id=pid, **{k: v for k, v in pref.to_json().items()})
+        w.append(kind.__struct_config__.tag, **to_fields(v))
+        step()
+
+    await asyncio.gather(*(one(*p) for p in pairs))
+    w.append("timing", **to_fields(Timing(phase="judge", seconds=round(time.monotonic() - t0, 3), n=len(pairs))))
+
+
+async def ensure_baselines(
+    prompts: data.PromptSet, setup: Setup, settings: EvalSettings | None = None, progress: bool = True,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> Baselines:  # fmt: skip
+    """Compute (or finish, or just read) the reference and weak-only baselines for a prompt set."""
+    settings = settings or EvalSettings()
+    prog = Progress(on_progress, progress)
+    header = await baselines_header(prompts, setup, settings)
+    bid = digest(header.identity())
+    existing = read_record("baselines", bid)
+    if existing is not None:
+        done = read_baselines(bid, prompts)
+        if done.complete:
+            return done
+        old = typed(existing)[0]
+        header = msgspec.structs.replace(header, created=old.created, servers=old.servers, code=old.code)
+    else:  # a new record says when, against which server versions and by which code it was made
+        header = msgspec.structs.replace(header, created=now(), servers=await setup.servers(), code=code_version())
+    with RecordWriter("baselines", bid, {"type": "header", **to_fields(header)}) as w:
+        events = typed(w.record)[1]
+        refs = {k: v for k, v in latest(events, "reference").items() if v.error is None}
+        weak = {k: v for k, v in latest(events, "weak").items() if v.decode.get("error") is None}
+        todo = [p for p in prompts if p.id not in refs]
+        if todo:
+            t0 = time.monotonic()
+            step = prog.phase("reference", len(todo), "reference (strong model)")
+            max_tokens = settings.engine.max_tokens
+
+            async def ref(p: data.Prompt) -> None:
+                try:
+                    out = await setup.strong.chat([{"role": "user", "content": p.instruction}], max_tokens=max_tokens)
+                    ev = Reference(prompt_id=p.id, instruction=p.instruction, text=out.text,
+                                   finish_reason=out.finish_reason)  # fmt: skip
+                    refs[p.id] = ev
+                except ClientError as e:
+                    ev = Reference(prompt_id=p.id, instruction=p.instruction, text=None,
+                                   error=f"{type(e).__name__}: {e}")  # fmt: skip
+                w.append("reference", **to_fields(ev))
+                step()
+
+            await asyncio.gather(*(ref(p) for p in todo))
+            w.append("timing", **to_fields(Timing(phase="reference", seconds=round(time.monotonic() - t0, 3),
+                                                  n=len(todo))))  # fmt: skip
+        todo = [p for p in prompts if p.id not in weak]
+        if todo:
+            t0 = time.monotonic()
+            step = prog.phase("weak", len(todo), "weak only (never)")
+
+            def done_weak(i: int, d: Decode) -> None:
+                ev = WeakAnswer(prompt_id=todo[i].id, decode=d.to_record())
+                w.append("weak", **to_fields(ev))
+                if d.error is None:
+                    weak[todo[i].id] = ev
+                step()
+
+            await decode_many([p.instruction for p in todo], "never", setup.models, settings.engine,
+                              progress=False, on_done=done_weak)  # fmt: skip
+            w.append("timing", **to_fields(Timing(phase="weak", seconds=round(time.monotonic() - t0, 3),
+                                                  n=len(todo))))  # fmt: skip
+        prefs = latest(typed(read_record("baselines", bid))[1], "weak_preference")
+        judge = Judge(setup.judge, settings.judge)
+        todo = [p for p in prompts if p.id in refs and p.id in weak and (p.id not in prefs or prefs[p.id].error)]
+        pairs = [(p.id, p.instruction, weak[p.id].decode["text"], refs[p.id].text) for p in todo]
+        await judge_phase(w, WeakVerdict, judge, pairs, prog, "judge weak vs reference")
+    return read_baselines(bid, prompts)

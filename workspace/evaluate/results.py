@@ -1,0 +1,346 @@
+"""Reading evaluations back: typed examples, recomputed numbers, the certification rule and why an evaluation is
+not certified. Numbers come from the recorded generations and preferences only (DESIGN.md §6)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from functools import cached_property
+
+from servers.presets import load_catalog
+
+from .. import data, records
+from ..engine import Decode, EngineSettings
+from ..judge import JudgeSettings, Preference
+from ..records import Event, Header, event_of, header_of
+from ..stats import Certification, PairedSample, StatsError, Summary, summarize
+from ..store import Record, StoreError, list_records, read_record
+from .setup import EvalSettings, EvaluationError
+
+CONFIRMATION = "confirmation"  # the prompt set that confirms a certified result (300 more prompts)
+
+
+@dataclass(frozen=True)
+class Example:
+    """One prompt of an evaluation: reference, weak-only answer, candidate answer and the two preferences."""
+
+    prompt_id: str
+    instruction: str
+    reference: str | None
+    weak: Decode | None
+    weak_preference: Preference | None
+    candidate: Decode | None = None
+    preference: Preference | None = None
+
+    @property
+    def error(self) -> str | None:
+        """Why this example has no numbers (None: it is complete)."""
+        if self.reference is None:
+            return "no reference answer"
+        for what, d in (("weak", self.weak), ("candidate", self.candidate)):
+            if d is None:
+                return f"no {what} decode"
+            if d.error:
+                return f"{what} decode failed: {d.error}"
+        for what, p in (("weak preference", self.weak_preference), ("preference", self.preference)):
+            if p is None:
+                return f"{what} not judged"
+            if p.error:
+                return f"judge failed ({what}): {p.error}"
+        return None
+
+    def sample(self) -> PairedSample:
+        assert self.error is None and self.candidate and self.weak and self.reference is not None
+        assert self.preference and self.weak_preference
+        return PairedSample(
+            weak_chars=self.candidate.weak_chars, strong_chars=self.candidate.strong_chars,
+            preference=self.preference.preference, candidate_length=len(self.candidate.text),
+            weak_preference=self.weak_preference.preference, weak_length=len(self.weak.text),
+            reference_length=len(self.reference),
+        )  # fmt: skip
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is None or math.isfinite(x) else None  # -inf: too many resamples without a gap (JSON: null)
+
+
+def latest(events: Iterable[Event], type_: str) -> dict[str, Event]:
+    """The last event of a type per prompt: a retried example supersedes its failed attempt."""
+    return {e.prompt_id: e for e in events if e.type == type_}
+
+
+def timings(events: Iterable[Event]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for e in events:
+        if e.type == "timing":
+            out[e.phase] = round(out.get(e.phase, 0.0) + e.seconds, 3)
+    return out
+
+
+def typed(rec: Record) -> tuple[Header, list[Event]]:
+    """A record's header and events as the schema's structs (a line that does not fit is an error)."""
+    try:
+        return header_of(rec.header), [event_of(e) for e in rec.events]
+    except records.SchemaError as e:
+        raise EvaluationError(f"{rec.path}: {e}") from e
+
+
+def _preference(v) -> Preference:
+    mass = None if v.label_mass is None else tuple(v.label_mass)
+    return Preference(v.preference, v.candidate_first, v.reference_first, v.calls, v.error, mass, v.pair)
+
+
+@dataclass(frozen=True)
+class Baselines:
+    """Reference and weak-only answers with the weak preferences, for one (models, judge, prompts, settings)."""
+
+    id: str
+    header: Header
+    examples: tuple[Example, ...]  # candidate fields unset
+    timings: dict[str, float]
+
+    @property
+    def errors(self) -> list[tuple[str, str]]:
+        out = []
+        for e in self.examples:
+            if e.reference is None:
+                out.append((e.prompt_id, "no reference answer"))
+            elif e.weak is None or e.weak.error:
+                out.append((e.prompt_id, f"weak decode: {e.weak.error if e.weak else 'missing'}"))
+            elif e.weak_preference is None or e.weak_preference.error:
+                why = e.weak_preference.error if e.weak_preference else "not judged"
+                out.append((e.prompt_id, f"weak preference: {why}"))
+        return out
+
+    @property
+    def complete(self) -> bool:
+        return not self.errors
+
+    @property
+    def u_weak(self) -> float | None:
+        """U_weak from the unpenalised length-controlled fit (the one certification uses)."""
+        from ..stats import lc_winrate_mle
+
+        if not self.complete or len(self.examples) < 2:
+            return None
+        ex = self.examples
+        return lc_winrate_mle(
+            [e.weak_preference.preference for e in ex], [len(e.weak.text) for e in ex], [len(e.reference) for e in ex]
+        )
+
+    def to_json(self) -> dict:
+        u, h = self.u_weak, self.header
+        return {
+            "baselines_id": self.id, "prompts": h.prompts.name, "prompts_hash": h.prompts.hash,
+            "n": len(self.examples), "u_weak": u, "u_strong": 0.5, "gap": None if u is None else 0.5 - u,
+            "models": h.models, "judge": h.judge, "settings": h.settings, "created": h.created,
+            "code": None if h.code is None else {"commit": h.code.commit, "dirty": h.code.dirty},
+            "timings": self.timings, "errors": [{"prompt_id": p, "error": e} for p, e in self.errors],
+        }  # fmt: skip
+
+
+def read_baselines(record_id: str, prompts: data.PromptSet | None = None) -> Baselines:
+    """A baselines record, typed; raises EvaluationError when it does not exist or does not fit the schema."""
+    try:
+        rec = read_record("baselines", record_id)
+    except StoreError as e:
+        raise EvaluationError(str(e)) from e
+    if rec is None:
+        raise EvaluationError(f"no baselines record {record_id}")
+    header, events = typed(rec)
+    refs, weak, prefs = latest(events, "reference"), latest(events, "weak"), latest(events, "weak_preference")
+    by_id = {p.id: p.instruction for p in prompts} if prompts else {}
+    examples = []
+    for pid in header.prompts.ids:
+        w = Decode.from_record(weak[pid].decode) if pid in weak else None
+        ref = refs.get(pid)
+        instr = by_id.get(pid) or (ref.instruction if ref else w.instruction if w else "")
+        text = ref.text if ref is not None and ref.error is None else None
+        pref = _preference(prefs[pid]) if pid in prefs else None
+        examples.append(Example(pid, instr, text, w, pref))
+    return Baselines(record_id, header, tuple(examples), timings(events))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """An evaluation read back from its record, numbers recomputed."""
+
+    id: str
+    header: Header
+    baselines: Baselines
+    examples: tuple[Example, ...]
+    summary: Summary | None  # over the complete examples; None when there are none
+    timings: dict[str, float]
+    note: str = ""  # why there are no numbers although examples were judged (e.g. too few for length control)
+
+    @property
+    def policy(self) -> str:
+        return self.header.policy or ""
+
+    @property
+    def prompts(self) -> str:
+        return self.header.prompts.name
+
+    @property
+    def n(self) -> int:
+        return len(self.examples)
+
+    @property
+    def errors(self) -> list[tuple[str, str]]:
+        return [(e.prompt_id, e.error) for e in self.examples if e.error]
+
+    @property
+    def complete(self) -> bool:
+        return not self.errors
+
+    @property
+    def certification(self) -> Certification | None:
+        """The certification rule (`stats.certify`) on the judged examples; None with fewer than 2."""
+        return self.summary.certification if self.summary else None
+
+    @cached_property
+    def check(self) -> records.Check:
+        """The offline checks of this record and its baselines (signatures, ids, texts, verdicts)."""
+        return records.check("evaluation", self.id)
+
+    @property
+    def verified(self) -> bool:
+        return self.check.verified
+
+    def canonical_problems(self) -> list[str]:
+        """What keeps this evaluation off the canonical conditions (empty: canonical set, models, judge, settings).
+        The confirmation set counts as canonical prompts too (it confirms a canonical result)."""
+        h, out = self.header, []
+        canonical = json.loads(data.CANONICAL_FILE.read_text())
+        name = h.prompts.name
+        if name == CONFIRMATION:
+            doc = json.loads(data.CONFIRMATION_FILE.read_text())
+            if h.prompts.hash != doc["hash"]:
+                out.append("not the confirmation set's prompts")
+        elif name != "canonical" or h.prompts.hash != canonical["hash"]:
+            out.append(f"prompts {name!r} are not the canonical set")
+        wanted = load_catalog().canonical
+        if h.models != wanted:
+            out.append(f"models {h.models} are not the canonical {wanted}")
+        if h.settings["judge"]["digest"] != JudgeSettings().digest():
+            out.append("not the default judge prompt")
+        if h.settings["engine"] != asdict(EngineSettings()):
+            out.append("not the default decoding settings")
+        return out
+
+    @property
+    def canonical(self) -> bool:
+        """On the canonical prompt set with the canonical models, judge and settings."""
+        return not self.canonical_problems()
+
+    def reasons(self) -> list[str]:
+        """Why it is not certified, each in plain words (empty: certified)."""
+        out = self.canonical_problems()
+        if self.errors:
+            out.append(f"{len(self.errors)} of {self.n} example(s) have no numbers (see errors)")
+        if not self.check.verified:
+            out.append(f"the record is not verified: {self.check.reason}")
+        c = self.certification
+        if c is None:
+            out.append(self.note or "nothing judged")
+        else:
+            out += list(c.reasons)
+        return out
+
+    @property
+    def certified(self) -> bool:
+        return not self.reasons()
+
+    def to_json(self) -> dict:
+        """The numbers, certification and verification, as `cdw eval --json` prints them."""
+        return {**self.numbers(), "certified": self.certified, "verified": self.check.verified,
+                "verification": self.check.reason, "reasons": self.reasons()}  # fmt: skip
+
+    def numbers(self) -> dict:
+        """What the record's generations and preferences give (no verification: cheap, and the same before and
+        after the record is signed)."""
+        s, c = self.summary, self.certification
+        return {
+            "evaluation_id": self.id,
+            "policy": self.policy,
+            "prompts": self.prompts,
+            "n": self.n,
+            "judged": s.n if s else 0,
+            "f_weak": s.f_weak if s else None,
+            "utility": c.utility if c else None,
+            "u_weak": c.u_weak if c else None,
+            "recovery": c.recovery if c else None,
+            "recovery_lower": _finite(c.recovery_lower) if c else None,
+            "utility_penalised": c.utility_penalised if c else None,
+            "recovery_penalised": c.recovery_penalised if c else None,
+            "raw_winrate": s.raw_winrate if s else None,
+            "ci": {
+                **({"f_weak": [s.ci["f_weak"].low, s.ci["f_weak"].high]} if s and "f_weak" in s.ci else {}),
+                **({k: [v.low, v.high] for k, v in c.ci.items()} if c else {}),
+            },  # fmt: skip
+            "canonical": self.canonical,
+            "errors": [{"prompt_id": p, "error": e} for p, e in self.errors],
+            "note": self.note,
+            "created": self.header.created,
+            "code": None
+            if self.header.code is None
+            else {"commit": self.header.code.commit, "dirty": self.header.code.dirty},  # fmt: skip
+            "timings": self.timings,
+        }
+
+
+def build(eid: str, rec: Record, base: Baselines, settings: EvalSettings) -> Evaluation:
+    header, events = typed(rec)
+    gens, prefs = latest(events, "generation"), latest(events, "preference")
+    examples = []
+    for b in base.examples:
+        g = Decode.from_record(gens[b.prompt_id].decode) if b.prompt_id in gens else None
+        p = _preference(prefs[b.prompt_id]) if b.prompt_id in prefs else None
+        examples.append(Example(b.prompt_id, b.instruction, b.reference, b.weak, b.weak_preference, g, p))
+    ok = [e.sample() for e in examples if e.error is None]
+    summary, note = None, ""
+    if ok:
+        try:
+            summary = summarize(ok, n_boot=settings.n_boot, seed=settings.seed)
+        except StatsError as e:  # e.g. one judged prompt: the record stays readable, without numbers
+            note = str(e)
+    return Evaluation(eid, header, base, tuple(examples), summary, {**base.timings, **timings(events)}, note)
+
+
+def load_evaluation(evaluation_id: str, settings: EvalSettings | None = None) -> Evaluation:
+    """Read an evaluation back, recomputing every number from its generations and preferences."""
+    try:
+        rec = read_record("evaluations", evaluation_id)
+    except StoreError as e:
+        raise EvaluationError(str(e)) from e
+    if rec is None:
+        raise EvaluationError(f"no evaluation {evaluation_id!r} (see `cdw leaderboard` or records/evaluations/)")
+    base = read_baselines(rec.header["baselines"])
+    return build(evaluation_id, rec, base, settings or EvalSettings())
+
+
+def list_evaluations(settings: EvalSettings | None = None) -> list[Evaluation]:
+    """Every evaluation on record (oldest first); damaged ones raise."""
+    return [load_evaluation(i, settings) for i in list_records("evaluations")]
+
+
+def confirmation_of(ev: Evaluation, others: Iterable[Evaluation]) -> Certification | None:
+    """A certified canonical result confirmed at n = 400: the certification rule on its examples pooled with a
+    verified, complete evaluation of the same policy (spec and code), models, judge and settings on the
+    confirmation set. None when there is no such evaluation."""
+    from ..stats import certify
+
+    h = ev.header
+    for o in others:
+        oh = o.header
+        same = (oh.policy, oh.policy_source_hash, oh.models, oh.judge, oh.settings) == (
+            h.policy, h.policy_source_hash, h.models, h.judge, h.settings)  # fmt: skip
+        if not (same and oh.prompts.name == CONFIRMATION and o.complete and o.verified and ev.complete):
+            continue
+        samples = [e.sample() for e in (*ev.examples, *o.examples)]
+        return certify([s.preference for s in samples], [s.weak_preference for s in samples],
+                       [s.candidate_length for s in samples], [s.weak_length for s in samples],
+                       [s.reference_length for s in samples])  # fmt: skip
+    return None

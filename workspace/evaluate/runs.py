@@ -1,0 +1,196 @@
+"""Candidate runs: decode a policy on a prompt set, judge it against the reference, append both to the record;
+sweeps of a policy grid; engine runs judged later. Record ids are hashes of what is evaluated, so running the
+same evaluation again resumes its record (a finished one is only read)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from .. import data
+from ..engine import Decode, decode_many
+from ..judge import Judge, Preference
+from ..policies import Policy, PolicyError, expand_spec, load_policy
+from ..records import Generation, Header, Timing, Verdict, digest, to_fields
+from ..store import RecordWriter, StoreError, read_record
+from .baselines import Progress, baselines_header, ensure_baselines, judge_phase
+from .results import Evaluation, build, latest, load_evaluation, read_baselines, typed
+from .setup import EvalSettings, EvaluationError, Setup, code_version, now
+
+OnProgress = Callable[[str, int, int], None]
+
+
+def policy_identity(policy: Policy | str) -> tuple[Policy, str, str]:
+    """(the policy, its spec, its source hash): resolved once, at the edge. A policy built in code that cannot
+    be named by a spec (see `workspace.policies.constructor_spec`) is refused: two such policies would share
+    an evaluation id."""
+    pol = load_policy(policy)
+    if getattr(pol, "_spec", None) is None:
+        from ..policies import constructor_spec
+
+        try:
+            constructor_spec(pol)
+        except ValueError as e:
+            raise PolicyError(f"this policy cannot be evaluated under a name: {e}") from None
+    return pol, pol.describe(), pol.source_hash()
+
+
+async def evaluation_id(policy: Policy | str, prompts: data.PromptSet, setup: Setup, settings: EvalSettings) -> str:
+    """The id an evaluation of this policy on these prompts with these servers has (and resumes under)."""
+    _, spec, source = policy_identity(policy)
+    base = digest((await baselines_header(prompts, setup, settings)).identity())
+    return digest({"policy": spec, "source": source, "baselines": base})
+
+
+async def evaluate(
+    policy: Policy | str,
+    prompts: data.PromptSet,
+    setup: Setup,
+    settings: EvalSettings | None = None,
+    progress: bool = True,
+    judge: bool = True,
+    on_progress: OnProgress | None = None,
+) -> Evaluation:
+    """Evaluate a policy on a prompt set, resuming its record if it exists; returns the recomputed numbers.
+
+    `on_progress(phase, done, total)` is called as work is recorded (phases: reference, weak, weak_preference,
+    generation, preference); `progress` shows bars. `judge=False` stops after the candidate's decodes (see
+    `generate`); `evaluate_generations` judges them later.
+    """
+    settings = settings or EvalSettings()
+    pol, spec, source = policy_identity(policy)
+    eid = await evaluation_id(pol, prompts, setup, settings)
+    if read_record("evaluations", eid) is not None:
+        try:
+            ev = load_evaluation(eid, settings)
+        except EvaluationError:
+            ev = None  # e.g. its baselines are unfinished: the run below completes them
+        if ev is not None and ev.complete:
+            return ev  # nothing to do: no server is asked anything
+    base = await ensure_baselines(prompts, setup, settings, progress, on_progress)
+    prog = Progress(on_progress, progress)
+    header = msgspec.structs.replace(base.header, kind="evaluation", policy=spec, policy_source_hash=source,
+                                     baselines=base.id, created=now(), servers=None, code=code_version())  # fmt: skip
+    existing = read_record("evaluations", eid)
+    if existing is not None:  # resuming: when and by which code it was started stays as recorded
+        old = typed(existing)[0]
+        header = msgspec.structs.replace(header, created=old.created, code=old.code)
+    by_base = {e.prompt_id: e for e in base.examples}
+    with RecordWriter("evaluations", eid, {"type": "header", **to_fields(header)}) as w:
+        events = typed(w.record)[1]
+        gens = {k: v for k, v in latest(events, "generation").items() if v.decode.get("error") is None}
+        todo = [p for p in prompts if p.id not in gens]
+        if todo:
+            t0 = time.monotonic()
+            step = prog.phase("generation", len(todo), f"decode {spec}")
+
+            def done(i: int, d: Decode) -> None:
+                ev = Generation(prompt_id=todo[i].id, decode=d.to_record())
+                w.append("generation", **to_fields(ev))
+                if d.error is None:
+                    gens[todo[i].id] = ev
+                step()
+
+            await decode_many([p.instruction for p in todo], pol, setup.models, settings.engine, progress=False,
+                              on_done=done)  # fmt: skip
+            w.append("timing", **to_fields(Timing(phase="decode", seconds=round(time.monotonic() - t0, 3),
+                                                  n=len(todo))))  # fmt: skip
+        if not judge:
+            return build(eid, w.record_now(), base, settings)
+        prefs = latest(typed(w.record_now())[1], "preference")
+        pairs, reuse = [], {}
+        for p in prompts:
+            b = by_base[p.id]
+            if p.id not in gens or b.reference is None or (p.id in prefs and not prefs[p.id].error):
+                continue
+            text = gens[p.id].decode["text"]
+            if b.weak and text == b.weak.text and b.weak_preference and not b.weak_preference.error:
+                reuse[p.id] = b.weak_preference  # never-defer is exactly the weak baseline
+            pairs.append((p.id, p.instruction, text, b.reference))
+        await judge_phase(w, Verdict, Judge(setup.judge, settings.judge), pairs, prog,
+                          "judge candidate vs reference", reuse)  # fmt: skip
+        result = build(eid, w.record_now(), base, settings)
+        w.append("summary", comment="for people reading this file; readers recompute it", **result.numbers())
+    return load_evaluation(eid, settings)
+
+
+async def generate(
+    policy: Policy | str, prompts: data.PromptSet, setup: Setup, settings: EvalSettings | None = None,
+    progress: bool = True,
+) -> str:  # fmt: skip
+    """Decode a policy on a prompt set into an evaluation record without judging it; returns the run id.
+
+    The baselines are made (or read) as for `evaluate`; the candidate's generations are recorded with their
+    segments, which are f_weak's provenance. `evaluate_generations(run_id, ...)` judges them later and gives
+    exactly the numbers `evaluate` would have given.
+    """
+    return (await evaluate(policy, prompts, setup, settings, progress, judge=False)).id
+
+
+async def sweep(
+    spec: str, prompts: data.PromptSet, setup: Setup, settings: EvalSettings | None = None, progress: bool = True,
+    on_point: Callable[[Evaluation], None] | None = None, on_progress: OnProgress | None = None,
+) -> list[Evaluation]:  # fmt: skip
+    """Evaluate every point of a policy grid (`margin(tau=[0.02, 0.05])`) on the same prompts, one after another
+    (the baselines are made once and shared); `on_point` is called with each finished evaluation."""
+    specs = expand_spec(spec)
+    policies = [load_policy(s) for s in specs]  # every point must load before any runs
+    out = []
+    for pol in policies:
+        ev = await evaluate(pol, prompts, setup, settings, progress, on_progress=on_progress)
+        out.append(ev)
+        if on_point:
+            on_point(ev)
+    return out
+
+
+async def evaluate_generations(
+    run_id: str,
+    setup: Setup,
+    settings: EvalSettings | None = None,
+    policy: Policy | str | None = None,
+    progress: bool = True,
+    on_progress: OnProgress | None = None,
+) -> Evaluation:
+    """Judge the generations of a stored engine run (from `generate`) and return its recomputed numbers.
+
+    Everything comes from the record, nothing from the caller: the policy spec, prompt ids and settings from
+    its header, f_weak from the recorded segments, utility from the judge, recovery from the baselines record
+    (summary lines are never read). `setup` must reach the models and judge the run was made with; the run id
+    is recomputed to check it. A generation that failed is decoded again, so the policy must still load (pass
+    `policy`, with the recorded spec, to load it yourself) and its code must not have changed.
+    """
+    try:
+        rec = read_record("evaluations", run_id)
+    except StoreError as e:
+        raise EvaluationError(str(e)) from e
+    if rec is None:
+        raise EvaluationError(f"no engine run {run_id!r} on record (records/evaluations/)")
+    h: Header = typed(rec)[0]
+    base = read_baselines(h.baselines or "")
+    # The instructions live in the baselines record; the header's hash proves they are the run's prompts.
+    prompts = data.PromptSet(h.prompts.name, [data.Prompt(e.prompt_id, e.instruction) for e in base.examples])
+    if prompts.hash != h.prompts.hash:
+        raise EvaluationError(f"run {run_id}: its baselines {base.id} do not hold the instructions of its prompts")
+    settings = settings or EvalSettings.from_identity(h.settings)
+    pol = load_policy(h.policy if policy is None else policy)
+    if pol.describe() != h.policy:
+        raise EvaluationError(f"run {run_id} was made by policy {h.policy!r}, not {pol.describe()!r}")
+    eid = await evaluation_id(pol, prompts, setup, settings)
+    if eid != run_id:
+        raise EvaluationError(
+            f"run {run_id} cannot be judged with these servers and this code: its policy source, models "
+            f"({h.models}), judge ({h.judge}) or settings differ from what this setup gives (run {eid})"
+        )
+    return await evaluate(pol, prompts, setup, settings, progress, on_progress=on_progress)
+
+
+def recorded_settings(header: dict, n_boot: int = 1000, seed: int = 0) -> EvalSettings:
+    """The settings a record was made with, rebuilt from its header (engine settings, the judge's prompt)."""
+    return EvalSettings.from_identity(header["settings"], n_boot=n_boot, seed=seed)
+
+
+__all__ = ["Preference", "evaluate", "evaluate_generations", "evaluation_id", "generate", "policy_identity",
+           "recorded_settings", "sweep"]  # fmt: skip

@@ -1,0 +1,111 @@
+"""What an evaluation runs with: its settings (data, part of every record's identity) and its three servers."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+
+from servers.paths import PROJECT_ROOT
+
+from ..client import ClientSettings, ModelClient
+from ..endpoints import resolve_endpoint
+from ..engine import EngineSettings, Models
+from ..judge import JudgeSettings
+from ..records import CodeVersion
+from ..store import CallCache
+
+
+class EvaluationError(RuntimeError):
+    """An evaluation cannot run or be read (no such record, damaged baselines, bad arguments)."""
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Everything besides the policy that decides an evaluation's numbers; part of the record's identity."""
+
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    judge: JudgeSettings = field(default_factory=JudgeSettings)
+    n_boot: int = 1000  # bootstrap resamples (intervals only; not part of the identity)
+    seed: int = 0
+
+    def identity(self) -> dict:
+        j = self.judge
+        judge = {"template": j.template, "labels": list(j.labels), "top_logprobs": j.top_logprobs,
+                 "system": j.system, "digest": j.digest()}  # fmt: skip
+        return {"engine": asdict(self.engine), "judge": judge}
+
+    @classmethod
+    def from_identity(cls, identity: dict, n_boot: int = 1000, seed: int = 0) -> EvalSettings:
+        """The settings a record was made with, from its header (engine settings, the judge's whole prompt)."""
+        j = identity["judge"]
+        judge = JudgeSettings(template=j["template"], labels=tuple(j["labels"]), top_logprobs=j["top_logprobs"],
+                              **({"system": j["system"]} if "system" in j else {}))  # fmt: skip
+        if judge.digest() != j["digest"]:
+            raise EvaluationError(f"the judge prompt on record ({j['digest']}) is not the one this code has")
+        return cls(EngineSettings(**identity["engine"]), judge, n_boot=n_boot, seed=seed)
+
+
+@dataclass
+class Setup:
+    """The three servers an evaluation talks to, and the call cache in front of them."""
+
+    weak: ModelClient
+    strong: ModelClient
+    judge: ModelClient
+
+    @classmethod
+    def from_endpoints(
+        cls, urls: dict[str, str | None] | None = None, cache: CallCache | None = None,
+        settings: ClientSettings | None = None,
+    ) -> Setup:  # fmt: skip
+        """Clients for each role found as `resolve_endpoint` finds them, all sharing one call cache."""
+        urls = urls or {}
+        return cls(
+            *(ModelClient(resolve_endpoint(r, urls.get(r)), settings, cache) for r in ("weak", "strong", "judge"))
+        )
+
+    @property
+    def models(self) -> Models:
+        return Models(self.weak, self.strong)
+
+    async def names(self) -> dict[str, str]:
+        """Served model name per role (from the endpoint when known: no request)."""
+        got = await asyncio.gather(self.weak.model(), self.strong.model(), self.judge.model())
+        return dict(zip(("weak", "strong", "judge"), got, strict=True))
+
+    async def servers(self) -> dict[str, str]:
+        """Server version per role, for the record (best effort)."""
+        out = {}
+        for role, c in (("weak", self.weak), ("strong", self.strong), ("judge", self.judge)):
+            reps = await c.status()
+            out[role] = ", ".join(f"{r.url} vllm {r.version}" for r in reps)
+        return out
+
+    async def close(self) -> None:
+        await asyncio.gather(self.weak.close(), self.strong.close(), self.judge.close())
+
+    async def __aenter__(self) -> Setup:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def code_version() -> CodeVersion:
+    """The git commit of this workspace and whether its tree had uncommitted changes (None when not a checkout)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()  # fmt: skip
+        # Records and findings are what runs write: they do not make the code dirty.
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!records",
+                                 ":!findings"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10,
+                                check=True).stdout  # fmt: skip
+        return CodeVersion(commit, bool(status.strip()))
+    except (OSError, subprocess.SubprocessError):
+        return CodeVersion(None, None)

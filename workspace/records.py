@@ -1,0 +1,371 @@
+"""The evaluation record schema, one codec for it, and the offline checks every record passes when read.
+
+A record (`workspace/store.py` keeps the file) is a header line and event lines, each a typed struct here,
+encoded and decoded by one msgspec codec: a line with an unknown type, a missing or extra field or a wrong type
+is refused with the line it is on. Derived numbers are never stored as truth: readers recompute them.
+
+`check(kind, id)` runs everything that can be checked without a server (DESIGN.md §6):
+- the id is recomputed from the header (a record cannot be moved under another id);
+- every signature holds and the last line is one; the signer's key is on the trusted list (`signing`);
+- each decode's text is its joined segments, its segments tile the weak token range, authors are weak/strong;
+- each preference is the mean of its two recorded one-order verdicts (or 0.5 for identical texts, with no
+  call), its labels held enough probability, and it is bound (`pair`) to the texts it judged;
+- a successful event is never followed by another for the same prompt (only failures are retried);
+- baselines hold the prompts their header names (ids, count, hash) and canonical ones the canonical prompts;
+- an evaluation's baselines pass too and share its models, judge, prompts and settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgspec
+
+from . import signing
+from .judge import MIN_LABEL_MASS, pair_hash
+from .store import Record, StoreError, read_record
+
+# ---------------------------------------------------------------- schema
+
+
+class PromptsRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    hash: str
+    ids: list[str]
+
+
+class CodeVersion(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    commit: str | None = None  # git commit of the workspace that wrote the record
+    dirty: bool | None = None  # whether its tree had uncommitted changes
+
+
+class _Line(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="type"):
+    @property
+    def type(self) -> str:
+        """The line's type: its tag in the file ("reference", "generation", ...)."""
+        return self.__struct_config__.tag
+
+
+class Header(_Line, tag="header"):
+    kind: Literal["baselines", "evaluation"]
+    models: dict[str, str]
+    judge: str
+    prompts: PromptsRef
+    settings: dict[str, Any]
+    policy: str | None = None  # evaluations: the policy spec (canonical form)
+    policy_source_hash: str | None = None  # evaluations: hash of the policy's whole module source
+    baselines: str | None = None  # evaluations: the baselines record they are measured against
+    created: str | None = None
+    servers: dict[str, str] | None = None
+    code: CodeVersion | None = None
+
+    def identity(self) -> dict:
+        """What the record's id is a hash of (when and where it was made are not part of what it is)."""
+        if self.kind == "baselines":
+            return {"kind": "baselines", "models": self.models, "judge": self.judge,
+                    "prompts": msgspec.to_builtins(self.prompts), "settings": self.settings}  # fmt: skip
+        return {"policy": self.policy, "source": self.policy_source_hash, "baselines": self.baselines}
+
+
+class Reference(_Line, tag="reference"):
+    prompt_id: str
+    instruction: str
+    text: str | None
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+class _Decoded(_Line):
+    prompt_id: str
+    decode: dict[str, Any]  # workspace.engine.Decode.to_record()
+
+
+class WeakAnswer(_Decoded, tag="weak"):
+    pass
+
+
+class Generation(_Decoded, tag="generation"):
+    pass
+
+
+class _Verdict(_Line):
+    prompt_id: str
+    preference: float | None
+    candidate_first: float | None = None
+    reference_first: float | None = None
+    calls: int = 0
+    error: str | None = None
+    label_mass: list[float] | None = None
+    pair: str = ""
+
+
+class WeakVerdict(_Verdict, tag="weak_preference"):
+    pass
+
+
+class Verdict(_Verdict, tag="preference"):
+    pass
+
+
+class Timing(_Line, tag="timing"):
+    phase: str
+    seconds: float
+    n: int = 0
+
+
+class SummaryNote(_Line, tag="summary", forbid_unknown_fields=False):
+    """A summary for people reading the file; readers recompute every number and never read this."""
+
+    comment: str = ""
+
+
+class Signature(_Line, tag="signature"):
+    key: str
+    sha256: str
+    signature: str
+
+
+Event = Reference | WeakAnswer | Generation | WeakVerdict | Verdict | Timing | SummaryNote | Signature
+_DECODE_HEADER = msgspec.json.Decoder(Header)
+_DECODE_EVENT = msgspec.json.Decoder(Event)
+
+
+class SchemaError(StoreError):
+    """A line that is not a valid header or event of the record schema."""
+
+
+def header_of(obj: dict) -> Header:
+    try:
+        return msgspec.convert(obj, Header)
+    except msgspec.ValidationError as e:
+        raise SchemaError(f"header: {e}") from e
+
+
+def event_of(obj: dict) -> Event:
+    try:
+        return msgspec.convert(obj, Event)
+    except msgspec.ValidationError as e:
+        raise SchemaError(f"{obj.get('type', 'event')} line: {e}") from e
+
+
+def to_fields(line: _Line) -> dict:
+    """A struct as the keyword fields `RecordWriter.append(type, **fields)` writes (the type tag apart)."""
+    out = msgspec.to_builtins(line)
+    out.pop("type", None)
+    return out
+
+
+def digest(obj: object) -> str:
+    """Record ids: a short sha256 of canonical JSON."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- offline checks
+
+
+@dataclass(frozen=True)
+class Check:
+    """The verdict of the offline checks on one record (and, for an evaluation, on its baselines)."""
+
+    kind: str
+    id: str
+    problems: tuple[str, ...]  # empty: the record is internally consistent and properly signed
+    signed_by: str | None = None
+    trusted_by: str | None = None  # who the trusted-keys file names for the signing key (None: not trusted)
+
+    @property
+    def valid(self) -> bool:
+        return not self.problems
+
+    @property
+    def verified(self) -> bool:
+        """Valid and signed by a key the group trusts: the only records the leaderboard certifies."""
+        return self.valid and self.trusted_by is not None
+
+    @property
+    def reason(self) -> str:
+        """Why it is not verified, in one line ("" when it is)."""
+        if self.problems:
+            return "; ".join(self.problems)
+        if self.trusted_by is None:
+            return f"signed by a key not in {signing.trusted_keys_file().name} ({self.signed_by})"
+        return ""
+
+
+def _decode_problems(where: str, d: dict) -> list[str]:
+    out = []
+    segs = d.get("segments") or []
+    if "".join(s[1] for s in segs) != d.get("text"):
+        out.append(f"{where}: the text is not its segments joined")
+    pos = None
+    for s in segs:
+        author, _, tokens, span = s[0], s[1], s[2], s[3]
+        if author not in ("weak", "strong") or not isinstance(tokens, int) or tokens < 0:
+            out.append(f"{where}: a segment with author {author!r} and {tokens!r} tokens")
+        if pos is not None and span[0] != pos or span[1] < span[0]:
+            out.append(f"{where}: segment token ranges do not tile the answer")
+        pos = span[1]
+    return out
+
+
+def _verdict_problems(where: str, v: _Verdict, instruction: str, candidate: str | None, reference: str | None) -> list:
+    out = []
+    if candidate is not None and reference is not None and v.pair != pair_hash(instruction, candidate, reference):
+        out.append(f"{where}: the verdict is not about the texts on record")
+    if v.error is not None:
+        if v.preference is not None:
+            out.append(f"{where}: a failed verdict with a preference")
+        return out
+    if v.preference is None or not 0.0 <= v.preference <= 1.0:
+        out.append(f"{where}: preference {v.preference!r} is not a probability")
+    elif v.calls == 0:
+        if v.preference != 0.5 or candidate != reference:
+            out.append(f"{where}: a preference without a judge call is only 0.5 for identical texts")
+    elif v.candidate_first is None or v.reference_first is None:
+        out.append(f"{where}: a judged preference without its two one-order verdicts")
+    elif abs(v.preference - (v.candidate_first + 1.0 - v.reference_first) / 2.0) > 1e-9:
+        out.append(f"{where}: the preference is not the mean of its two one-order verdicts")
+    elif v.label_mass is None or min(v.label_mass) < MIN_LABEL_MASS:
+        out.append(f"{where}: the judge's labels held too little probability ({v.label_mass})")
+    return out
+
+
+def _latest_ok(events, type_: str, ok) -> tuple[dict[str, Any], list[str]]:
+    """The last event of a type per prompt, and problems: a success followed by another event (overwritten)."""
+    latest: dict[str, Any] = {}
+    problems = []
+    for e in events:
+        if e.type != type_:
+            continue
+        prev = latest.get(e.prompt_id)
+        if prev is not None and ok(prev):
+            problems.append(f"{type_} of {e.prompt_id}: a successful event was overwritten by a later one")
+        latest[e.prompt_id] = e
+    return latest, problems
+
+
+def _typed(rec: Record) -> tuple[Header, list, list[str]]:
+    problems = []
+    try:
+        header = header_of(rec.header)
+    except SchemaError as e:
+        raise SchemaError(f"{rec.path}: {e}") from e
+    events = []
+    for i, obj in enumerate(rec.events):
+        try:
+            events.append(event_of(obj))
+        except SchemaError as e:
+            problems.append(f"event {i + 1}: {e}")
+    return header, events, problems
+
+
+def _signature(rec: Record) -> tuple[list[str], str | None, str | None]:
+    sig = rec.signature
+    problems = [] if sig.problem is None else [sig.problem]
+    trusted = signing.trusted_keys().get(sig.key) if sig.key else None
+    return problems, sig.key, trusted.who if trusted else None
+
+
+def check_baselines(record_id: str) -> Check:
+    rec = read_record("baselines", record_id)
+    if rec is None:
+        return Check("baselines", record_id, ("no such record",))
+    header, events, problems = _typed(rec)
+    sig_problems, key, who = _signature(rec)
+    problems += sig_problems
+    if header.kind != "baselines":
+        problems.append(f"a {header.kind} header in a baselines record")
+    if digest(header.identity()) != record_id:
+        problems.append("its id is not the hash of its header (moved, or its header was edited)")
+    refs, p = _latest_ok(events, "reference", lambda e: e.error is None)
+    problems += p
+    weak, p = _latest_ok(events, "weak", lambda e: e.decode.get("error") is None)
+    problems += p
+    prefs, p = _latest_ok(events, "weak_preference", lambda e: e.error is None)
+    problems += p
+    problems += _prompt_problems(header, refs)
+    for pid in header.prompts.ids:
+        w = weak.get(pid)
+        if w is not None:
+            problems += _decode_problems(f"weak answer {pid}", w.decode)
+        v = prefs.get(pid)
+        if v is not None:
+            ref, instr = refs.get(pid), refs[pid].instruction if pid in refs else ""
+            problems += _verdict_problems(f"weak preference {pid}", v, instr, w.decode.get("text") if w else None,
+                                          ref.text if ref else None)  # fmt: skip
+    return Check("baselines", record_id, tuple(problems), key, who)
+
+
+def _prompt_problems(header: Header, refs: dict[str, Reference]) -> list[str]:
+    from . import data
+
+    ps = header.prompts
+    out = []
+    if set(refs) - set(ps.ids):
+        out.append("references for prompts the header does not name")
+    if len(refs) == len(ps.ids):
+        got = data.PromptSet(ps.name, tuple(data.Prompt(i, refs[i].instruction) for i in ps.ids))
+        if got.hash != ps.hash:
+            out.append("its instructions do not hash to the prompt set its header names")
+    canonical = json.loads(data.CANONICAL_FILE.read_text())
+    if ps.name == "canonical" and (ps.hash != canonical["hash"] or ps.ids != canonical["ids"]):
+        out.append(f"named canonical, but not the canonical {len(canonical['ids'])} prompts")
+    if ps.name.startswith("canonical[:") and ps.ids != canonical["ids"][: len(ps.ids)]:
+        out.append(f"named {ps.name}, but not the first {len(ps.ids)} canonical prompts")
+    return out
+
+
+def check_evaluation(record_id: str) -> Check:
+    rec = read_record("evaluations", record_id)
+    if rec is None:
+        return Check("evaluation", record_id, ("no such record",))
+    header, events, problems = _typed(rec)
+    sig_problems, key, who = _signature(rec)
+    problems += sig_problems
+    if header.kind != "evaluation" or not header.baselines or not header.policy:
+        return Check("evaluation", record_id, (*problems, "not an evaluation header"), key, who)
+    if digest(header.identity()) != record_id:
+        problems.append("its id is not the hash of its policy and baselines (moved, or its header was edited)")
+    base = check_baselines(header.baselines)
+    if not base.valid:
+        problems.append(f"its baselines {header.baselines}: {base.reason}")
+    elif base.signed_by != key:
+        problems.append("its baselines were signed by another key")
+    brec = read_record("baselines", header.baselines)
+    if brec is not None:
+        bh, bevents, _ = _typed(brec)
+        for f in ("models", "judge", "prompts", "settings"):
+            if getattr(bh, f) != getattr(header, f):
+                problems.append(f"its {f} differ from its baselines'")
+        refs, _ = _latest_ok(bevents, "reference", lambda e: e.error is None)
+        weak, _ = _latest_ok(bevents, "weak", lambda e: e.decode.get("error") is None)
+    else:
+        refs, weak = {}, {}
+    gens, p = _latest_ok(events, "generation", lambda e: e.decode.get("error") is None)
+    problems += p
+    prefs, p = _latest_ok(events, "preference", lambda e: e.error is None)
+    problems += p
+    for pid, g in gens.items():
+        if pid not in header.prompts.ids:
+            problems.append(f"a generation for {pid}, which is not one of its prompts")
+        problems += _decode_problems(f"generation {pid}", g.decode)
+        if g.decode.get("policy") not in (None, header.policy):
+            problems.append(f"generation {pid} was made by {g.decode.get('policy')!r}, not the record's policy")
+    for pid, v in prefs.items():
+        g, ref = gens.get(pid), refs.get(pid)
+        text = g.decode.get("text") if g else None
+        problems += _verdict_problems(f"preference {pid}", v, ref.instruction if ref else "", text,
+                                      ref.text if ref else None)  # fmt: skip
+    del weak
+    return Check("evaluation", record_id, tuple(problems), key, who)
+
+
+def check(kind: str, record_id: str) -> Check:
+    """The offline checks of one record (`kind`: evaluation | baselines)."""
+    try:
+        return check_evaluation(record_id) if kind.startswith("evaluation") else check_baselines(record_id)
+    except StoreError as e:
+        return Check(kind, record_id, (str(e),))
