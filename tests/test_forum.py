@@ -27,8 +27,9 @@ from workspace.evaluate import Evaluation, evaluate, load_evaluation
 from workspace.forum import FindingError, FindingWarning, findings_dir, get_finding, get_findings, share_finding
 from workspace.leaderboard import get_leaderboard
 
-# On the toy servers (tests/test_evaluate.py): margin → f_weak ≈ 0.035 at recovery 1.0; top1(0.5) and always write
-# nothing weak (f_weak 0) with recoveries ≈ 2.04 and 1.0 (a real tie on f_weak); never and top1(0.3) recover ~0.
+# On the toy servers (tests/test_evaluate.py), 8 prompts: margin → f_weak ≈ 0.035 at recovery ≈ 1.9, but its one-sided
+# lower bound is ≈ -0.3 (8 prompts cannot show it is not noise): below the bar; top1(0.5) and always write nothing
+# weak (f_weak 0) with recoveries ≈ 2.2 and 1.0, both certified (a real tie on f_weak); never and top1(0.3) ~0.
 POLICIES = {
     "margin": "margin(tau=0.2, span=sentence)",
     "top1_high": "top1(tau=0.5, span=sentence)",
@@ -96,7 +97,8 @@ def fdir(tmp_path, monkeypatch):
 def canonical_for(monkeypatch, ids) -> None:
     """Fake servers cannot be canonical: declare these records canonical (certification is still computed)."""
     chosen = set(ids)
-    monkeypatch.setattr(Evaluation, "canonical", property(lambda self: self.id in chosen))
+    monkeypatch.setattr(Evaluation, "canonical_problems",
+                        lambda self: [] if self.id in chosen else ["not the canonical set (test)"])  # fmt: skip
 
 
 # ---------------------------------------------------------------- writing and reading findings
@@ -196,17 +198,20 @@ def test_a_malformed_finding_is_skipped_with_a_warning_naming_it(fdir):
 def test_leaderboard_ranks_certified_by_f_weak_then_recovery_and_lists_the_rest_apart(evals, fdir, monkeypatch):
     canonical_for(monkeypatch, [evals[k] for k in ("margin", "top1_high", "always", "never")])
     board = get_leaderboard()
-    assert [e.evaluation for e in board.certified] == [evals["margin"], evals["top1_high"], evals["always"]]
-    assert [e.rank for e in board.certified] == [1, 2, 3]
-    assert board.certified[1].f_weak == board.certified[2].f_weak  # the tie, broken by recovery
-    assert board.certified[1].recovery > board.certified[2].recovery
-    assert [e.evaluation for e in board.below_bar] == [evals["never"]]
-    assert "< bar" in board.below_bar[0].note
+    assert [e.evaluation for e in board.certified] == [evals["top1_high"], evals["always"]]
+    assert [e.rank for e in board.certified] == [1, 2]
+    assert board.certified[0].f_weak == board.certified[1].f_weak  # the tie, broken by recovery
+    assert board.certified[0].recovery > board.certified[1].recovery
+    # below the bar, ranked by f_weak: margin clears the bar on its point but not on its lower bound
+    assert [e.evaluation for e in board.below_bar] == [evals["never"], evals["margin"]]
+    assert "below the bar" in board.below_bar[0].note and "below the floor" in board.below_bar[1].note
     assert [e.evaluation for e in board.non_canonical] == [evals["top1_low"]]
     for e in board.evaluations:  # every number is the record's
-        s = load_evaluation(e.evaluation).summary
-        assert (e.f_weak, e.recovery, e.f_weak_ci, e.recovery_ci) == (s.f_weak, s.recovery, s.ci["f_weak"],
-                                                                       s.ci["recovery"])  # fmt: skip
+        ev = load_evaluation(e.evaluation)
+        s, c = ev.summary, ev.certification
+        assert (e.f_weak, e.recovery, e.f_weak_ci, e.recovery_ci) == (s.f_weak, c.recovery, s.ci["f_weak"],
+                                                                       c.ci["recovery"])  # fmt: skip
+        assert e.verified and e.recovery_lower == c.recovery_lower
     assert [(b.f_weak, b.recovery) for b in board.baselines] == [(1.0, 0.0), (0.0, 1.0)]
 
 
@@ -234,7 +239,7 @@ def test_tampered_numbers_in_a_finding_do_not_change_the_leaderboard(evals, fdir
     path.write_text(tampered)
     after = get_leaderboard()
     assert after.to_json() == before.to_json()  # ... but its numbers, status and policy are the record's
-    assert [e.evaluation for e in after.certified] == [evals["margin"], evals["top1_high"], evals["always"]]
+    assert [e.evaluation for e in after.certified] == [evals["top1_high"], evals["always"]]
 
 
 # ---------------------------------------------------------------- the CLI

@@ -135,6 +135,9 @@ def env(tmp_path, monkeypatch, servers, alpaca_cache) -> dict[str, str]:
         "CDW_FINDINGS_DIR": str(tmp_path / "findings"),
         "CDW_POLICIES_DIR": str(folder),
         "CDW_AUTHOR": "agent-under-test",
+        # the same workspace key as this process (conftest): records it starts, the server may finish
+        "CDW_KEYS_DIR": os.environ["CDW_KEYS_DIR"],
+        "CDW_TRUSTED_KEYS": os.environ["CDW_TRUSTED_KEYS"],
         **{f"CDW_{role.upper()}_URL": s.url for role, s in servers.items()},
     }
     for k, v in env.items():
@@ -177,7 +180,8 @@ async def refused(session: ClientSession, tool: str, **args) -> str:
 
 
 def numbers(d: dict) -> dict:
-    return {k: v for k, v in d.items() if k not in ("timings", "created")}
+    """What the generations and verdicts give (not when, and not whether the file verifies)."""
+    return {k: v for k, v in d.items() if k not in ("timings", "created", "verified", "verification", "reasons")}
 
 
 async def test_tools_are_listed_with_their_schemas(env):
@@ -296,6 +300,7 @@ async def test_evaluate_generations_returns_the_true_numbers_whatever_the_record
     assert first["evaluation_id"] == run_id and first["judged"] == N and first["policy"] == policy
     assert first["recovery"] != 1.0 and first["f_weak"] != 0.99 and first["certified"] is False
     assert numbers(second) == numbers(first)
+    assert first["verified"] and not second["verified"], (first["verification"], second["verification"])
     # f_weak is the pooled share of weak characters in the recorded segments
     gens = [o["decode"] for o in lines if o["type"] == "generation"]
     weak = sum(len(seg[1]) for g in gens for seg in g["segments"] if seg[0] == "weak")

@@ -36,7 +36,8 @@ def made(tmp_path_factory):
 
 @pytest.fixture
 def evals(made, fdir, monkeypatch):
-    """Records on disk; margin, top1(0.5), always and never count as canonical (three are certified)."""
+    """Records on disk; margin, top1(0.5), always and never count as canonical (two are certified: margin's lower
+    bound is below the floor on 8 prompts)."""
     folder, ids = made
     monkeypatch.setenv("CDW_RECORDS_DIR", str(folder))
     canonical_for(monkeypatch, [ids[k] for k in ("margin", "top1_high", "always", "never")])
@@ -83,9 +84,9 @@ def test_frontier_has_every_evaluation_the_endpoints_and_the_bar(evals, tmp_path
     assert set(evals.values()) <= set(points)
     for key, eid in evals.items():
         ev = load_evaluation(eid)
-        assert (points[eid]["f_weak"], points[eid]["recovery"]) == (ev.summary.f_weak, ev.summary.recovery)
-        assert points[eid]["status"] == ("certified" if key in ("margin", "top1_high", "always") else
-                                         "below bar" if key == "never" else "not canonical")  # fmt: skip
+        assert (points[eid]["f_weak"], points[eid]["recovery"]) == (ev.summary.f_weak, ev.certification.recovery)
+        assert points[eid]["status"] == ("certified" if key in ("top1_high", "always") else
+                                         "below bar" if key in ("never", "margin") else "not canonical")  # fmt: skip
         assert points[eid]["n"] == len(ev.examples) and points[eid]["policy"] == POLICIES[key]
     ends = sorted((v["f_weak"], v["recovery"]) for v in values if v.get("status") == "baseline")
     assert ends == [(0.0, 1.0), (1.0, 0.0)]
@@ -203,6 +204,6 @@ def test_the_page_renders_offline_in_headless_chromium(evals, fdir, tmp_path):
     assert with_bars != shots["frontier"]
     assert feed == titles  # newest first; the <script> title shown as text
     assert pwned is None
-    assert best_tile == f"{board.best.f_weak:.3f}" and board.best.evaluation == evals["margin"]
+    assert best_tile == f"{board.best.f_weak:.3f}" and board.best.evaluation == evals["top1_high"]
     margin = load_evaluation(evals["margin"]).summary
     assert f"f_weak {margin.f_weak:.3f}" in numbers and "0.99" not in numbers  # the record's, not the text's

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 
@@ -229,6 +230,8 @@ def prompt_options(f):
     f = click.option("--prompts", "prompts_file", default=None, metavar="FILE.jsonl", help="a JSONL prompt set")(f)
     f = click.option("--n", "n", type=int, default=None, help="the first N prompts of the canonical set")(f)
     f = click.option("--canonical", is_flag=True, help="the canonical 100 (the default)")(f)
+    f = click.option("--confirm", is_flag=True,
+                     help="the 300-prompt confirmation set (a certified result confirmed at n = 400)")(f)  # fmt: skip
     f = click.option("--max-tokens", default=256, show_default=True, help="answer length limit (weak tokens)")(f)
     f = click.option("--no-cache", is_flag=True, help="do not answer repeated requests from the call cache")(f)
     return f
@@ -237,10 +240,12 @@ def prompt_options(f):
 def _prompt_set(kw: dict):
     from .data import DataError, resolve
 
-    canonical, n, path = kw.pop("canonical"), kw.pop("n"), kw.pop("prompts_file")
-    if sum(x is not None and x is not False for x in (n, path)) + canonical > 1:
-        _fail("choose one of --canonical, --n N, --prompts FILE")
+    canonical, n, path, confirm = kw.pop("canonical"), kw.pop("n"), kw.pop("prompts_file"), kw.pop("confirm")
+    if sum(x is not None and x is not False for x in (n, path)) + canonical + confirm > 1:
+        _fail("choose one of --canonical, --confirm, --n N, --prompts FILE")
     try:
+        if confirm:
+            return resolve("confirmation")
         return resolve(path) if path else resolve(n) if n is not None else resolve("canonical")
     except DataError as e:
         _fail(str(e))
@@ -276,45 +281,37 @@ def _run(coro, resource, errors):
 
 
 def _ci(ev, key: str) -> str:
-    s = ev.summary
-    v = getattr(s, key) if s else None
+    """A number with its 95% interval: f_weak from the summary, the fitted ones from the certification rule's fit."""
+    src = ev.summary if key == "f_weak" else ev.certification
+    v = getattr(src, key) if src else None
     if v is None:
         return "n/a"
-    iv = s.ci.get(key)
+    iv = src.ci.get(key)
     return f"{v:.3f} [{iv.low:.3f}, {iv.high:.3f}]" if iv else f"{v:.3f}"
 
 
 def _show_evaluation(ev) -> None:
-    from .evaluate import BAR
-
-    s = ev.summary
-    t = Table(title=f"evaluation {ev.id} · {ev.policy} · {ev.header['prompts']['name']} (n={ev.n})")
+    s, c = ev.summary, ev.certification
+    t = Table(title=f"evaluation {ev.id} · {ev.policy} · {ev.prompts} (n={ev.n})")
     t.add_column("quantity")
     t.add_column("value [95% CI]")
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     t.add_row("f_weak", _ci(ev, "f_weak"))
-    t.add_row("utility (LC winrate vs reference)", _ci(ev, "utility"))
-    t.add_row("raw winrate (no length control)", f"{s.raw_winrate:.3f}" if s else "n/a")
+    t.add_row("utility (length-controlled winrate vs reference)", _ci(ev, "utility"))
     t.add_row("U_weak", _ci(ev, "u_weak"))
     t.add_row("recovery", _ci(ev, "recovery"))
+    t.add_row("recovery, one-sided 95% lower bound", fmt(c.recovery_lower if c else None))
+    t.add_row("raw winrate (no length control)", fmt(s.raw_winrate if s else None))
+    t.add_row("recovery with alpaca_eval's penalised LC", fmt(c.recovery_penalised if c else None))
     t.add_row("judged", f"{s.n if s else 0} of {ev.n}")
-    if ev.certified:
-        cert = "[green]yes[/]"
-    else:
-        why = []
-        if not ev.canonical:
-            why.append("not the canonical set, models, judge and settings")
-        if ev.errors:
-            why.append(f"{len(ev.errors)} example(s) not judged")
-        if s and s.recovery is not None and s.recovery < BAR:
-            why.append(f"recovery below {BAR}")
-        cert = "[yellow]no[/] (" + "; ".join(why or ["nothing judged"]) + ")"
-    t.add_row("certified", cert)
+    t.add_row("verified", "[green]yes[/]" if ev.verified else "[yellow]no[/] (why: below)")
+    reasons = ev.reasons()
+    t.add_row("certified", "[green]yes[/]" if not reasons else "[yellow]no[/] (why: below)")
     console.print(t)
-    if s and s.utility == 0.5 and s.raw_winrate != 0.5:
-        console.print(
-            f"[yellow]note: the length-controlled fit shrank utility to exactly 0.5 (raw winrate {s.raw_winrate:.3f}):"
-            " alpaca_eval's cross-validated L1 penalty chose theta = 0. Read the intervals, not the point.[/]"
-        )
+    if reasons:
+        console.print("[yellow]not certified:[/]")
+        for r in reasons:
+            console.print(f"  - {r}", markup=False)
     if ev.note:
         console.print(f"[yellow]no numbers: {ev.note}[/]")
     for pid, err in ev.errors[:10]:
@@ -325,30 +322,25 @@ def _show_evaluation(ev) -> None:
     console.print(f"[dim]{timings} · record records/evaluations/{ev.id}.jsonl[/]")
 
 
-def _run_evaluations(specs: list[str], kw: dict):
-    from .evaluate import EvaluationError, evaluate
-    from .policies import PolicyError, load_policy
+def _run_evaluations(spec: str, kw: dict, grid: bool = False):
+    from .evaluate import EvaluationError, evaluate, sweep
+    from .policies import PolicyError
     from .store import StoreError
 
     prompts = _prompt_set(kw)
-    try:
-        policies = [load_policy(s) for s in specs]
-    except PolicyError as e:
-        _fail(str(e))
     setup, settings = _setup(kw)
 
     async def run():
-        out = []
         try:
-            for pol in policies:
-                out.append(await evaluate(pol, prompts, setup, settings))
+            if grid:
+                return await sweep(spec, prompts, setup, settings)
+            return [await evaluate(spec, prompts, setup, settings)]
         finally:
             await setup.close()
-        return out
 
     try:
         return asyncio.run(run())
-    except (EvaluationError, StoreError) as e:
+    except (EvaluationError, StoreError, PolicyError) as e:
         _fail(str(e))
 
 
@@ -362,7 +354,7 @@ def eval_cmd(spec: str, as_json: bool, **kw) -> None:
 
     Running the same evaluation again resumes it (a finished one is read back without calling any server).
     """
-    (ev,) = _run_evaluations([spec], kw)
+    (ev,) = _run_evaluations(spec, kw)
     if as_json:
         click.echo(json.dumps(ev.to_json(), ensure_ascii=False, indent=2))
     else:
@@ -378,17 +370,11 @@ def eval_cmd(spec: str, as_json: bool, **kw) -> None:
 @url_options
 def sweep(spec: str, as_json: bool, **kw) -> None:
     """Evaluate every point of a policy grid on the same prompts (baselines are computed once)."""
-    from .policies import PolicyError, expand_spec
-
-    try:
-        specs = expand_spec(spec)
-    except PolicyError as e:
-        _fail(str(e))
-    evs = _run_evaluations(specs, kw)
+    evs = _run_evaluations(spec, kw, grid=True)
     if as_json:
         click.echo(json.dumps([e.to_json() for e in evs], ensure_ascii=False, indent=2))
         return
-    t = Table(title=f"sweep {spec} · {evs[0].header['prompts']['name']} (n={evs[0].n})")
+    t = Table(title=f"sweep {spec} · {evs[0].prompts} (n={evs[0].n})")
     for col in ("policy", "f_weak", "recovery", "utility", "judged", "certified", "id"):
         t.add_column(col)
     for e in evs:
@@ -456,14 +442,75 @@ def judge_check_cmd(baselines_id: str | None, pairs: int, as_json: bool, **kw) -
     if as_json:
         click.echo(json.dumps(d.to_json(), indent=2))
     else:
-        console.print(
-            f"re-judged {d.n} pairs of baselines {d.baselines_id}: mean |Δ| {d.mean_abs_delta:.4f}, "
-            f"max |Δ| {d.max_abs_delta:.4f}, {d.flipped} verdict(s) flipped, {len(d.errors)} error(s)"
-        )
+        if d.n == 0:
+            console.print(f"[red]no pair of {d.baselines_id} could be re-judged ({len(d.errors)} error(s))[/]")
+        else:
+            console.print(
+                f"re-judged {d.n} pairs of baselines {d.baselines_id}: mean |Δ| {d.mean_abs_delta:.4f}, "
+                f"max |Δ| {d.max_abs_delta:.4f}, {d.flipped} verdict(s) flipped, {len(d.errors)} error(s)"
+            )
         if d.judge_changed:
             console.print(f"[yellow]the judge is not the one that made these preferences: {d.judge_changed}[/]")
-    if d.errors or d.max_abs_delta > 0.05:
+    for pid, err in d.errors[:5]:
+        console.print(f"[red]  {pid}:[/] {err}")
+    if d.errors or d.n == 0 or d.max_abs_delta > 0.05:
         sys.exit(1)
+
+
+@main.command()
+@click.argument("evaluation_id")
+@click.option("--replay", "replay_k", type=int, default=0, metavar="K",
+              help="also decode and judge K seeded prompts again, without the call cache, and compare")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True)
+@url_options
+def verify(evaluation_id: str, replay_k: int, as_json: bool, **kw) -> None:
+    """Check an evaluation record offline: ids, signatures and trusted key, texts vs segments, verdicts vs the
+    texts they judged, baselines. Exit 0 when it verifies, 1 with the reasons when it does not."""
+    from .records import check
+
+    c = check("evaluation", evaluation_id)
+    out = {"evaluation_id": evaluation_id, "valid": c.valid, "verified": c.verified, "reason": c.reason,
+           "problems": list(c.problems), "signed_by": c.signed_by, "trusted_by": c.trusted_by}  # fmt: skip
+    ok = c.verified
+    if replay_k:
+        from .endpoints import EndpointError
+        from .evaluate import EvaluationError, Setup, replay
+
+        try:
+            setup = Setup.from_endpoints(_urls(kw))  # no call cache: ask the servers again
+        except EndpointError as e:
+            _fail(str(e))
+        r = _run(replay(evaluation_id, setup, replay_k), setup, EvaluationError)
+        out["replay"] = r.to_json()
+        ok = ok and r.agrees
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+    else:
+        if c.verified:
+            console.print(f"[green]✓[/] {evaluation_id} verifies (signed by {c.trusted_by})")
+        else:
+            console.print(f"[red]✗[/] {evaluation_id} does not verify: {c.reason}")
+            for p in c.problems[:20]:
+                console.print(f"  [red]-[/] {p}")
+        if "replay" in out:
+            r = out["replay"]
+            console.print(f"replay of {len(r['prompt_ids'])} prompts: {r['same_text']} same text, "
+                          f"{r['same_verdict']} same verdict (±{r['tolerance']})")  # fmt: skip
+            for m in r["mismatches"]:
+                console.print(f"  [red]-[/] {m['prompt_id']}: {m['what']}")
+    sys.exit(0 if ok else 1)
+
+
+@main.command()
+def keys() -> None:
+    """This workspace's public key: the line to add to records/trusted_keys.txt (by a commit the group reviews)."""
+    from .signing import key_path, public_key, trusted_keys, trusted_keys_file
+
+    key = public_key()
+    trusted = trusted_keys().get(key)
+    console.print(f"{key} {os.environ.get('USER', 'someone')}@workspace")
+    console.print(f"[dim]private key {key_path()} · "
+                  f"{'trusted as ' + trusted.who if trusted else 'not in ' + str(trusted_keys_file())}[/]")  # fmt: skip
 
 
 # ---------------------------------------------------------------- forum: findings, leaderboard, published page
@@ -606,6 +653,8 @@ def leaderboard_cmd(as_json: bool) -> None:
         console.print(_board_table("canonical, below the bar", board.below_bar))
     if board.non_canonical:
         console.print(_board_table("not canonical", board.non_canonical))
+    if board.unverified:
+        console.print(_board_table("unverified (not certified whatever their numbers)", board.unverified))
     for rid, why in board.skipped:
         console.print(f"[yellow]warning: evaluation {rid} cannot be read: {why}[/]")
 

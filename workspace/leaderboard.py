@@ -1,8 +1,10 @@
 """The leaderboard: computed from evaluation records only, never from a number someone typed (DESIGN.md §1, §6).
 
-Certified evaluations are ranked by f_weak (ties by recovery, then the earlier one); canonical evaluations below
-the bar and non-canonical ones are listed apart; the two baselines (weak only, strong only) are always there.
-Each entry names the finding that reported it, but takes nothing else from it.
+Certified evaluations (canonical, complete, verified: valid and signed by a trusted key, and passing the
+certification rule) are ranked by f_weak (ties by recovery, then the earlier one); unverified records, canonical
+evaluations below the bar and non-canonical ones are listed apart, each with the reason; the two baselines
+(weak only, strong only) are always there. Rows come from `workspace.frames.evaluations_frame`. Each entry names
+the finding that reported it, but takes nothing else from it.
 """
 
 from __future__ import annotations
@@ -13,20 +15,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import evaluate
 from .evaluate import Evaluation, EvaluationError, load_evaluation
 from .forum import Finding, get_findings
-from .stats import Interval
+from .stats import BAR, Interval
 from .store import StoreError, list_records, record_path
 
-CERTIFIED, BELOW_BAR, NOT_CANONICAL, BASELINE = "certified", "below bar", "not canonical", "baseline"
+CERTIFIED, BELOW_BAR, NOT_CANONICAL, UNVERIFIED, BASELINE = (
+    "certified", "below bar", "not canonical", "unverified", "baseline")  # fmt: skip
 
 
 @dataclass(frozen=True)
 class LeaderboardEntry:
     """One evaluation's numbers as recomputed from its record, and where it stands."""
 
-    status: str  # certified | below bar | not canonical | baseline
+    status: str  # certified | below bar | not canonical | unverified | baseline
     policy: str
     evaluation: str | None  # record id (None for the definitional baselines)
     f_weak: float | None
@@ -42,6 +44,9 @@ class LeaderboardEntry:
     finding: str | None = None  # id of the finding that reported it
     finding_title: str | None = None
     note: str = ""  # why it is not certified
+    verified: bool = False  # valid and signed by a trusted key (the definitional baselines: True)
+    recovery_lower: float | None = None  # the one-sided 95% lower bound the certification rule reads
+    confirmed: bool = False  # certified again with the 300 confirmation prompts pooled in (n = 400)
 
     @property
     def family(self) -> str:
@@ -54,7 +59,8 @@ class LeaderboardEntry:
             "f_weak": self.f_weak, "f_weak_ci": ci(self.f_weak_ci), "recovery": self.recovery,
             "recovery_ci": ci(self.recovery_ci), "utility": self.utility, "n": self.n, "judged": self.judged,
             "prompts": self.prompts, "created": self.created, "finding": self.finding,
-            "finding_title": self.finding_title, "note": self.note,
+            "finding_title": self.finding_title, "note": self.note, "verified": self.verified,
+            "recovery_lower": self.recovery_lower, "confirmed": self.confirmed,
         }  # fmt: skip
 
 
@@ -68,6 +74,7 @@ class Leaderboard:
     non_canonical: tuple[LeaderboardEntry, ...]
     baselines: tuple[LeaderboardEntry, ...]
     skipped: tuple[tuple[str, str], ...] = ()  # (evaluation id, why it could not be read)
+    unverified: tuple[LeaderboardEntry, ...] = ()
 
     @property
     def best(self) -> LeaderboardEntry | None:
@@ -76,12 +83,15 @@ class Leaderboard:
     @property
     def evaluations(self) -> tuple[LeaderboardEntry, ...]:
         """Every evaluation entry (baselines excluded)."""
-        return self.certified + self.below_bar + self.non_canonical
+        return self.certified + self.below_bar + self.non_canonical + self.unverified
 
     def to_json(self) -> dict:
         return {
             "bar": self.bar,
-            **{k: [e.to_json() for e in getattr(self, k)] for k in ("certified", "below_bar", "non_canonical")},
+            **{
+                k: [e.to_json() for e in getattr(self, k)]
+                for k in ("certified", "below_bar", "non_canonical", "unverified")
+            },  # fmt: skip
             "baselines": [e.to_json() for e in self.baselines],
             "skipped": [{"evaluation": i, "error": e} for i, e in self.skipped],
         }
@@ -90,39 +100,39 @@ class Leaderboard:
 # The endpoints hold by definition (DESIGN.md §1): weak only writes everything and recovers nothing; strong only
 # writes nothing and is the reference itself.
 BASELINES = (
-    LeaderboardEntry(BASELINE, "weak only (never defer)", None, 1.0, 0.0, note="by definition"),
-    LeaderboardEntry(BASELINE, "strong only (always defer)", None, 0.0, 1.0, note="by definition"),
+    LeaderboardEntry(BASELINE, "weak only (never defer)", None, 1.0, 0.0, note="by definition", verified=True),
+    LeaderboardEntry(BASELINE, "strong only (always defer)", None, 0.0, 1.0, note="by definition", verified=True),
 )
 
 
-def _why_not(ev: Evaluation, bar: float) -> str:
-    why = []
-    if not ev.canonical:
-        why.append("not canonical")
-    if ev.errors:
-        why.append(f"{len(ev.errors)} of {ev.n} unjudged")
-    s = ev.summary
-    if s is None or s.recovery is None:
-        why.append("no recovery (nothing judged, or no gap)")
-    elif s.recovery < bar:
-        why.append(f"recovery {s.recovery:.3f} < bar {bar}")
-    return "; ".join(why)
+def _status(row: dict) -> str:
+    if row["certified"]:
+        return CERTIFIED
+    if not row["verified"]:
+        return UNVERIFIED
+    return BELOW_BAR if row["canonical"] else NOT_CANONICAL
 
 
-def entry(ev: Evaluation, finding: Finding | None = None, bar: float | None = None) -> LeaderboardEntry:
-    """The leaderboard entry of one evaluation; every number comes from the evaluation itself."""
-    bar = evaluate.BAR if bar is None else bar
-    s = ev.summary
-    status = CERTIFIED if ev.certified else BELOW_BAR if ev.canonical else NOT_CANONICAL
+def entry_from_row(row: dict, finding: Finding | None = None) -> LeaderboardEntry:
+    """The leaderboard entry of one row of `frames.evaluations_frame`; every number comes from the records."""
+    status = _status(row)
+    iv = lambda lo, hi: None if row[lo] is None else Interval(row[lo], row[hi])  # noqa: E731
     return LeaderboardEntry(
-        status=status, policy=ev.policy, evaluation=ev.id,
-        f_weak=s.f_weak if s else None, recovery=s.recovery if s else None,
-        f_weak_ci=s.ci.get("f_weak") if s else None, recovery_ci=s.ci.get("recovery") if s else None,
-        utility=s.utility if s else None, n=ev.n, judged=s.n if s else 0,
-        prompts=ev.header.get("prompts", {}).get("name", ""), created=ev.header.get("created"),
-        finding=finding.id if finding else None, finding_title=finding.title if finding else None,
-        note="" if status == CERTIFIED else _why_not(ev, bar),
+        status=status, policy=row["policy"], evaluation=row["evaluation"], f_weak=row["f_weak"],
+        recovery=row["recovery"], f_weak_ci=iv("f_weak_low", "f_weak_high"),
+        recovery_ci=iv("recovery_low", "recovery_high"), utility=row["utility"], n=row["n"], judged=row["judged"],
+        prompts=row["prompts"], created=row["created"], finding=finding.id if finding else None,
+        finding_title=finding.title if finding else None,
+        note="" if status == CERTIFIED else "; ".join(row["reasons"]), verified=row["verified"],
+        recovery_lower=row["recovery_lower"], confirmed=row["confirmed"],
     )  # fmt: skip
+
+
+def entry(ev: Evaluation, finding: Finding | None = None) -> LeaderboardEntry:
+    """The leaderboard entry of one evaluation."""
+    from .frames import evaluation_row
+
+    return entry_from_row(evaluation_row(ev), finding)
 
 
 def _reporters(findings: Iterable[Finding]) -> dict[str, Finding]:
@@ -143,19 +153,16 @@ def build_leaderboard(
     evaluations: Iterable[Evaluation], findings: Iterable[Finding] = (), skipped: Iterable[tuple[str, str]] = ()
 ) -> Leaderboard:
     """Sort evaluations into the board: certified ranked by f_weak, ties by recovery; the rest listed apart."""
-    bar = evaluate.BAR
+    from .frames import evaluations_frame
+
     by_eval = _reporters(findings)
-    entries = [entry(ev, by_eval.get(ev.id), bar) for ev in evaluations]
+    rows = evaluations_frame(list(evaluations)).to_dicts()
+    entries = [entry_from_row(r, by_eval.get(r["evaluation"])) for r in rows]
     ranked = sorted((e for e in entries if e.status == CERTIFIED), key=_order)
     ranked = [replace(e, rank=i) for i, e in enumerate(ranked, 1)]
-    return Leaderboard(
-        bar=bar,
-        certified=tuple(ranked),
-        below_bar=tuple(sorted((e for e in entries if e.status == BELOW_BAR), key=_order)),
-        non_canonical=tuple(sorted((e for e in entries if e.status == NOT_CANONICAL), key=_order)),
-        baselines=BASELINES,
-        skipped=tuple(skipped),
-    )
+    pick = lambda status: tuple(sorted((e for e in entries if e.status == status), key=_order))  # noqa: E731
+    return Leaderboard(bar=BAR, certified=tuple(ranked), below_bar=pick(BELOW_BAR), non_canonical=pick(NOT_CANONICAL),
+                       baselines=BASELINES, skipped=tuple(skipped), unverified=pick(UNVERIFIED))  # fmt: skip
 
 
 # Recomputing an evaluation (bootstrap, length-control fits) takes about half a second. Records are append-only, so

@@ -25,7 +25,7 @@ import re
 import secrets
 import sys
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,20 +42,12 @@ from . import data, forum, leaderboard
 from .client import ClientError
 from .data import DataError, PromptSet
 from .endpoints import EndpointError
-from .evaluate import (
-    BAR,
-    EvalSettings,
-    EvaluationError,
-    Setup,
-    baselines_id,
-    ensure_baselines,
-    evaluate,
-    evaluation_id,
-    load_evaluation,
-)
+from .evaluate import EvalSettings, EvaluationError, Setup, ensure_baselines, evaluate, load_evaluation
 from .evaluate import evaluate_generations as judge_generations  # the tool of the same name wraps it
 from .forum import FindingError
 from .policies import Policy, PolicyError, canonical_spec, load_policy
+from .records import header_of
+from .stats import BAR, FLOOR
 from .store import CallCache, StoreError, read_record
 
 T = TypeVar("T")
@@ -136,42 +128,33 @@ def _with_warnings(fn, *args, **kw) -> tuple[Any, list[str]]:
     return out, [str(w.message) for w in caught if issubclass(w.category, forum.FindingWarning)]
 
 
-# ---------------------------------------------------------------- progress, read from the records as they grow
+# ---------------------------------------------------------------- progress, from the evaluation's own callback
 
-BASELINE_PHASES = (("baselines", "reference"), ("baselines", "weak"), ("baselines", "weak_preference"))
-EVALUATION_PHASES = (("evaluations", "generation"), ("evaluations", "preference"))
-
-
-def _done(kind: str, record_id: str, type_: str) -> int:
-    """Prompts whose latest event of this type in the record succeeded."""
-    try:
-        rec = read_record(kind, record_id)
-    except StoreError:
-        return 0
-    latest: dict[str, dict] = {}
-    for e in rec.events if rec else ():
-        if e.get("type") == type_:
-            latest[e.get("prompt_id")] = e
-    return sum(1 for e in latest.values() if (e.get("decode") or e).get("error") is None)
+BASELINE_PHASES = ("reference", "weak", "weak_preference")
+EVALUATION_PHASES = ("generation", "preference")
 
 
-async def _with_progress(ctx: Context, work: Awaitable[T], ids: dict[str, str], phases, n: int) -> T:
-    """Await `work`, reporting how many (prompt, phase) steps are on record every PROGRESS_EVERY_S seconds."""
-    total = len(phases) * n
+async def _with_progress(ctx: Context, work: Callable[[Callable], Awaitable[T]], phases, n: int) -> T:
+    """Run `work(on_progress)`, reporting how many (prompt, phase) steps are done every PROGRESS_EVERY_S seconds.
+    A phase with nothing left to do (read from the record) counts as done."""
+    total, state = len(phases) * n, {}
+
+    def on_progress(phase: str, done: int, todo: int) -> None:
+        state[phase] = (done, todo)
 
     def count() -> tuple[int, str]:
         done, message = 0, "done"
-        for kind, type_ in phases:
-            k = min(n, _done(kind, ids[kind], type_))
-            if k < n and message == "done":
-                message = f"{type_.replace('_', ' ')}: {k}/{n} prompts"
-            done += k
-        return done, message
+        for phase in phases:
+            k, todo = state.get(phase, (0, 0))
+            done += n - todo + k  # what the record already held, and what was done since
+            if k < todo and message == "done":
+                message = f"{phase.replace('_', ' ')}: {n - todo + k}/{n} prompts"
+        return min(done, total), message
 
     async def poll() -> None:
         last = -1
         while True:
-            done, message = await asyncio.to_thread(count)  # parsing a growing record must not stall the decode
+            done, message = count()
             if done != last:
                 await ctx.report_progress(done, total, message)
                 last = done
@@ -179,7 +162,7 @@ async def _with_progress(ctx: Context, work: Awaitable[T], ids: dict[str, str], 
 
     poller = asyncio.create_task(poll())
     try:
-        result = await work
+        result = await work(on_progress)
     finally:
         poller.cancel()
     await ctx.report_progress(total, total, "done")
@@ -224,14 +207,15 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         with _tool_errors():
             ps = prompt_set(prompts)
             async with setup() as s:
-                ids = {"baselines": await baselines_id(ps, s, settings)}
                 base = await _with_progress(
-                    ctx, ensure_baselines(ps, s, settings, progress=False), ids, BASELINE_PHASES, len(ps)
-                )
+                    ctx, lambda cb: ensure_baselines(ps, s, settings, progress=False, on_progress=cb),
+                    BASELINE_PHASES, len(ps),
+                )  # fmt: skip
             canonical = json.loads(data.CANONICAL_FILE.read_text())
             return {
                 **base.to_json(),
                 "bar": BAR,
+                "floor": FLOOR,
                 "canonical_hash": canonical["hash"],
                 "canonical_n": canonical["n"],
                 "canonical_models": load_catalog().canonical,
@@ -282,10 +266,8 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
             pol = resolve_policy(policy)
             ps = prompt_set(prompts)
             async with setup() as s:
-                ids = {"baselines": await baselines_id(ps, s, settings),
-                       "evaluations": await evaluation_id(pol, ps, s, settings)}  # fmt: skip
                 ev = await _with_progress(
-                    ctx, evaluate(pol, ps, s, settings, progress=False), ids,
+                    ctx, lambda cb: evaluate(pol, ps, s, settings, progress=False, on_progress=cb),
                     BASELINE_PHASES + EVALUATION_PHASES, len(ps),
                 )  # fmt: skip
             return ev.to_json()
@@ -302,16 +284,14 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
             rec = read_record("evaluations", run_id.strip())
             if rec is None:
                 raise EvaluationError(f"no engine run {run_id!r} on record")
-            try:
-                spec, n, base_id = rec.header["policy"], len(rec.header["prompts"]["ids"]), rec.header["baselines"]
-            except (KeyError, TypeError) as e:
-                raise EvaluationError(f"run {run_id} has a damaged header ({type(e).__name__}: {e})") from e
+            header = header_of(rec.header)  # a damaged header is a SchemaError, a tool error
             # Only a policy this server could have been asked to run is loaded (never a path the record names).
-            pol = resolve_policy(spec)
+            pol = resolve_policy(header.policy or "")
             async with setup() as s:
-                ids = {"baselines": base_id, "evaluations": rec.id}
-                work = judge_generations(rec.id, s, policy=pol, progress=False)
-                ev = await _with_progress(ctx, work, ids, BASELINE_PHASES + EVALUATION_PHASES, n)
+                ev = await _with_progress(
+                    ctx, lambda cb: judge_generations(rec.id, s, policy=pol, progress=False, on_progress=cb),
+                    BASELINE_PHASES + EVALUATION_PHASES, len(header.prompts.ids),
+                )  # fmt: skip
             return ev.to_json()
 
     @mcp.tool()

@@ -379,9 +379,9 @@ class PolicyExplorer:
 
 
 def evaluation_row(ev: Evaluation) -> str:
-    s = ev.summary
-    f, r = (s.f_weak, s.recovery) if s else (None, None)
-    fci, rci = (s.ci.get("f_weak"), s.ci.get("recovery")) if s else (None, None)
+    s, c = ev.summary, ev.certification
+    f, r = (s.f_weak if s else None), (c.recovery if c else None)
+    fci, rci = (s.ci.get("f_weak") if s else None), (c.ci.get("recovery") if c else None)
     judged = s.n if s else 0
     if ev.errors:  # the first reason (in full on hover); the evaluation's own display lists them all
         more = f" (+{len(ev.errors) - 1} more)" if len(ev.errors) > 1 else ""
@@ -419,12 +419,15 @@ def evaluations_html(evaluations: Iterable[Evaluation], failed: Iterable[tuple[s
 def show_evaluation(ev: Evaluation) -> Html:
     """One evaluation's numbers with their intervals, how many prompts were judged, and every error."""
     out = evaluations_html([ev])
-    s = ev.summary
-    if s is not None:
+    s, c = ev.summary, ev.certification
+    if s is not None and c is not None:
         out += (
-            f"<div>utility {_num(s.utility)}{_ci(s.ci.get('utility'))} · U_weak {_num(s.u_weak)}"
-            f"{_ci(s.ci.get('u_weak'))} · raw winrate {_num(s.raw_winrate)} · n={s.n}</div>"
+            f"<div>utility {_num(c.utility)}{_ci(c.ci.get('utility'))} · U_weak {_num(c.u_weak)}"
+            f"{_ci(c.ci.get('u_weak'))} · recovery one-sided 95% lower bound {_num(c.recovery_lower)} · raw winrate "
+            f"{_num(s.raw_winrate)} · n={s.n}</div>"
         )
+    reasons = ev.reasons()
+    out += f"<div>certified: {'yes' if not reasons else 'no — ' + _e('; '.join(reasons))}</div>"
     if ev.errors:
         items = "".join(f"<li><code>{_e(p)}</code>: {_e(e)}</li>" for p, e in ev.errors[:20])
         extra = f"<li>… and {len(ev.errors) - 20} more</li>" if len(ev.errors) > 20 else ""
@@ -664,6 +667,7 @@ def leaderboard_html(board: Leaderboard | None = None) -> str:
     out = table(f"Certified (recovery ≥ {board.bar:g} on the canonical set), by f_weak", board.certified, True)
     out += table("Canonical, below the bar", board.below_bar, False)
     out += table("Not canonical (other prompts, models or settings)", board.non_canonical, False)
+    out += table("Unverified (edited, unsigned or signed by an untrusted key)", board.unverified, False)
     if board.skipped:
         out += _error_box("unreadable records: " + "; ".join(f"{i}: {why}" for i, why in board.skipped))
     return out

@@ -1,0 +1,99 @@
+"""Records as polars DataFrames, so a researcher slices results without writing loaders.
+
+    from workspace.frames import evaluations_frame, examples_frame
+    evals = evaluations_frame()                 # one row per evaluation on record
+    ex = examples_frame()                       # one row per (evaluation, prompt)
+    ex.filter(pl.col("preference") < 0.3).select("policy", "prompt_id", "candidate")
+
+Every number is recomputed from the records (`workspace.evaluate.load_evaluation`); the leaderboard is built
+from `evaluations_frame` too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import polars as pl
+
+from .evaluate import Evaluation
+from .evaluate.results import confirmation_of
+
+EVALUATION_SCHEMA = {
+    "evaluation": pl.String, "policy": pl.String, "family": pl.String, "prompts": pl.String, "n": pl.Int64,
+    "judged": pl.Int64, "f_weak": pl.Float64, "f_weak_low": pl.Float64, "f_weak_high": pl.Float64,
+    "recovery": pl.Float64, "recovery_lower": pl.Float64, "recovery_low": pl.Float64, "recovery_high": pl.Float64,
+    "utility": pl.Float64, "u_weak": pl.Float64, "recovery_penalised": pl.Float64, "raw_winrate": pl.Float64,
+    "canonical": pl.Boolean, "verified": pl.Boolean, "verification": pl.String, "certified": pl.Boolean,
+    "confirmed": pl.Boolean, "reasons": pl.List(pl.String), "created": pl.String, "commit": pl.String,
+}  # fmt: skip
+
+
+def _finite(x: float | None) -> float | None:
+    return x if x is None or math.isfinite(x) else None  # -inf: too many resamples without a gap
+
+
+def _ci(ev: Evaluation, key: str) -> tuple[float | None, float | None]:
+    src = ev.summary if key == "f_weak" else ev.certification  # the fitted numbers: the certification rule's fit
+    iv = src.ci.get(key) if src else None
+    return (iv.low, iv.high) if iv else (None, None)
+
+
+def evaluation_row(ev: Evaluation, others: Iterable[Evaluation] = ()) -> dict:
+    """One evaluation's numbers, certification and verification as a flat row."""
+    s, c = ev.summary, ev.certification
+    conf = confirmation_of(ev, others) if ev.certified else None
+    (fl, fh), (rl, rh) = _ci(ev, "f_weak"), _ci(ev, "recovery")
+    return {
+        "evaluation": ev.id, "policy": ev.policy, "family": ev.policy.split("(", 1)[0].strip(),
+        "prompts": ev.prompts, "n": ev.n, "judged": s.n if s else 0, "f_weak": s.f_weak if s else None,
+        "f_weak_low": fl, "f_weak_high": fh, "recovery": c.recovery if c else None,
+        "recovery_lower": _finite(c.recovery_lower) if c else None, "recovery_low": rl, "recovery_high": rh,
+        "utility": c.utility if c else None, "u_weak": c.u_weak if c else None,
+        "recovery_penalised": c.recovery_penalised if c else None, "raw_winrate": s.raw_winrate if s else None,
+        "canonical": ev.canonical, "verified": ev.verified, "verification": ev.check.reason,
+        "certified": ev.certified, "confirmed": bool(conf and conf.certified), "reasons": ev.reasons(),
+        "created": ev.header.created, "commit": ev.header.code.commit if ev.header.code else None,
+    }  # fmt: skip
+
+
+def evaluations_frame(evaluations: Iterable[Evaluation] | None = None) -> pl.DataFrame:
+    """One row per evaluation (default: every evaluation on record that can be read)."""
+    if evaluations is None:
+        from .leaderboard import load_all_evaluations
+
+        evaluations = load_all_evaluations()[0]
+    evs = list(evaluations)
+    return pl.DataFrame([evaluation_row(e, evs) for e in evs], schema=EVALUATION_SCHEMA)
+
+
+EXAMPLE_SCHEMA = {
+    "evaluation": pl.String, "policy": pl.String, "prompt_id": pl.String, "instruction": pl.String,
+    "candidate": pl.String, "reference": pl.String, "weak": pl.String, "f_weak": pl.Float64,
+    "strong_spans": pl.Int64, "segments": pl.List(pl.Struct({"author": pl.String, "text": pl.String})),
+    "preference": pl.Float64, "weak_preference": pl.Float64, "candidate_length": pl.Int64,
+    "weak_length": pl.Int64, "reference_length": pl.Int64, "error": pl.String,
+}  # fmt: skip
+
+
+def examples_frame(evaluations: Iterable[Evaluation] | None = None) -> pl.DataFrame:
+    """One row per (evaluation, prompt): the texts, the segments, f_weak, both preferences, lengths, errors."""
+    if evaluations is None:
+        from .leaderboard import load_all_evaluations
+
+        evaluations = load_all_evaluations()[0]
+    rows = []
+    for ev in evaluations:
+        for e in ev.examples:
+            c, w = e.candidate, e.weak
+            rows.append({
+                "evaluation": ev.id, "policy": ev.policy, "prompt_id": e.prompt_id, "instruction": e.instruction,
+                "candidate": c.text if c else None, "reference": e.reference, "weak": w.text if w else None,
+                "f_weak": c.f_weak if c else None, "strong_spans": c.num_deferrals if c else None,
+                "segments": [{"author": s.author, "text": s.text} for s in c.segments] if c else [],
+                "preference": e.preference.preference if e.preference else None,
+                "weak_preference": e.weak_preference.preference if e.weak_preference else None,
+                "candidate_length": len(c.text) if c else None, "weak_length": len(w.text) if w else None,
+                "reference_length": len(e.reference) if e.reference is not None else None, "error": e.error,
+            })  # fmt: skip
+    return pl.DataFrame(rows, schema=EXAMPLE_SCHEMA)
