@@ -166,7 +166,7 @@ def _spawn(preset: Preset, spec: RoleSpec, prov: dict, catalog: Catalog) -> Serv
             env=_environment(preset, spec), start_new_session=True,
         )  # fmt: skip
     serves = tuple(r.role for r in preset.roles.values() if r.role == spec.role or r.served_by == spec.role)
-    notes = {r.role: r.note for r in preset.roles.values() if r.served_by == spec.role and r.note}
+    notes = {r.role: r.note for r in preset.roles.values() if spec.role in (r.role, r.served_by) and r.note}
     return ServerRecord(
         preset=preset.name, role=spec.role, serves=serves, url=f"http://{HOST}:{spec.port}",
         model=prov["served_name"], model_path=model_dir, source=prov["source"], pid=proc.pid,

@@ -47,9 +47,16 @@ def model_path(spec: ModelSpec) -> Path:
 
 
 def load_provenance(spec: ModelSpec) -> dict | None:
-    """The provenance record of a fetched model, or None if the model is not (completely) fetched."""
+    """The provenance record of a fetched model, or None if the model is not (completely) fetched, or is a
+    locally built test model from an older version of servers/tiny.py (it is then built again)."""
     f = model_path(spec) / PROVENANCE
-    return json.loads(f.read_text()) if f.exists() else None
+    prov = json.loads(f.read_text()) if f.exists() else None
+    if prov is not None and spec.build:
+        from .tiny import BUILD_VERSION
+
+        if prov.get("version") != BUILD_VERSION:
+            return None
+    return prov
 
 
 def _folder(spec: ModelSpec, prov: dict, fetched: bool) -> ModelFolder:

@@ -1,5 +1,8 @@
 """Throwaway test models, built locally in seconds: random Llama weights and a character-level tokenizer.
 
+`BUILD_VERSION` is recorded with every built model; a cached model built by an older version of this file is
+built again (provision.py compares them).
+
 Why character-level: the engine's exactness across strong spans needs span text to re-tokenise to the ids
 the model generated. A random model emits arbitrary id sequences, which a BPE vocabulary would merge
 differently on re-tokenisation; with one token per character every id sequence round-trips. The two
@@ -12,6 +15,20 @@ from __future__ import annotations
 import json
 import string
 from pathlib import Path
+
+BUILD_VERSION = 2  # 2: 8192-token contexts, the Gemma-2-templated judge, byte-level BPE models
+
+# Gemma-2's chat template, as google/gemma-2-9b-it ships it: it raises on a system message, as the `paper`
+# judge does, so the judge path is tested against the real refusal.
+GEMMA2_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+    "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if (message['role'] == 'assistant') %}{% set role = 'model' %}{% else %}{% set role = message['role'] %}"
+    "{% endif %}{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\n'}}{% endif %}"
+)
+CONTEXT = 8192  # tokens: a character-level judge prompt (AlpacaEval template, instruction, two answers) fits
 
 # Printable ASCII without the rarely useful vertical tab / form feed / carriage return.
 CHARS = [c for c in string.printable if c not in "\x0b\x0c\r"]
@@ -36,6 +53,16 @@ ALPHABETS = {
             "{% for m in messages %}<s>[{{ m['role'] }}] {{ m['content'] }}</s>\n{% endfor %}"
             "{% if add_generation_prompt %}<s>[assistant] {% endif %}"
         ),
+    },
+    # The tiny judge: a third vocabulary, Gemma-2's chat template, and an output layer that answers with one
+    # of the judge's labels ("m" or "M") nearly always, so a tiny evaluation gets verdicts (random ones).
+    "judge": {
+        "specials": ["<pad>", "<bos>", "<eos>", "<start_of_turn>", "<end_of_turn>"],
+        "bos": "<bos>",
+        "eos": "<eos>",
+        "chars": CHARS[::2] + CHARS[1::2],
+        "template": GEMMA2_TEMPLATE,
+        "answers": ("m", "M"),
     },
 }
 
@@ -69,7 +96,7 @@ def build_tiny_model(out: Path, *, alphabet: str, seed: int) -> dict:
         num_hidden_layers=2,
         num_attention_heads=2,  # head_dim 32: the smallest vLLM's CPU attention kernel supports
         num_key_value_heads=1,
-        max_position_embeddings=1024,
+        max_position_embeddings=CONTEXT,
         # Large init so next-token distributions are peaked: greedy choices then do not flip under the
         # tiny numeric differences between batch compositions.
         initializer_range=0.5,
@@ -86,11 +113,17 @@ def build_tiny_model(out: Path, *, alphabet: str, seed: int) -> dict:
         for tok in spec["specials"]:
             if tok != spec["eos"]:
                 model.lm_head.weight[vocab[tok]] = 0.0
+        if "answers" in spec:  # only the two labels have output rows, opposite and large: one of them is far ahead
+            a, b = (vocab[t] for t in spec["answers"])
+            row = model.lm_head.weight[a].clone() * 3.0
+            model.lm_head.weight.zero_()
+            model.lm_head.weight[a], model.lm_head.weight[b] = row, -row
     model.save_pretrained(out)
     fast.save_pretrained(out)
     # The generation config would otherwise carry transformers' defaults into vLLM's sampling defaults.
     (out / "generation_config.json").unlink(missing_ok=True)
     info = {"source": "built locally", "build": "tiny", "alphabet": alphabet, "seed": seed}
+    info["version"] = BUILD_VERSION
     (out / "tiny.json").write_text(json.dumps(info))
     return info
 
@@ -176,7 +209,7 @@ def build_tiny_bpe_model(out: Path, *, alphabet: str, seed: int) -> dict:
     hidden = 64
     config = LlamaConfig(
         vocab_size=len(vocab), hidden_size=hidden, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096, initializer_range=0.5,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=CONTEXT, initializer_range=0.5,
         tie_word_embeddings=False, eos_token_id=vocab["<|im_end|>"], pad_token_id=0, torch_dtype="float32",
     )  # fmt: skip
     model = LlamaForCausalLM(config)
@@ -200,6 +233,7 @@ def build_tiny_bpe_model(out: Path, *, alphabet: str, seed: int) -> dict:
     (out / "generation_config.json").unlink(missing_ok=True)
     _check_bpe_model(model, fast, set(safe) | {a for _, a in forced})
     info = {"source": "built locally", "build": "tiny-bpe", "alphabet": alphabet, "seed": seed}
+    info["version"] = BUILD_VERSION
     (out / "tiny.json").write_text(json.dumps(info))
     return info
 

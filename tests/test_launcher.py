@@ -52,11 +52,14 @@ def test_missing_model_is_a_clear_error(home):
 
 def test_too_little_memory_is_a_clear_error(home):
     cat = load_catalog(write_test_presets(home / "p.toml", **{"memory_gb = 3.5": "memory_gb = 9000"}))
-    for name in ("tiny-weak", "tiny-strong"):  # pretend the models are fetched
+    from servers.tiny import BUILD_VERSION
+
+    for name in ("tiny-weak", "tiny-strong", "tiny-judge"):  # pretend the models are fetched
         d = provision.model_path(cat.model(name))
         d.mkdir(parents=True)
-        (d / provision.PROVENANCE).write_text(json.dumps({"source": "test", "served_name": name}))
-    with pytest.raises(launcher.LaunchError, match=r"not enough memory: .* need about 18000\.0 GiB"):
+        prov = {"source": "test", "served_name": name, "version": BUILD_VERSION}
+        (d / provision.PROVENANCE).write_text(json.dumps(prov))
+    with pytest.raises(launcher.LaunchError, match=r"not enough memory: .* need about 27000\.0 GiB"):
         launcher.serve("tiny", catalog=cat)
 
 

@@ -22,7 +22,7 @@ async def test_status_reports_every_role_from_the_runtime_file(tiny_servers):
     rows = {s.role: s for s in await status()}
     assert all(s.healthy for s in rows.values())
     assert rows["weak"].replicas[0].models == ("tiny-weak",)
-    assert rows["judge"].replicas[0].models == ("tiny-strong",)  # served by the strong server
+    assert rows["judge"].replicas[0].models == ("tiny-judge",)  # its own server: Gemma-2's chat template
     assert rows["weak"].replicas[0].version == "0.32.0"
     assert "plumbing only" in rows["judge"].endpoint.note
 
@@ -165,8 +165,8 @@ async def test_engine_mixed_policy_segments_add_up_on_vllm(tiny_servers):
 
 
 async def test_evaluation_end_to_end_on_vllm(tiny_servers, tmp_path, monkeypatch):
-    """A real evaluation on the tiny servers: records written, the strong-only policy is exactly the reference,
-    and every example either has a preference or says why the (random) judge could not give one."""
+    """A real evaluation on the tiny servers: records written, the strong-only policy is exactly the reference
+    (now at the length limit too: one length rule), and every example is judged."""
     from workspace.data import Prompt, PromptSet
     from workspace.engine import EngineSettings
     from workspace.evaluate import EvalSettings, Setup, evaluate
@@ -185,14 +185,40 @@ async def test_evaluation_end_to_end_on_vllm(tiny_servers, tmp_path, monkeypatch
         assert setup.judge.calls - before[2] <= 2 * len(ev.errors)
     assert (tmp_path / "records" / "evaluations" / f"{ev.id}.jsonl").exists()
     assert again.to_json()["f_weak"] == ev.to_json()["f_weak"]
+    assert ev.complete, ev.errors
     for e in ev.examples:
         assert e.candidate.error is None and e.candidate.f_weak in (0.0, None)
-        # always-defer is the strong model's own answer (up to where the two length limits cut it)
-        assert e.reference.startswith(e.candidate.text) or e.candidate.text.startswith(e.reference)
-        if e.candidate.text == e.reference:
-            assert e.preference.preference == 0.5 and e.preference.calls == 0
-        if e.weak_preference and e.weak_preference.error:  # an error, never a silent 0.5: the random judge may
-            # miss both labels, and the judge prompt can exceed the tiny models' 1024-token context
-            assert "neither label" in e.weak_preference.error or "maximum context length" in e.weak_preference.error
-            assert e.weak_preference.preference is None
+        assert e.candidate.text == e.reference  # always-defer is the strong model's own 48-token answer
+        assert e.preference.preference == 0.5 and e.preference.calls == 0
     cache.close()
+
+
+async def test_the_judge_with_gemma2s_template_refuses_a_system_message_and_still_gives_verdicts(tiny_servers):
+    """The tiny judge has Gemma-2's real chat template (the paper preset's judge): a system message is a 400
+    there, so the judge folds its system text into the user turn and gets verdicts."""
+    from workspace.judge import Judge
+
+    async with client("judge") as c:
+        with pytest.raises(RequestRejected, match="System role not supported"):
+            await c.chat([{"role": "system", "content": "x"}, {"role": "user", "content": "y"}], max_tokens=1)
+        judge = Judge(c)
+        assert (await judge.id()).endswith("#fold")
+        pref = await judge.prefer("Name a color.", "Blue, like the sky.", "Red.")
+    assert pref.error is None and 0.0 <= pref.preference <= 1.0 and min(pref.label_mass) >= 0.5
+
+
+def test_cdw_eval_on_the_tiny_preset_judges_every_example(tiny_servers, tmp_path, monkeypatch):
+    """The whole pipeline on real vLLM: `cdw eval --n 5` (canonical prompts) ends with every example judged."""
+    import json
+
+    from click.testing import CliRunner
+
+    from workspace.cli import main
+
+    monkeypatch.setenv("CDW_RECORDS_DIR", str(tmp_path / "records"))
+    r = CliRunner().invoke(main, ["eval", "--policy", "margin(tau=0.3, span=words:2)", "--n", "5",
+                                  "--max-tokens", "48", "--no-cache", "--json"])  # fmt: skip
+    out = json.loads(r.output[r.output.index("{") :])
+    assert r.exit_code == 0, r.output
+    assert out["n"] == 5 and out["judged"] == 5 and out["errors"] == [] and out["verified"] is True
+    assert out["recovery"] is not None or "gap" in " ".join(out["reasons"])  # random models: no real gap needed
