@@ -111,6 +111,7 @@ async def test_the_weak_model_resumes_from_its_own_ids_and_only_strong_text_is_r
     assert tokenized == strong_texts  # nothing the weak model wrote was ever re-tokenised
 
 
+@pytest.mark.slow
 async def test_hundred_concurrent_decodes_do_not_cross_talk(models):
     instrs = [f"Tell me about item {i}." for i in range(100)]
     policy = "margin(tau=0.15, span=punct)"

@@ -70,6 +70,7 @@ async def test_split_characters_happen_in_these_answers(bpe):
     assert sum(ch in t for t in texts for ch in "éü—’😀中") >= 5
 
 
+@pytest.mark.slow  # every span rule x limit x reporting style: the fast tier keeps the rest
 @pytest.mark.parametrize("n", [7, 33, 200])
 @pytest.mark.parametrize("first_chunk, chunk", [(1, 1), (3, 5), (8, 32)])
 async def test_never_defer_is_the_weak_models_own_n_token_answer(bpe, n, first_chunk, chunk):
@@ -83,6 +84,7 @@ async def test_never_defer_is_the_weak_models_own_n_token_answer(bpe, n, first_c
         assert d.finish_reason == ("length" if d.tokens_spent["weak"] == n else "weak_eos")
 
 
+@pytest.mark.slow  # every span rule x limit x reporting style: the fast tier keeps the rest
 @pytest.mark.parametrize("span", SPANS)
 @pytest.mark.parametrize("n", [9, 40, 200])
 async def test_always_defer_is_the_strong_models_own_n_token_answer(bpe, span, n):
@@ -100,6 +102,7 @@ async def test_always_defer_is_the_strong_models_own_n_token_answer(bpe, span, n
         assert d.finish_reason == ("length" if ref.finish_reason == "length" else "strong_eos")
 
 
+@pytest.mark.slow  # every span rule x limit x reporting style: the fast tier keeps the rest
 async def test_span_rules_cut_where_they_say_with_leading_space_tokens(bpe):
     _, _, m = bpe
     s = EngineSettings(max_tokens=200, max_span_tokens=24, max_deferrals=400)
@@ -187,6 +190,7 @@ async def test_wrappers_use_the_inner_policys_span_when_it_fires(bpe):
     assert d.num_deferrals > 0  # a wrapped lookahead fires (it used to never)
 
 
+@pytest.mark.slow  # every span rule x limit x reporting style: the fast tier keeps the rest
 async def test_strong_segment_tokens_count_only_what_was_kept(bpe):
     _, _, m = bpe
     for instr in INSTRUCTIONS:

@@ -114,6 +114,7 @@ def _no_hard_links(*args, **kw):
 
 
 @pytest.mark.parametrize("hard_links", [True, False], ids=["link", "o_excl"])
+@pytest.mark.slow
 def test_twenty_processes_posting_at_once_lose_nothing(fdir, monkeypatch, hard_links):
     if not hard_links:
         monkeypatch.setattr(os, "link", _no_hard_links)  # inherited by the forked writers

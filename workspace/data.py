@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -466,9 +467,10 @@ def load_prompts(path: str | Path) -> PromptSet:
 
 
 _NAMED = {"canonical": canonical, "confirmation": confirmation, "alpaca_eval": alpaca_eval}
+_NAMED_SPEC = re.compile(r"^(\d+|(canonical|confirmation|alpaca_eval)(:\d+)?)$")
 
 
-def resolve(spec: str | int | Path | PromptSet, log: Log = None) -> PromptSet:
+def resolve(spec: str | int | Path | PromptSet, log: Log = None, files: bool = True) -> PromptSet:
     """Turn a user's choice of prompts into a PromptSet. Accepted forms:
 
     - "canonical" or "alpaca_eval": the named set;
@@ -476,7 +478,16 @@ def resolve(spec: str | int | Path | PromptSet, log: Log = None) -> PromptSet:
     - an int N, or a string of digits: the first N of the canonical set;
     - a Path, or a string ending in ".jsonl" or naming an existing file: `load_prompts(path)`;
     - a PromptSet: returned as is.
+
+    `files=False` refuses paths (for specs from agents: a server must not read a file it was named).
     """
+    if not files and (isinstance(spec, Path) or (isinstance(spec, str) and not _NAMED_SPEC.match(spec.strip()))):
+        raise DataError(
+            f"prompts {spec!r}: use 'canonical' (the 100), 'confirmation' (300 more), a number N (the first N "
+            "canonical), 'canonical:N' or 'alpaca_eval:N'"
+        )
+    if isinstance(spec, bool):
+        raise DataError("prompts must be a set name or a number of prompts, not a boolean")
     if isinstance(spec, PromptSet):
         return spec
     if isinstance(spec, int) and not isinstance(spec, bool):

@@ -11,13 +11,53 @@ from `evaluations_frame` too.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable
+from pathlib import Path
 
 import polars as pl
 
-from .evaluate import Evaluation
+from .evaluate import Evaluation, EvaluationError, load_evaluation
 from .evaluate.results import confirmation_of
+from .store import StoreError, list_records, record_path
+
+# Recomputing an evaluation (bootstrap, length-control fits) takes about half a second. Records are append-only, so
+# an evaluation whose record files have not changed since it was last read has not changed either.
+_cache: dict[Path, tuple[tuple, Evaluation]] = {}
+
+
+def _file_state(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _load(record_id: str) -> Evaluation:
+    path = record_path("evaluations", record_id)
+    try:
+        with path.open("rb") as f:
+            base = json.loads(f.readline()).get("baselines", "")
+        state = (_file_state(path), _file_state(record_path("baselines", base)))
+    except (OSError, ValueError, AttributeError, StoreError):
+        return load_evaluation(record_id)  # let the loader say what is wrong
+    hit = _cache.get(path)
+    if hit and hit[0] == state:
+        return hit[1]
+    ev = load_evaluation(record_id)
+    _cache[path] = (state, ev)
+    return ev
+
+
+def load_all_evaluations() -> tuple[list[Evaluation], list[tuple[str, str]]]:
+    """Every evaluation on record that can be read, and (id, why) for each that cannot."""
+    out, skipped = [], []
+    for rid in list_records("evaluations"):
+        try:
+            out.append(_load(rid))
+        except (EvaluationError, StoreError, KeyError, TypeError, ValueError) as e:
+            skipped.append((rid, f"{type(e).__name__}: {e}"))  # one damaged record never hides the rest
+    return out, skipped
+
 
 EVALUATION_SCHEMA = {
     "evaluation": pl.String, "policy": pl.String, "family": pl.String, "prompts": pl.String, "n": pl.Int64,
@@ -60,8 +100,6 @@ def evaluation_row(ev: Evaluation, others: Iterable[Evaluation] = ()) -> dict:
 def evaluations_frame(evaluations: Iterable[Evaluation] | None = None) -> pl.DataFrame:
     """One row per evaluation (default: every evaluation on record that can be read)."""
     if evaluations is None:
-        from .leaderboard import load_all_evaluations
-
         evaluations = load_all_evaluations()[0]
     evs = list(evaluations)
     return pl.DataFrame([evaluation_row(e, evs) for e in evs], schema=EVALUATION_SCHEMA)
@@ -79,8 +117,6 @@ EXAMPLE_SCHEMA = {
 def examples_frame(evaluations: Iterable[Evaluation] | None = None) -> pl.DataFrame:
     """One row per (evaluation, prompt): the texts, the segments, f_weak, both preferences, lengths, errors."""
     if evaluations is None:
-        from .leaderboard import load_all_evaluations
-
         evaluations = load_all_evaluations()[0]
     rows = []
     for ev in evaluations:

@@ -9,16 +9,14 @@ the finding that reported it, but takes nothing else from it.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
-from pathlib import Path
 
-from .evaluate import Evaluation, EvaluationError, load_evaluation
+from .evaluate import Evaluation
 from .forum import Finding, get_findings
+from .frames import evaluations_frame, load_all_evaluations
 from .stats import BAR, Interval
-from .store import StoreError, list_records, record_path
 
 CERTIFIED, BELOW_BAR, NOT_CANONICAL, UNVERIFIED, BASELINE = (
     "certified", "below bar", "not canonical", "unverified", "baseline")  # fmt: skip
@@ -153,8 +151,6 @@ def build_leaderboard(
     evaluations: Iterable[Evaluation], findings: Iterable[Finding] = (), skipped: Iterable[tuple[str, str]] = ()
 ) -> Leaderboard:
     """Sort evaluations into the board: certified ranked by f_weak, ties by recovery; the rest listed apart."""
-    from .frames import evaluations_frame
-
     by_eval = _reporters(findings)
     rows = evaluations_frame(list(evaluations)).to_dicts()
     entries = [entry_from_row(r, by_eval.get(r["evaluation"])) for r in rows]
@@ -163,43 +159,6 @@ def build_leaderboard(
     pick = lambda status: tuple(sorted((e for e in entries if e.status == status), key=_order))  # noqa: E731
     return Leaderboard(bar=BAR, certified=tuple(ranked), below_bar=pick(BELOW_BAR), non_canonical=pick(NOT_CANONICAL),
                        baselines=BASELINES, skipped=tuple(skipped), unverified=pick(UNVERIFIED))  # fmt: skip
-
-
-# Recomputing an evaluation (bootstrap, length-control fits) takes about half a second. Records are append-only, so
-# an evaluation whose record files have not changed since it was last read has not changed either.
-_cache: dict[Path, tuple[tuple, Evaluation]] = {}
-
-
-def _file_state(path: Path) -> tuple[int, int]:
-    st = path.stat()
-    return st.st_size, st.st_mtime_ns
-
-
-def _load(record_id: str) -> Evaluation:
-    path = record_path("evaluations", record_id)
-    try:
-        with path.open("rb") as f:
-            base = json.loads(f.readline()).get("baselines", "")
-        state = (_file_state(path), _file_state(record_path("baselines", base)))
-    except (OSError, ValueError, AttributeError, StoreError):
-        return load_evaluation(record_id)  # let the loader say what is wrong
-    hit = _cache.get(path)
-    if hit and hit[0] == state:
-        return hit[1]
-    ev = load_evaluation(record_id)
-    _cache[path] = (state, ev)
-    return ev
-
-
-def load_all_evaluations() -> tuple[list[Evaluation], list[tuple[str, str]]]:
-    """Every evaluation on record that can be read, and (id, why) for each that cannot."""
-    out, skipped = [], []
-    for rid in list_records("evaluations"):
-        try:
-            out.append(_load(rid))
-        except (EvaluationError, StoreError, KeyError, TypeError, ValueError) as e:
-            skipped.append((rid, f"{type(e).__name__}: {e}"))  # one damaged record never hides the rest
-    return out, skipped
 
 
 def get_leaderboard(findings: Iterable[Finding] | None = None) -> Leaderboard:

@@ -21,7 +21,6 @@ import asyncio
 import hmac
 import json
 import os
-import re
 import secrets
 import sys
 import warnings
@@ -91,24 +90,10 @@ def recorded_spec(spec: str) -> str:
         return spec
 
 
-_NAMED_SET = re.compile(r"^(canonical|alpaca_eval)(:\d+)?$")
-
-
 def prompt_set(prompts: str | int) -> PromptSet:
-    """`"canonical"`, `"canonical:N"`, `"alpaca_eval:N"` or a number N (the first N canonical prompts).
-
-    Files are not accepted: an agent cannot make the server read a path.
-    """
-    if isinstance(prompts, bool):
-        raise DataError("prompts must be 'canonical' or a number of prompts, not a boolean")
-    if isinstance(prompts, int):
-        return data.resolve(prompts)
-    s = str(prompts).strip()
-    if s.isdigit() or _NAMED_SET.match(s):
-        return data.resolve(s)
-    raise DataError(
-        f"prompts {prompts!r}: use 'canonical' (the 100), a number N (its first N), 'canonical:N' or 'alpaca_eval:N'"
-    )
+    """`"canonical"`, `"confirmation"`, `"canonical:N"`, `"alpaca_eval:N"` or a number N (the first N canonical
+    prompts). Files are not accepted: an agent cannot make the server read a path."""
+    return data.resolve(prompts, files=False)
 
 
 @contextmanager
