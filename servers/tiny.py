@@ -16,7 +16,7 @@ import json
 import string
 from pathlib import Path
 
-BUILD_VERSION = 2  # 2: 8192-token contexts, the Gemma-2-templated judge, byte-level BPE models
+BUILD_VERSION = 3  # 2: 8192-token contexts, the Gemma-2-templated judge, byte-level BPE models; 3: a surer judge
 
 # Gemma-2's chat template, as google/gemma-2-9b-it ships it: it raises on a system message, as the `paper`
 # judge does, so the judge path is tested against the real refusal.
@@ -113,11 +113,22 @@ def build_tiny_model(out: Path, *, alphabet: str, seed: int) -> dict:
         for tok in spec["specials"]:
             if tok != spec["eos"]:
                 model.lm_head.weight[vocab[tok]] = 0.0
-        if "answers" in spec:  # only the two labels have output rows, opposite and large: one of them is far ahead
+        if "answers" in spec:
+            # Only the two labels have output rows. A residual dimension that every embedding sets and no layer
+            # writes lifts both far above every other token (which sit at 0); opposite random rows on the other
+            # dimensions decide between them, differently per prompt.
             a, b = (vocab[t] for t in spec["answers"])
-            row = model.lm_head.weight[a].clone() * 3.0
+            lift = config.hidden_size - 1
+            for layer in model.model.layers:
+                layer.self_attn.o_proj.weight[lift] = 0.0
+                layer.mlp.down_proj.weight[lift] = 0.0
+            model.model.embed_tokens.weight[:, lift] = 10.0
+            model.model.norm.weight[lift] = 20.0  # large after the final norm, without shrinking the other dims
+            row = model.lm_head.weight[a].clone()
+            row[lift] = 0.0
             model.lm_head.weight.zero_()
             model.lm_head.weight[a], model.lm_head.weight[b] = row, -row
+            model.lm_head.weight[a, lift] = model.lm_head.weight[b, lift] = 40.0
     model.save_pretrained(out)
     fast.save_pretrained(out)
     # The generation config would otherwise carry transformers' defaults into vLLM's sampling defaults.

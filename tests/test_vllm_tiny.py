@@ -98,7 +98,7 @@ def test_server_dying_at_start_shows_its_log(tiny_catalog, tmp_path, monkeypatch
     bad = load_catalog(
         write_test_presets(
             tmp_path / "p.toml",
-            **{'"--max-model-len", "1024"': '"--max-model-len", "lots"', "port = 18111": "port = 18121"},
+            **{'"--max-model-len", "8192"': '"--max-model-len", "lots"', "port = 18111": "port = 18121"},
         )
     )
     with pytest.raises(launcher.LaunchError) as e:
