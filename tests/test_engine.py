@@ -200,3 +200,17 @@ async def test_drafts_ask_only_for_the_logprobs_the_policy_reads(models, servers
         assert d.error is None
         drafts = [r for r in weak.requests if r["path"] == "/v1/completions"]
         assert drafts and {r["logprobs"] for r in drafts} == {k}, spec
+
+
+async def test_pieces_that_do_not_add_up_fall_back_to_the_servers_detokenizer(models, monkeypatch):
+    """A server whose per-token strings cannot be placed in the text (say a tokenizer that strips leading spaces
+    from pieces): the engine asks /detokenize where each token ends, and the endpoints stay exact."""
+    import workspace.engine as engine
+
+    monkeypatch.setattr(engine, "align", lambda text, pieces: None)
+    for instr in INSTRUCTIONS[:2]:
+        d = await decode(instr, "never", models, SETTINGS)
+        assert d.error is None and d.text == await weak_greedy(models.weak, instr, SETTINGS.max_tokens)
+        assert any(c.kind == "detokenize" for c in d.calls)
+        d = await decode(instr, "margin(tau=0.15, span=words:2)", models, SETTINGS)
+        assert d.error is None and "".join(s.text for s in d.segments) == d.text and d.num_deferrals

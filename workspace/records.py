@@ -129,8 +129,6 @@ class Signature(_Line, tag="signature"):
 
 
 Event = Reference | WeakAnswer | Generation | WeakVerdict | Verdict | Timing | SummaryNote | Signature
-_DECODE_HEADER = msgspec.json.Decoder(Header)
-_DECODE_EVENT = msgspec.json.Decoder(Event)
 
 
 class SchemaError(StoreError):
@@ -341,9 +339,8 @@ def check_evaluation(record_id: str) -> Check:
             if getattr(bh, f) != getattr(header, f):
                 problems.append(f"its {f} differ from its baselines'")
         refs, _ = _latest_ok(bevents, "reference", lambda e: e.error is None)
-        weak, _ = _latest_ok(bevents, "weak", lambda e: e.decode.get("error") is None)
     else:
-        refs, weak = {}, {}
+        refs = {}
     gens, p = _latest_ok(events, "generation", lambda e: e.decode.get("error") is None)
     problems += p
     prefs, p = _latest_ok(events, "preference", lambda e: e.error is None)
@@ -359,7 +356,6 @@ def check_evaluation(record_id: str) -> Check:
         text = g.decode.get("text") if g else None
         problems += _verdict_problems(f"preference {pid}", v, ref.instruction if ref else "", text,
                                       ref.text if ref else None)  # fmt: skip
-    del weak
     return Check("evaluation", record_id, tuple(problems), key, who)
 
 
