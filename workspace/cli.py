@@ -300,7 +300,11 @@ def _show_evaluation(ev) -> None:
     t.add_row("utility (length-controlled winrate vs reference)", _ci(ev, "utility"))
     t.add_row("U_weak", _ci(ev, "u_weak"))
     t.add_row("recovery", _ci(ev, "recovery"))
-    t.add_row("recovery, one-sided 95% lower bound", fmt(c.recovery_lower if c else None))
+    t.add_row(
+        "recovery, one-sided 95% lower bound",
+        fmt(c.recovery_lower if c else None)
+        + (f" ({c.dropped} of {c.n_boot} resamples had no gap: counted as failures)" if c and c.dropped else ""),
+    )
     t.add_row("raw winrate (no length control)", fmt(s.raw_winrate if s else None))
     t.add_row("recovery with alpaca_eval's penalised LC", fmt(c.recovery_penalised if c else None))
     t.add_row("judged", f"{s.n if s else 0} of {ev.n}")
