@@ -71,6 +71,7 @@ def _cache(home: Path) -> Path:
 # AlpacaEval 805: fetch and cache
 
 
+@pytest.mark.slow
 def test_first_fetch_gives_the_805(fetched):
     cache, seconds, lines = fetched
     doc = json.loads(cache.read_text())

@@ -129,6 +129,7 @@ async def test_judge_outage_gives_an_uncertified_resumable_evaluation_never_a_si
     assert numbers(clean) == numbers(resumed)
 
 
+@pytest.mark.slow
 async def test_killing_and_resuming_gives_the_same_record_as_an_uninterrupted_run(servers, records, monkeypatch):
     policy = "top1(tau=0.3, span=punct)"
     servers["weak"].faults.delay = 0.02

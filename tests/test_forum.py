@@ -246,6 +246,7 @@ def test_tampered_numbers_in_a_finding_do_not_change_the_leaderboard(evals, fdir
 # ---------------------------------------------------------------- the CLI
 
 
+@pytest.mark.slow
 def test_cli_add_list_show_and_leaderboard(evals, fdir, tmp_path, monkeypatch):
     run = CliRunner().invoke
     body = tmp_path / "body.md"

@@ -75,6 +75,7 @@ def _nonblank(png: bytes) -> tuple[float, int]:
     return sum(p != (255, 255, 255) for p in px) / len(px), len(set(px))
 
 
+@pytest.mark.slow
 def test_frontier_has_every_evaluation_the_endpoints_and_the_bar(evals, tmp_path):
     board = get_leaderboard()
     spec = frontier_chart(board).to_dict()
@@ -102,6 +103,7 @@ def test_frontier_has_every_evaluation_the_endpoints_and_the_bar(evals, tmp_path
     assert frontier_chart(board, error_bars=True).to_dict()["params"][0]["value"] is True
 
 
+@pytest.mark.slow
 def test_charts_export_to_png_and_svg(evals, tmp_path):
     board = get_leaderboard()
     for name, chart in (("frontier", frontier_chart(board, error_bars=True)), ("sota", sota_chart(board))):
@@ -126,6 +128,7 @@ def test_sota_is_a_step_series_of_the_best_certified_f_weak():
     assert sota_rows(Leaderboard(0.98, (), (), (), BASELINES)) == []
 
 
+@pytest.mark.slow
 def test_charts_display_in_a_notebook_without_network():
     import altair as alt
 

@@ -238,6 +238,7 @@ async def servers():
         await s.stop()
 
 
+@pytest.mark.slow
 async def test_sweep_progress_moves_live_and_a_failing_point_is_shown(servers, records):
     async with make_setup(servers) as setup:
         sweep = widgets.Sweep(["margin(tau=[0.05, 0.2])", "nosuch(tau=1)", "margin(tau=[0.1"], PROMPTS, setup, SETTINGS,
