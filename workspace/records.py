@@ -260,20 +260,24 @@ def _typed(rec: Record) -> tuple[Header, list, list[str]]:
     return header, events, problems
 
 
-def _signature(rec: Record) -> tuple[list[str], str | None, str | None]:
+def _open(folder: str, record_id: str) -> tuple[Header, list, list[str], str | None, str | None] | None:
+    """(header, events, problems so far, signing key, who the trusted list names for it); None: no such record."""
+    rec = read_record(folder, record_id)
+    if rec is None:
+        return None
+    header, events, problems = _typed(rec)
     sig = rec.signature
-    problems = [] if sig.problem is None else [sig.problem]
+    if sig.problem is not None:
+        problems.append(sig.problem)
     trusted = signing.trusted_keys().get(sig.key) if sig.key else None
-    return problems, sig.key, trusted.who if trusted else None
+    return header, events, problems, sig.key, trusted.who if trusted else None
 
 
 def check_baselines(record_id: str) -> Check:
-    rec = read_record("baselines", record_id)
-    if rec is None:
+    opened = _open("baselines", record_id)
+    if opened is None:
         return Check("baselines", record_id, ("no such record",))
-    header, events, problems = _typed(rec)
-    sig_problems, key, who = _signature(rec)
-    problems += sig_problems
+    header, events, problems, key, who = opened
     if header.kind != "baselines":
         problems.append(f"a {header.kind} header in a baselines record")
     if digest(header.identity()) != record_id:
@@ -317,12 +321,10 @@ def _prompt_problems(header: Header, refs: dict[str, Reference]) -> list[str]:
 
 
 def check_evaluation(record_id: str) -> Check:
-    rec = read_record("evaluations", record_id)
-    if rec is None:
+    opened = _open("evaluations", record_id)
+    if opened is None:
         return Check("evaluation", record_id, ("no such record",))
-    header, events, problems = _typed(rec)
-    sig_problems, key, who = _signature(rec)
-    problems += sig_problems
+    header, events, problems, key, who = opened
     if header.kind != "evaluation" or not header.baselines or not header.policy:
         return Check("evaluation", record_id, (*problems, "not an evaluation header"), key, who)
     if digest(header.identity()) != record_id:

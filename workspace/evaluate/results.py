@@ -141,15 +141,20 @@ class Baselines:
         }  # fmt: skip
 
 
-def read_baselines(record_id: str, prompts: data.PromptSet | None = None) -> Baselines:
-    """A baselines record, typed; raises EvaluationError when it does not exist or does not fit the schema."""
+def read_existing(folder: str, record_id: str, missing: str) -> Record:
+    """A record that must exist: EvaluationError with `missing` when it does not, or when it cannot be read."""
     try:
-        rec = read_record("baselines", record_id)
+        rec = read_record(folder, record_id)
     except StoreError as e:
         raise EvaluationError(str(e)) from e
     if rec is None:
-        raise EvaluationError(f"no baselines record {record_id}")
-    header, events = typed(rec)
+        raise EvaluationError(missing)
+    return rec
+
+
+def read_baselines(record_id: str, prompts: data.PromptSet | None = None) -> Baselines:
+    """A baselines record, typed; raises EvaluationError when it does not exist or does not fit the schema."""
+    header, events = typed(read_existing("baselines", record_id, f"no baselines record {record_id}"))
     refs, weak, prefs = latest(events, "reference"), latest(events, "weak"), latest(events, "weak_preference")
     by_id = {p.id: p.instruction for p in prompts} if prompts else {}
     examples = []
@@ -311,12 +316,8 @@ def build(eid: str, rec: Record, base: Baselines, settings: EvalSettings) -> Eva
 
 def load_evaluation(evaluation_id: str, settings: EvalSettings | None = None) -> Evaluation:
     """Read an evaluation back, recomputing every number from its generations and preferences."""
-    try:
-        rec = read_record("evaluations", evaluation_id)
-    except StoreError as e:
-        raise EvaluationError(str(e)) from e
-    if rec is None:
-        raise EvaluationError(f"no evaluation {evaluation_id!r} (see `cdw leaderboard` or records/evaluations/)")
+    missing = f"no evaluation {evaluation_id!r} (see `cdw leaderboard` or records/evaluations/)"
+    rec = read_existing("evaluations", evaluation_id, missing)
     base = read_baselines(rec.header["baselines"])
     return build(evaluation_id, rec, base, settings or EvalSettings())
 

@@ -14,9 +14,9 @@ from ..engine import Decode, decode_many
 from ..judge import Judge, Preference
 from ..policies import Policy, PolicyError, expand_spec, load_policy
 from ..records import Generation, Header, Timing, Verdict, digest, to_fields
-from ..store import RecordWriter, StoreError, read_record
+from ..store import RecordWriter, read_record
 from .baselines import Progress, baselines_header, ensure_baselines, judge_phase
-from .results import Evaluation, build, latest, load_evaluation, read_baselines, typed
+from .results import Evaluation, build, latest, load_evaluation, read_baselines, read_existing, typed
 from .setup import EvalSettings, EvaluationError, Setup, code_version, now
 
 OnProgress = Callable[[str, int, int], None]
@@ -162,12 +162,7 @@ async def evaluate_generations(
     is recomputed to check it. A generation that failed is decoded again, so the policy must still load (pass
     `policy`, with the recorded spec, to load it yourself) and its code must not have changed.
     """
-    try:
-        rec = read_record("evaluations", run_id)
-    except StoreError as e:
-        raise EvaluationError(str(e)) from e
-    if rec is None:
-        raise EvaluationError(f"no engine run {run_id!r} on record (records/evaluations/)")
+    rec = read_existing("evaluations", run_id, f"no engine run {run_id!r} on record (records/evaluations/)")
     h: Header = typed(rec)[0]
     base = read_baselines(h.baselines or "")
     # The instructions live in the baselines record; the header's hash proves they are the run's prompts.
