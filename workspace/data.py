@@ -339,32 +339,37 @@ def canonical_indices(seed: int = CANONICAL_SEED, n: int = CANONICAL_N) -> list[
     return sorted(range(ALPACA_EVAL_N), key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())[:n]
 
 
+def _committed_set(name: str, path: Path, indices, method: str, flag: str, log: Log) -> PromptSet:
+    """A prompt set defined by a committed file of ids and a hash, checked against what its seed selects
+    (`indices(seed)`) and against its hash, so every evaluation on it provably ran on the same prompts."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        ids, committed_hash, seed = list(doc["ids"]), doc["hash"], doc["seed"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise DataError(f"cannot read the {name} set definition {path}: {e}") from e
+    if ids != [f"alpaca_eval/{i:03d}" for i in indices(seed)] or seed != CANONICAL_SEED:
+        raise DataError(
+            f"{path}: its ids are not the ones seed {CANONICAL_SEED} selects ({method}); "
+            f"the file was edited. Restore it from git, or regenerate it with `python -m workspace.data {flag}`."
+        )
+    by_id = {p.id: p for p in alpaca_eval(log)}
+    ps = PromptSet(name, tuple(by_id[i] for i in ids))
+    if ps.hash != committed_hash:
+        raise DataError(
+            f"{name} set hash {ps.hash} differs from the committed {committed_hash} in {path}: "
+            f"these are not the {name} prompts. Restore the file from git."
+        )
+    return ps
+
+
 def canonical(log: Log = None) -> PromptSet:
     """The canonical 100 prompts, checked against `workspace/canonical.json` (ids, seed and hash).
 
     Raises DataError if the committed file does not match what its seed selects or its hash, so every
     certified evaluation provably ran on the same prompts.
     """
-    try:
-        doc = json.loads(CANONICAL_FILE.read_text(encoding="utf-8"))
-        ids, committed_hash, seed = list(doc["ids"]), doc["hash"], doc["seed"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DataError(f"cannot read the canonical set definition {CANONICAL_FILE}: {e}") from e
-    expected_ids = [f"alpaca_eval/{i:03d}" for i in canonical_indices(seed, CANONICAL_N)]
-    if ids != expected_ids or seed != CANONICAL_SEED:
-        raise DataError(
-            f"{CANONICAL_FILE}: its ids are not the ones seed {CANONICAL_SEED} selects ({CANONICAL_METHOD}); "
-            "the file was edited. Restore it from git, or regenerate it with "
-            "`python -m workspace.data --write-canonical`."
-        )
-    by_id = {p.id: p for p in alpaca_eval(log)}
-    ps = PromptSet("canonical", tuple(by_id[i] for i in ids))
-    if ps.hash != committed_hash:
-        raise DataError(
-            f"canonical set hash {ps.hash} differs from the committed {committed_hash} in {CANONICAL_FILE}: "
-            "these are not the canonical prompts. Restore the file from git."
-        )
-    return ps
+    return _committed_set("canonical", CANONICAL_FILE, lambda seed: canonical_indices(seed, CANONICAL_N),
+                          CANONICAL_METHOD, "--write-canonical", log)  # fmt: skip
 
 
 def confirmation_indices(seed: int = CANONICAL_SEED) -> list[int]:
@@ -374,18 +379,8 @@ def confirmation_indices(seed: int = CANONICAL_SEED) -> list[int]:
 
 def confirmation(log: Log = None) -> PromptSet:
     """The 300-prompt confirmation set, checked against `workspace/confirmation.json` as `canonical()` is."""
-    try:
-        doc = json.loads(CONFIRMATION_FILE.read_text(encoding="utf-8"))
-        ids, committed_hash = list(doc["ids"]), doc["hash"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DataError(f"cannot read the confirmation set definition {CONFIRMATION_FILE}: {e}") from e
-    if ids != [f"alpaca_eval/{i:03d}" for i in confirmation_indices()]:
-        raise DataError(f"{CONFIRMATION_FILE}: its ids are not the ones the seed selects; restore it from git")
-    by_id = {p.id: p for p in alpaca_eval(log)}
-    ps = PromptSet("confirmation", tuple(by_id[i] for i in ids))
-    if ps.hash != committed_hash:
-        raise DataError(f"confirmation set hash {ps.hash} differs from the committed {committed_hash}")
-    return ps
+    return _committed_set("confirmation", CONFIRMATION_FILE, confirmation_indices, CONFIRMATION_METHOD,
+                          "--write-confirmation", log)  # fmt: skip
 
 
 def write_confirmation(path: Path | None = None, log: Log = None) -> dict:

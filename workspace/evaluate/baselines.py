@@ -15,7 +15,19 @@ from .. import data
 from ..client import ClientError
 from ..engine import Decode, decode_many
 from ..judge import Judge, Preference
-from ..records import Header, PromptsRef, Reference, Timing, Verdict, WeakAnswer, WeakVerdict, digest, to_fields
+from ..policies import Policy
+from ..records import (
+    Generation,
+    Header,
+    PromptsRef,
+    Reference,
+    Timing,
+    Verdict,
+    WeakAnswer,
+    WeakVerdict,
+    digest,
+    to_fields,
+)  # fmt: skip
 from ..store import RecordWriter, read_record
 from .results import Baselines, latest, read_baselines, typed
 from .setup import EvalSettings, Setup, code_version, now
@@ -80,6 +92,31 @@ async def judge_phase(
     w.append("timing", **to_fields(Timing(phase="judge", seconds=round(time.monotonic() - t0, 3), n=len(pairs))))
 
 
+async def decode_phase(
+    w: RecordWriter, kind: type[WeakAnswer] | type[Generation], policy: Policy | str, todo: list[data.Prompt],
+    setup: Setup, settings: EvalSettings, progress: Progress, desc: str, done: dict[str, WeakAnswer | Generation],
+) -> None:  # fmt: skip
+    """Decode `todo` concurrently with `policy`, appending each decode to the record as it finishes (the
+    successful ones also into `done`, by prompt id), then the phase's timing."""
+    if not todo:
+        return
+    tag = kind.__struct_config__.tag
+    t0 = time.monotonic()
+    step = progress.phase(tag, len(todo), desc)
+
+    def record(i: int, d: Decode) -> None:
+        ev = kind(prompt_id=todo[i].id, decode=d.to_record())
+        w.append(tag, **to_fields(ev))
+        if d.error is None:
+            done[todo[i].id] = ev
+        step()
+
+    await decode_many([p.instruction for p in todo], policy, setup.models, settings.engine, progress=False,
+                      on_done=record)  # fmt: skip
+    phase = "weak" if kind is WeakAnswer else "decode"
+    w.append("timing", **to_fields(Timing(phase=phase, seconds=round(time.monotonic() - t0, 3), n=len(todo))))
+
+
 async def ensure_baselines(
     prompts: data.PromptSet, setup: Setup, settings: EvalSettings | None = None, progress: bool = True,
     on_progress: Callable[[str, int, int], None] | None = None,
@@ -124,21 +161,7 @@ async def ensure_baselines(
             w.append("timing", **to_fields(Timing(phase="reference", seconds=round(time.monotonic() - t0, 3),
                                                   n=len(todo))))  # fmt: skip
         todo = [p for p in prompts if p.id not in weak]
-        if todo:
-            t0 = time.monotonic()
-            step = prog.phase("weak", len(todo), "weak only (never)")
-
-            def done_weak(i: int, d: Decode) -> None:
-                ev = WeakAnswer(prompt_id=todo[i].id, decode=d.to_record())
-                w.append("weak", **to_fields(ev))
-                if d.error is None:
-                    weak[todo[i].id] = ev
-                step()
-
-            await decode_many([p.instruction for p in todo], "never", setup.models, settings.engine,
-                              progress=False, on_done=done_weak)  # fmt: skip
-            w.append("timing", **to_fields(Timing(phase="weak", seconds=round(time.monotonic() - t0, 3),
-                                                  n=len(todo))))  # fmt: skip
+        await decode_phase(w, WeakAnswer, "never", todo, setup, settings, prog, "weak only (never)", weak)
         prefs = latest(typed(read_record("baselines", bid))[1], "weak_preference")
         judge = Judge(setup.judge, settings.judge)
         todo = [p for p in prompts if p.id in refs and p.id in weak and (p.id not in prefs or prefs[p.id].error)]

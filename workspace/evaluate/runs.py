@@ -4,18 +4,16 @@ same evaluation again resumes its record (a finished one is only read)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import msgspec
 
 from .. import data
-from ..engine import Decode, decode_many
 from ..judge import Judge, Preference
 from ..policies import Policy, PolicyError, expand_spec, load_policy
-from ..records import Generation, Header, Timing, Verdict, digest, to_fields
+from ..records import Generation, Header, Verdict, digest, to_fields
 from ..store import RecordWriter, read_record
-from .baselines import Progress, baselines_header, ensure_baselines, judge_phase
+from .baselines import Progress, baselines_header, decode_phase, ensure_baselines, judge_phase
 from .results import Evaluation, build, latest, load_evaluation, read_baselines, read_existing, typed
 from .setup import EvalSettings, EvaluationError, Setup, code_version, now
 
@@ -82,21 +80,7 @@ async def evaluate(
         events = typed(w.record)[1]
         gens = {k: v for k, v in latest(events, "generation").items() if v.decode.get("error") is None}
         todo = [p for p in prompts if p.id not in gens]
-        if todo:
-            t0 = time.monotonic()
-            step = prog.phase("generation", len(todo), f"decode {spec}")
-
-            def done(i: int, d: Decode) -> None:
-                ev = Generation(prompt_id=todo[i].id, decode=d.to_record())
-                w.append("generation", **to_fields(ev))
-                if d.error is None:
-                    gens[todo[i].id] = ev
-                step()
-
-            await decode_many([p.instruction for p in todo], pol, setup.models, settings.engine, progress=False,
-                              on_done=done)  # fmt: skip
-            w.append("timing", **to_fields(Timing(phase="decode", seconds=round(time.monotonic() - t0, 3),
-                                                  n=len(todo))))  # fmt: skip
+        await decode_phase(w, Generation, pol, todo, setup, settings, prog, f"decode {spec}", gens)
         if not judge:
             return build(eid, w.record_now(), base, settings)
         prefs = latest(typed(w.record_now())[1], "preference")
