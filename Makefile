@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_POLICY := margin(tau=0.1, span=sentence)
 
-.PHONY: install demo test lint stop browser
+.PHONY: install demo test lint stop browser sandbox
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-demo: install
+demo: install sandbox
 	$(BIN)/cdw models fetch cpu
 	$(BIN)/cdw serve --preset cpu
 	$(BIN)/cdw status
@@ -31,7 +31,7 @@ demo: install
 	$(BIN)/cdw decode "Write a haiku about autumn leaves." --policy "$(DEMO_POLICY)" --max-tokens 96
 	$(BIN)/cdw eval --policy "$(DEMO_POLICY)" --n 5 --max-tokens 96
 
-test: install lint browser
+test: install lint browser sandbox
 	$(BIN)/cdw models fetch tiny
 	$(BIN)/cdw models fetch tiny-bpe
 	$(BIN)/python -m pytest
@@ -40,6 +40,11 @@ test: install lint browser
 browser:
 	@test -x /usr/bin/chromium || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y chromium; }
+
+# HumanEval answers run in a bubblewrap sandbox (workspace/sandbox.py): Debian's `bubblewrap` package.
+sandbox:
+	@command -v bwrap >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y bubblewrap; }
 
 lint: install
 	$(BIN)/ruff check .

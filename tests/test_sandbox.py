@@ -1,0 +1,321 @@
+"""The code sandbox (`workspace/sandbox.py`): hostile programs end as failures, in bounded time, leaving nothing.
+
+Each hostile program is run for real in bubblewrap. CI installs it (`make sandbox`); without `bwrap` the module
+is skipped, saying so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from servers.paths import PROJECT_ROOT
+from workspace import sandbox
+from workspace.sandbox import Limits, Pool, SandboxError, run_python
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("bwrap") is None, reason="the code sandbox needs bubblewrap (`bwrap`): run `make sandbox`"
+)
+
+FAILED = ("failed", "timeout")
+SLOT_UIDS = range(sandbox.SLOT_UID_BASE, sandbox.SLOT_UID_BASE + 64)
+
+
+def timed(source: str, **kw) -> tuple[sandbox.RunResult, float]:
+    t0 = time.monotonic()
+    r = run_python(source, **kw)
+    return r, time.monotonic() - t0
+
+
+def slot_processes() -> list[int]:
+    """Processes (zombies included) of the sandbox's slot uids on the host."""
+    out = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and d.stat().st_uid in SLOT_UIDS:
+                out.append(int(d.name))
+        except OSError:
+            pass
+    return out
+
+
+def wait_no_slot_processes(within_s: float = 10.0) -> list[int]:
+    """The slot uids' processes still there after `within_s` (an orphaned zombie waits for init to reap it)."""
+    deadline = time.monotonic() + within_s
+    while (left := slot_processes()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+@pytest.fixture
+def host_path():
+    """A path on the host (under the project's `.cdw/`) that a test removes afterwards."""
+    made: list[Path] = []
+
+    def make(name: str, content: str | None = None) -> Path:
+        folder = PROJECT_ROOT / ".cdw"
+        folder.mkdir(exist_ok=True)
+        p = folder / f"sandbox-test-{name}-{uuid.uuid4().hex[:12]}"
+        made.append(p)
+        if content is not None:
+            p.write_text(content)
+        return p
+
+    yield make
+    for p in made:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- ordinary programs
+
+
+def test_passing_program_passes():
+    r = run_python("import math\nassert math.gcd(12, 18) == 6\nprint('ok')", timeout_s=20)
+    assert r.status == "passed" and r.passed and r.returncode == 0, r
+    assert r.output == "ok\n"
+
+
+def test_failing_assert_fails():
+    r = run_python("assert 1 + 1 == 3, 'arithmetic'", timeout_s=20)
+    assert r.status == "failed" and not r.passed and r.returncode == 1, r
+    assert "AssertionError: arithmetic" in r.output
+
+
+def test_exception_and_exit_code_fail():
+    assert run_python("raise ValueError('x')", timeout_s=20).status == "failed"
+    r = run_python("raise SystemExit(3)", timeout_s=20)
+    assert r.status == "failed" and r.returncode == 3
+
+
+def test_check_available():
+    sandbox.check_available()
+
+
+def test_missing_bwrap_raises_with_how_to_install(monkeypatch):
+    monkeypatch.setattr(sandbox.shutil, "which", lambda *a, **k: None)
+    with pytest.raises(SandboxError, match="bubblewrap"):
+        run_python("print(1)", timeout_s=5)
+
+
+# ---------------------------------------------------------------- hostile programs
+
+
+def test_endless_loop_times_out():
+    r, wall = timed("while True:\n    pass", timeout_s=3)
+    assert r.status == "timeout" and r.returncode is None, r
+    assert wall < 15, wall
+    assert wait_no_slot_processes() == []
+
+
+@pytest.mark.slow
+def test_sleeping_forever_with_output_closed_times_out():
+    r, wall = timed("import os, time\nos.close(1)\nos.close(2)\ntime.sleep(3600)", timeout_s=3)
+    assert r.status == "timeout", r
+    assert wall < 15, wall
+
+
+def test_huge_allocation_fails_with_memory_error():
+    r, wall = timed("b = bytearray(16 << 30)\nprint('allocated')", timeout_s=20)
+    assert r.status == "failed", r
+    assert "MemoryError" in r.output and "allocated" not in r.output
+    assert wall < 15, wall
+
+
+FORK_FLOOD = "import os\nwhile True:\n    os.fork()\n"
+# The same flood, each process retrying when the process limit says no: it never ends by itself.
+FORK_FLOOD_RETRYING = textwrap.dedent("""\
+    import os, time
+    while True:
+        try:
+            os.fork()
+        except OSError:
+            time.sleep(0.01)
+""")
+
+
+@pytest.mark.parametrize(
+    "source", [FORK_FLOOD, pytest.param(FORK_FLOOD_RETRYING, marks=pytest.mark.slow)], ids=["flood", "retrying-flood"]
+)
+def test_fork_flood_ends_and_leaves_no_process(source):
+    r, wall = timed(source, timeout_s=5)
+    assert r.status in FAILED, r
+    assert wall < 20, wall
+    assert wait_no_slot_processes() == [], "processes of the sandbox's uids are left behind"
+
+
+@pytest.mark.slow
+def test_endless_output_is_bounded():
+    """A program printing in an endless loop times out, and the host keeps only the output's tail (before the fix
+    the whole stream was kept: 600 MB of host memory per second)."""
+    code = textwrap.dedent("""\
+        import resource, sys, time
+        from workspace.sandbox import run_python
+        t0 = time.monotonic()
+        r = run_python("import sys\\nb = 'x' * (1 << 20)\\nwhile True:\\n    sys.stdout.write(b)", timeout_s=3)
+        print(r.status, len(r.output), round(time.monotonic() - t0, 1),
+              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=PROJECT_ROOT)
+    assert run.returncode == 0, run.stderr
+    status, kept, wall, peak_mb = run.stdout.split()
+    assert status == "timeout" and int(kept) <= sandbox.OUTPUT_KEPT
+    assert float(wall) < 15
+    assert int(peak_mb) < 300, f"the host process grew to {peak_mb} MB reading the output"
+
+
+def test_cannot_connect_to_a_local_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        server.setblocking(False)
+        port = server.getsockname()[1]
+        src = f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=5)\nprint('connected')"
+        r, wall = timed(src, timeout_s=20)
+        assert r.status == "failed", r
+        assert "connected" not in r.output and "ConnectionRefusedError" in r.output
+        assert wall < 15, wall
+        with pytest.raises(BlockingIOError):  # nothing ever reached the listener
+            server.accept()
+
+
+def test_only_the_loopback_interface():
+    r = run_python("import socket\nprint(sorted(n for _, n in socket.if_nameindex()))", timeout_s=20)
+    assert r.status == "passed" and r.output.strip() == "['lo']", r
+
+
+def test_cannot_write_into_the_project(host_path):
+    target = host_path("escape")
+    r = run_python(f"open({str(target)!r}, 'w').write('escaped')", timeout_s=20)
+    assert r.status == "failed", r
+    assert not target.exists()
+
+
+def test_cannot_write_into_the_home_folder():
+    home = Path(os.path.expanduser("~"))
+    target = home / f"cdw-sandbox-escape-{uuid.uuid4().hex[:12]}"
+    try:
+        r = run_python(f"import os\nos.makedirs({str(target)!r})\nopen({str(target / 'f')!r}, 'w').write('x')",
+                       timeout_s=20)  # fmt: skip
+        assert r.status == "failed", r
+        assert not target.exists()
+    finally:
+        if target.exists():
+            shutil.rmtree(target, ignore_errors=True)
+
+
+def test_tmp_is_private_to_the_run():
+    """/tmp in the sandbox is its own tmpfs: a write there succeeds, and nothing appears in the host's /tmp."""
+    target = Path("/tmp") / f"cdw-sandbox-escape-{uuid.uuid4().hex[:12]}"
+    try:
+        r = run_python(f"open({str(target)!r}, 'w').write('x')\nprint(open({str(target)!r}).read())", timeout_s=20)
+        assert r.status == "passed" and r.output == "x\n", r
+        assert not target.exists()
+        r = run_python(f"import os\nassert not os.path.exists({str(target)!r})", timeout_s=20)
+        assert r.passed, "a file written by one run was visible to the next"
+    finally:
+        target.unlink(missing_ok=True)
+
+
+def test_the_system_folders_are_read_only():
+    r = run_python("open('/usr/cdw-sandbox-escape', 'w').write('x')", timeout_s=20)
+    assert r.status == "failed" and "Read-only file system" in r.output, r
+    assert not Path("/usr/cdw-sandbox-escape").exists()
+
+
+def test_huge_file_write_fails():
+    r, wall = timed("with open('big', 'wb') as f:\n    f.write(b'x' * (32 << 20))", timeout_s=20)
+    assert r.status == "failed", r
+    assert "File too large" in r.output
+    assert wall < 15, wall
+
+
+@pytest.mark.slow
+def test_huge_file_write_in_small_pieces_fails():
+    src = "with open('/tmp/big', 'wb') as f:\n    for _ in range(64):\n        f.write(b'x' * (1 << 20))"
+    r = run_python(src, timeout_s=20, limits=Limits(file_mb=4))
+    assert r.status == "failed" and "File too large" in r.output, r
+
+
+def test_cannot_read_a_host_secret(host_path):
+    secret = uuid.uuid4().hex
+    path = host_path("secret", content=secret)
+    attempts = [str(path), f"/proc/1/root{path}", f"/proc/self/root{path}"]
+    src = textwrap.dedent(f"""\
+        import os
+        for p in {attempts!r}:
+            try:
+                print(open(p).read())
+            except OSError as e:
+                print(e)
+        assert any(os.path.exists(p) for p in {attempts!r})
+    """)
+    r = run_python(src, timeout_s=20)
+    assert r.status == "failed", r
+    assert secret not in r.output
+
+
+def test_environment_is_cleared(monkeypatch):
+    secret = uuid.uuid4().hex
+    monkeypatch.setenv("CDW_SANDBOX_TEST_SECRET", secret)
+    r = run_python("import os\nprint(dict(os.environ))", timeout_s=20)
+    assert r.passed, r
+    assert secret not in r.output and "CDW_SANDBOX_TEST_SECRET" not in r.output
+
+
+# ---------------------------------------------------------------- the pool
+
+
+async def test_pool_runs_concurrently_in_order():
+    n, nap = 4, 2.0
+    pool = Pool(workers=n, timeout_s=30)
+    t0 = time.monotonic()
+    results = await asyncio.gather(*(pool.run(f"import time\ntime.sleep({nap})\nprint({i})") for i in range(n)))
+    wall = time.monotonic() - t0
+    assert [r.status for r in results] == ["passed"] * n
+    assert [r.output.strip() for r in results] == [str(i) for i in range(n)]
+    assert wall < n * nap - 1, f"{n} runs of {nap} s took {wall:.1f} s: not concurrent"
+
+
+@pytest.mark.slow
+async def test_pool_bounds_concurrency():
+    pool = Pool(workers=2, timeout_s=30)
+    t0 = time.monotonic()
+    results = await asyncio.gather(*(pool.run("import time\ntime.sleep(1.5)") for _ in range(4)))
+    assert all(r.passed for r in results)
+    assert time.monotonic() - t0 >= 3.0  # two at a time: two rounds of 1.5 s at least
+
+
+@pytest.mark.slow
+async def test_pool_mixes_outcomes():
+    pool = Pool(workers=3, timeout_s=3)
+    sources = ["print('a')", "assert False", "while True:\n    pass", "import os\nwhile True:\n    os.fork()"]
+    results = await asyncio.gather(*(pool.run(s) for s in sources))
+    assert [r.status for r in results[:3]] == ["passed", "failed", "timeout"]
+    assert results[3].status in FAILED
+    assert wait_no_slot_processes() == []
+
+
+def test_a_program_cannot_pass_itself_off_as_a_sandbox_failure():
+    # "error" means the program never ran (retried, not counted); a program printing bwrap's words has run.
+    r = run_python('print("bwrap: Can\'t find source path"); raise SystemExit(1)', timeout_s=10)
+    assert r.status == "failed" and "bwrap:" in r.output
+
+
+def test_a_real_sandbox_failure_is_an_error(monkeypatch):
+    real = sandbox._command
+    monkeypatch.setattr(sandbox, "_command", lambda limits: [real(limits)[0], "--no-such-bwrap-option"])
+    r = run_python("print('never runs')", timeout_s=10)
+    assert r.status == "error" and "never runs" not in r.output
