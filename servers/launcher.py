@@ -171,6 +171,7 @@ def _spawn(preset: Preset, spec: RoleSpec, prov: dict, catalog: Catalog) -> Serv
         preset=preset.name, role=spec.role, serves=serves, url=f"http://{HOST}:{spec.port}",
         model=prov["served_name"], model_path=model_dir, source=prov["source"], pid=proc.pid,
         create_time=psutil.Process(proc.pid).create_time(), log=str(log), started_at=time.time(), notes=notes,
+        max_in_flight=spec.max_in_flight, request_timeout=spec.request_timeout,
     )  # fmt: skip
 
 

@@ -46,6 +46,8 @@ class RoleSpec:
     core: int | None = None
     served_by: str | None = None  # another role whose server also answers this role
     note: str = ""
+    max_in_flight: int | None = None  # requests a client sends this server at once (None: the client's default)
+    request_timeout: float | None = None  # seconds one request may take on this server (None: the client's default)
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,8 @@ def _preset(name: str, raw: dict, models: dict[str, ModelSpec]) -> Preset:
             core=r.get("core"),
             served_by=r.get("served_by"),
             note=r.get("note", ""),
+            max_in_flight=r.get("max_in_flight"),
+            request_timeout=r.get("request_timeout"),
         )
         if spec.served_by is None and (spec.model not in models or spec.port is None):
             raise PresetError(f"preset {name!r} role {role!r} needs a known model and a port")

@@ -32,6 +32,8 @@ class ServerRecord:
     log: str
     started_at: float
     notes: dict[str, str] = field(default_factory=dict)  # role -> why this server answers it
+    max_in_flight: int | None = None  # the preset's cap on concurrent requests to this server
+    request_timeout: float | None = None  # the preset's time limit for one request to this server
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ Use it as an async context manager (`async with ModelClient(...) as c:`) so its 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import time
@@ -207,6 +208,14 @@ class ModelClient:
         self.endpoint = endpoint
         self.role = endpoint.role
         self.settings = settings or ClientSettings()
+        if endpoint.max_in_flight and endpoint.max_in_flight < self.settings.max_in_flight:
+            # The server's preset knows its capacity: a CPU server given 164 decodes at once evicts their KV
+            # cache and recomputes it (measured: 7-50 tokens/s instead of hundreds).
+            self.settings = dataclasses.replace(self.settings, max_in_flight=endpoint.max_in_flight)
+        if endpoint.request_timeout and endpoint.request_timeout > self.settings.request_timeout:
+            # A 512-token answer from the cpu preset's 0.5B model, sharing one core with 15 others, takes
+            # longer than the default 600 s (measured: 0.5-1.3 tokens/s per answer).
+            self.settings = dataclasses.replace(self.settings, request_timeout=endpoint.request_timeout)
         self._replicas = [_Replica(u, self.settings) for u in endpoint.urls]
         self._model: str | None = endpoint.model
         self._model_lock = asyncio.Lock()

@@ -26,6 +26,8 @@ class Endpoint:
     model: str | None = None  # served model name; None: ask the server
     origin: str = ""  # where the URL came from, for `cdw status`
     note: str = ""  # e.g. "plumbing only" when the strong server also answers the judge role
+    max_in_flight: int | None = None  # the preset's cap on concurrent requests (small CPU servers thrash above it)
+    request_timeout: float | None = None  # the preset's time limit for one request (slow CPU servers need more)
 
 
 def _split(urls: str) -> tuple[str, ...]:
@@ -65,6 +67,8 @@ def resolve_endpoint(role: str, url: str | None = None, preset: str | None = Non
         model or recs[0].model,
         origin=f"cdw serve (preset {recs[0].preset})",
         note=recs[0].notes.get(role, ""),
+        max_in_flight=recs[0].max_in_flight,
+        request_timeout=recs[0].request_timeout,
     )
 
 

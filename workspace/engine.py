@@ -467,9 +467,14 @@ async def decode_many(
     settings: EngineSettings | None = None,
     progress: bool = True,
     on_done: Callable[[int, Decode], None] | None = None,
+    concurrency: int | None = None,
 ) -> list[Decode]:
     """Decode a batch concurrently (one coroutine each; the client's throttles bound what is in flight).
 
+    At most `concurrency` decodes run at once (default: the smaller of the two servers' `max_in_flight`). A decode
+    sends one request per draft or span, each re-reading its whole context: the servers' prefix caches answer
+    those re-reads only while every running decode's context fits in them. On the `cpu` preset, 164 decodes at once
+    evicted each other's prefixes (8% prefix-cache hits, every request prefilled from scratch).
     Results come back in input order; one instruction's failure is recorded on its result only.
     `on_done(index, decode)` is called as each one finishes (evaluations append it to their record); if it
     raises (say the disk is full), the other decodes are cancelled and the error is raised here.
@@ -478,8 +483,12 @@ async def decode_many(
     pol = load_policy(policy)
     bar = tqdm(total=len(instructions), desc=f"decode {pol.describe()}", unit="prompt", disable=not progress)
 
+    limit = concurrency or min(models.weak.settings.max_in_flight, models.strong.settings.max_in_flight)
+    sem = asyncio.Semaphore(limit)
+
     async def one(i: int, instr: str) -> Decode:
-        d = await engine.run(instr, pol)
+        async with sem:
+            d = await engine.run(instr, pol)
         if on_done is not None:
             on_done(i, d)
         bar.update(1)
