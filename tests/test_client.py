@@ -167,3 +167,16 @@ async def test_status_reports_health_models_version(fake):
         up, down = await c.status()
     assert up.healthy and up.models == ("toy",) and up.version == "fake-0"
     assert not down.healthy and down.error
+
+
+def test_a_presets_capacity_and_time_limit_reach_the_client():
+    from servers.presets import load_catalog
+
+    cpu = load_catalog().preset("cpu")
+    assert cpu.roles["weak"].max_in_flight == 16 and cpu.roles["strong"].request_timeout == 3600
+    small = ModelClient(Endpoint("weak", ("http://127.0.0.1:1",), "m", max_in_flight=4, request_timeout=3600))
+    assert small.settings.max_in_flight == 4 and small.settings.request_timeout == 3600
+    # the preset only lowers the cap and raises the limit: a caller's stricter settings stand
+    mine = ModelClient(Endpoint("weak", ("http://127.0.0.1:1",), "m", max_in_flight=64, request_timeout=60),
+                       ClientSettings(max_in_flight=8, request_timeout=120))  # fmt: skip
+    assert mine.settings.max_in_flight == 8 and mine.settings.request_timeout == 120

@@ -4,10 +4,12 @@ differ (and the strong one has multi-character tokens, so stop strings cut insid
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 import pytest
 
 from tests.fakeserver import FakeServer, ToyModel
+from workspace import engine
 from workspace.client import ClientSettings, ModelClient
 from workspace.endpoints import Endpoint
 from workspace.engine import EngineSettings, Models, decode, decode_many, pooled_f_weak
@@ -214,3 +216,27 @@ async def test_pieces_that_do_not_add_up_fall_back_to_the_servers_detokenizer(mo
         assert any(c.kind == "detokenize" for c in d.calls)
         d = await decode(instr, "margin(tau=0.15, span=words:2)", models, SETTINGS)
         assert d.error is None and "".join(s.text for s in d.segments) == d.text and d.num_deferrals
+
+
+async def test_decode_many_runs_at_most_the_servers_capacity_at_once(models, monkeypatch):
+    # A CPU server holds only so many contexts in its KV cache: running more decodes than it takes evicts their
+    # prefixes between requests. decode_many runs at most min(max_in_flight) of the two clients at once.
+    running, peak = 0, 0
+    real = engine._Engine.run
+
+    async def counted(self, instr, pol):
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            return await real(self, instr, pol)
+        finally:
+            running -= 1
+
+    monkeypatch.setattr(engine._Engine, "run", counted)
+    monkeypatch.setattr(models.weak, "settings", dataclasses.replace(models.weak.settings, max_in_flight=2))
+    ds = await decode_many(INSTRUCTIONS * 2, "margin(tau=0.15, span=words:3)", models, SETTINGS, progress=False)
+    assert all(d.error is None for d in ds) and peak == 2
+    peak = 0
+    await decode_many(INSTRUCTIONS * 2, "never", models, SETTINGS, progress=False, concurrency=3)
+    assert peak == 3
