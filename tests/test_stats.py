@@ -708,3 +708,49 @@ def test_rule_certifies_a_policy_at_parity_often(simulated_certifications):
     runs = simulated_certifications["parity"]
     assert certified_share(runs) >= 0.40
     assert abs(np.mean([c.recovery for c in runs]) - 1.0) < 0.03
+
+
+# ---------------------------------------------------------------- pass rates
+
+
+def test_certify_pass_recovery_is_a_share_of_the_pass_rate_gap():
+    from workspace.stats import certify_pass
+
+    strong = [True] * 80 + [False] * 20
+    weak = [True] * 10 + [False] * 90
+    cand = [True] * 66 + [False] * 34  # 56 of the 70-problem gap recovered
+    c = certify_pass(cand, weak, strong, n_boot=500)
+    assert (c.utility, c.u_weak, c.u_strong) == (0.66, 0.10, 0.80)
+    assert c.recovery == pytest.approx(0.8)
+    assert not c.certified and c.recovery_lower < 0.8 < c.ci["recovery"].high
+    assert c.ci["u_strong"].low < 0.8 < c.ci["u_strong"].high
+    # the candidate is the strong model's answer on every problem: recovered in full, certified
+    full = certify_pass(strong, weak, strong, n_boot=500)
+    assert full.recovery == 1.0 and full.recovery_lower == 1.0 and full.certified
+
+
+def test_certify_pass_without_a_gap_says_so_and_refuses_bad_input():
+    from workspace.stats import certify_pass
+
+    same = [True, False, True, False]
+    c = certify_pass(same, same, same, n_boot=100)
+    assert c.recovery is None and not c.certified and "nothing to recover" in c.reasons[0]
+    with pytest.raises(StatsError):
+        certify_pass([True, False], [True], [True, True])
+    with pytest.raises(StatsError):
+        certify_pass([0.5, 1.0], [True, False], [True, True])
+    with pytest.raises(StatsError):
+        certify_pass([True], [False], [True])
+
+
+def test_summarize_pass_pools_f_weak_and_matches_certify_pass():
+    from workspace.stats import PassSample, certify_pass, summarize_pass
+
+    samples = [PassSample(90, 10, True, False, True), PassSample(50, 50, False, False, True),
+               PassSample(100, 0, True, True, True), PassSample(0, 80, True, False, True)]  # fmt: skip
+    s = summarize_pass(samples, n_boot=300, seed=1)
+    assert s.f_weak == pytest.approx(240 / 380) and s.utility == 0.75 and s.u_weak == 0.25
+    assert s.recovery == pytest.approx((0.75 - 0.25) / (1.0 - 0.25))
+    c = certify_pass([x.passed for x in samples], [x.weak_passed for x in samples],
+                     [x.strong_passed for x in samples], n_boot=300, seed=1)  # fmt: skip
+    assert s.certification == c and set(s.ci) >= {"f_weak", "utility", "recovery"}

@@ -61,12 +61,16 @@ class Header(_Line, tag="header"):
     created: str | None = None
     servers: dict[str, str] | None = None
     code: CodeVersion | None = None
+    benchmark: str = "alpaca_eval"  # how it is scored (workspace/benchmark.py)
 
     def identity(self) -> dict:
         """What the record's id is a hash of (when and where it was made are not part of what it is)."""
         if self.kind == "baselines":
-            return {"kind": "baselines", "models": self.models, "judge": self.judge,
-                    "prompts": msgspec.to_builtins(self.prompts), "settings": self.settings}  # fmt: skip
+            out = {"kind": "baselines", "models": self.models, "judge": self.judge,
+                   "prompts": msgspec.to_builtins(self.prompts), "settings": self.settings}  # fmt: skip
+            if self.benchmark != "alpaca_eval":  # records made before benchmarks existed keep their ids
+                out["benchmark"] = self.benchmark
+            return out
         return {"policy": self.policy, "source": self.policy_source_hash, "baselines": self.baselines}
 
 
@@ -110,6 +114,37 @@ class Verdict(_Verdict, tag="preference"):
     pass
 
 
+class _Test(_Line):
+    """A unit-test run of one answer's code (tests benchmarks): how it ended, bound to the program it ran."""
+
+    prompt_id: str
+    status: str  # passed | failed | timeout | no_code (nothing parsable to test) | error (the sandbox failed)
+    program: str = ""  # sha256 of the program run ("" for no_code): ties the result to the text on record
+    seconds: float = 0.0
+    output: str = ""  # the tail of its output (why it failed)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    @property
+    def error(self) -> str | None:
+        """Why there is no result (the sandbox failed); None when the test ran."""
+        return f"sandbox error: {self.output[-300:]}" if self.status == "error" else None
+
+
+class ReferenceTest(_Test, tag="reference_test"):
+    pass
+
+
+class WeakTest(_Test, tag="weak_test"):
+    pass
+
+
+class Test(_Test, tag="test"):
+    pass
+
+
 class Timing(_Line, tag="timing"):
     phase: str
     seconds: float
@@ -128,7 +163,19 @@ class Signature(_Line, tag="signature"):
     signature: str
 
 
-Event = Reference | WeakAnswer | Generation | WeakVerdict | Verdict | Timing | SummaryNote | Signature
+Event = (
+    Reference
+    | WeakAnswer
+    | Generation
+    | WeakVerdict
+    | Verdict
+    | ReferenceTest
+    | WeakTest
+    | Test
+    | Timing
+    | SummaryNote
+    | Signature
+)
 
 
 class SchemaError(StoreError):
@@ -231,6 +278,26 @@ def _verdict_problems(where: str, v: _Verdict, instruction: str, candidate: str 
     return out
 
 
+def _test_problems(where: str, t: _Test, pid: str, text: str | None) -> list[str]:
+    """A test line must be about the answer on record: its program hash is the one that answer's code gives."""
+    from . import humaneval
+
+    if t.status not in ("passed", "failed", "timeout", "no_code", "error"):
+        return [f"{where}: unknown test status {t.status!r}"]
+    if text is None or t.status == "error":
+        return []
+    try:
+        prob = humaneval.problem(pid)
+    except KeyError:
+        return [f"{where}: {pid} is not a HumanEval problem"]
+    want = humaneval.program_hash(humaneval.program(text, prob))
+    if t.program != want:
+        return [f"{where}: the test result is not about the answer on record (program {t.program[:12]} != {want[:12]})"]
+    if (t.status == "no_code") != (want == ""):
+        return [f"{where}: status {t.status!r} for an answer {'without' if want == '' else 'with'} code"]
+    return []
+
+
 def _latest_ok(events, type_: str, ok) -> tuple[dict[str, Any], list[str]]:
     """The last event of a type per prompt, and problems: a success followed by another event (overwritten)."""
     latest: dict[str, Any] = {}
@@ -289,6 +356,15 @@ def check_baselines(record_id: str) -> Check:
     prefs, p = _latest_ok(events, "weak_preference", lambda e: e.error is None)
     problems += p
     problems += _prompt_problems(header, refs)
+    for type_, answers in (("reference_test", None), ("weak_test", weak)):
+        tests, p = _latest_ok(events, type_, lambda e: e.error is None)
+        problems += p
+        for pid, t in tests.items():
+            if answers is None:
+                text = refs[pid].text if pid in refs else None
+            else:
+                text = answers[pid].decode.get("text") if pid in answers else None
+            problems += _test_problems(f"{type_} {pid}", t, pid, text)
     for pid in header.prompts.ids:
         w = weak.get(pid)
         if w is not None:
@@ -313,6 +389,12 @@ def _prompt_problems(header: Header, refs: dict[str, Reference]) -> list[str]:
         if got.hash != ps.hash:
             out.append("its instructions do not hash to the prompt set its header names")
     canonical = json.loads(data.CANONICAL_FILE.read_text())
+    if header.benchmark == "humaneval" and ps.name.split("[:")[0] == "humaneval":
+        from . import humaneval
+
+        full = humaneval.prompt_set()
+        if ps.ids != list(full.ids[: len(ps.ids)]):
+            out.append(f"named {ps.name}, but not HumanEval's problems in order")
     if ps.name == "canonical" and (ps.hash != canonical["hash"] or ps.ids != canonical["ids"]):
         out.append(f"named canonical, but not the canonical {len(canonical['ids'])} prompts")
     if ps.name.startswith("canonical[:") and ps.ids != canonical["ids"][: len(ps.ids)]:
@@ -337,7 +419,7 @@ def check_evaluation(record_id: str) -> Check:
     brec = read_record("baselines", header.baselines)
     if brec is not None:
         bh, bevents, _ = _typed(brec)
-        for f in ("models", "judge", "prompts", "settings"):
+        for f in ("models", "judge", "prompts", "settings", "benchmark"):
             if getattr(bh, f) != getattr(header, f):
                 problems.append(f"its {f} differ from its baselines'")
         refs, _ = _latest_ok(bevents, "reference", lambda e: e.error is None)
@@ -353,6 +435,11 @@ def check_evaluation(record_id: str) -> Check:
         problems += _decode_problems(f"generation {pid}", g.decode)
         if g.decode.get("policy") not in (None, header.policy):
             problems.append(f"generation {pid} was made by {g.decode.get('policy')!r}, not the record's policy")
+    tests, p = _latest_ok(events, "test", lambda e: e.error is None)
+    problems += p
+    for pid, t in tests.items():
+        g = gens.get(pid)
+        problems += _test_problems(f"test {pid}", t, pid, g.decode.get("text") if g else None)
     for pid, v in prefs.items():
         g, ref = gens.get(pid), refs.get(pid)
         text = g.decode.get("text") if g else None

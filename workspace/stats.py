@@ -85,11 +85,14 @@ __all__ = [
     "PairedSample",
     "StatsError",
     "Summary",
+    "PassSample",
     "certify",
+    "certify_pass",
     "lc_winrate_mle",
     "length_controlled_winrate",
     "recovery",
     "summarize",
+    "summarize_pass",
     "winrate",
 ]
 
@@ -148,6 +151,9 @@ class Certification:
     floor: float
     level: float
     seed: int
+    u_strong: float = (
+        0.5  # the strong side of the gap: 0.5 (the reference vs itself) for a judge, a pass rate for tests
+    )
     # Two-sided `level` percentile intervals of the same bootstrap: "utility", "u_weak", and "recovery" (over the
     # resamples that have a gap; `dropped` says how many do not).
     ci: dict[str, Interval] = field(default_factory=dict)
@@ -938,3 +944,126 @@ def _sigmoid_inplace(z: np.ndarray) -> np.ndarray:
     z += 1.0
     np.reciprocal(z, out=z)
     return z
+
+
+# ---------------------------------------------------------------- pass rates (benchmarks scored by unit tests)
+
+
+@dataclass(frozen=True)
+class PassSample:
+    """One problem of a tests-scored evaluation: who wrote the candidate, and whether each answer passed."""
+
+    weak_chars: int
+    strong_chars: int
+    passed: bool  # the candidate
+    weak_passed: bool  # the weak model's own answer (never-defer)
+    strong_passed: bool  # the strong model's own answer (the reference; always-defer gives the same text)
+
+
+def certify_pass(
+    passed: Sequence[bool],
+    weak_passed: Sequence[bool],
+    strong_passed: Sequence[bool],
+    *,
+    seed: int = 0,
+    n_boot: int = 1000,
+    bar: float = BAR,
+    floor: float = FLOOR,
+    level: float = 0.95,
+) -> Certification:
+    """The certification rule on pass rates: recovery = (U - U_weak) / (U_strong - U_weak) >= ``bar`` AND its
+    one-sided ``level`` paired-bootstrap lower bound >= ``floor``.
+
+    U, U_weak and U_strong are the pass@1 rates of the candidate, the weak-only and the strong-only answers on the
+    same problems. Recovery is a share of the gap, so the bar and floor mean what they mean for a judge: the policy
+    keeps 98% of what the strong model adds, and with 95% confidence at least 80% of it. On a gap of G problems
+    (gap x n), the bar forgives a net loss of 0.02 G problems. Each resample draws problem indices with replacement
+    (``numpy.random.default_rng(seed)``), the same indices for all three answers; a resample with no gap counts as
+    a failure (-inf) for the bound, as in ``certify``.
+    """
+    arrays = []
+    for what, v in (("passed", passed), ("weak_passed", weak_passed), ("strong_passed", strong_passed)):
+        a = np.asarray(v)
+        if a.ndim != 1 or (a.size and not np.isin(a, (0, 1, True, False)).all()):
+            raise StatsError(f"{what} must be a flat sequence of booleans")
+        arrays.append(a.astype(float))
+    pc, pw, ps = arrays
+    n = pc.size
+    if not pw.size == ps.size == n:
+        raise StatsError(f"passed, weak_passed and strong_passed must pair up: {n}, {pw.size}, {ps.size} items")
+    if n < 2:
+        raise StatsError(f"certification needs at least 2 problems; got {n}")
+    if not (isinstance(n_boot, int | np.integer) and n_boot >= 1):
+        raise StatsError(f"n_boot must be an integer >= 1, got {n_boot!r}")
+    if not 0 < level < 1:
+        raise StatsError(f"level must be in (0, 1), got {level!r}")
+    utility, u_weak, u_strong = float(pc.mean()), float(pw.mean()), float(ps.mean())
+    gap = u_strong - u_weak
+    rec = (utility - u_weak) / gap if gap > 0 else None
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    b_u, b_w, b_s = pc[idx].mean(axis=1), pw[idx].mean(axis=1), ps[idx].mean(axis=1)
+    b_gap = b_s - b_w
+    has_gap = b_gap > 0
+    b_rec = np.full(n_boot, -np.inf)
+    b_rec[has_gap] = (b_u[has_gap] - b_w[has_gap]) / b_gap[has_gap]
+    lower = _lower_quantile(b_rec, 1 - level)
+    dropped = int(n_boot - has_gap.sum())
+    q = ((1 - level) / 2, (1 + level) / 2)
+    boots = (("utility", b_u), ("u_weak", b_w), ("u_strong", b_s), ("recovery", b_rec[has_gap]))
+    ci = {k: Interval(*(float(x) for x in np.quantile(v, q)), level) for k, v in boots if v.size}
+    pct = f"{100 * level:g}%"
+    reasons = []
+    if rec is None:
+        reasons.append(
+            f"the weak model passes as often as the strong one (U_weak {u_weak:.3f} >= U_strong {u_strong:.3f}): "
+            "nothing to recover"
+        )
+    elif not rec >= bar:
+        reasons.append(f"recovery {rec:.3f} is below the bar {_fmt(bar)}")
+    if lower == -np.inf:
+        reasons.append(
+            f"the one-sided {pct} lower bound of recovery is undefined: {dropped} of {n_boot} bootstrap resamples had "
+            f"no gap, more than the {100 * (1 - level):g}% the bound can absorb"
+        )
+    elif not lower >= floor:
+        reasons.append(f"the one-sided {pct} lower bound of recovery, {lower:.3f}, is below the floor {_fmt(floor)}")
+    return Certification(
+        certified=not reasons, reasons=tuple(reasons), recovery=rec, recovery_lower=lower, utility=utility,
+        u_weak=u_weak, utility_penalised=None, u_weak_penalised=None, recovery_penalised=None, n=n, n_boot=n_boot,
+        dropped=dropped, bar=float(bar), floor=float(floor), level=float(level), seed=seed, ci=ci, u_strong=u_strong,
+    )  # fmt: skip
+
+
+def summarize_pass(samples: Sequence[PassSample], *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> Summary:
+    """Pass rates with paired bootstrap intervals (problems resampled), f_weak pooled, and ``certify_pass``.
+
+    ``utility`` is the candidate's pass rate and ``raw_winrate`` the same number (there is no judge); intervals come
+    from ``certify_pass``'s resamples, except f_weak's, drawn on the same indices (same seed)."""
+    if not samples:
+        raise StatsError("summarize_pass needs at least one sample")
+    n = len(samples)
+    wchars = np.array([s.weak_chars for s in samples], dtype=float)
+    schars = np.array([s.strong_chars for s in samples], dtype=float)
+    total = wchars.sum() + schars.sum()
+    f_weak = float(wchars.sum() / total) if total > 0 else None
+    cert = None
+    if n >= 2:
+        cert = certify_pass([s.passed for s in samples], [s.weak_passed for s in samples],
+                            [s.strong_passed for s in samples], seed=seed, n_boot=n_boot, level=level)  # fmt: skip
+    utility = float(np.mean([s.passed for s in samples]))
+    u_weak = float(np.mean([s.weak_passed for s in samples]))
+    u_strong = float(np.mean([s.strong_passed for s in samples]))
+    rec = (utility - u_weak) / (u_strong - u_weak) if u_strong > u_weak else None
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    b_w, b_all = wchars[idx].sum(axis=1), (wchars[idx] + schars[idx]).sum(axis=1)
+    has_chars = b_all > 0
+    ci = dict(cert.ci) if cert else {}
+    if has_chars.any():
+        low, high = np.quantile(b_w[has_chars] / b_all[has_chars], ((1 - level) / 2, (1 + level) / 2))
+        ci["f_weak"] = Interval(float(low), float(high), level)
+    order = ("f_weak", "utility", "u_weak", "u_strong", "recovery")
+    return Summary(
+        n=n, f_weak=f_weak, utility=utility, u_weak=u_weak, recovery=rec, raw_winrate=utility,
+        ci={k: ci[k] for k in order if k in ci}, n_boot=n_boot, recovery_dropped=cert.dropped if cert else 0,
+        f_weak_dropped=int(n_boot - has_chars.sum()), certification=cert,
+    )  # fmt: skip

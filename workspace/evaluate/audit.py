@@ -61,7 +61,7 @@ class Replay:
     evaluation_id: str
     prompt_ids: tuple[str, ...]
     same_text: int  # candidates decoded again to exactly the recorded text
-    same_verdict: int  # preferences within `tolerance` of the recorded ones
+    same_verdict: int  # preferences within `tolerance` of the recorded ones (tests: the same test status)
     tolerance: float
     mismatches: tuple[tuple[str, str], ...]  # (prompt id, what differed)
 
@@ -79,7 +79,8 @@ async def replay(evaluation_id: str, setup: Setup, k: int = 3, seed: int = 0, to
     the texts exactly and the preferences within `tolerance`."""
     ev = load_evaluation(evaluation_id)
     settings = EvalSettings.from_identity(ev.header.settings)
-    names = await setup.names()
+    tests = settings.scored_by_tests
+    names = await setup.names(judge=not tests)
     if names != ev.header.models:
         raise EvaluationError(f"these servers serve {names}, the record was made with {ev.header.models}")
     done = [e for e in ev.examples if e.error is None]
@@ -94,6 +95,16 @@ async def replay(evaluation_id: str, setup: Setup, k: int = 3, seed: int = 0, to
             mismatches.append((e.prompt_id, d.error or "the candidate decodes to another text now"))
             continue
         same_text += 1
+        if tests:  # the tests run again in the sandbox: the same status
+            from .. import humaneval
+            from .baselines import test_pool
+
+            o = await humaneval.run_tests(d.text, humaneval.problem(e.prompt_id), test_pool(settings))
+            if o.status != e.test.status:
+                mismatches.append((e.prompt_id, f"tests {o.status} now, {e.test.status} on record"))
+                continue
+            same_verdict += 1
+            continue
         p = await judge.prefer(e.instruction, d.text, e.reference)
         if p.error or abs(p.preference - e.preference.preference) > tolerance:
             was = e.preference.preference

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import msgspec
 from tqdm.auto import tqdm
 
-from .. import data
+from .. import data, sandbox
 from ..client import ClientError
 from ..engine import Decode, decode_many
 from ..judge import Judge, Preference
@@ -21,10 +21,13 @@ from ..records import (
     Header,
     PromptsRef,
     Reference,
+    ReferenceTest,
     Timing,
     Verdict,
     WeakAnswer,
+    WeakTest,
     WeakVerdict,
+    _Test,
     digest,
     to_fields,
 )  # fmt: skip
@@ -57,14 +60,63 @@ class Progress:
         return step
 
 
+NO_JUDGE = "none: unit tests"  # the header's judge for a benchmark scored by tests
+
+
 async def baselines_header(prompts: data.PromptSet, setup: Setup, settings: EvalSettings) -> Header:
+    tests = settings.scored_by_tests
     return Header(
         kind="baselines",
-        models=await setup.names(),
-        judge=await Judge(setup.judge, settings.judge).id(),
+        models=await setup.names(judge=not tests),
+        judge=NO_JUDGE if tests else await Judge(setup.judge, settings.judge).id(),
         prompts=PromptsRef(prompts.name, prompts.hash, [p.id for p in prompts]),
         settings=settings.identity(),
+        benchmark=settings.benchmark,
     )
+
+
+class TestPhase:
+    """Unit tests of answers as they are written (tests benchmarks): each answer submitted runs at once in the
+    sandbox pool, beside the decoding that continues, and its result is appended to the record."""
+
+    def __init__(self, w: RecordWriter, kind: type[_Test], progress: Progress, desc: str, total: int,
+                 pool: sandbox.Pool, reuse: dict[str, _Test] | None = None):  # fmt: skip
+        self.w, self.kind, self.pool, self.reuse = w, kind, pool, reuse or {}
+        self.step = progress.phase(kind.__struct_config__.tag, total, desc) if total else (lambda: None)
+        self.tasks: list[asyncio.Task] = []
+        self.seconds, self.n = 0.0, 0
+
+    def submit(self, pid: str, text: str) -> None:
+        self.tasks.append(asyncio.ensure_future(self._one(pid, text)))
+
+    async def _one(self, pid: str, text: str) -> None:
+        from .. import humaneval
+
+        same = self.reuse.get(pid)
+        if same is not None:  # the same text was tested already (never-defer is the weak baseline)
+            fields = {k: getattr(same, k) for k in ("status", "program", "seconds", "output")}
+        else:
+            o = await humaneval.run_tests(text, humaneval.problem(pid), self.pool)
+            fields = {"status": o.status, "program": o.program, "seconds": o.seconds, "output": o.output}
+            self.seconds += o.seconds
+            self.n += 1
+        self.w.append(self.kind.__struct_config__.tag, **to_fields(self.kind(prompt_id=pid, **fields)))
+        self.step()
+
+    async def finish(self) -> None:
+        """Wait for every submitted test and record the phase's timing (sandbox seconds, summed)."""
+        if not self.tasks:
+            return
+        await asyncio.gather(*self.tasks)
+        self.w.append("timing", **to_fields(Timing(phase="tests", seconds=round(self.seconds, 3), n=self.n)))
+
+
+def test_pool(settings: EvalSettings) -> sandbox.Pool:
+    """The sandbox pool an evaluation tests with (checked once: a machine that cannot sandbox fails early)."""
+    from ..benchmark import get
+
+    sandbox.bwrap_path()
+    return sandbox.Pool(timeout_s=get(settings.benchmark).test_timeout_s)
 
 
 async def baselines_id(prompts: data.PromptSet, setup: Setup, settings: EvalSettings | None = None) -> str:
@@ -95,9 +147,11 @@ async def judge_phase(
 async def decode_phase(
     w: RecordWriter, kind: type[WeakAnswer] | type[Generation], policy: Policy | str, todo: list[data.Prompt],
     setup: Setup, settings: EvalSettings, progress: Progress, desc: str, done: dict[str, WeakAnswer | Generation],
+    tests: TestPhase | None = None,
 ) -> None:  # fmt: skip
     """Decode `todo` concurrently with `policy`, appending each decode to the record as it finishes (the
-    successful ones also into `done`, by prompt id), then the phase's timing."""
+    successful ones also into `done`, by prompt id, and to `tests` to be tested at once), then the phase's
+    timing."""
     if not todo:
         return
     tag = kind.__struct_config__.tag
@@ -109,6 +163,8 @@ async def decode_phase(
         w.append(tag, **to_fields(ev))
         if d.error is None:
             done[todo[i].id] = ev
+            if tests is not None:
+                tests.submit(todo[i].id, d.text)
         step()
 
     await decode_many([p.instruction for p in todo], policy, setup.models, settings.engine, progress=False,
@@ -139,6 +195,20 @@ async def ensure_baselines(
         events = typed(w.record)[1]
         refs = {k: v for k, v in latest(events, "reference").items() if v.error is None}
         weak = {k: v for k, v in latest(events, "weak").items() if v.decode.get("error") is None}
+        ref_tests = weak_tests = None
+        if settings.scored_by_tests:
+            pool = test_pool(settings)
+            tested = {t: {k for k, v in latest(events, t).items() if v.error is None}
+                      for t in ("reference_test", "weak_test")}  # fmt: skip
+            n_ref, n_weak = len(prompts) - len(tested["reference_test"]), len(prompts) - len(tested["weak_test"])
+            ref_tests = TestPhase(w, ReferenceTest, prog, "tests: reference", n_ref, pool)
+            weak_tests = TestPhase(w, WeakTest, prog, "tests: weak only", n_weak, pool)
+            for pid, r in refs.items():  # resuming: answers on record that were not tested yet
+                if pid not in tested["reference_test"]:
+                    ref_tests.submit(pid, r.text)
+            for pid, a in weak.items():
+                if pid not in tested["weak_test"]:
+                    weak_tests.submit(pid, a.decode["text"])
         todo = [p for p in prompts if p.id not in refs]
         if todo:
             t0 = time.monotonic()
@@ -151,6 +221,8 @@ async def ensure_baselines(
                     ev = Reference(prompt_id=p.id, instruction=p.instruction, text=out.text,
                                    finish_reason=out.finish_reason)  # fmt: skip
                     refs[p.id] = ev
+                    if ref_tests is not None:
+                        ref_tests.submit(p.id, out.text)
                 except ClientError as e:
                     ev = Reference(prompt_id=p.id, instruction=p.instruction, text=None,
                                    error=f"{type(e).__name__}: {e}")  # fmt: skip
@@ -161,7 +233,11 @@ async def ensure_baselines(
             w.append("timing", **to_fields(Timing(phase="reference", seconds=round(time.monotonic() - t0, 3),
                                                   n=len(todo))))  # fmt: skip
         todo = [p for p in prompts if p.id not in weak]
-        await decode_phase(w, WeakAnswer, "never", todo, setup, settings, prog, "weak only (never)", weak)
+        await decode_phase(w, WeakAnswer, "never", todo, setup, settings, prog, "weak only (never)", weak, weak_tests)
+        if settings.scored_by_tests:
+            await ref_tests.finish()
+            await weak_tests.finish()
+            return read_baselines(bid, prompts)
         prefs = latest(typed(read_record("baselines", bid))[1], "weak_preference")
         judge = Judge(setup.judge, settings.judge)
         todo = [p for p in prompts if p.id in refs and p.id in weak and (p.id not in prefs or prefs[p.id].error)]

@@ -3,6 +3,7 @@ not certified. Numbers come from the recorded generations and preferences only (
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterable
@@ -12,10 +13,11 @@ from functools import cached_property
 from servers.presets import load_catalog
 
 from .. import data, records
+from ..benchmark import get as get_benchmark
 from ..engine import Decode, EngineSettings
 from ..judge import JudgeSettings, Preference
-from ..records import Event, Header, event_of, header_of
-from ..stats import Certification, PairedSample, StatsError, Summary, summarize
+from ..records import Event, Header, _Test, event_of, header_of
+from ..stats import Certification, PairedSample, PassSample, StatsError, Summary, summarize, summarize_pass
 from ..store import Record, StoreError, list_records, read_record
 from .setup import EvalSettings, EvaluationError
 
@@ -33,6 +35,11 @@ class Example:
     weak_preference: Preference | None
     candidate: Decode | None = None
     preference: Preference | None = None
+    # Tests benchmarks: how each answer's unit tests ended (the preferences stay None).
+    reference_test: _Test | None = None
+    weak_test: _Test | None = None
+    test: _Test | None = None
+    scoring: str = "judge"
 
     @property
     def error(self) -> str | None:
@@ -44,6 +51,13 @@ class Example:
                 return f"no {what} decode"
             if d.error:
                 return f"{what} decode failed: {d.error}"
+        if self.scoring == "tests":
+            for what, t in (("reference", self.reference_test), ("weak", self.weak_test), ("candidate", self.test)):
+                if t is None:
+                    return f"{what} answer not tested"
+                if t.error:
+                    return f"{what} tests: {t.error}"
+            return None
         for what, p in (("weak preference", self.weak_preference), ("preference", self.preference)):
             if p is None:
                 return f"{what} not judged"
@@ -51,8 +65,13 @@ class Example:
                 return f"judge failed ({what}): {p.error}"
         return None
 
-    def sample(self) -> PairedSample:
+    def sample(self) -> PairedSample | PassSample:
         assert self.error is None and self.candidate and self.weak and self.reference is not None
+        if self.scoring == "tests":
+            assert self.test and self.weak_test and self.reference_test
+            return PassSample(weak_chars=self.candidate.weak_chars, strong_chars=self.candidate.strong_chars,
+                              passed=self.test.passed, weak_passed=self.weak_test.passed,
+                              strong_passed=self.reference_test.passed)  # fmt: skip
         assert self.preference and self.weak_preference
         return PairedSample(
             weak_chars=self.candidate.weak_chars, strong_chars=self.candidate.strong_chars,
@@ -102,10 +121,18 @@ class Baselines:
     timings: dict[str, float]
 
     @property
+    def scored_by_tests(self) -> bool:
+        return self.header.benchmark != "alpaca_eval" and get_benchmark(self.header.benchmark).scoring == "tests"
+
+    @property
     def errors(self) -> list[tuple[str, str]]:
         out = []
         for e in self.examples:
-            if e.reference is None:
+            if self.scored_by_tests:
+                bad = e.reference is None or e.weak is None or e.weak.error or not e.reference_test or not e.weak_test
+                if bad or e.reference_test.error or e.weak_test.error:
+                    out.append((e.prompt_id, e.error or "not tested"))
+            elif e.reference is None:
                 out.append((e.prompt_id, "no reference answer"))
             elif e.weak is None or e.weak.error:
                 out.append((e.prompt_id, f"weak decode: {e.weak.error if e.weak else 'missing'}"))
@@ -126,15 +153,27 @@ class Baselines:
         if not self.complete or len(self.examples) < 2:
             return None
         ex = self.examples
+        if self.scored_by_tests:
+            return sum(e.weak_test.passed for e in ex) / len(ex)
         return lc_winrate_mle(
             [e.weak_preference.preference for e in ex], [len(e.weak.text) for e in ex], [len(e.reference) for e in ex]
         )
 
+    @property
+    def u_strong(self) -> float | None:
+        """0.5 for a judge (the reference against itself); the strong model's own pass rate for tests."""
+        if not self.scored_by_tests:
+            return 0.5
+        if not self.complete or not self.examples:
+            return None
+        return sum(e.reference_test.passed for e in self.examples) / len(self.examples)
+
     def to_json(self) -> dict:
-        u, h = self.u_weak, self.header
+        u, us, h = self.u_weak, self.u_strong, self.header
         return {
-            "baselines_id": self.id, "prompts": h.prompts.name, "prompts_hash": h.prompts.hash,
-            "n": len(self.examples), "u_weak": u, "u_strong": 0.5, "gap": None if u is None else 0.5 - u,
+            "baselines_id": self.id, "benchmark": h.benchmark, "prompts": h.prompts.name,
+            "prompts_hash": h.prompts.hash, "n": len(self.examples), "u_weak": u, "u_strong": us,
+            "gap": None if u is None or us is None else us - u,
             "models": h.models, "judge": h.judge, "settings": h.settings, "created": h.created,
             "code": None if h.code is None else {"commit": h.code.commit, "dirty": h.code.dirty},
             "timings": self.timings, "errors": [{"prompt_id": p, "error": e} for p, e in self.errors],
@@ -156,6 +195,8 @@ def read_baselines(record_id: str, prompts: data.PromptSet | None = None) -> Bas
     """A baselines record, typed; raises EvaluationError when it does not exist or does not fit the schema."""
     header, events = typed(read_existing("baselines", record_id, f"no baselines record {record_id}"))
     refs, weak, prefs = latest(events, "reference"), latest(events, "weak"), latest(events, "weak_preference")
+    rtests, wtests = latest(events, "reference_test"), latest(events, "weak_test")
+    scoring = "judge" if header.benchmark == "alpaca_eval" else get_benchmark(header.benchmark).scoring
     by_id = {p.id: p.instruction for p in prompts} if prompts else {}
     examples = []
     for pid in header.prompts.ids:
@@ -164,7 +205,8 @@ def read_baselines(record_id: str, prompts: data.PromptSet | None = None) -> Bas
         instr = by_id.get(pid) or (ref.instruction if ref else w.instruction if w else "")
         text = ref.text if ref is not None and ref.error is None else None
         pref = _preference(prefs[pid]) if pid in prefs else None
-        examples.append(Example(pid, instr, text, w, pref))
+        examples.append(Example(pid, instr, text, w, pref, reference_test=rtests.get(pid), weak_test=wtests.get(pid),
+                                scoring=scoring))  # fmt: skip
     return Baselines(record_id, header, tuple(examples), timings(events))
 
 
@@ -218,6 +260,8 @@ class Evaluation:
         """What keeps this evaluation off the canonical conditions (empty: canonical set, models, judge, settings).
         The confirmation set counts as canonical prompts too (it confirms a canonical result)."""
         h, out = self.header, []
+        if self.baselines.scored_by_tests:
+            return _tests_canonical_problems(h)
         canonical = json.loads(data.CANONICAL_FILE.read_text())
         name = h.prompts.name
         if name == CONFIRMATION:
@@ -269,6 +313,7 @@ class Evaluation:
         s, c = self.summary, self.certification
         return {
             "evaluation_id": self.id,
+            "benchmark": self.header.benchmark,
             "policy": self.policy,
             "prompts": self.prompts,
             "n": self.n,
@@ -276,6 +321,7 @@ class Evaluation:
             "f_weak": s.f_weak if s else None,
             "utility": c.utility if c else None,
             "u_weak": c.u_weak if c else None,
+            "u_strong": c.u_strong if c else None,
             "recovery": c.recovery if c else None,
             "recovery_lower": _finite(c.recovery_lower) if c else None,
             "utility_penalised": c.utility_penalised if c else None,
@@ -296,19 +342,41 @@ class Evaluation:
         }
 
 
+def _tests_canonical_problems(h: Header) -> list[str]:
+    """A tests benchmark's canonical conditions: all its problems, the models of a preset it names, its default
+    decoding settings and this code's scoring (instruction, extraction, timeout)."""
+    bench = get_benchmark(h.benchmark)
+    out = []
+    try:
+        full = bench.prompts()
+        if h.prompts.name != bench.canonical_set or h.prompts.hash != full.hash:
+            out.append(f"prompts {h.prompts.name!r} are not all {len(full)} {bench.name} problems")
+    except data.DataError as e:
+        out.append(f"cannot check the prompts: {e}")
+    if h.models not in bench.canonical_models.values():
+        named = ", ".join(f"{k}: {v}" for k, v in bench.canonical_models.items())
+        out.append(f"models {h.models} are not a canonical pair for {bench.name} ({named})")
+    if h.settings.get("engine") != asdict(EngineSettings(max_tokens=bench.max_tokens)):
+        out.append(f"not the default decoding settings for {bench.name} (max_tokens {bench.max_tokens})")
+    if h.settings.get("tests") != bench.identity():
+        out.append("not this code's scoring (instruction, extraction or test timeout differ)")
+    return out
+
+
 def build(eid: str, rec: Record, base: Baselines, settings: EvalSettings) -> Evaluation:
     header, events = typed(rec)
-    gens, prefs = latest(events, "generation"), latest(events, "preference")
+    gens, prefs, tests = latest(events, "generation"), latest(events, "preference"), latest(events, "test")
     examples = []
     for b in base.examples:
         g = Decode.from_record(gens[b.prompt_id].decode) if b.prompt_id in gens else None
         p = _preference(prefs[b.prompt_id]) if b.prompt_id in prefs else None
-        examples.append(Example(b.prompt_id, b.instruction, b.reference, b.weak, b.weak_preference, g, p))
+        examples.append(dataclasses.replace(b, candidate=g, preference=p, test=tests.get(b.prompt_id)))
     ok = [e.sample() for e in examples if e.error is None]
     summary, note = None, ""
     if ok:
         try:
-            summary = summarize(ok, n_boot=settings.n_boot, seed=settings.seed)
+            how = summarize_pass if base.scored_by_tests else summarize
+            summary = how(ok, n_boot=settings.n_boot, seed=settings.seed)
         except StatsError as e:  # e.g. one judged prompt: the record stays readable, without numbers
             note = str(e)
     return Evaluation(eid, header, base, tuple(examples), summary, {**base.timings, **timings(events)}, note)

@@ -11,9 +11,9 @@ import msgspec
 from .. import data
 from ..judge import Judge, Preference
 from ..policies import Policy, PolicyError, expand_spec, load_policy
-from ..records import Generation, Header, Verdict, digest, to_fields
+from ..records import Generation, Header, Test, Verdict, digest, to_fields
 from ..store import RecordWriter, read_record
-from .baselines import Progress, baselines_header, decode_phase, ensure_baselines, judge_phase
+from .baselines import Progress, TestPhase, baselines_header, decode_phase, ensure_baselines, judge_phase, test_pool
 from .results import Evaluation, build, latest, load_evaluation, read_baselines, read_existing, typed
 from .setup import EvalSettings, EvaluationError, Setup, code_version, now
 
@@ -80,6 +80,8 @@ async def evaluate(
         events = typed(w.record)[1]
         gens = {k: v for k, v in latest(events, "generation").items() if v.decode.get("error") is None}
         todo = [p for p in prompts if p.id not in gens]
+        if settings.scored_by_tests:
+            return await _decode_and_test(w, eid, pol, spec, prompts, todo, gens, base, setup, settings, prog, judge)
         await decode_phase(w, Generation, pol, todo, setup, settings, prog, f"decode {spec}", gens)
         if not judge:
             return build(eid, w.record_now(), base, settings)
@@ -98,6 +100,42 @@ async def evaluate(
         result = build(eid, w.record_now(), base, settings)
         w.append("summary", comment="for people reading this file; readers recompute it", **result.numbers())
     return result  # its offline checks (`result.check`) run when first asked: after the record is signed
+
+
+async def _decode_and_test(
+    w, eid: str, pol: Policy, spec: str, prompts: data.PromptSet, todo: list[data.Prompt], gens: dict, base,
+    setup: Setup, settings: EvalSettings, prog: Progress, test: bool,
+) -> Evaluation:  # fmt: skip
+    """A tests benchmark: decode, each answer tested in the sandbox as soon as it is written; reuses the
+    baselines' result for an answer identical to the weak or the reference answer."""
+    if not test:
+        await decode_phase(w, Generation, pol, todo, setup, settings, prog, f"decode {spec}", gens)
+        return build(eid, w.record_now(), base, settings)
+    tested = {k for k, v in latest(typed(w.record_now())[1], "test").items() if v.error is None}
+    reuse = {}
+    for b in base.examples:
+        if b.weak and b.weak_test:
+            reuse[("weak", b.prompt_id)] = (b.weak.text, b.weak_test)
+        if b.reference is not None and b.reference_test:
+            reuse[("ref", b.prompt_id)] = (b.reference, b.reference_test)
+
+    class _Reusing(TestPhase):
+        def submit(self, pid: str, text: str) -> None:
+            for who in ("weak", "ref"):
+                same = reuse.get((who, pid))
+                if same and same[0] == text and same[1].error is None:
+                    self.reuse[pid] = same[1]
+            super().submit(pid, text)
+
+    tests = _Reusing(w, Test, prog, "tests: candidate", len(prompts) - len(tested), test_pool(settings))
+    for pid, g in gens.items():  # resuming: generations on record not tested yet
+        if pid not in tested:
+            tests.submit(pid, g.decode["text"])
+    await decode_phase(w, Generation, pol, todo, setup, settings, prog, f"decode {spec}", gens, tests)
+    await tests.finish()
+    result = build(eid, w.record_now(), base, settings)
+    w.append("summary", comment="for people reading this file; readers recompute it", **result.numbers())
+    return result
 
 
 async def generate(

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 from servers.paths import PROJECT_ROOT
 
+from ..benchmark import get as get_benchmark
 from ..client import ClientSettings, ModelClient
 from ..endpoints import resolve_endpoint
 from ..engine import EngineSettings, Models
@@ -29,8 +30,15 @@ class EvalSettings:
     judge: JudgeSettings = field(default_factory=JudgeSettings)
     n_boot: int = 1000  # bootstrap resamples (intervals only; not part of the identity)
     seed: int = 0
+    benchmark: str = "alpaca_eval"  # how answers are scored (workspace/benchmark.py)
+
+    @property
+    def scored_by_tests(self) -> bool:
+        return get_benchmark(self.benchmark).scoring == "tests"
 
     def identity(self) -> dict:
+        if self.scored_by_tests:  # no judge: the tests, the instruction and the extraction rules are the scorer
+            return {"engine": asdict(self.engine), "tests": get_benchmark(self.benchmark).identity()}
         j = self.judge
         judge = {"template": j.template, "labels": list(j.labels), "top_logprobs": j.top_logprobs,
                  "system": j.system, "digest": j.digest()}  # fmt: skip
@@ -39,6 +47,13 @@ class EvalSettings:
     @classmethod
     def from_identity(cls, identity: dict, n_boot: int = 1000, seed: int = 0) -> EvalSettings:
         """The settings a record was made with, from its header (engine settings, the judge's whole prompt)."""
+        if "tests" in identity:
+            bench = identity["tests"]["benchmark"]
+            made = cls(EngineSettings(**identity["engine"]), n_boot=n_boot, seed=seed, benchmark=bench)
+            if made.identity() != identity:
+                raise EvaluationError(f"the {bench} scoring on record is not the one this code has "
+                                      f"({identity['tests']} vs {made.identity()['tests']})")  # fmt: skip
+            return made
         j = identity["judge"]
         judge = JudgeSettings(template=j["template"], labels=tuple(j["labels"]), top_logprobs=j["top_logprobs"],
                               **({"system": j["system"]} if "system" in j else {}))  # fmt: skip
@@ -70,15 +85,17 @@ class Setup:
     def models(self) -> Models:
         return Models(self.weak, self.strong)
 
-    async def names(self) -> dict[str, str]:
-        """Served model name per role (from the endpoint when known: no request)."""
-        got = await asyncio.gather(self.weak.model(), self.strong.model(), self.judge.model())
-        return dict(zip(("weak", "strong", "judge"), got, strict=True))
+    async def names(self, judge: bool = True) -> dict[str, str]:
+        """Served model name per role (from the endpoint when known: no request); `judge=False` leaves the judge
+        out (a benchmark scored by tests never asks it)."""
+        clients = (self.weak, self.strong, self.judge)[: 3 if judge else 2]
+        got = await asyncio.gather(*(c.model() for c in clients))
+        return dict(zip(("weak", "strong", "judge"), got, strict=False))
 
-    async def servers(self) -> dict[str, str]:
+    async def servers(self, judge: bool = True) -> dict[str, str]:
         """Server version per role, for the record (best effort)."""
         out = {}
-        for role, c in (("weak", self.weak), ("strong", self.strong), ("judge", self.judge)):
+        for role, c in (("weak", self.weak), ("strong", self.strong), ("judge", self.judge))[: 3 if judge else 2]:
             reps = await c.status()
             out[role] = ", ".join(f"{r.url} vllm {r.version}" for r in reps)
         return out
