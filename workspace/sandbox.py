@@ -93,7 +93,8 @@ def _command(limits: Limits) -> list[str]:
             cmd += ["--ro-bind", f, f]
     size = str(limits.tmpfs_mb << 20)
     cmd += ["--proc", "/proc", "--dev", "/dev", "--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs",
-            "/sandbox", "--remount-ro", "/", "--chdir", "/sandbox", "--", exe, "-I", "-S", "-B", "-c", _PRELUDE]  # fmt: skip
+            "/sandbox", "--remount-ro", "/", "--chdir", "/sandbox"]  # fmt: skip
+    cmd += ["--", exe, "-I", "-S", "-B", "-c", _PRELUDE]
     return cmd
 
 
@@ -101,8 +102,8 @@ def _command(limits: Limits) -> list[str]:
 # program printing "bwrap: ..." cannot pass itself off as a sandbox failure (which is retried, not counted).
 STARTED = b"\x1ecdw-sandbox-started\n"
 _PRELUDE = (
-    "import sys; sys.stdout.buffer.write(%r); sys.stdout.flush(); "
-    "exec(compile(sys.stdin.read(), '<stdin>', 'exec'))" % STARTED
+    f"import sys; sys.stdout.buffer.write({STARTED!r}); sys.stdout.flush(); "
+    "exec(compile(sys.stdin.read(), '<stdin>', 'exec'))"
 )
 
 
