@@ -197,13 +197,17 @@ async def test_tools_are_listed_with_their_schemas(env):
     assert ev["required"] == ["policy"] and ev["properties"]["policy"]["type"] == "string"
     assert {"string", "integer"} == {a["type"] for a in ev["properties"]["prompts"]["anyOf"]}
     assert ev["properties"]["prompts"]["default"] == "canonical"
+    for tool in ("evaluate_policy", "get_baselines"):  # which benchmark: alpaca_eval unless told
+        prop = tools[tool].input_schema["properties"]["benchmark"]
+        assert prop["default"] == "alpaca_eval" and "humaneval" in prop["description"]
     assert tools["evaluate_generations"].input_schema["required"] == ["run_id"]
     share = tools["share_finding"].input_schema
     assert sorted(share["required"]) == ["body", "kind", "title"]
     assert share["properties"]["kind"]["enum"] == list(forum.KINDS)
     assert set(share["properties"]) == {"title", "kind", "body", "policy", "evaluation_id", "tags"}
     assert set(tools["get_findings"].input_schema["properties"]) == {"kind", "policy", "since", "text", "limit"}
-    assert tools["get_leaderboard"].input_schema.get("properties", {}) == {}
+    board = tools["get_leaderboard"].input_schema
+    assert set(board["properties"]) == {"benchmark"} and not board.get("required")
 
 
 async def test_bad_arguments_come_back_as_tool_errors_and_nothing_runs(env, tmp_path):
@@ -239,8 +243,15 @@ async def test_bad_arguments_come_back_as_tool_errors_and_nothing_runs(env, tmp_
         assert "kind" in await refused(session, "share_finding", title="t", kind="rumour", body="b")
         assert "ISO date" in await refused(session, "get_findings", since="last tuesday")
         assert "limit" in await refused(session, "get_findings", limit=0)
+        for tool, args in (("evaluate_policy", {"policy": "never"}), ("get_baselines", {}), ("get_leaderboard", {})):
+            msg = await refused(session, tool, benchmark="mbpp", **args)
+            assert "unknown benchmark 'mbpp'" in msg and "alpaca_eval, humaneval" in msg, msg
         board = await call(session, "get_leaderboard")  # still serving
+        tests_board = await call(session, "get_leaderboard", benchmark="humaneval")
     assert board["certified"] == [] and board["non_canonical"] == []
+    assert board["benchmarks"] == ["alpaca_eval"] and {b["benchmark"] for b in board["baselines"]} == {"alpaca_eval"}
+    assert tests_board["benchmarks"] == ["humaneval"] and len(tests_board["baselines"]) == 2
+    assert {b["benchmark"] for b in tests_board["baselines"]} == {"humaneval"}
     assert not marker.exists(), "a policy file outside the folder was imported"
     assert not Path(env["CDW_RECORDS_DIR"]).exists() and not Path(env["CDW_FINDINGS_DIR"]).exists()
 
@@ -258,6 +269,7 @@ async def test_baselines_and_an_evaluation_with_progress_and_intervals(env, prom
     assert base["models"] == {"weak": "weak", "strong": "strong", "judge": "judge"}
     assert base["judge"].startswith("judge#")
     assert base["canonical_hash"] == json.loads(data.CANONICAL_FILE.read_text())["hash"]
+    assert base["benchmark"] == ev["benchmark"] == "alpaca_eval" and ev["u_strong"] == 0.5
     assert base["prompts"] == f"canonical[:{N}]" and base["prompts_hash"] == prompts.hash
     assert progress and progress[-1][:2] == (5 * N, 5 * N)
     assert all(done <= total for done, total, _ in progress)
@@ -348,6 +360,7 @@ async def test_one_agent_turn_end_to_end(env, prompts):
     assert [f["id"] for f in results["findings"]] == [fid] and results["findings"][0]["body"].strip() == body
     assert everything["total"] == 2 and [f["id"] for f in everything["findings"]] == [fid]  # newest first
     (entry,) = [e for e in board["non_canonical"] if e["evaluation"] == ev["evaluation_id"]]
+    assert entry["benchmark"] == "alpaca_eval" and all("benchmark" in e for e in board["baselines"])
     assert entry["finding"] == fid and entry["f_weak"] == ev["f_weak"] and entry["recovery"] == ev["recovery"]
     assert entry["f_weak_ci"] == ev["ci"]["f_weak"] and entry["recovery_ci"] == ev["ci"]["recovery"]
     assert board["certified"] == []

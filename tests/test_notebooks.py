@@ -188,6 +188,8 @@ def test_quickstart_runs_and_colours_the_answer(fake_env):
     assert html.count("healthy") >= 3 and "No healthy server" not in html
     assert 'class="cdw-decode ' in html and 'class="cdw-strong"' in html and "handoff score" in html
     assert "'strong'" in outputs(nb, "text/plain") and "'weak'" in outputs(nb, "text/plain")
+    # the code section: one HumanEval problem decoded and its tests run (toy models write no code: no_code)
+    assert re.search(r"HumanEval/0: (passed|failed|no_code|timeout) in", outputs(nb, "text/plain"))
 
 
 def test_policy_explorer_runs_and_cancels_the_stale_run(fake_env):

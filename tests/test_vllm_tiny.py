@@ -222,3 +222,22 @@ def test_cdw_eval_on_the_tiny_preset_judges_every_example(tiny_servers, tmp_path
     assert r.exit_code == 0, r.output
     assert out["n"] == 5 and out["judged"] == 5 and out["errors"] == [] and out["verified"] is True
     assert out["recovery"] is not None or "gap" in " ".join(out["reasons"])  # random models: no real gap needed
+
+
+def test_cdw_eval_humaneval_on_the_tiny_preset_tests_every_answer(tiny_servers, tmp_path, monkeypatch):
+    """The code track on real vLLM: `cdw eval --benchmark humaneval --n 3` tests every answer in the sandbox and
+    reports pass rates with no errors (tiny models write no code: every answer fails, which is a result)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from workspace.cli import main
+
+    monkeypatch.setenv("CDW_RECORDS_DIR", str(tmp_path / "records"))
+    r = CliRunner().invoke(main, ["eval", "--benchmark", "humaneval", "--policy", "never", "--n", "3",
+                                  "--max-tokens", "48", "--no-cache", "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output[r.output.index("{") :])
+    assert out["benchmark"] == "humaneval" and out["prompts"] == "humaneval[:3]"
+    assert out["n"] == 3 and out["judged"] == 3 and out["errors"] == [] and out["verified"] is True
+    assert out["utility"] == out["u_weak"] and out["u_strong"] is not None

@@ -1,8 +1,9 @@
 """Altair charts of the leaderboard: the frontier and the certified state of the art over time (DESIGN.md §3).
 
 Charts are built from a `Leaderboard` (itself built from evaluation records), so a chart never shows a number that
-was typed in. They display in JupyterLab as they are (offline: `use_offline_renderer()`), and `save_chart` writes
-PNG or SVG through vl-convert.
+was typed in. A chart shows one benchmark (`benchmark=`, default alpaca_eval): recovery on a judge and recovery on
+unit tests are different quantities, never drawn on one axis. Charts display in JupyterLab as they are (offline:
+`use_offline_renderer()`), and `save_chart` writes PNG or SVG through vl-convert.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import altair as alt
 
+from .benchmark import DEFAULT
 from .leaderboard import BASELINE, BELOW_BAR, CERTIFIED, NOT_CANONICAL, Leaderboard, LeaderboardEntry, get_leaderboard
 
 STATUSES = (CERTIFIED, BELOW_BAR, NOT_CANONICAL, BASELINE)
@@ -32,7 +34,7 @@ def _row(e: LeaderboardEntry) -> dict:
     """One point of the frontier: the numbers, their intervals, and the tooltip text."""
     fi, ri = e.f_weak_ci, e.recovery_ci
     return {
-        "policy": e.policy, "status": e.status, "evaluation": e.evaluation or "—", "n": e.n,
+        "policy": e.policy, "benchmark": e.benchmark, "status": e.status, "evaluation": e.evaluation or "—", "n": e.n,
         "f_weak": e.f_weak, "recovery": e.recovery,
         "f_lo": fi.low if fi else e.f_weak, "f_hi": fi.high if fi else e.f_weak,
         "r_lo": ri.low if ri else e.recovery, "r_hi": ri.high if ri else e.recovery,
@@ -41,10 +43,13 @@ def _row(e: LeaderboardEntry) -> dict:
     }  # fmt: skip
 
 
-def frontier_chart(board: Leaderboard | None = None, error_bars: bool = False) -> alt.LayerChart:
-    """Every evaluation as a point (f_weak → x, recovery → y), the bar as a hairline, certified points set apart,
-    the two endpoints (strong only at (0, 1), weak only at (1, 0)); a checkbox shows the 95% intervals."""
-    board = board or get_leaderboard()
+def frontier_chart(
+    board: Leaderboard | None = None, error_bars: bool = False, benchmark: str = DEFAULT
+) -> alt.LayerChart:
+    """Every evaluation of one benchmark as a point (f_weak → x, recovery → y), the bar as a hairline, certified
+    points set apart, the two endpoints (strong only at (0, 1), weak only at (1, 0)); a checkbox shows the 95%
+    intervals."""
+    board = (board or get_leaderboard()).for_benchmark(benchmark)
     rows = [_row(e) for e in board.evaluations if e.f_weak is not None and e.recovery is not None]
     ends = [_row(e) for e in board.baselines]
     recs = [r["recovery"] for r in rows] + [0.0, 1.0, board.bar]
@@ -60,8 +65,8 @@ def frontier_chart(board: Leaderboard | None = None, error_bars: bool = False) -
         legend=alt.Legend(orient="bottom-left", direction="vertical"),
     )  # fmt: skip
     stroke = alt.Stroke("status:N", title=None, scale=palette)
-    tooltip = ["policy:N", "status:N", "n:Q", "f_weak (95% CI):N", "recovery (95% CI):N", "date:N", "finding:N",
-               "evaluation:N"]  # fmt: skip
+    tooltip = ["policy:N", "benchmark:N", "status:N", "n:Q", "f_weak (95% CI):N", "recovery (95% CI):N", "date:N",
+               "finding:N", "evaluation:N"]  # fmt: skip
     data = alt.Data(values=rows + ends)
     base = alt.Chart(data)
     bar = alt.Chart(alt.Data(values=[{"bar": board.bar, "label": f"bar {board.bar:g}"}]))
@@ -94,33 +99,38 @@ def frontier_chart(board: Leaderboard | None = None, error_bars: bool = False) -
     return (
         alt.layer(*layers)
         .add_params(show)
-        .properties(width=WIDTH, height=HEIGHT, title="Frontier: weak share vs recovery, every evaluation")
+        .properties(
+            width=WIDTH, height=HEIGHT, title=f"Frontier ({benchmark}): weak share vs recovery, every evaluation"
+        )
     )
 
 
-def sota_rows(board: Leaderboard, now: datetime | None = None) -> list[dict]:
-    """The best certified f_weak as a step series: one row per improvement, and one at `now` to end the line."""
+def sota_rows(board: Leaderboard, now: datetime | None = None, benchmark: str = DEFAULT) -> list[dict]:
+    """The best certified f_weak of one benchmark as a step series: one row per improvement, and one at `now` to end
+    the line."""
     out: list[dict] = []
     best = None
-    for e in sorted(board.certified, key=lambda e: e.created or ""):
+    for e in sorted((e for e in board.certified if e.benchmark == benchmark), key=lambda e: e.created or ""):
         if e.f_weak is not None and e.created and (best is None or e.f_weak > best):
             best = e.f_weak
             out.append({"created": e.created, "best": best, "policy": e.policy, "recovery": _fmt(e.recovery),
-                        "evaluation": e.evaluation, "improvement": True})  # fmt: skip
+                        "evaluation": e.evaluation, "benchmark": e.benchmark, "improvement": True})  # fmt: skip
     if out:
         stamp = (now or datetime.now(UTC)).isoformat(timespec="seconds")
         out.append({**out[-1], "created": max(stamp, out[-1]["created"]), "improvement": False})
     return out
 
 
-def sota_chart(board: Leaderboard | None = None, now: datetime | None = None) -> alt.LayerChart | alt.Chart:
-    """A step line of the best certified f_weak over time, a point at each new best."""
+def sota_chart(
+    board: Leaderboard | None = None, now: datetime | None = None, benchmark: str = DEFAULT
+) -> alt.LayerChart | alt.Chart:
+    """A step line of the best certified f_weak of one benchmark over time, a point at each new best."""
     board = board or get_leaderboard()
-    rows = sota_rows(board, now)
-    title = "Certified state of the art: best f_weak at recovery ≥ bar"
+    rows = sota_rows(board, now, benchmark)
+    title = f"Certified state of the art ({benchmark}): best f_weak at recovery ≥ bar"
     if not rows:
         return (
-            alt.Chart(alt.Data(values=[{"text": "no certified evaluation yet"}]))
+            alt.Chart(alt.Data(values=[{"text": f"no certified {benchmark} evaluation yet"}]))
             .mark_text(fontSize=14, color="#57606a")
             .encode(text="text:N")
             .properties(width=WIDTH, height=HEIGHT / 2, title=title)
@@ -129,7 +139,8 @@ def sota_chart(board: Leaderboard | None = None, now: datetime | None = None) ->
     x = alt.X("created:T", title="date (UTC)", axis=alt.Axis(format="%Y-%m-%d", labelOverlap="greedy"))
     y = alt.Y("best:Q", title="best certified f_weak", scale=alt.Scale(domain=[0, 1]))
     tooltip = [alt.Tooltip("created:T", format="%Y-%m-%d %H:%M"), "policy:N",
-               alt.Tooltip("best:Q", title="f_weak", format=".3f"), "recovery:N", "evaluation:N"]  # fmt: skip
+               alt.Tooltip("best:Q", title="f_weak", format=".3f"), "recovery:N", "benchmark:N",
+               "evaluation:N"]  # fmt: skip
     return alt.layer(
         base.mark_line(interpolate="step-after", color=COLORS[0], strokeWidth=2).encode(x=x, y=y),
         base.transform_filter("datum.improvement").mark_point(filled=True, size=80, color=COLORS[0])

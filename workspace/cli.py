@@ -17,6 +17,8 @@ from servers.presets import ROLES, PresetError, load_catalog
 from servers.provision import ProvisionError
 
 from . import health
+from .benchmark import BENCHMARKS
+from .benchmark import get as get_benchmark
 
 console = Console(highlight=False, soft_wrap=True)
 DEFAULT_PRESET = "cpu"
@@ -225,6 +227,9 @@ def decode_cmd(instruction: str, spec: str, max_tokens: int, as_json: bool, **kw
 # ---------------------------------------------------------------- evaluation
 
 
+BENCHMARK_NAMES = list(BENCHMARKS)
+
+
 def prompt_options(f):
     """Which prompts: the canonical set (default), the first N of it, or a JSONL file."""
     f = click.option("--prompts", "prompts_file", default=None, metavar="FILE.jsonl", help="a JSONL prompt set")(f)
@@ -232,7 +237,11 @@ def prompt_options(f):
     f = click.option("--canonical", is_flag=True, help="the canonical 100 (the default)")(f)
     f = click.option("--confirm", is_flag=True,
                      help="the 300-prompt confirmation set (a certified result confirmed at n = 400)")(f)  # fmt: skip
-    f = click.option("--max-tokens", default=256, show_default=True, help="answer length limit (weak tokens)")(f)
+    f = click.option("--max-tokens", type=int, default=None,
+                     help="answer length limit, in each author's tokens (default: the benchmark's, 256 for "
+                     "alpaca_eval, 512 for humaneval)")(f)  # fmt: skip
+    f = click.option("--benchmark", default="alpaca_eval", show_default=True, type=click.Choice(BENCHMARK_NAMES),
+                     help="what to evaluate on: alpaca_eval (judged) or humaneval (unit tests)")(f)  # fmt: skip
     f = click.option("--no-cache", is_flag=True, help="do not answer repeated requests from the call cache")(f)
     return f
 
@@ -243,6 +252,14 @@ def _prompt_set(kw: dict):
     canonical, n, path, confirm = kw.pop("canonical"), kw.pop("n"), kw.pop("prompts_file"), kw.pop("confirm")
     if sum(x is not None and x is not False for x in (n, path)) + canonical + confirm > 1:
         _fail("choose one of --canonical, --confirm, --n N, --prompts FILE")
+    bench = get_benchmark(kw["benchmark"])
+    if bench.scoring == "tests":
+        if path or confirm:
+            _fail(f"--benchmark {bench.name} runs on its own problems: use --n N or leave it out for all of them")
+        try:
+            return bench.prompts(n)
+        except DataError as e:
+            _fail(str(e))
     try:
         if confirm:
             return resolve("confirmation")
@@ -258,7 +275,9 @@ def _setup(kw: dict):
     from .store import CallCache
 
     cache = None if kw.pop("no_cache") else CallCache()
-    settings = EvalSettings(EngineSettings(max_tokens=kw.pop("max_tokens")))
+    bench = get_benchmark(kw.pop("benchmark"))
+    max_tokens = kw.pop("max_tokens")
+    settings = EvalSettings(EngineSettings(max_tokens=max_tokens or bench.max_tokens), benchmark=bench.name)
     try:
         return Setup.from_endpoints(_urls(kw), cache), settings
     except EndpointError as e:
@@ -296,18 +315,25 @@ def _show_evaluation(ev) -> None:
     t.add_column("quantity")
     t.add_column("value [95% CI]")
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    tests = ev.baselines.scored_by_tests
     t.add_row("f_weak", _ci(ev, "f_weak"))
-    t.add_row("utility (length-controlled winrate vs reference)", _ci(ev, "utility"))
-    t.add_row("U_weak", _ci(ev, "u_weak"))
+    if tests:
+        t.add_row("utility (pass@1, unit tests)", _ci(ev, "utility"))
+        t.add_row("U_weak (weak model's own pass rate)", _ci(ev, "u_weak"))
+        t.add_row("U_strong (strong model's own pass rate)", _ci(ev, "u_strong"))
+    else:
+        t.add_row("utility (length-controlled winrate vs reference)", _ci(ev, "utility"))
+        t.add_row("U_weak", _ci(ev, "u_weak"))
     t.add_row("recovery", _ci(ev, "recovery"))
     t.add_row(
         "recovery, one-sided 95% lower bound",
         fmt(c.recovery_lower if c else None)
         + (f" ({c.dropped} of {c.n_boot} resamples had no gap: counted as failures)" if c and c.dropped else ""),
     )
-    t.add_row("raw winrate (no length control)", fmt(s.raw_winrate if s else None))
-    t.add_row("recovery with alpaca_eval's penalised LC", fmt(c.recovery_penalised if c else None))
-    t.add_row("judged", f"{s.n if s else 0} of {ev.n}")
+    if not tests:
+        t.add_row("raw winrate (no length control)", fmt(s.raw_winrate if s else None))
+        t.add_row("recovery with alpaca_eval's penalised LC", fmt(c.recovery_penalised if c else None))
+    t.add_row("tested" if tests else "judged", f"{s.n if s else 0} of {ev.n}")
     t.add_row("verified", "[green]yes[/]" if ev.verified else "[yellow]no[/] (why: below)")
     reasons = ev.reasons()
     t.add_row("certified", "[green]yes[/]" if not reasons else "[yellow]no[/] (why: below)")
@@ -408,8 +434,12 @@ def baselines(as_json: bool, **kw) -> None:
     t.add_column("")
     t.add_column("")
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
-    t.add_row("U_weak (weak only vs reference)", fmt(info["u_weak"]))
-    t.add_row("U_strong (reference vs itself)", "0.500")
+    if b.scored_by_tests:
+        t.add_row("U_weak (weak model's own pass@1)", fmt(info["u_weak"]))
+        t.add_row("U_strong (strong model's own pass@1)", fmt(info["u_strong"]))
+    else:
+        t.add_row("U_weak (weak only vs reference)", fmt(info["u_weak"]))
+        t.add_row("U_strong (reference vs itself)", "0.500")
     t.add_row("gap", fmt(info["gap"]))
     for role, name in info["models"].items():
         t.add_row(f"{role} model", name)
@@ -619,12 +649,13 @@ def findings_add(title, kind, author, policy, evaluation, tags, body_file) -> No
     console.print(f"[green]✓[/] posted {fid}")
 
 
-def _board_table(title: str, entries, ranked: bool = False) -> Table:
+def _board_table(title: str, entries, ranked: bool = False, utility: str | None = None) -> Table:
+    """A leaderboard table; `utility` names a column showing each evaluation's utility (tests benchmarks: pass@1)."""
     t = Table(title=title, title_justify="left")
     if ranked:
         t.add_column("#")
     t.add_column("policy", overflow="fold")
-    for col in ("f_weak", "recovery", "n", "when"):
+    for col in ("f_weak", "recovery", *([utility] if utility else []), "n", "when"):
         t.add_column(col, no_wrap=True)
     t.add_column("finding / note")
     t.add_column("evaluation", no_wrap=True)
@@ -636,29 +667,41 @@ def _board_table(title: str, entries, ranked: bool = False) -> Table:
         notes = "\n".join(x for x in (e.finding_title, e.note and f"[dim]{e.note}[/]") if x)
         row = [str(e.rank or "")] if ranked else []
         row += [e.policy, fmt(e.f_weak, e.f_weak_ci), fmt(e.recovery, e.recovery_ci)]
-        row += [f"{e.judged}/{e.n}" if e.evaluation else "", (e.created or "")[:10], notes, e.evaluation or ""]
+        row += [fmt(e.utility, None) if e.evaluation else ""] if utility else []
+        row += [f"{e.judged}/{e.n}" if e.evaluation else ""]
+        row += [(e.created or "")[:10], notes, e.evaluation or ""]
         t.add_row(*row)
     return t
 
 
 @main.command("leaderboard")
 @click.option("--json", "as_json", is_flag=True, help="print the leaderboard as JSON")
-def leaderboard_cmd(as_json: bool) -> None:
-    """Certified policies ranked by f_weak (ties by recovery), from the evaluation records; the rest below."""
-    from .leaderboard import get_leaderboard
+@click.option("--benchmark", "benchmark", default=None, type=click.Choice(list(BENCHMARKS)),
+              help="only this benchmark (default: every benchmark on record, one table each)")  # fmt: skip
+def leaderboard_cmd(as_json: bool, benchmark: str | None) -> None:
+    """Certified policies ranked by f_weak (ties by recovery) within each benchmark, from the evaluation records;
+    the rest below. Benchmarks are scored differently and never ranked together."""
+    from .leaderboard import get_leaderboard, utility_meaning
 
     board = _with_finding_warnings(get_leaderboard)
+    if benchmark is not None:
+        board = board.for_benchmark(benchmark)
     if as_json:
         click.echo(json.dumps(board.to_json(), ensure_ascii=False, indent=2))
         return
-    console.print(_board_table(f"certified (canonical set, recovery ≥ {board.bar})", board.certified + board.baselines,
-                               ranked=True))  # fmt: skip
-    if board.below_bar:
-        console.print(_board_table("canonical, below the bar", board.below_bar))
-    if board.non_canonical:
-        console.print(_board_table("not canonical", board.non_canonical))
-    if board.unverified:
-        console.print(_board_table("unverified (not certified whatever their numbers)", board.unverified))
+    for name in board.benchmarks:
+        b = board.for_benchmark(name)
+        u = "pass@1" if name in BENCHMARKS and BENCHMARKS[name].scoring == "tests" else None
+        console.print(f"\n[bold]{name}[/] [dim]({utility_meaning(name)})[/]")
+        console.print(_board_table(f"{name}: certified (canonical, recovery ≥ {b.bar})", b.certified + b.baselines,
+                                   ranked=True, utility=u))  # fmt: skip
+        if b.below_bar:
+            console.print(_board_table(f"{name}: canonical, below the bar", b.below_bar, utility=u))
+        if b.non_canonical:
+            console.print(_board_table(f"{name}: not canonical", b.non_canonical, utility=u))
+        if b.unverified:
+            console.print(_board_table(f"{name}: unverified (not certified whatever their numbers)", b.unverified,
+                                       utility=u))  # fmt: skip
     for rid, why in board.skipped:
         console.print(f"[yellow]warning: evaluation {rid} cannot be read: {why}[/]")
 

@@ -4,6 +4,9 @@
     evals = evaluations_frame()                 # one row per evaluation on record
     ex = examples_frame()                       # one row per (evaluation, prompt)
     ex.filter(pl.col("preference") < 0.3).select("policy", "prompt_id", "candidate")
+    ex.filter(pl.col("benchmark") == "humaneval", pl.col("weak_passed"), ~pl.col("passed"))  # deferral broke it
+
+Every row names its benchmark (`workspace/benchmark.py`): compare numbers within one benchmark only.
 
 Every number is recomputed from the records (`workspace.evaluate.load_evaluation`); the leaderboard is built
 from `evaluations_frame` too.
@@ -60,12 +63,13 @@ def load_all_evaluations() -> tuple[list[Evaluation], list[tuple[str, str]]]:
 
 
 EVALUATION_SCHEMA = {
-    "evaluation": pl.String, "policy": pl.String, "family": pl.String, "prompts": pl.String, "n": pl.Int64,
-    "judged": pl.Int64, "f_weak": pl.Float64, "f_weak_low": pl.Float64, "f_weak_high": pl.Float64,
-    "recovery": pl.Float64, "recovery_lower": pl.Float64, "recovery_low": pl.Float64, "recovery_high": pl.Float64,
-    "utility": pl.Float64, "u_weak": pl.Float64, "recovery_penalised": pl.Float64, "raw_winrate": pl.Float64,
-    "canonical": pl.Boolean, "verified": pl.Boolean, "verification": pl.String, "certified": pl.Boolean,
-    "confirmed": pl.Boolean, "reasons": pl.List(pl.String), "created": pl.String, "commit": pl.String,
+    "evaluation": pl.String, "benchmark": pl.String, "policy": pl.String, "family": pl.String,
+    "prompts": pl.String, "n": pl.Int64, "judged": pl.Int64, "f_weak": pl.Float64, "f_weak_low": pl.Float64,
+    "f_weak_high": pl.Float64, "recovery": pl.Float64, "recovery_lower": pl.Float64, "recovery_low": pl.Float64,
+    "recovery_high": pl.Float64, "utility": pl.Float64, "u_weak": pl.Float64, "u_strong": pl.Float64,
+    "recovery_penalised": pl.Float64, "raw_winrate": pl.Float64, "canonical": pl.Boolean, "verified": pl.Boolean,
+    "verification": pl.String, "certified": pl.Boolean, "confirmed": pl.Boolean, "reasons": pl.List(pl.String),
+    "created": pl.String, "commit": pl.String,
 }  # fmt: skip
 
 
@@ -85,15 +89,16 @@ def evaluation_row(ev: Evaluation, others: Iterable[Evaluation] = ()) -> dict:
     conf = confirmation_of(ev, others) if ev.certified else None
     (fl, fh), (rl, rh) = _ci(ev, "f_weak"), _ci(ev, "recovery")
     return {
-        "evaluation": ev.id, "policy": ev.policy, "family": ev.policy.split("(", 1)[0].strip(),
-        "prompts": ev.prompts, "n": ev.n, "judged": s.n if s else 0, "f_weak": s.f_weak if s else None,
-        "f_weak_low": fl, "f_weak_high": fh, "recovery": c.recovery if c else None,
+        "evaluation": ev.id, "benchmark": ev.header.benchmark, "policy": ev.policy,
+        "family": ev.policy.split("(", 1)[0].strip(), "prompts": ev.prompts, "n": ev.n, "judged": s.n if s else 0,
+        "f_weak": s.f_weak if s else None, "f_weak_low": fl, "f_weak_high": fh, "recovery": c.recovery if c else None,
         "recovery_lower": _finite(c.recovery_lower) if c else None, "recovery_low": rl, "recovery_high": rh,
         "utility": c.utility if c else None, "u_weak": c.u_weak if c else None,
-        "recovery_penalised": c.recovery_penalised if c else None, "raw_winrate": s.raw_winrate if s else None,
-        "canonical": ev.canonical, "verified": ev.verified, "verification": ev.check.reason,
-        "certified": ev.certified, "confirmed": bool(conf and conf.certified), "reasons": ev.reasons(),
-        "created": ev.header.created, "commit": ev.header.code.commit if ev.header.code else None,
+        "u_strong": c.u_strong if c else None, "recovery_penalised": c.recovery_penalised if c else None,
+        "raw_winrate": s.raw_winrate if s else None, "canonical": ev.canonical, "verified": ev.verified,
+        "verification": ev.check.reason, "certified": ev.certified, "confirmed": bool(conf and conf.certified),
+        "reasons": ev.reasons(), "created": ev.header.created,
+        "commit": ev.header.code.commit if ev.header.code else None,
     }  # fmt: skip
 
 
@@ -106,16 +111,24 @@ def evaluations_frame(evaluations: Iterable[Evaluation] | None = None) -> pl.Dat
 
 
 EXAMPLE_SCHEMA = {
-    "evaluation": pl.String, "policy": pl.String, "prompt_id": pl.String, "instruction": pl.String,
-    "candidate": pl.String, "reference": pl.String, "weak": pl.String, "f_weak": pl.Float64,
+    "evaluation": pl.String, "benchmark": pl.String, "policy": pl.String, "prompt_id": pl.String,
+    "instruction": pl.String, "candidate": pl.String, "reference": pl.String, "weak": pl.String, "f_weak": pl.Float64,
     "strong_spans": pl.Int64, "segments": pl.List(pl.Struct({"author": pl.String, "text": pl.String})),
     "preference": pl.Float64, "weak_preference": pl.Float64, "candidate_length": pl.Int64,
-    "weak_length": pl.Int64, "reference_length": pl.Int64, "error": pl.String,
+    "weak_length": pl.Int64, "reference_length": pl.Int64, "passed": pl.Boolean, "weak_passed": pl.Boolean,
+    "reference_passed": pl.Boolean, "test_status": pl.String, "error": pl.String,
 }  # fmt: skip
 
 
+def _passed(t) -> bool | None:
+    """Whether an answer passed its unit tests; None with no test result (a judge benchmark, not tested yet, or
+    the sandbox failed)."""
+    return None if t is None or t.error else t.passed
+
+
 def examples_frame(evaluations: Iterable[Evaluation] | None = None) -> pl.DataFrame:
-    """One row per (evaluation, prompt): the texts, the segments, f_weak, both preferences, lengths, errors."""
+    """One row per (evaluation, prompt): the texts, the segments, f_weak, both preferences (judge benchmarks) or
+    whether each answer passed its unit tests (tests benchmarks: candidate, weak only, reference), lengths, errors."""
     if evaluations is None:
         evaluations = load_all_evaluations()[0]
     rows = []
@@ -123,13 +136,17 @@ def examples_frame(evaluations: Iterable[Evaluation] | None = None) -> pl.DataFr
         for e in ev.examples:
             c, w = e.candidate, e.weak
             rows.append({
-                "evaluation": ev.id, "policy": ev.policy, "prompt_id": e.prompt_id, "instruction": e.instruction,
+                "evaluation": ev.id, "benchmark": ev.header.benchmark, "policy": ev.policy,
+                "prompt_id": e.prompt_id, "instruction": e.instruction,
                 "candidate": c.text if c else None, "reference": e.reference, "weak": w.text if w else None,
                 "f_weak": c.f_weak if c else None, "strong_spans": c.num_deferrals if c else None,
                 "segments": [{"author": s.author, "text": s.text} for s in c.segments] if c else [],
                 "preference": e.preference.preference if e.preference else None,
                 "weak_preference": e.weak_preference.preference if e.weak_preference else None,
                 "candidate_length": len(c.text) if c else None, "weak_length": len(w.text) if w else None,
-                "reference_length": len(e.reference) if e.reference is not None else None, "error": e.error,
+                "reference_length": len(e.reference) if e.reference is not None else None,
+                "passed": _passed(e.test), "weak_passed": _passed(e.weak_test),
+                "reference_passed": _passed(e.reference_test), "test_status": e.test.status if e.test else None,
+                "error": e.error,
             })  # fmt: skip
     return pl.DataFrame(rows, schema=EXAMPLE_SCHEMA)

@@ -1,10 +1,14 @@
 """The leaderboard: computed from evaluation records only, never from a number someone typed (DESIGN.md §1, §6).
 
-Certified evaluations (canonical, complete, verified: valid and signed by a trusted key, and passing the
-certification rule) are ranked by f_weak (ties by recovery, then the earlier one); unverified records, canonical
-evaluations below the bar and non-canonical ones are listed apart, each with the reason; the two baselines
-(weak only, strong only) are always there. Rows come from `workspace.frames.evaluations_frame`. Each entry names
-the finding that reported it, but takes nothing else from it.
+Every entry belongs to one benchmark (`workspace/benchmark.py`): alpaca_eval (utility = the judge's
+length-controlled winrate, U_strong = 0.5) or humaneval (utility = pass@1 on the unit tests, U_weak and U_strong
+the two models' own pass rates). Numbers of different benchmarks are never compared: certified evaluations
+(canonical for their benchmark, complete, verified: valid and signed by a trusted key, and passing the
+certification rule) are ranked within their benchmark by f_weak (ties by recovery, then the earlier one);
+unverified records, canonical evaluations below the bar and non-canonical ones are listed apart, each with the
+reason; the two baselines (weak only, strong only) are there for each benchmark shown (alpaca_eval always). Rows
+come from `workspace.frames.evaluations_frame`. Each entry names the finding that reported it, but takes nothing
+else from it.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from .benchmark import BENCHMARKS, DEFAULT
 from .evaluate import Evaluation
 from .forum import Finding, get_findings
 from .frames import evaluations_frame, load_all_evaluations
@@ -45,6 +50,9 @@ class LeaderboardEntry:
     verified: bool = False  # valid and signed by a trusted key (the definitional baselines: True)
     recovery_lower: float | None = None  # the one-sided 95% lower bound the certification rule reads
     confirmed: bool = False  # certified again with the 300 confirmation prompts pooled in (n = 400)
+    benchmark: str = DEFAULT  # what it was measured on (workspace/benchmark.py); ranks are within it
+    u_weak: float | None = None  # the weak model's own utility on the same prompts
+    u_strong: float | None = None  # the strong model's: 0.5 for a judge, its pass rate for tests
 
     @property
     def family(self) -> str:
@@ -53,9 +61,10 @@ class LeaderboardEntry:
     def to_json(self) -> dict:
         ci = lambda iv: None if iv is None else [iv.low, iv.high]  # noqa: E731
         return {
-            "rank": self.rank, "status": self.status, "policy": self.policy, "evaluation": self.evaluation,
-            "f_weak": self.f_weak, "f_weak_ci": ci(self.f_weak_ci), "recovery": self.recovery,
-            "recovery_ci": ci(self.recovery_ci), "utility": self.utility, "n": self.n, "judged": self.judged,
+            "rank": self.rank, "benchmark": self.benchmark, "status": self.status, "policy": self.policy,
+            "evaluation": self.evaluation, "f_weak": self.f_weak, "f_weak_ci": ci(self.f_weak_ci),
+            "recovery": self.recovery, "recovery_ci": ci(self.recovery_ci), "utility": self.utility,
+            "u_weak": self.u_weak, "u_strong": self.u_strong, "n": self.n, "judged": self.judged,
             "prompts": self.prompts, "created": self.created, "finding": self.finding,
             "finding_title": self.finding_title, "note": self.note, "verified": self.verified,
             "recovery_lower": self.recovery_lower, "confirmed": self.confirmed,
@@ -76,16 +85,37 @@ class Leaderboard:
 
     @property
     def best(self) -> LeaderboardEntry | None:
-        return self.certified[0] if self.certified else None
+        """The best certified alpaca_eval entry (see `best_for` for another benchmark)."""
+        return self.best_for(DEFAULT)
+
+    def best_for(self, benchmark: str) -> LeaderboardEntry | None:
+        """The best certified entry of one benchmark (rank 1 there), None when it has none."""
+        return next((e for e in self.certified if e.benchmark == benchmark), None)
 
     @property
     def evaluations(self) -> tuple[LeaderboardEntry, ...]:
         """Every evaluation entry (baselines excluded)."""
         return self.certified + self.below_bar + self.non_canonical + self.unverified
 
+    @property
+    def benchmarks(self) -> tuple[str, ...]:
+        """The benchmarks on the board (those with an entry, baselines included), in `BENCHMARKS` order."""
+        return _in_order({e.benchmark for e in self.evaluations + self.baselines})
+
+    def for_benchmark(self, benchmark: str) -> Leaderboard:
+        """The same board with only one benchmark's entries (its ranks are already per benchmark); its definitional
+        baselines are there even with no evaluation on record."""
+        pick = lambda entries: tuple(e for e in entries if e.benchmark == benchmark)  # noqa: E731
+        return replace(
+            self, certified=pick(self.certified), below_bar=pick(self.below_bar),
+            non_canonical=pick(self.non_canonical), unverified=pick(self.unverified),
+            baselines=pick(self.baselines) or baselines_for(benchmark),
+        )  # fmt: skip
+
     def to_json(self) -> dict:
         return {
             "bar": self.bar,
+            "benchmarks": list(self.benchmarks),
             **{
                 k: [e.to_json() for e in getattr(self, k)]
                 for k in ("certified", "below_bar", "non_canonical", "unverified")
@@ -95,12 +125,48 @@ class Leaderboard:
         }
 
 
-# The endpoints hold by definition (DESIGN.md §1): weak only writes everything and recovers nothing; strong only
-# writes nothing and is the reference itself.
+# The endpoints hold by definition (DESIGN.md §1), on every benchmark: weak only writes everything and recovers
+# nothing; strong only writes nothing and is the reference itself.
 BASELINES = (
     LeaderboardEntry(BASELINE, "weak only (never defer)", None, 1.0, 0.0, note="by definition", verified=True),
     LeaderboardEntry(BASELINE, "strong only (always defer)", None, 0.0, 1.0, note="by definition", verified=True),
 )
+
+
+def baselines_for(benchmark: str) -> tuple[LeaderboardEntry, ...]:
+    """The two definitional baselines entries of one benchmark."""
+    return tuple(replace(b, benchmark=benchmark) for b in BASELINES)
+
+
+def _in_order(names: Iterable[str]) -> tuple[str, ...]:
+    known = list(BENCHMARKS)
+    return tuple(sorted(set(names), key=lambda b: (known.index(b) if b in known else len(known), b)))
+
+
+def utility_meaning(benchmark: str) -> str:
+    """What utility (and so recovery) means on a benchmark, in one phrase."""
+    b = BENCHMARKS.get(benchmark)
+    if b is None:
+        return f"utility as the {benchmark} benchmark scores it"
+    if b.scoring == "tests":
+        return ("utility = pass@1 on the unit tests (greedy); U_weak and U_strong = the weak and strong models' own "
+                "pass rates")  # fmt: skip
+    return "utility = length-controlled judge winrate against the strong model's answers (U_strong = 0.5)"
+
+
+def scoring_sentence(benchmark: str) -> str:
+    """How a benchmark is scored and what counts as canonical there, as one sentence for people."""
+    b = BENCHMARKS.get(benchmark)
+    if b is None:
+        return f"{benchmark}: a benchmark this code does not know; its numbers are shown as recorded."
+    if b.scoring == "tests":
+        return (f"{b.description}. Each answer's code runs the problem's unit tests in a sandbox; there is no judge. "
+                "Utility is pass@1 (greedy decoding), U_weak and U_strong the weak and strong models' own pass rates, "
+                "and recovery = (U − U_weak) / (U_strong − U_weak). Canonical: all the problems, with a canonical "
+                "model pair and the default settings.")  # fmt: skip
+    return (f"{b.description}. Utility is the length-controlled winrate of the judge's preferences (U_strong = 0.5 "
+            "by definition) and recovery = (U − U_weak) / (0.5 − U_weak). Canonical: the canonical prompt set with "
+            "the canonical models, judge and settings.")  # fmt: skip
 
 
 def _status(row: dict) -> str:
@@ -122,7 +188,8 @@ def entry_from_row(row: dict, finding: Finding | None = None) -> LeaderboardEntr
         prompts=row["prompts"], created=row["created"], finding=finding.id if finding else None,
         finding_title=finding.title if finding else None,
         note="" if status == CERTIFIED else "; ".join(row["reasons"]), verified=row["verified"],
-        recovery_lower=row["recovery_lower"], confirmed=row["confirmed"],
+        recovery_lower=row["recovery_lower"], confirmed=row["confirmed"], benchmark=row["benchmark"] or DEFAULT,
+        u_weak=row["u_weak"], u_strong=row["u_strong"],
     )  # fmt: skip
 
 
@@ -150,15 +217,21 @@ def _order(e: LeaderboardEntry) -> tuple:
 def build_leaderboard(
     evaluations: Iterable[Evaluation], findings: Iterable[Finding] = (), skipped: Iterable[tuple[str, str]] = ()
 ) -> Leaderboard:
-    """Sort evaluations into the board: certified ranked by f_weak, ties by recovery; the rest listed apart."""
+    """Sort evaluations into the board, benchmark by benchmark: certified ranked by f_weak within their benchmark,
+    ties by recovery; the rest listed apart; the definitional baselines of each benchmark present."""
     by_eval = _reporters(findings)
     rows = evaluations_frame(list(evaluations)).to_dicts()
     entries = [entry_from_row(r, by_eval.get(r["evaluation"])) for r in rows]
-    ranked = sorted((e for e in entries if e.status == CERTIFIED), key=_order)
-    ranked = [replace(e, rank=i) for i, e in enumerate(ranked, 1)]
-    pick = lambda status: tuple(sorted((e for e in entries if e.status == status), key=_order))  # noqa: E731
+    names = _in_order([DEFAULT, *(e.benchmark for e in entries)])
+    ranked, baselines = [], []
+    for b in names:
+        mine = sorted((e for e in entries if e.status == CERTIFIED and e.benchmark == b), key=_order)
+        ranked += [replace(e, rank=i) for i, e in enumerate(mine, 1)]
+        baselines += baselines_for(b)
+    key = lambda e: (names.index(e.benchmark), *_order(e))  # noqa: E731
+    pick = lambda status: tuple(sorted((e for e in entries if e.status == status), key=key))  # noqa: E731
     return Leaderboard(bar=BAR, certified=tuple(ranked), below_bar=pick(BELOW_BAR), non_canonical=pick(NOT_CANONICAL),
-                       baselines=BASELINES, skipped=tuple(skipped), unverified=pick(UNVERIFIED))  # fmt: skip
+                       baselines=tuple(baselines), skipped=tuple(skipped), unverified=pick(UNVERIFIED))  # fmt: skip
 
 
 def get_leaderboard(findings: Iterable[Finding] | None = None) -> Leaderboard:

@@ -1,7 +1,9 @@
 """`cdw mcp`: the agents' interface, an MCP server whose tools are thin calls into the Python API (DESIGN.md §2).
 
 Tools: `get_baselines`, `get_findings`, `get_leaderboard`, `evaluate_policy`, `evaluate_generations`,
-`share_finding`. Nothing an agent sends becomes a number: evaluations run the engine and the judge here, and every
+`share_finding`. `get_baselines`, `evaluate_policy` and `get_leaderboard` take a `benchmark` (`workspace/benchmark.py`:
+alpaca_eval, the default, judged pairwise; humaneval, scored by unit tests), each run with that benchmark's own
+canonical settings. Nothing an agent sends becomes a number: evaluations run the engine and the judge here, and every
 number is recomputed from the evaluation records. Policy files load only from the workspace's policy folder
 (`policies/` in the project, `CDW_POLICIES_DIR` moves it): a path that resolves outside it (`..`, an absolute path
 elsewhere, a symlink out) is refused, and so is `module:Class`, which would import any installed module.
@@ -38,9 +40,11 @@ from servers.paths import PROJECT_ROOT
 from servers.presets import load_catalog
 
 from . import data, forum, leaderboard
+from .benchmark import BENCHMARKS, DEFAULT, Benchmark
 from .client import ClientError
 from .data import DataError, PromptSet
 from .endpoints import EndpointError
+from .engine import EngineSettings
 from .evaluate import EvalSettings, EvaluationError, Setup, ensure_baselines, evaluate, load_evaluation
 from .evaluate import evaluate_generations as judge_generations  # the tool of the same name wraps it
 from .forum import FindingError
@@ -59,11 +63,13 @@ PROGRESS_EVERY_S = 1.0
 EXPECTED = (PolicyError, DataError, EvaluationError, FindingError, StoreError, EndpointError, ClientError)
 
 INSTRUCTIONS = """\
-Collaborative decoding research: a weak model writes, a deferral policy hands spans to a strong model, a judge
-compares the result with the strong model's own answer. Goal: maximise f_weak (share of characters the weak model
-wrote) at recovery >= 0.98 on the canonical set. Read AGENTS.md in the project first. One turn: get_baselines,
+Collaborative decoding research: a weak model writes, a deferral policy hands spans to a strong model, and the
+answer is scored against the strong model's own. Goal: maximise f_weak (share of characters the weak model wrote)
+at recovery >= 0.98 on the canonical set. Read AGENTS.md in the project first. One turn: get_baselines,
 get_findings (what others learned), write a Policy class in policies/, evaluate_policy(policy, prompts=10), read the
 intervals, then prompts="canonical", and share_finding (results, negative results and refuted hypotheses alike).
+Benchmarks (the `benchmark` argument): alpaca_eval (default; a judge, utility = length-controlled winrate) and
+humaneval (unit tests, utility = pass@1). Each is ranked on its own; never compare numbers across benchmarks.
 """
 
 
@@ -90,10 +96,32 @@ def recorded_spec(spec: str) -> str:
         return spec
 
 
-def prompt_set(prompts: str | int) -> PromptSet:
-    """`"canonical"`, `"confirmation"`, `"canonical:N"`, `"alpaca_eval:N"` or a number N (the first N canonical
-    prompts). Files are not accepted: an agent cannot make the server read a path."""
+def get_benchmark(name: str | None) -> Benchmark:
+    """The benchmark an agent named (None: alpaca_eval); a DataError naming the known ones otherwise."""
+    bench = BENCHMARKS.get(DEFAULT if name is None else name.strip())
+    if bench is None:
+        raise DataError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+    return bench
+
+
+def prompt_set(prompts: str | int, benchmark: str | None = None) -> PromptSet:
+    """alpaca_eval: `"canonical"`, `"confirmation"`, `"canonical:N"`, `"alpaca_eval:N"` or a number N (the first N
+    canonical prompts). A tests benchmark (humaneval): `"canonical"` or its own name (all its problems), N or
+    `"humaneval:N"` (its first N). Files are not accepted: an agent cannot make the server read a path."""
+    bench = get_benchmark(benchmark)
+    if bench.scoring == "tests":
+        whole = isinstance(prompts, str) and prompts.strip() in ("canonical", bench.canonical_set, bench.name)
+        return bench.prompts(None if whole else prompts, files=False)
     return data.resolve(prompts, files=False)
+
+
+def eval_settings(benchmark: str | None = None) -> EvalSettings:
+    """The canonical settings of a benchmark (its default answer budget, its scorer): agents cannot change what is
+    measured."""
+    bench = get_benchmark(benchmark)
+    if bench.name == DEFAULT:
+        return EvalSettings()
+    return EvalSettings(EngineSettings(max_tokens=bench.max_tokens), benchmark=bench.name)
 
 
 @contextmanager
@@ -113,10 +141,25 @@ def _with_warnings(fn, *args, **kw) -> tuple[Any, list[str]]:
     return out, [str(w.message) for w in caught if issubclass(w.category, forum.FindingWarning)]
 
 
+BENCHMARK_HELP = (
+    "what the policy is measured on: 'alpaca_eval' (AlpacaEval instructions, judged pairwise; the default) or "
+    "'humaneval' (164 Python problems, scored by their unit tests: utility = pass@1)"
+)
+
+
 # ---------------------------------------------------------------- progress, from the evaluation's own callback
 
 BASELINE_PHASES = ("reference", "weak", "weak_preference")
 EVALUATION_PHASES = ("generation", "preference")
+TEST_BASELINE_PHASES = ("reference", "weak", "reference_test", "weak_test")  # a tests benchmark: no judge
+TEST_EVALUATION_PHASES = ("generation", "test")
+
+
+def progress_phases(benchmark: str | None, evaluation: bool = True) -> tuple[str, ...]:
+    """The progress phases of a baselines run, and of the evaluation after it, on one benchmark."""
+    if get_benchmark(benchmark).scoring == "tests":
+        return TEST_BASELINE_PHASES + (TEST_EVALUATION_PHASES if evaluation else ())
+    return BASELINE_PHASES + (EVALUATION_PHASES if evaluation else ())
 
 
 async def _with_progress(ctx: Context, work: Callable[[Callable], Awaitable[T]], phases, n: int) -> T:
@@ -167,9 +210,10 @@ class ServerConfig:
 
 
 def build_server(config: ServerConfig | None = None) -> MCPServer:
-    """The MCP server with its six tools; each validates its arguments, calls the Python API, returns JSON."""
+    """The MCP server with its six tools; each validates its arguments, calls the Python API, returns JSON.
+    Evaluations run with their benchmark's canonical settings (`eval_settings`): agents cannot change what is
+    measured."""
     config = config or ServerConfig()
-    settings = EvalSettings()  # the canonical decoding and judge settings: agents cannot change what is measured
     mcp = MCPServer("cdw", instructions=INSTRUCTIONS, log_level="WARNING")
 
     @asynccontextmanager
@@ -186,24 +230,33 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
     async def get_baselines(
         ctx: Context,
         prompts: Annotated[str | int, Field(description="'canonical', or N: its first N prompts")] = "canonical",
+        benchmark: Annotated[str, Field(description=BENCHMARK_HELP)] = DEFAULT,
     ) -> dict[str, Any]:
-        """U_weak, U_strong (0.5 by definition), the gap, the certification bar, the models, the judge and the
-        canonical set's hash. Computed once per prompt set and servers (that first time takes a while), then read."""
+        """U_weak, U_strong (0.5 by definition for alpaca_eval's judge; the strong model's pass rate for
+        humaneval), the gap, the certification bar, the models, the judge and the canonical set's hash. Computed
+        once per benchmark, prompt set and servers (that first time takes a while), then read."""
         with _tool_errors():
-            ps = prompt_set(prompts)
+            bench = get_benchmark(benchmark)
+            ps, settings = prompt_set(prompts, bench.name), eval_settings(bench.name)
             async with setup() as s:
                 base = await _with_progress(
                     ctx, lambda cb: ensure_baselines(ps, s, settings, progress=False, on_progress=cb),
-                    BASELINE_PHASES, len(ps),
+                    progress_phases(bench.name, evaluation=False), len(ps),
                 )  # fmt: skip
-            canonical = json.loads(data.CANONICAL_FILE.read_text())
+            if bench.scoring == "tests":
+                full = bench.prompts(files=False)
+                canonical = {"hash": full.hash, "n": len(full), "models": bench.canonical_models}
+            else:
+                doc = json.loads(data.CANONICAL_FILE.read_text())
+                canonical = {"hash": doc["hash"], "n": doc["n"], "models": load_catalog().canonical}
             return {
                 **base.to_json(),
+                "benchmark": bench.name,
                 "bar": BAR,
                 "floor": FLOOR,
                 "canonical_hash": canonical["hash"],
                 "canonical_n": canonical["n"],
-                "canonical_models": load_catalog().canonical,
+                "canonical_models": canonical["models"],
             }
 
     @mcp.tool()
@@ -223,11 +276,17 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
             return {"total": len(found), "findings": [f.to_json() for f in found[:limit]], "skipped": skipped}
 
     @mcp.tool()
-    def get_leaderboard() -> dict[str, Any]:
-        """As `cdw leaderboard`: certified policies ranked by f_weak (ties by recovery), then canonical ones below
-        the bar and non-canonical ones, each with 95% intervals, all recomputed from the evaluation records."""
+    def get_leaderboard(
+        benchmark: Annotated[str | None, Field(description="only this benchmark (default: all of them)")] = None,
+    ) -> dict[str, Any]:
+        """As `cdw leaderboard --json`: per benchmark, certified policies ranked by f_weak (ties by recovery), then
+        canonical ones below the bar and non-canonical ones, each with its benchmark and 95% intervals, all
+        recomputed from the evaluation records. Ranks are within a benchmark."""
         with _tool_errors():
+            name = None if benchmark is None else get_benchmark(benchmark).name
             board, skipped = _with_warnings(leaderboard.get_leaderboard)
+            if name is not None:
+                board = board.for_benchmark(name)
             return {**board.to_json(), "skipped_findings": skipped}
 
     @mcp.tool()
@@ -241,19 +300,26 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
             ),
         ],
         prompts: Annotated[
-            str | int, Field(description="N (the first N canonical prompts: try 10 first) or 'canonical' (all 100)")
+            str | int,
+            Field(
+                description="N (the first N prompts of the benchmark's canonical set: try 10 first) or "
+                "'canonical' (all of it: alpaca_eval's 100, humaneval's 164 problems)"
+            ),
         ] = "canonical",
+        benchmark: Annotated[str, Field(description=BENCHMARK_HELP)] = DEFAULT,
     ) -> dict[str, Any]:
-        """Run the engine and the judge on a policy and return the evaluation: its id, f_weak, utility, U_weak and
-        recovery with 95% intervals, how many prompts were judged, errors, and whether it is certified. Resumes
-        (and for a finished one, only reads) the record of the same policy, code and prompts. Reports progress."""
+        """Run the engine and the benchmark's scorer (alpaca_eval: the judge; humaneval: the unit tests) on a policy
+        and return the evaluation: its id, benchmark, f_weak, utility, U_weak, U_strong and recovery with 95%
+        intervals, how many prompts were scored, errors, and whether it is certified. Resumes (and for a finished
+        one, only reads) the record of the same policy, code, benchmark and prompts. Reports progress."""
         with _tool_errors():
+            bench = get_benchmark(benchmark)
             pol = resolve_policy(policy)
-            ps = prompt_set(prompts)
+            ps, settings = prompt_set(prompts, bench.name), eval_settings(bench.name)
             async with setup() as s:
                 ev = await _with_progress(
                     ctx, lambda cb: evaluate(pol, ps, s, settings, progress=False, on_progress=cb),
-                    BASELINE_PHASES + EVALUATION_PHASES, len(ps),
+                    progress_phases(bench.name), len(ps),
                 )  # fmt: skip
             return ev.to_json()
 
@@ -275,7 +341,7 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
             async with setup() as s:
                 ev = await _with_progress(
                     ctx, lambda cb: judge_generations(rec.id, s, policy=pol, progress=False, on_progress=cb),
-                    BASELINE_PHASES + EVALUATION_PHASES, len(header.prompts.ids),
+                    progress_phases(header.benchmark), len(header.prompts.ids),
                 )  # fmt: skip
             return ev.to_json()
 

@@ -1,10 +1,12 @@
 """The published results page: one self-contained HTML file (`cdw site`).
 
-Headline tiles, the interactive frontier and state-of-the-art charts, the leaderboard and the research feed, all
-from the evaluation records and `findings/`. The page works opened from disk with no server and no network: the
-Vega, Vega-Lite and Vega-Embed JavaScript (from vl-convert's bundle) is inlined, and a content security policy lets
-only the page's own scripts run and blocks every fetch. Text from findings is escaped (Jinja autoescape) and
-their markdown is rendered with raw HTML and images disabled, so no script or request can come from a post.
+Headline tiles, then one section per benchmark (how it is scored, its interactive frontier and state-of-the-art
+charts, its leaderboard), and the research feed, all from the evaluation records and `findings/`. Benchmarks are
+never mixed: each has its own charts and its own ranking. The page works opened from disk with no server and no
+network: the Vega, Vega-Lite and Vega-Embed JavaScript (from vl-convert's bundle) is inlined, and a content
+security policy lets only the page's own scripts run and blocks every fetch. Text from findings is escaped (Jinja
+autoescape) and their markdown is rendered with raw HTML and images disabled, so no script or request can come from
+a post.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from markupsafe import Markup
 from servers.paths import paths
 
 from . import data
+from .benchmark import BENCHMARKS, DEFAULT
 from .charts import frontier_chart, sota_chart
 from .forum import KINDS, Finding, scan_findings
-from .leaderboard import Leaderboard, LeaderboardEntry, get_leaderboard
+from .leaderboard import Leaderboard, LeaderboardEntry, get_leaderboard, scoring_sentence
 
 TEMPLATE = Path(__file__).parent / "templates" / "site.html"
 
@@ -104,7 +107,17 @@ def render_site(
     now = now or datetime.now(UTC)
     numbers: dict[str, LeaderboardEntry] = {e.evaluation: e for e in board.evaluations if e.evaluation}
     kinds = Counter(f.kind for f in findings)
-    charts = {"frontier": frontier_chart(board), "sota": sota_chart(board, now)}
+    sections, charts = [], {}
+    for name in board.benchmarks:
+        suffix = "" if name == DEFAULT else f"-{name}"  # alpaca_eval keeps the page's original element ids
+        bench = BENCHMARKS.get(name)
+        sections.append({
+            "name": name, "suffix": suffix, "board": board.for_benchmark(name), "best": board.best_for(name),
+            "sentence": scoring_sentence(name), "judged": bench is None or bench.scoring == "judge",
+            "utility": "pass@1" if bench is not None and bench.scoring == "tests" else "LC winrate",
+        })  # fmt: skip
+        charts[f"frontier{suffix}"] = frontier_chart(board, benchmark=name)
+        charts[f"sota{suffix}"] = sota_chart(board, now, benchmark=name)
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     template = env.from_string(TEMPLATE.read_text(encoding="utf-8"))
     return template.render(
@@ -113,7 +126,7 @@ def render_site(
         specs=[(name, _inline_json(c.to_dict())) for name, c in charts.items()],
         chart_names=_inline_json(list(charts)),
         board=board,
-        best=board.best,
+        sections=sections,
         bar=board.bar,
         canonical_n=json.loads(data.CANONICAL_FILE.read_text())["n"],
         findings=findings,

@@ -15,10 +15,11 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from .benchmark import DEFAULT
 from .engine import Decode, EngineSettings, Models, decode_many, pooled_f_weak
 from .evaluate import EvalSettings, Evaluation, Setup, ensure_baselines, evaluate, evaluation_id
 from .forum import KINDS, Finding, FindingError, default_author, share_finding
-from .leaderboard import Leaderboard, LeaderboardEntry, get_leaderboard
+from .leaderboard import Leaderboard, LeaderboardEntry, get_leaderboard, scoring_sentence
 from .policies import PolicyError, TokenSignal, expand_spec, load_policy
 from .policies.baselines import REGISTRY
 from .policies.params import DEFAULT_INNER, KNOWN, SPANS, TAU, Param, param_specs, spec_string  # noqa: F401
@@ -302,14 +303,16 @@ def evaluation_row(ev: Evaluation) -> str:
     else:
         errors = ""
     return (
-        f"<tr><td style='text-align:left'><code>{_e(ev.policy)}</code></td><td>{judged}/{ev.n}</td>"
+        f"<tr><td style='text-align:left'><code>{_e(ev.policy)}</code></td><td>{_e(ev.header.benchmark)}</td>"
+        f"<td>{judged}/{ev.n}</td>"
         f"<td>{_num(f)}{_ci(fci)}</td><td>{_num(r)}{_ci(rci)}</td><td>{'yes' if ev.certified else 'no'}</td>"
         f"<td style='text-align:left'>{errors}</td><td><code>{_e(ev.id)}</code></td></tr>"
     )
 
 
 _EVAL_HEAD = (
-    "<tr><th style='text-align:left'>policy</th><th>judged</th><th>f_weak [95% CI]</th><th>recovery [95% CI]</th>"
+    "<tr><th style='text-align:left'>policy</th><th>benchmark</th><th>scored</th><th>f_weak [95% CI]</th>"
+    "<th>recovery [95% CI]</th>"
     "<th>certified</th><th style='text-align:left'>errors</th><th>evaluation</th></tr>"
 )
 
@@ -318,7 +321,7 @@ def evaluations_html(evaluations: Iterable[Evaluation], failed: Iterable[tuple[s
     """A table of evaluations (numbers recomputed from their records) and of points that could not run."""
     rows = [evaluation_row(ev) for ev in evaluations]
     rows += [
-        f"<tr><td style='text-align:left'><code>{_e(spec)}</code></td><td colspan='6' style='text-align:left'>"
+        f"<tr><td style='text-align:left'><code>{_e(spec)}</code></td><td colspan='7' style='text-align:left'>"
         f"{_error_box(why)}</td></tr>"
         for spec, why in failed
     ]
@@ -329,11 +332,17 @@ def show_evaluation(ev: Evaluation) -> Html:
     """One evaluation's numbers with their intervals, how many prompts were judged, and every error."""
     out = evaluations_html([ev])
     s, c = ev.summary, ev.certification
-    if s is not None and c is not None:
+    if s is not None and c is not None and ev.baselines.scored_by_tests:  # no judge: pass rates
         out += (
-            f"<div>utility {_num(c.utility)}{_ci(c.ci.get('utility'))} · U_weak {_num(c.u_weak)}"
-            f"{_ci(c.ci.get('u_weak'))} · recovery one-sided 95% lower bound {_num(c.recovery_lower)} · raw winrate "
-            f"{_num(s.raw_winrate)} · n={s.n}</div>"
+            f"<div>{_e(ev.header.benchmark)}: pass@1 {_num(c.utility)}{_ci(c.ci.get('utility'))} · U_weak (weak "
+            f"only) {_num(c.u_weak)}{_ci(c.ci.get('u_weak'))} · U_strong (strong only) {_num(c.u_strong)}"
+            f"{_ci(c.ci.get('u_strong'))} · recovery one-sided 95% lower bound {_num(c.recovery_lower)} · n={s.n}</div>"
+        )
+    elif s is not None and c is not None:
+        out += (
+            f"<div>{_e(ev.header.benchmark)}: utility {_num(c.utility)}{_ci(c.ci.get('utility'))} · U_weak "
+            f"{_num(c.u_weak)}{_ci(c.ci.get('u_weak'))} · recovery one-sided 95% lower bound {_num(c.recovery_lower)}"
+            f" · raw winrate {_num(s.raw_winrate)} · n={s.n}</div>"
         )
     reasons = ev.reasons()
     out += f"<div>certified: {'yes' if not reasons else 'no — ' + _e('; '.join(reasons))}</div>"
@@ -485,28 +494,33 @@ class Sweep:
         return self.evaluations
 
 
-def frontier_with(new_ids: Iterable[str], board: Leaderboard | None = None):
-    """The leaderboard's frontier chart with the given evaluations ringed and labelled (new points of a sweep)."""
+def frontier_with(new_ids: Iterable[str], board: Leaderboard | None = None, benchmark: str | None = None):
+    """The leaderboard's frontier chart of one benchmark with the given evaluations ringed and labelled (new points
+    of a sweep). The benchmark defaults to the first new point's (alpaca_eval without one); points of another
+    benchmark are not drawn."""
     import altair as alt
 
     from .charts import frontier_chart
 
     board = board or get_leaderboard()
     ids = set(new_ids)
+    new = [e for e in board.evaluations if e.evaluation in ids]
+    benchmark = benchmark or (new[0].benchmark if new else DEFAULT)
     rows = [
         {"f_weak": e.f_weak, "recovery": e.recovery, "policy": e.policy, "evaluation": e.evaluation}
-        for e in board.evaluations
-        if e.evaluation in ids and e.f_weak is not None and e.recovery is not None
+        for e in new
+        if e.benchmark == benchmark and e.f_weak is not None and e.recovery is not None
     ]
     if not rows:
-        return frontier_chart(board)
+        return frontier_chart(board, benchmark=benchmark)
     base = alt.Chart(alt.Data(values=rows))
     x, y = alt.X("f_weak:Q"), alt.Y("recovery:Q")
     ring = base.mark_point(shape="circle", size=420, filled=False, strokeWidth=2.5, color=HIGHLIGHT).encode(
         x=x, y=y, tooltip=["policy:N", "evaluation:N"]
     )
     label = base.mark_text(align="left", dx=14, dy=-8, fontSize=11, color=HIGHLIGHT).encode(x=x, y=y, text="policy:N")
-    return (frontier_chart(board) + ring + label).properties(title="Frontier: the new points ringed")
+    chart = frontier_chart(board, benchmark=benchmark) + ring + label
+    return chart.properties(title=f"Frontier ({benchmark}): the new points ringed")
 
 
 # ---------------------------------------------------------------- the forum
@@ -537,8 +551,9 @@ def feed_markdown(findings: Sequence[Finding], board: Leaderboard | None = None,
                 block.append(f"> evaluation `{f.evaluation}`: not on record here")
             else:
                 block.append(
-                    f"> from record `{f.evaluation}` ({_e(e.status)}): f_weak **{_num(e.f_weak)}**{_ci(e.f_weak_ci)}"
-                    f" · recovery **{_num(e.recovery)}**{_ci(e.recovery_ci)} · judged {e.judged}/{e.n}"
+                    f"> from record `{f.evaluation}` ({_e(e.benchmark)}, {_e(e.status)}): f_weak "
+                    f"**{_num(e.f_weak)}**{_ci(e.f_weak_ci)} · recovery **{_num(e.recovery)}**{_ci(e.recovery_ci)}"
+                    f" · scored {e.judged}/{e.n}"
                 )
         block.append(f.body.strip())
         parts.append("\n\n".join(block))
@@ -551,9 +566,12 @@ def show_feed(findings: Sequence[Finding], board: Leaderboard | None = None, lim
     return Md(feed_markdown(findings, board, limit))
 
 
-def leaderboard_html(board: Leaderboard | None = None) -> str:
-    """The leaderboard as HTML tables: certified policies ranked by f_weak, then the rest, with 95% intervals."""
+def leaderboard_html(board: Leaderboard | None = None, benchmark: str | None = None) -> str:
+    """The leaderboard as HTML tables, one group per benchmark (or only `benchmark`), each under how that benchmark
+    is scored: certified policies ranked by f_weak, then the rest, with 95% intervals."""
     board = board or get_leaderboard()
+    if benchmark is not None:
+        board = board.for_benchmark(benchmark)
 
     def table(title: str, entries: Sequence[LeaderboardEntry], ranked: bool) -> str:
         if not entries:
@@ -573,18 +591,22 @@ def leaderboard_html(board: Leaderboard | None = None) -> str:
         body = f"<table class='cdw-leaderboard {NO_MATH}'><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
         return f"<h4>{_e(title)}</h4>{body}"
 
-    out = table(f"Certified (recovery ≥ {board.bar:g} on the canonical set), by f_weak", board.certified, True)
-    out += table("Canonical, below the bar", board.below_bar, False)
-    out += table("Not canonical (other prompts, models or settings)", board.non_canonical, False)
-    out += table("Unverified (edited, unsigned or signed by an untrusted key)", board.unverified, False)
+    out = ""
+    for name in board.benchmarks:
+        b = board.for_benchmark(name)
+        out += f"<h3>{_e(name)}</h3><p style='color:#57606a'>{_e(scoring_sentence(name))}</p>"
+        out += table(f"Certified (recovery ≥ {b.bar:g} on the canonical set), by f_weak", b.certified, True)
+        out += table("Canonical, below the bar", b.below_bar, False)
+        out += table("Not canonical (other prompts, models or settings)", b.non_canonical, False)
+        out += table("Unverified (edited, unsigned or signed by an untrusted key)", b.unverified, False)
     if board.skipped:
         out += _error_box("unreadable records: " + "; ".join(f"{i}: {why}" for i, why in board.skipped))
     return out
 
 
-def show_leaderboard(board: Leaderboard | None = None) -> Html:
+def show_leaderboard(board: Leaderboard | None = None, benchmark: str | None = None) -> Html:
     """Display the leaderboard (see `leaderboard_html`)."""
-    return Html(leaderboard_html(board))
+    return Html(leaderboard_html(board, benchmark))
 
 
 class FindingForm:
