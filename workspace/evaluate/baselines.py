@@ -108,7 +108,8 @@ class TestPhase:
         if not self.tasks:
             return
         await asyncio.gather(*self.tasks)
-        self.w.append("timing", **to_fields(Timing(phase="tests", seconds=round(self.seconds, 3), n=self.n)))
+        phase = self.kind.__struct_config__.tag + "s"  # reference_tests, weak_tests, tests: apart in the timings
+        self.w.append("timing", **to_fields(Timing(phase=phase, seconds=round(self.seconds, 3), n=self.n)))
 
 
 def test_pool(settings: EvalSettings) -> sandbox.Pool:
