@@ -398,14 +398,7 @@ def certify(
     lc = _check_lengths(len_candidate, n, "len_candidate")
     lw = _check_lengths(len_weak, n, "len_weak")
     lr = _check_lengths(len_reference, n, "len_reference")
-    if n < 2:
-        raise StatsError(f"certification needs at least 2 prompts; got {n}")
-    if not (isinstance(n_boot, int | np.integer) and n_boot >= 1):
-        raise StatsError(f"n_boot must be an integer >= 1, got {n_boot!r}")
-    if not 0 < level < 1:
-        raise StatsError(f"level must be in (0, 1), got {level!r}")
-    if not (math.isfinite(bar) and math.isfinite(floor)):
-        raise StatsError(f"bar and floor must be finite numbers, got {bar!r} and {floor!r}")
+    _check_rule_args(n, "prompts", n_boot, level, bar, floor)
     d_cand, d_weak = lr - lc, lr - lw
 
     # Candidate and weak-only go through the same function on identically built arrays: identical inputs give
@@ -419,15 +412,8 @@ def certify(
     # The full-sample optimum is a good start for every resample: fewer Newton steps, same optimum.
     b_utility = _mle_glm(pc[idx], d_cand[idx], start=(c_phi, c_theta))[0]
     b_u_weak = _mle_glm(pw[idx], d_weak[idx], start=(w_phi, w_theta))[0]
-    b_gap = 0.5 - b_u_weak
-    has_gap = b_gap > 0
-    b_rec = np.full(n_boot, -np.inf)
-    b_rec[has_gap] = (b_utility[has_gap] - b_u_weak[has_gap]) / b_gap[has_gap]
-    lower = _lower_quantile(b_rec, 1 - level)
-    dropped = int(n_boot - has_gap.sum())
-    q = ((1 - level) / 2, (1 + level) / 2)
-    boots = (("utility", b_utility), ("u_weak", b_u_weak), ("recovery", b_rec[has_gap]))
-    ci = {k: Interval(*(float(x) for x in np.quantile(v, q)), level) for k, v in boots if v.size}
+    b_rec, lower, dropped = _boot_recovery(b_utility, b_u_weak, 0.5 - b_u_weak, level)
+    ci = _intervals((("utility", b_utility), ("u_weak", b_u_weak), ("recovery", b_rec)), level)
 
     try:  # both rows in one call (rows are fitted independently: the same numbers as length_controlled_winrate)
         u_pen, uw_pen = (float(x) for x in _lc_winrates(np.stack([pc, pw]), np.stack([d_cand, d_weak])))
@@ -435,22 +421,9 @@ def certify(
         u_pen = uw_pen = None
     rec_pen = recovery(u_pen, uw_pen) if u_pen is not None and 0.5 - uw_pen > 0 else None
 
-    pct = f"{100 * level:g}%"
-    reasons = []
-    if rec is None:
-        reasons.append(
-            f"the weak model is not worse than the reference (U_weak {u_weak:.3f} >= 0.5, so the gap 0.5 - U_weak "
-            "<= 0): nothing to recover"
-        )
-    elif not rec >= bar:
-        reasons.append(f"recovery {rec:.3f} is below the bar {_fmt(bar)}")
-    if lower == -np.inf:
-        reasons.append(
-            f"the one-sided {pct} lower bound of recovery is undefined: {dropped} of {n_boot} bootstrap resamples had "
-            f"no gap (U_weak >= 0.5), more than the {100 * (1 - level):g}% the bound can absorb"
-        )
-    elif not lower >= floor:
-        reasons.append(f"the one-sided {pct} lower bound of recovery, {lower:.3f}, is below the floor {_fmt(floor)}")
+    no_gap = (f"the weak model is not worse than the reference (U_weak {u_weak:.3f} >= 0.5, so the gap 0.5 - U_weak "
+              "<= 0): nothing to recover")  # fmt: skip
+    reasons = _rule_reasons(rec, lower, dropped, n_boot, bar, floor, level, no_gap, " (U_weak >= 0.5)")
     return Certification(
         certified=not reasons,
         reasons=tuple(reasons),
@@ -470,6 +443,56 @@ def certify(
         seed=seed,
         ci=ci,
     )
+
+
+def _check_rule_args(n: int, what: str, n_boot: int, level: float, bar: float, floor: float) -> None:
+    if n < 2:
+        raise StatsError(f"certification needs at least 2 {what}; got {n}")
+    if not (isinstance(n_boot, int | np.integer) and n_boot >= 1):
+        raise StatsError(f"n_boot must be an integer >= 1, got {n_boot!r}")
+    if not 0 < level < 1:
+        raise StatsError(f"level must be in (0, 1), got {level!r}")
+    if not (math.isfinite(bar) and math.isfinite(floor)):
+        raise StatsError(f"bar and floor must be finite numbers, got {bar!r} and {floor!r}")
+
+
+def _boot_recovery(
+    b_utility: np.ndarray, b_u_weak: np.ndarray, b_gap: np.ndarray, level: float
+) -> tuple[np.ndarray, float, int]:
+    """Per-resample recoveries where there is a gap, the rule's one-sided lower bound (a resample without a gap
+    counts as a failure, -inf) and how many resamples had none."""
+    has_gap = b_gap > 0
+    b_rec = np.full(b_gap.size, -np.inf)
+    b_rec[has_gap] = (b_utility[has_gap] - b_u_weak[has_gap]) / b_gap[has_gap]
+    return b_rec[has_gap], _lower_quantile(b_rec, 1 - level), int(b_gap.size - has_gap.sum())
+
+
+def _intervals(boots, level: float) -> dict[str, Interval]:
+    """Two-sided percentile intervals of bootstrap values (a name with no values gets none)."""
+    q = ((1 - level) / 2, (1 + level) / 2)
+    return {k: Interval(*(float(x) for x in np.quantile(v, q)), level) for k, v in boots if v.size}
+
+
+def _rule_reasons(
+    rec: float | None, lower: float, dropped: int, n_boot: int, bar: float, floor: float, level: float,
+    no_gap: str, why_no_gap: str,
+) -> list[str]:  # fmt: skip
+    """Why the certification rule fails, in plain words (empty: it passes); shared by `certify` and `certify_pass`,
+    which differ only in what "no gap" means (`no_gap`, and `why_no_gap` for a resample)."""
+    pct = f"{100 * level:g}%"
+    reasons = []
+    if rec is None:
+        reasons.append(no_gap)
+    elif not rec >= bar:
+        reasons.append(f"recovery {rec:.3f} is below the bar {_fmt(bar)}")
+    if lower == -np.inf:
+        reasons.append(
+            f"the one-sided {pct} lower bound of recovery is undefined: {dropped} of {n_boot} bootstrap resamples had "
+            f"no gap{why_no_gap}, more than the {100 * (1 - level):g}% the bound can absorb"
+        )
+    elif not lower >= floor:
+        reasons.append(f"the one-sided {pct} lower bound of recovery, {lower:.3f}, is below the floor {_fmt(floor)}")
+    return reasons
 
 
 def _lower_quantile(values: np.ndarray, alpha: float) -> float:
@@ -991,42 +1014,17 @@ def certify_pass(
     n = pc.size
     if not pw.size == ps.size == n:
         raise StatsError(f"passed, weak_passed and strong_passed must pair up: {n}, {pw.size}, {ps.size} items")
-    if n < 2:
-        raise StatsError(f"certification needs at least 2 problems; got {n}")
-    if not (isinstance(n_boot, int | np.integer) and n_boot >= 1):
-        raise StatsError(f"n_boot must be an integer >= 1, got {n_boot!r}")
-    if not 0 < level < 1:
-        raise StatsError(f"level must be in (0, 1), got {level!r}")
+    _check_rule_args(n, "problems", n_boot, level, bar, floor)
     utility, u_weak, u_strong = float(pc.mean()), float(pw.mean()), float(ps.mean())
     gap = u_strong - u_weak
     rec = (utility - u_weak) / gap if gap > 0 else None
     idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
     b_u, b_w, b_s = pc[idx].mean(axis=1), pw[idx].mean(axis=1), ps[idx].mean(axis=1)
-    b_gap = b_s - b_w
-    has_gap = b_gap > 0
-    b_rec = np.full(n_boot, -np.inf)
-    b_rec[has_gap] = (b_u[has_gap] - b_w[has_gap]) / b_gap[has_gap]
-    lower = _lower_quantile(b_rec, 1 - level)
-    dropped = int(n_boot - has_gap.sum())
-    q = ((1 - level) / 2, (1 + level) / 2)
-    boots = (("utility", b_u), ("u_weak", b_w), ("u_strong", b_s), ("recovery", b_rec[has_gap]))
-    ci = {k: Interval(*(float(x) for x in np.quantile(v, q)), level) for k, v in boots if v.size}
-    pct = f"{100 * level:g}%"
-    reasons = []
-    if rec is None:
-        reasons.append(
-            f"the weak model passes as often as the strong one (U_weak {u_weak:.3f} >= U_strong {u_strong:.3f}): "
-            "nothing to recover"
-        )
-    elif not rec >= bar:
-        reasons.append(f"recovery {rec:.3f} is below the bar {_fmt(bar)}")
-    if lower == -np.inf:
-        reasons.append(
-            f"the one-sided {pct} lower bound of recovery is undefined: {dropped} of {n_boot} bootstrap resamples had "
-            f"no gap, more than the {100 * (1 - level):g}% the bound can absorb"
-        )
-    elif not lower >= floor:
-        reasons.append(f"the one-sided {pct} lower bound of recovery, {lower:.3f}, is below the floor {_fmt(floor)}")
+    b_rec, lower, dropped = _boot_recovery(b_u, b_w, b_s - b_w, level)
+    ci = _intervals((("utility", b_u), ("u_weak", b_w), ("u_strong", b_s), ("recovery", b_rec)), level)
+    no_gap = (f"the weak model passes as often as the strong one (U_weak {u_weak:.3f} >= U_strong {u_strong:.3f}): "
+              "nothing to recover")  # fmt: skip
+    reasons = _rule_reasons(rec, lower, dropped, n_boot, bar, floor, level, no_gap, "")
     return Certification(
         certified=not reasons, reasons=tuple(reasons), recovery=rec, recovery_lower=lower, utility=utility,
         u_weak=u_weak, utility_penalised=None, u_weak_penalised=None, recovery_penalised=None, n=n, n_boot=n_boot,
