@@ -120,8 +120,13 @@ def problems(log: Log = None) -> tuple[Problem, ...]:
 
 def problem(task_id: str) -> Problem:
     """One problem by its id ("HumanEval/7"); KeyError when there is none."""
-    by_id = {p.task_id: p for p in problems()}
-    return by_id[task_id]
+    return _index(str(paths().data / CACHE_NAME))[task_id]
+
+
+@cache
+def _index(cache_path: str) -> dict[str, Problem]:
+    # Built once per cache file, like the problems: evaluations and record checks look one up for every answer.
+    return {p.task_id: p for p in _problems_cached(cache_path)}
 
 
 def instruction(p: Problem) -> str:

@@ -80,7 +80,7 @@ class TestPhase:
     sandbox pool, beside the decoding that continues, and its result is appended to the record."""
 
     def __init__(self, w: RecordWriter, kind: type[_Test], progress: Progress, desc: str, total: int,
-                 pool: sandbox.Pool, reuse: dict[str, _Test] | None = None):  # fmt: skip
+                 pool: sandbox.Pool, reuse: dict[str, list[tuple[str, _Test]]] | None = None):  # fmt: skip
         self.w, self.kind, self.pool, self.reuse = w, kind, pool, reuse or {}
         self.step = progress.phase(kind.__struct_config__.tag, total, desc) if total else (lambda: None)
         self.tasks: list[asyncio.Task] = []
@@ -92,8 +92,9 @@ class TestPhase:
     async def _one(self, pid: str, text: str) -> None:
         from .. import humaneval
 
-        same = self.reuse.get(pid)
-        if same is not None:  # the same text was tested already (never-defer is the weak baseline)
+        # An answer already tested with exactly this text (never-defer is the weak baseline) keeps its result.
+        same = next((t for known, t in self.reuse.get(pid, ()) if known == text and t.error is None), None)
+        if same is not None:
             fields = {k: getattr(same, k) for k in ("status", "program", "seconds", "output")}
         else:
             o = await humaneval.run_tests(text, humaneval.problem(pid), self.pool)

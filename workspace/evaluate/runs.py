@@ -112,22 +112,10 @@ async def _decode_and_test(
         await decode_phase(w, Generation, pol, todo, setup, settings, prog, f"decode {spec}", gens)
         return build(eid, w.record_now(), base, settings)
     tested = {k for k, v in latest(typed(w.record_now())[1], "test").items() if v.error is None}
-    reuse = {}
-    for b in base.examples:
-        if b.weak and b.weak_test:
-            reuse[("weak", b.prompt_id)] = (b.weak.text, b.weak_test)
-        if b.reference is not None and b.reference_test:
-            reuse[("ref", b.prompt_id)] = (b.reference, b.reference_test)
-
-    class _Reusing(TestPhase):
-        def submit(self, pid: str, text: str) -> None:
-            for who in ("weak", "ref"):
-                same = reuse.get((who, pid))
-                if same and same[0] == text and same[1].error is None:
-                    self.reuse[pid] = same[1]
-            super().submit(pid, text)
-
-    tests = _Reusing(w, Test, prog, "tests: candidate", len(prompts) - len(tested), test_pool(settings))
+    reuse = {b.prompt_id: [(t, r) for t, r in ((b.weak.text if b.weak else None, b.weak_test),
+                                                (b.reference, b.reference_test)) if t is not None and r]
+             for b in base.examples}  # fmt: skip
+    tests = TestPhase(w, Test, prog, "tests: candidate", len(prompts) - len(tested), test_pool(settings), reuse)
     for pid, g in gens.items():  # resuming: generations on record not tested yet
         if pid not in tested:
             tests.submit(pid, g.decode["text"])
