@@ -224,12 +224,12 @@ async def test_decode_many_runs_at_most_the_servers_capacity_at_once(models, mon
     running, peak = 0, 0
     real = engine._Engine.run
 
-    async def counted(self, instr, pol):
+    async def counted(self, instr, pol, on_signal=None):
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
         try:
-            return await real(self, instr, pol)
+            return await real(self, instr, pol, on_signal)
         finally:
             running -= 1
 

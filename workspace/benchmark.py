@@ -42,7 +42,12 @@ class Benchmark:
         count = s.removeprefix(f"{self.name}:")
         if isinstance(spec, int) or count.isdigit():
             return full.head(int(count))
-        raise data.DataError(f"{self.name}: prompts {spec!r}: use {self.name!r}, a number N or '{self.name}:N'")
+        if count in humaneval.SPLITS:
+            return humaneval.split_set(count)
+        raise data.DataError(
+            f"{self.name}: prompts {spec!r}: use {self.name!r}, a number N, '{self.name}:N' or a half "
+            f"({', '.join(f'{self.name}:{h}' for h in humaneval.SPLITS)})"
+        )
 
     def identity(self) -> dict:
         """What a record's settings say about scoring (tests only: the judge's prompt is the judge's identity)."""

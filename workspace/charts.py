@@ -44,13 +44,14 @@ def _row(e: LeaderboardEntry) -> dict:
 
 
 def frontier_chart(
-    board: Leaderboard | None = None, error_bars: bool = False, benchmark: str = DEFAULT
+    board: Leaderboard | None = None, error_bars: bool = False, benchmark: str = DEFAULT, prompts: str | None = None
 ) -> alt.LayerChart:
     """Every evaluation of one benchmark as a point (f_weak → x, recovery → y), the bar as a hairline, certified
     points set apart, the two endpoints (strong only at (0, 1), weak only at (1, 0)); a checkbox shows the 95%
-    intervals."""
+    intervals. `prompts` keeps one prompt set's evaluations (e.g. "humaneval:test", the held-out half)."""
     board = (board or get_leaderboard()).for_benchmark(benchmark)
-    rows = [_row(e) for e in board.evaluations if e.f_weak is not None and e.recovery is not None]
+    keep = [e for e in board.evaluations if prompts is None or e.prompts == prompts]
+    rows = [_row(e) for e in keep if e.f_weak is not None and e.recovery is not None]
     ends = [_row(e) for e in board.baselines]
     recs = [r["recovery"] for r in rows] + [0.0, 1.0, board.bar]
     domain = [min(-0.05, min(recs) - 0.05), max(1.05, max(recs) + 0.05)]  # intervals are clipped, points never
@@ -100,7 +101,10 @@ def frontier_chart(
         alt.layer(*layers)
         .add_params(show)
         .properties(
-            width=WIDTH, height=HEIGHT, title=f"Frontier ({benchmark}): weak share vs recovery, every evaluation"
+            width=WIDTH,
+            height=HEIGHT,
+            title=f"Frontier ({benchmark}{f', {prompts}' if prompts else ''}): weak share vs recovery, "
+            f"{'its' if prompts else 'every'} evaluations",
         )
     )
 
@@ -146,6 +150,26 @@ def sota_chart(
         base.transform_filter("datum.improvement").mark_point(filled=True, size=80, color=COLORS[0])
         .encode(x=x, y=y, tooltip=tooltip),
     ).properties(width=WIDTH, height=HEIGHT / 2, title=title)  # fmt: skip
+
+
+def probe_chart(report) -> alt.HConcatChart:
+    """A trained probe at a glance (`train_probe.Report`): held-out ROC-AUC and PR-AUC of the probe beside the single
+    signals it competes with, and its most important features. Hover a bar for its number."""
+    scored = [{"scorer": k, "metric": m, "value": getattr(v, m)} for k, v in report.held_out.items()
+              for m in ("roc_auc", "pr_auc") if getattr(v, m) is not None]  # fmt: skip
+    aucs = alt.Chart(alt.Data(values=scored)).mark_bar().encode(
+        x=alt.X("value:Q", title="held-out score", scale=alt.Scale(domain=[0, 1])),
+        y=alt.Y("scorer:N", title=None, sort=list(report.held_out)),
+        color=alt.Color("metric:N", title=None, legend=alt.Legend(orient="bottom")),
+        yOffset="metric:N",
+        tooltip=["scorer:N", "metric:N", alt.Tooltip("value:Q", format=".3f")],
+    ).properties(width=280, height=220, title=f"held out: {report.test_problems} problems")  # fmt: skip
+    imp = [{"feature": f, "importance": v} for f, v in report.importances]
+    feats = alt.Chart(alt.Data(values=imp)).mark_bar(color=COLORS[0]).encode(
+        x=alt.X("importance:Q"), y=alt.Y("feature:N", sort="-x", title=None),
+        tooltip=["feature:N", alt.Tooltip("importance:Q", format=".3f")],
+    ).properties(width=280, height=220, title=f"{report.kind}: top features")  # fmt: skip
+    return alt.hconcat(aucs, feats)
 
 
 def use_offline_renderer() -> None:

@@ -243,6 +243,9 @@ def prompt_options(f):
     f = click.option("--benchmark", default="alpaca_eval", show_default=True, type=click.Choice(BENCHMARK_NAMES),
                      help="what to evaluate on: alpaca_eval (judged) or humaneval (unit tests)")(f)  # fmt: skip
     f = click.option("--no-cache", is_flag=True, help="do not answer repeated requests from the call cache")(f)
+    f = click.option("--split", type=click.Choice(["train", "test"]), default=None,
+                     help="humaneval only: one fixed half of the problems (train: for traces and probes; test: "
+                     "held out)")(f)  # fmt: skip
     return f
 
 
@@ -250,14 +253,17 @@ def _prompt_set(kw: dict):
     from .data import DataError, resolve
 
     canonical, n, path, confirm = kw.pop("canonical"), kw.pop("n"), kw.pop("prompts_file"), kw.pop("confirm")
-    if sum(x is not None and x is not False for x in (n, path)) + canonical + confirm > 1:
-        _fail("choose one of --canonical, --confirm, --n N, --prompts FILE")
+    split = kw.pop("split")
+    if sum(x is not None and x is not False for x in (n, path, split)) + canonical + confirm > 1:
+        _fail("choose one of --canonical, --confirm, --n N, --split HALF, --prompts FILE")
     bench = get_benchmark(kw["benchmark"])
+    if split and bench.scoring != "tests":
+        _fail("--split is for --benchmark humaneval (its fixed halves)")
     if bench.scoring == "tests":
         if path or confirm:
-            _fail(f"--benchmark {bench.name} runs on its own problems: use --n N or leave it out for all of them")
+            _fail(f"--benchmark {bench.name} runs on its own problems: use --n N, --split HALF or leave it out")
         try:
-            return bench.prompts(n)
+            return bench.prompts(f"{bench.name}:{split}" if split else n)
         except DataError as e:
             _fail(str(e))
     try:
@@ -734,6 +740,15 @@ def mcp_cmd(http: bool, port: int, token: str | None, author: str | None, no_cac
 
     serve(ServerConfig(_urls(kw), author, cache=not no_cache), http=http, port=port, token=token)
 
+
+def _register_router_commands() -> None:  # in their own module; imported here so `cdw traces|probe` exist
+    from .cli_router import probe_group, traces_group
+
+    main.add_command(traces_group)
+    main.add_command(probe_group)
+
+
+_register_router_commands()
 
 if __name__ == "__main__":
     main()

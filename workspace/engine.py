@@ -22,6 +22,7 @@ f_weak comes only from segment provenance: `Decode.f_weak` and `pooled_f_weak` c
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -230,10 +231,10 @@ def _top_k(s: EngineSettings, pol: Policy) -> int:
     return s.top_k if pol.top_k is None else max(1, min(s.top_k, pol.top_k))
 
 
-def _signal(tok: TokenLogprob, position: int, text_so_far: str, since_handoff: int) -> TokenSignal:
+def _signal(tok: TokenLogprob, position: int, text_so_far: str, since_handoff: int, prompt: int) -> TokenSignal:
     """What a policy sees of one drafted weak token."""
     top = tuple(a.logprob for a in tok.top)
-    return TokenSignal(tok.token_id, tok.text, tok.logprob, top, position, text_so_far, since_handoff)
+    return TokenSignal(tok.token_id, tok.text, tok.logprob, top, position, text_so_far, since_handoff, prompt)
 
 
 _MAX_CHAR_TOKENS = 8  # a draft this long holds a whole character (UTF-8: at most 4 bytes, so 4 byte tokens)
@@ -304,7 +305,9 @@ class _Engine:
 
     # ------------------------------------------------------------ one decode
 
-    async def run(self, instruction: str, policy: Policy) -> Decode:
+    async def run(
+        self, instruction: str, policy: Policy, on_signal: Callable[[TokenSignal], None] | None = None
+    ) -> Decode:
         t0 = time.monotonic()
         pol = policy.fresh()
         st = _State(instruction, pol, self.s, [], 0)
@@ -313,7 +316,7 @@ class _Engine:
             st.ids = await _timed(st, "weak", "tokenize", self.m.weak.tokenize(
                 messages=[{"role": "user", "content": instruction}], add_generation_prompt=True))  # fmt: skip
             st.prompt_len = len(st.ids)
-            finish = await (self._cascade(st, pol) if pol.prompt_level else self._loop(st, pol))
+            finish = await (self._cascade(st, pol) if pol.prompt_level else self._loop(st, pol, on_signal))
             error = None
         except (ClientError, EngineError) as e:
             finish, error = "error", f"{type(e).__name__}: {e}"
@@ -332,7 +335,8 @@ class _Engine:
             dr = await self._draft(st, st.ids, want, _top_k(s, pol))
             defer_at, decision = None, Decision(Action.CONTINUE)
             for i, tok in enumerate(dr.out.tokens):
-                sig = _signal(tok, st.answer_tokens + i, st.text + dr.text_before(i), st.since_handoff + i)
+                sig = _signal(tok, st.answer_tokens + i, st.text + dr.text_before(i), st.since_handoff + i,
+                              st.prompt_len)  # fmt: skip
                 if on_signal is not None:
                     on_signal(sig)
                 decision = as_decision(pol.decide(sig))
@@ -454,10 +458,17 @@ class _NeverDefers(Policy):
 
 
 async def decode(
-    instruction: str, policy: Policy | str, models: Models, settings: EngineSettings | None = None
+    instruction: str,
+    policy: Policy | str,
+    models: Models,
+    settings: EngineSettings | None = None,
+    on_signal: Callable[[TokenSignal], None] | None = None,
 ) -> Decode:
-    """Collaboratively decode one instruction. Failures are recorded on the result, never raised."""
-    return await _Engine(models, settings or EngineSettings()).run(instruction, load_policy(policy))
+    """Collaboratively decode one instruction. Failures are recorded on the result, never raised.
+
+    `on_signal` sees every weak token the policy is shown, in order (traces are made from it). A token can be
+    shown twice when a draft that ended inside a character is drafted again; the later one is the one used."""
+    return await _Engine(models, settings or EngineSettings()).run(instruction, load_policy(policy), on_signal)
 
 
 async def decode_many(
@@ -468,6 +479,7 @@ async def decode_many(
     progress: bool = True,
     on_done: Callable[[int, Decode], None] | None = None,
     concurrency: int | None = None,
+    on_signal: Callable[[int, TokenSignal], None] | None = None,
 ) -> list[Decode]:
     """Decode a batch concurrently (one coroutine each; the client's throttles bound what is in flight).
 
@@ -478,6 +490,7 @@ async def decode_many(
     Results come back in input order; one instruction's failure is recorded on its result only.
     `on_done(index, decode)` is called as each one finishes (evaluations append it to their record); if it
     raises (say the disk is full), the other decodes are cancelled and the error is raised here.
+    `on_signal(index, signal)` sees each weak token a policy is shown (as in `decode`).
     """
     engine = _Engine(models, settings or EngineSettings())
     pol = load_policy(policy)
@@ -488,7 +501,7 @@ async def decode_many(
 
     async def one(i: int, instr: str) -> Decode:
         async with sem:
-            d = await engine.run(instr, pol)
+            d = await engine.run(instr, pol, None if on_signal is None else functools.partial(on_signal, i))
         if on_done is not None:
             on_done(i, d)
         bar.update(1)

@@ -139,6 +139,28 @@ def prompt_set(log: Log = None) -> PromptSet:
     return PromptSet("humaneval", tuple(Prompt(p.task_id, instruction(p), "humaneval") for p in problems(log)))
 
 
+SPLITS = ("train", "test")
+_SPLIT_SALT = "cdw-humaneval-split-v1"  # changing it makes other halves: never change it once results cite them
+
+
+def split_ids(name: str) -> frozenset[str]:
+    """The task ids of one half of HumanEval: `train` (82 problems: traces, labels, probe training) or `test` (the
+    other 82: held-out evaluations). Problems are ordered by sha256(salt + task id) and cut in the middle, so
+    the halves are fixed, disjoint, of equal size and unrelated to HumanEval's order (later problems are harder)."""
+    if name not in SPLITS:
+        raise DataError(f"unknown split {name!r}; one of {', '.join(SPLITS)}")
+    ids = sorted((p.task_id for p in problems()), key=lambda t: hashlib.sha256(f"{_SPLIT_SALT}:{t}".encode()).digest())
+    half = len(ids) // 2
+    return frozenset(ids[:half] if name == "train" else ids[half:])
+
+
+def split_set(name: str, log: Log = None) -> PromptSet:
+    """One half as a prompt set named "humaneval:<name>", in HumanEval's order."""
+    ids = split_ids(name)
+    full = prompt_set(log)
+    return PromptSet(f"humaneval:{name}", tuple(p for p in full.prompts if p.id in ids))
+
+
 # ---------------------------------------------------------------- extraction
 
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:\n[ \t]*```|\Z)", re.S)

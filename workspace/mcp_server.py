@@ -23,6 +23,7 @@ import asyncio
 import hmac
 import json
 import os
+import re
 import secrets
 import sys
 import warnings
@@ -83,8 +84,31 @@ def policies_dir() -> Path:
 
 
 def resolve_policy(spec: str) -> Policy:
-    """Load a policy an agent named: a built-in spec (`margin(tau=0.05)`) or `file.py:Class(args)` in the folder."""
-    return load_policy(spec, folder=policies_dir())
+    """Load a policy an agent named: a built-in spec (`margin(tau=0.05)`) or `file.py:Class(args)` in the folder.
+    A `probe(path=...)` must name weights inside this project (e.g. `probes/…json`), never elsewhere on disk."""
+    from .policies.probe import Probe, resolve_path
+
+    def probes(p: Policy):
+        yield from ([p] if isinstance(p, Probe) else [])
+        for inner in p.inner_policies():
+            yield from probes(inner)
+
+    for name in re.findall(r"path\s*=\s*['\"]([^'\"]*)['\"]", spec):
+        if not _inside_project(resolve_path(name) if name.endswith(".json") else Path(name)):
+            raise PolicyError(f"probe weights must be a file inside the project (e.g. probes/x.json), not {name!r}")
+    pol = load_policy(spec, folder=policies_dir())
+    for p in probes(pol):
+        if not _inside_project(resolve_path(p.path)):
+            raise PolicyError(f"probe weights must be a file inside the project, not {p.path!r}")
+    return pol
+
+
+def _inside_project(path: Path) -> bool:
+    try:
+        path.resolve().relative_to(PROJECT_ROOT.resolve())
+        return True
+    except ValueError:
+        return False
 
 
 def recorded_spec(spec: str) -> str:
@@ -107,7 +131,9 @@ def get_benchmark(name: str | None) -> Benchmark:
 def prompt_set(prompts: str | int, benchmark: str | None = None) -> PromptSet:
     """alpaca_eval: `"canonical"`, `"confirmation"`, `"canonical:N"`, `"alpaca_eval:N"` or a number N (the first N
     canonical prompts). A tests benchmark (humaneval): `"canonical"` or its own name (all its problems), N or
-    `"humaneval:N"` (its first N). Files are not accepted: an agent cannot make the server read a path."""
+    `"humaneval:N"` (its first N), `"humaneval:train"` / `"humaneval:test"` (its fixed halves: probes train on
+    the first, held-out evaluations run on the second). Files are not accepted: an agent cannot make the server
+    read a path."""
     bench = get_benchmark(benchmark)
     if bench.scoring == "tests":
         whole = isinstance(prompts, str) and prompts.strip() in ("canonical", bench.canonical_set, bench.name)
@@ -302,8 +328,9 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         prompts: Annotated[
             str | int,
             Field(
-                description="N (the first N prompts of the benchmark's canonical set: try 10 first) or "
-                "'canonical' (all of it: alpaca_eval's 100, humaneval's 164 problems)"
+                description="N (the first N prompts of the benchmark's canonical set: try 10 first), "
+                "'canonical' (all of it: alpaca_eval's 100, humaneval's 164 problems), or for humaneval "
+                "'humaneval:train' / 'humaneval:test' (its fixed halves; 'test' is held out from probe training)"
             ),
         ] = "canonical",
         benchmark: Annotated[str, Field(description=BENCHMARK_HELP)] = DEFAULT,

@@ -31,6 +31,7 @@ class TokenSignal:
     position: int  # index of this token among the answer's tokens (weak tokenisation)
     text_so_far: str  # the answer before this token
     since_handoff: int  # weak tokens accepted since the last strong span (or since the start)
+    prompt_tokens: int = 0  # the instruction's length in weak tokens, chat template included
 
     @property
     def prob(self) -> float:

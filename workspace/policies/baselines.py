@@ -2,8 +2,7 @@
 
 Every gate defers when its signal crosses `tau`; `span` is a span rule (`sentence`, `punct`, `newline`,
 `words:N`, `tokens:N`, `agree:N`). Wrappers (`hysteresis`, `window`, `warmup`, `budget`, `lookahead`) take
-another policy as their first argument. The learned probe needs logged traces from evaluations and is not
-here yet: subclass `Policy` and load it by path (`path/to/probe.py:Probe`) when traces exist.
+another policy as their first argument. The learned router, `probe(path=..., tau=...)`, lives in `probe.py`.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ import random as _random
 from collections import deque
 
 from .base import Action, Decision, Policy, SpanRule, TokenSignal, as_decision, parse_span
+from .probe import Probe
 
 
 class _Gated(Policy):
@@ -270,4 +270,5 @@ REGISTRY: dict[str, type[Policy]] = {
     "budget": Budget,
     "lookahead": Lookahead,
     "cascade": Cascade,
+    "probe": Probe,  # a learned router (policies/probe.py): weights from `cdw probe train`
 }
