@@ -40,7 +40,7 @@ from tests.test_evaluate import ScriptedJudge
 pytestmark = pytest.mark.browser
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
-NAMES = ("quickstart", "policy_explorer", "sweep_and_frontier", "forum", "write_your_own_policy")
+NAMES = ("quickstart", "policy_explorer", "sweep_and_frontier", "forum", "write_your_own_policy", "learned_router")
 MAX_TOKENS = 80
 INSTRUCTIONS = [f"Task {i}: explain something useful." for i in range(6)]
 SCREENSHOTS = PROJECT_ROOT / ".cdw" / "screenshots"
@@ -250,6 +250,51 @@ def test_write_your_own_policy_runs_its_check_and_evaluation(fake_env):
                      outputs(nb, "text/plain"))  # fmt: skip
     html = outputs(nb, "text/html")
     assert "my_policy.py:LowConfidence" in html and "recovery" in html
+
+
+@pytest.fixture
+def code_servers(nb_env, monkeypatch):
+    """Scripted HumanEval servers: the strong model writes HumanEval's solutions, the weak one the same answers with
+    a stray character a third of the way in (so the strong model disagrees after it, and agrees before)."""
+    from tests.test_router import Scripted
+    from workspace import humaneval
+
+    good = {humaneval.instruction(p): humaneval.canonical_answer(p) for p in humaneval.problems()}
+    bad = {q: a[: len(a) // 3] + "#" + a[len(a) // 3 :] for q, a in good.items()}
+
+    class ByInstruction(Scripted):
+        def logprobs(self, context):
+            text = self.decode(context, skip_special=False)
+            self.answers = [a for q, a in self.script.items() if q in text]
+            return super().logprobs(context)
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    def run(coro):
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
+
+    weak_model, strong_model = ByInstruction(name="weak", seed=1), ByInstruction(name="strong", seed=2, reverse=True)
+    weak_model.script, strong_model.script = bad, good
+    weak, strong = run(FakeServer(weak_model).start()), run(FakeServer(strong_model).start())
+    for k, v in {"CDW_WEAK_URL": weak.url, "CDW_STRONG_URL": strong.url, "CDW_JUDGE_URL": strong.url,
+                 "CDW_NB_N": 3, "CDW_NB_MAX_TOKENS": 400}.items():  # fmt: skip
+        monkeypatch.setenv(k, str(v))
+    yield nb_env
+    run(weak.stop())
+    run(strong.stop())
+    loop.call_soon_threadsafe(loop.stop)
+
+
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap (make sandbox)")
+def test_learned_router_traces_labels_trains_and_evaluates(code_servers):
+    nb = execute("learned_router", code_servers, timeout=300)
+    no_errors(nb)
+    text = outputs(nb, "text/plain")
+    assert re.search(r"3 answers, \d+ token rows", text)
+    html = outputs(nb, "text/html") + outputs(nb, "application/vnd.vegalite.v5+json") + outputs(nb, "image/png")
+    assert "probe(path=" in html and "margin(tau=0.03" in html  # the held-out table lists both policies
+    assert "harmful share" in html
 
 
 # ---------------------------------------------------------------- executed against real tiny servers
