@@ -39,7 +39,16 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 5  # prompts per evaluation: the fewest the length-controlled fit accepts
-TOOLS = {"get_baselines", "get_findings", "get_leaderboard", "evaluate_policy", "evaluate_generations", "share_finding"}
+TOOLS = {
+    "get_baselines",
+    "get_findings",
+    "get_leaderboard",
+    "evaluate_policy",
+    "evaluate_generations",
+    "share_finding",
+    "write_policy",
+    "list_policies",
+}
 TEMPLATE = "template.py:MarginCooldown(tau=0.3, min_gap=3, span=punct)"
 
 
@@ -254,6 +263,56 @@ async def test_bad_arguments_come_back_as_tool_errors_and_nothing_runs(env, tmp_
     assert {b["benchmark"] for b in tests_board["baselines"]} == {"humaneval"}
     assert not marker.exists(), "a policy file outside the folder was imported"
     assert not Path(env["CDW_RECORDS_DIR"]).exists() and not Path(env["CDW_FINDINGS_DIR"]).exists()
+
+
+GATE = """from workspace.policies import Policy, parse_span
+
+
+class LowP(Policy):
+    top_k = 1
+
+    def __init__(self, tau: float = 0.5, span: str = "punct"):
+        self.tau = float(tau)
+        self.span = parse_span(span)
+
+    def decide(self, s):
+        return s.p1 < self.tau
+"""
+
+
+async def test_write_policy_saves_checked_files_only_in_its_folder_and_budgets_hold(env, tmp_path, prompts):
+    folder = Path(env["CDW_POLICIES_DIR"])
+    usage = tmp_path / "usage.json"
+    args = ("--budget-evals", "2", "--budget-prompts", str(N + 1), "--usage", str(usage))
+    async with connect(env, *args) as session:
+        wrote = await call(session, "write_policy", filename="low_p.py", source=GATE)
+        assert wrote["written"] == "low_p.py" and (folder / "low_p.py").read_text() == GATE
+        for name in ("../escape.py", "/tmp/x.py", "sub/x.py", ".hidden.py", "x.txt", "x.py.py/"):
+            assert "file name" in await refused(session, "write_policy", filename=name, source=GATE)
+        hostile = {
+            "import os\n": "import os",
+            "import subprocess as s\n": "import subprocess",
+            "from pathlib import Path\n": "from pathlib",
+            "x = open('/etc/passwd')\n": "open is not allowed",
+            "f = __import__('os')\n": "__import__ is not allowed",
+            "y = ().__class__.__bases__\n": ".__bases__ is not allowed",
+            "def f(:\n": "line 1",
+        }
+        for src, why in hostile.items():
+            assert why in await refused(session, "write_policy", filename="bad.py", source=src)
+        assert not (folder / "bad.py").exists() and not (tmp_path / "escape.py").exists()
+        listed = await call(session, "list_policies")
+        assert {"low_p.py", "template.py"} <= set(listed["files"]) and "margin" in listed["builtin"]
+        assert listed["budget_left"] == {"evaluations": 2, "prompts": N + 1}
+        ev = await call(session, "evaluate_policy", policy="low_p.py:LowP(tau=0.5)", prompts=N)
+        assert ev["policy"].endswith("/low_p.py:LowP(tau=0.5)") and ev["errors"] == []
+        # the prompt budget: N + 1 allowed, N spent
+        assert "prompt budget" in await refused(session, "evaluate_policy", policy="never", prompts=N)
+        await call(session, "evaluate_policy", policy="never", prompts=1)
+        assert "evaluation budget spent: 2 of 2" in await refused(session, "evaluate_policy", policy="never", prompts=1)
+    async with connect(env, *args) as session:  # a new server process: the budget is still spent
+        assert "evaluation budget spent" in await refused(session, "evaluate_policy", policy="never", prompts=1)
+        assert (await call(session, "list_policies"))["budget_left"] == {"evaluations": 0, "prompts": 0}
 
 
 async def test_baselines_and_an_evaluation_with_progress_and_intervals(env, prompts):

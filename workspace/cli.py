@@ -733,22 +733,38 @@ def site_cmd(out: str | None) -> None:
 @click.option("--token", default=None, help="bearer token for --http (else $CDW_MCP_TOKEN, else one is generated)")
 @click.option("--author", default=None, help="author of the findings agents share (else $CDW_AUTHOR, else login)")
 @click.option("--no-cache", is_flag=True, help="do not answer repeated requests from the call cache")
+@click.option("--policies", type=click.Path(file_okay=False), default=None,
+              help="policy folder to load from and write to (else $CDW_POLICIES_DIR, else policies/)")  # fmt: skip
+@click.option("--budget-evals", type=int, default=None, help="evaluations this server may start (enforced)")
+@click.option("--budget-prompts", type=int, default=None, help="prompts its evaluations may cover in all (enforced)")
+@click.option("--usage", type=click.Path(dir_okay=False), default=None,
+              help="file the budgets count in (default: .usage.json in the policy folder)")  # fmt: skip
+@click.option("--max-in-flight", type=int, default=None, help="requests in flight per model server (a share)")
 @url_options
-def mcp_cmd(http: bool, port: int, token: str | None, author: str | None, no_cache: bool, **kw) -> None:
+def mcp_cmd(http: bool, port: int, token: str | None, author: str | None, no_cache: bool, policies, budget_evals,
+            budget_prompts, usage, max_in_flight, **kw) -> None:  # fmt: skip
     """Serve the agents' tools over MCP (stdio by default); AGENTS.md has a client configuration."""
-    from .mcp_server import ServerConfig, serve
+    from pathlib import Path
 
-    serve(ServerConfig(_urls(kw), author, cache=not no_cache), http=http, port=port, token=token)
+    from .mcp_server import serve, server_config
+
+    config = server_config(_urls(kw), author, not no_cache, Path(policies) if policies else None, budget_evals,
+                           budget_prompts, Path(usage) if usage else None, max_in_flight)  # fmt: skip
+    serve(config, http=http, port=port, token=token)
 
 
-def _register_router_commands() -> None:  # in their own module; imported here so `cdw traces|probe` exist
+def _register_more_commands() -> None:  # in their own modules; imported here so `cdw traces|probe|agents` exist
+    from .cli_agents import agents_group
     from .cli_router import probe_group, traces_group
 
     main.add_command(traces_group)
     main.add_command(probe_group)
+    main.add_command(agents_group)
 
 
-_register_router_commands()
+if __name__ == "__main__":  # `python -m workspace.cli`: run the importable module, where every command is registered
+    from workspace.cli import main as _main
 
-if __name__ == "__main__":
-    main()
+    _main()
+else:
+    _register_more_commands()

@@ -149,4 +149,7 @@ def probe_train(path: str, source: str, kind: str, holdout: float, seed: int, ou
         tab.add_row(name, str(s.roc_auc), str(s.pr_auc), str(s.n), str(s.positives))
     Console().print(tab)
     click.echo("top features: " + ", ".join(f"{n} {v:.3f}" for n, v in report.importances[:6]))
+    rates = ", ".join(f"{r}: {t}" for r, t in report.tau_for_rate.items())
+    click.echo(f"probe τ by share of tokens it defers at: {rates}")
+    click.echo("margin's share of tokens by τ: " + ", ".join(f"{t}: {r}" for t, r in report.margin_rate.items()))
     click.echo(f"wrote {out}: use it as probe(path='{out}', tau=0.5, span=newline)")

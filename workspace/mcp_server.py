@@ -42,7 +42,8 @@ from servers.presets import load_catalog
 
 from . import data, forum, leaderboard
 from .benchmark import BENCHMARKS, DEFAULT, Benchmark
-from .client import ClientError
+from .budget import Budget, BudgetError
+from .client import ClientError, ClientSettings
 from .data import DataError, PromptSet
 from .endpoints import EndpointError
 from .engine import EngineSettings
@@ -50,6 +51,8 @@ from .evaluate import EvalSettings, EvaluationError, Setup, ensure_baselines, ev
 from .evaluate import evaluate_generations as judge_generations  # the tool of the same name wraps it
 from .forum import FindingError
 from .policies import Policy, PolicyError, canonical_spec, load_policy
+from .policies.baselines import REGISTRY
+from .policies.source_check import PolicySourceError, check_policy_source
 from .records import header_of
 from .stats import BAR, FLOOR
 from .store import CallCache, StoreError, read_record
@@ -61,7 +64,8 @@ POLICY_PREFIX = "policies"  # how records name the policy folder, whatever CDW_P
 PROGRESS_EVERY_S = 1.0
 # Errors that mean "the request cannot be done as asked": the agent sees the message. Anything else is a bug and
 # reaches the agent as the SDK's generic tool error (with the traceback in the server's log).
-EXPECTED = (PolicyError, DataError, EvaluationError, FindingError, StoreError, EndpointError, ClientError)
+EXPECTED = (PolicyError, DataError, EvaluationError, FindingError, StoreError, EndpointError, ClientError, BudgetError,
+            PolicySourceError)  # fmt: skip
 
 INSTRUCTIONS = """\
 Collaborative decoding research: a weak model writes, a deferral policy hands spans to a strong model, and the
@@ -83,9 +87,10 @@ def policies_dir() -> Path:
     return Path(env).expanduser() if env else PROJECT_ROOT / POLICY_PREFIX
 
 
-def resolve_policy(spec: str) -> Policy:
-    """Load a policy an agent named: a built-in spec (`margin(tau=0.05)`) or `file.py:Class(args)` in the folder.
-    A `probe(path=...)` must name weights inside this project (e.g. `probes/…json`), never elsewhere on disk."""
+def resolve_policy(spec: str, folder: Path | None = None) -> Policy:
+    """Load a policy an agent named: a built-in spec (`margin(tau=0.05)`) or `file.py:Class(args)` in the folder
+    (default `policies_dir()`). A `probe(path=...)` must name weights inside this project (e.g. `probes/…json`),
+    never elsewhere on disk."""
     from .policies.probe import Probe, resolve_path
 
     def probes(p: Policy):
@@ -96,7 +101,7 @@ def resolve_policy(spec: str) -> Policy:
     for name in re.findall(r"path\s*=\s*['\"]([^'\"]*)['\"]", spec):
         if not _inside_project(resolve_path(name) if name.endswith(".json") else Path(name)):
             raise PolicyError(f"probe weights must be a file inside the project (e.g. probes/x.json), not {name!r}")
-    pol = load_policy(spec, folder=policies_dir())
+    pol = load_policy(spec, folder=folder or policies_dir())
     for p in probes(pol):
         if not _inside_project(resolve_path(p.path)):
             raise PolicyError(f"probe weights must be a file inside the project, not {p.path!r}")
@@ -111,11 +116,11 @@ def _inside_project(path: Path) -> bool:
         return False
 
 
-def recorded_spec(spec: str) -> str:
+def recorded_spec(spec: str, folder: Path | None = None) -> str:
     """The name records give a policy spec (file specs relative to the project, as `policies/<file>.py:…`);
     unchanged if it names no file here yet (a hypothesis may be about a policy not written)."""
     try:
-        return canonical_spec(spec, folder=policies_dir())
+        return canonical_spec(spec, folder=folder or policies_dir())
     except PolicyError:
         return spec
 
@@ -233,6 +238,13 @@ class ServerConfig:
     urls: dict[str, str | None] = field(default_factory=dict)  # role -> URL(s); None: $CDW_<ROLE>_URL or `cdw serve`
     author: str | None = None  # findings' author (None: $CDW_AUTHOR, else the login name)
     cache: bool = True  # answer repeated requests from the call cache
+    policy_dir: Path | None = None  # where policy files are loaded from and written to (None: policies_dir())
+    budget: Budget | None = None  # evaluations and prompts this server may run (None: unlimited)
+    max_in_flight: int | None = None  # this server's share of the model servers' capacity (None: all of it)
+
+    @property
+    def policies(self) -> Path:
+        return self.policy_dir or policies_dir()
 
 
 def build_server(config: ServerConfig | None = None) -> MCPServer:
@@ -245,8 +257,9 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
     @asynccontextmanager
     async def setup() -> AsyncIterator[Setup]:
         cache = CallCache() if config.cache else None
+        client = ClientSettings(max_in_flight=config.max_in_flight) if config.max_in_flight else None
         try:
-            async with Setup.from_endpoints(config.urls, cache) as s:
+            async with Setup.from_endpoints(config.urls, cache, client) as s:
                 yield s
         finally:
             if cache is not None:
@@ -341,8 +354,10 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         one, only reads) the record of the same policy, code, benchmark and prompts. Reports progress."""
         with _tool_errors():
             bench = get_benchmark(benchmark)
-            pol = resolve_policy(policy)
+            pol = resolve_policy(policy, config.policies)
             ps, settings = prompt_set(prompts, bench.name), eval_settings(bench.name)
+            if config.budget is not None:
+                config.budget.spend(len(ps))
             async with setup() as s:
                 ev = await _with_progress(
                     ctx, lambda cb: evaluate(pol, ps, s, settings, progress=False, on_progress=cb),
@@ -364,7 +379,9 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
                 raise EvaluationError(f"no engine run {run_id!r} on record")
             header = header_of(rec.header)  # a damaged header is a SchemaError, a tool error
             # Only a policy this server could have been asked to run is loaded (never a path the record names).
-            pol = resolve_policy(header.policy or "")
+            pol = resolve_policy(header.policy or "", config.policies)
+            if config.budget is not None:
+                config.budget.spend(len(header.prompts.ids))
             async with setup() as s:
                 ev = await _with_progress(
                     ctx, lambda cb: judge_generations(rec.id, s, policy=pol, progress=False, on_progress=cb),
@@ -387,13 +404,48 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         result names its evaluation; the numbers shown with it are read from that evaluation's record."""
         with _tool_errors():
             author = config.author or forum.default_author()
-            policy = recorded_spec(policy) if policy else policy  # "x.py:C" and "policies/x.py:C" are one policy
+            # "x.py:C" and "policies/x.py:C" are one policy
+            policy = recorded_spec(policy, config.policies) if policy else policy
             fid = forum.share_finding(title, kind, body, author, policy, evaluation_id, tuple(tags or ()))
             out: dict[str, Any] = {"id": fid, "finding": forum.get_finding(fid).to_json()}
             out["evaluation"] = load_evaluation(evaluation_id).to_json() if evaluation_id else None
             return out
 
+    @mcp.tool()
+    def write_policy(
+        filename: Annotated[str, Field(description="a file name in the policy folder, e.g. 'my_gate.py'")],
+        source: Annotated[str, Field(description="the whole Python file: a Policy subclass (see template.py)")],
+    ) -> dict[str, Any]:
+        """Save a policy file in this server's policy folder (replacing one of the same name), after checking it
+        parses and uses only allowed imports and names. Then evaluate it as 'my_gate.py:MyGate(tau=0.1)'."""
+        with _tool_errors():
+            path = _policy_file(config.policies, filename)
+            check_policy_source(source)
+            tmp = path.with_name(f".{path.name}.partial")
+            tmp.write_text(source, encoding="utf-8")
+            tmp.replace(path)
+            return {"written": path.name, "bytes": len(source.encode()), "folder": str(config.policies)}
+
+    @mcp.tool()
+    def list_policies() -> dict[str, Any]:
+        """The policy files in this server's policy folder, the built-in families, and the budget left."""
+        with _tool_errors():
+            files = sorted(p.name for p in config.policies.glob("*.py")) if config.policies.is_dir() else []
+            left = config.budget.left() if config.budget is not None else None
+            return {"files": files, "builtin": sorted(REGISTRY), "budget_left": left}
+
     return mcp
+
+
+_FILENAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\.py")
+
+
+def _policy_file(folder: Path, filename: str) -> Path:
+    """A plain file name inside the policy folder, or a PolicyError (no paths, no hidden files, .py only)."""
+    if not _FILENAME.fullmatch(filename or ""):
+        raise PolicyError(f"{filename!r}: a policy file name is letters, digits and _ ending in .py (no folders)")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / filename
 
 
 # ---------------------------------------------------------------- transports
@@ -448,11 +500,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--token", default=None, help="bearer token for --http (else $CDW_MCP_TOKEN, else generated)")
     ap.add_argument("--author", default=None, help="author of shared findings (else $CDW_AUTHOR, else login name)")
     ap.add_argument("--no-cache", action="store_true", help="do not answer repeated requests from the call cache")
+    ap.add_argument("--policies", type=Path, default=None, help="policy folder (else $CDW_POLICIES_DIR, policies/)")
+    ap.add_argument("--budget-evals", type=int, default=None, help="evaluations this server may start")
+    ap.add_argument("--budget-prompts", type=int, default=None, help="prompts its evaluations may cover in all")
+    ap.add_argument("--usage", type=Path, default=None, help="usage file the budgets count in (with a budget)")
+    ap.add_argument("--max-in-flight", type=int, default=None, help="requests in flight per model server")
     for role in ("weak", "strong", "judge"):
         ap.add_argument(f"--{role}-url", default=None, help=f"{role} server URL(s) (else $CDW_{role.upper()}_URL)")
     a = ap.parse_args(argv)
     urls = {"weak": a.weak_url, "strong": a.strong_url, "judge": a.judge_url}
-    serve(ServerConfig(urls, a.author, cache=not a.no_cache), http=a.http, port=a.port, token=a.token)
+    serve(server_config(urls, a.author, not a.no_cache, a.policies, a.budget_evals, a.budget_prompts, a.usage,
+                        a.max_in_flight), http=a.http, port=a.port, token=a.token)  # fmt: skip
+
+
+def server_config(urls, author, cache=True, policies=None, budget_evals=None, budget_prompts=None, usage=None,
+                  max_in_flight=None) -> ServerConfig:  # fmt: skip
+    """A ServerConfig from command-line values (budgets need a usage file to count in)."""
+    budget = None
+    if budget_evals is not None or budget_prompts is not None:
+        budget = Budget(usage or (policies or policies_dir()) / ".usage.json", budget_evals, budget_prompts)
+    return ServerConfig(urls, author, cache, policies, budget, max_in_flight)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,9 @@ A traces folder (default `.cdw/traces/<benchmark>-<split>/`, under CDW_HOME) hol
   | `prompt_tokens` | the instruction's length in weak tokens | — |
   | `deferred` | the policy handed off at this token (it is not in the answer) | — |
 
+  A row can be zero-width (`char_start == char_end`): the token deferred at, and the end-of-sequence token, whose
+  `token` is the server's text for it (`<|im_end|>` on vLLM) although it adds nothing to the answer.
+
   Features (`workspace/policies/features.py`) are computed from these columns, never stored, so a trace file
   made today feeds a feature list added tomorrow.
 - `labels-<source>.jsonl` — written by `workspace.labels` (one line per labelled position, joined on

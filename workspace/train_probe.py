@@ -28,6 +28,8 @@ from .policies.probe import FORMAT, parse
 from .traces import TraceError, Traces
 
 KINDS = ("trees", "logistic")
+RATES = (0.005, 0.01, 0.02, 0.05, 0.1)  # shares of tokens: the τ at which a probe fires that often is reported
+MARGIN_TAUS = (0.01, 0.03, 0.1, 0.3)
 HELD_OUT_SPLIT = "humaneval:test"  # the half kept for held-out policy evaluations: never trained on
 
 
@@ -109,6 +111,10 @@ class Report:
     positive_rate: float
     held_out: dict[str, Scores]  # the model (`probe`), the other kind, and each single signal
     importances: list[tuple[str, float]] = field(default_factory=list)  # top features, largest first
+    # τ at which the probe fires on a given share of all traced tokens (share -> τ), and the share of tokens on
+    # which margin fires at a given τ (τ -> share): to compare a probe and margin at matched deferral rates
+    tau_for_rate: dict[str, float] = field(default_factory=dict)
+    margin_rate: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -198,9 +204,14 @@ def train(
     if not np.allclose(ours, predict(ds.X), atol=1e-6):
         raise ProbeError("the exported weights do not reproduce scikit-learn's predictions (export bug)")
     order = np.argsort(-np.asarray(importance))
+    everything = np.asarray([vector(s) for r, s in traces.signals() if not r.deferred], dtype=float)
+    p_all, margins = predict(everything), everything[:, FEATURES.index("margin")]
     report = Report(kind, source, str(traces.path), len(train_p), len(test_p), int(tr.sum()),
                     round(float(ds.y[tr].mean()), 4), held,
-                    [(FEATURES[i], round(float(importance[i]), 4)) for i in order[:10]])  # fmt: skip
+                    [(FEATURES[i], round(float(importance[i]), 4)) for i in order[:10]],
+                    {f"{r:g}": round(float(np.quantile(p_all, 1 - r)), 4) for r in RATES},
+                    {f"{t:g}": round(float((margins < t).mean()), 4) for t in MARGIN_TAUS})  # fmt: skip
+    obj["meta"]["tau_for_rate"], obj["meta"]["margin_rate"] = report.tau_for_rate, report.margin_rate
     return obj, report
 
 

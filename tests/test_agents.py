@@ -1,0 +1,189 @@
+"""`cdw agents run --backend openai` end to end, with a scripted OpenAI-compatible tool-calling model (an in-test
+server) in place of a real one: real openai-agents, real MCP servers (one per agent, stdio), real forum files.
+
+Each agent is recognised by its author name in the system prompt and plays a script: read the forum, make a
+hostile call (a path outside its policy folder, a module spec, forbidden code), share a finding, end. A third agent's
+model never answers: it must be ended at the time budget while the others finish."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from servers.paths import PROJECT_ROOT
+
+pytest.importorskip("agents")  # openai-agents
+
+SCRIPT = [  # (tool, arguments) per turn; then a final message
+    ("get_findings", {}),
+    ("evaluate_policy", {"policy": "../../../etc/evil.py:Evil(tau=1)", "prompts": 2}),
+    ("evaluate_policy", {"policy": "subprocess:run(['touch', '/tmp/cdw-agent-pwned'])", "prompts": 2}),
+    ("write_policy", {"filename": "gate.py", "source": "import os\nos.system('touch /tmp/cdw-agent-pwned')\n"}),
+    ("write_policy", {"filename": "../escape.py", "source": "x = 1\n"}),
+    ("share_finding", {"title": "TITLE", "kind": "hypothesis", "body": "Margin may miss confident errors."}),
+]
+
+
+class ScriptedToolModel:
+    """/v1/chat/completions answering with the next scripted tool call for the agent named in the system prompt."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.hang = re.compile(r"agent-\S+-2\b")  # the third agent's model never answers
+        self.release: asyncio.Event | None = None  # set at teardown: hung requests end (as 503) so the server stops
+
+    async def chat(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests.append(body)
+        system = next((m["content"] for m in body["messages"] if m["role"] in ("system", "developer")), "")
+        who = re.search(r"You are (agent-\S+-\d+)\.", system)
+        author = who.group(1) if who else "?"
+        if self.hang.search(author):
+            self.release = self.release or asyncio.Event()
+            await self.release.wait()
+            return web.json_response({"error": "shutting down"}, status=503)
+        step = sum(1 for m in body["messages"] if m["role"] == "assistant")
+        assert body.get("tools"), "the agent's tools must be offered to the model"
+        if step < len(SCRIPT):
+            name, args = SCRIPT[step]
+            if name == "share_finding":
+                args = {**args, "title": f"{author} thinks margin misses confident errors"}
+            message = {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": f"call_{step}",
+                        "type": "function",
+                        "function": {"name": name, "arguments": json.dumps(args)},
+                    }
+                ],
+            }
+            finish = "tool_calls"
+        else:
+            message, finish = {"role": "assistant", "content": "Done: I shared one hypothesis."}, "stop"
+        return web.json_response({
+            "id": f"chatcmpl-{step}", "object": "chat.completion", "created": int(time.time()), "model": body["model"],
+            "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        })  # fmt: skip
+
+
+@pytest.fixture
+def model_server():
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    model = ScriptedToolModel()
+
+    async def start():
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", model.chat)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        return runner, site._server.sockets[0].getsockname()[1]
+
+    runner, port = asyncio.run_coroutine_threadsafe(start(), loop).result(30)
+    yield f"http://127.0.0.1:{port}/v1", model
+
+    async def stop():
+        if model.release is not None:
+            model.release.set()
+        await runner.cleanup()
+
+    asyncio.run_coroutine_threadsafe(stop(), loop).result(60)
+    loop.call_soon_threadsafe(loop.stop)
+
+
+@pytest.fixture
+def agent_env(tmp_path):
+    env = {**os.environ, "CDW_HOME": str(tmp_path / "home"), "CDW_FINDINGS_DIR": str(tmp_path / "findings"),
+           "CDW_RECORDS_DIR": str(tmp_path / "records"), "OPENAI_API_KEY": "sk-test-not-a-key"}  # fmt: skip
+    for role in ("WEAK", "STRONG", "JUDGE"):
+        env[f"CDW_{role}_URL"] = "http://127.0.0.1:9"  # nothing there: these scripts never need a model server
+    return env
+
+
+def cdw(env, *args, timeout=180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "workspace.cli", *args], env=env, cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+
+
+def test_two_agents_research_a_hostile_call_fails_and_a_hung_agent_is_ended(model_server, agent_env, tmp_path):
+    url, model = model_server
+    Path("/tmp/cdw-agent-pwned").unlink(missing_ok=True)
+    t0 = time.monotonic()
+    hours = 45 / 3600
+    run = cdw(agent_env, "agents", "run", "--backend", "openai", "--model", "scripted", "--model-url", url,
+              "--agents", "3", "--max-turns", "12", "--hours", str(hours), "--brief", "short", "--quiet")  # fmt: skip
+    wall = time.monotonic() - t0
+    assert run.returncode == 0, run.stderr
+    run_id = re.search(r"run (\S+):", run.stdout).group(1)
+    folder = Path(agent_env["CDW_HOME"]) / "agents" / run_id
+    st = json.loads(cdw(agent_env, "agents", "status", run_id, "--json").stdout)["agents"]
+    assert [a["state"] for a in st] == ["done", "done", "time_budget"], st
+    assert wall < 45 + 60, wall  # the hung agent did not hold the run past its budget (plus start-up and grace)
+
+    findings = sorted(Path(agent_env["CDW_FINDINGS_DIR"]).glob("*.md"))
+    authors = sorted(re.search(r"^author: (.+)$", f.read_text(), re.M).group(1).strip().strip("'\"") for f in findings)
+    assert authors == [f"agent-{run_id}-0", f"agent-{run_id}-1"]  # each with its own name, none as anyone else
+    for i in (0, 1):
+        events = [json.loads(x) for x in (folder / f"agent-{i}.jsonl").read_text().splitlines()]
+        kinds = [e["kind"] for e in events]
+        assert kinds[0] == "start" and kinds[-1] == "end" and events[-1]["status"] == "done"
+        calls = [e for e in events if e["kind"] == "tool_call"]
+        results = {e["call_id"]: e for e in events if e["kind"] == "tool_result"}
+        assert [c["name"] for c in calls] == [name for name, _ in SCRIPT]  # every call, in order
+        assert all(c["call_id"] in results for c in calls)  # and every result
+        refused = [results[c["call_id"]] for c in calls if results[c["call_id"]]["error"]]
+        assert len(refused) == 4 and "'..' is not allowed" in refused[0]["result"]
+        assert "not from modules" in refused[1]["result"]
+        assert "import os" in refused[2]["result"] and "file name" in refused[3]["result"]
+        assert not results[calls[-1]["call_id"]]["error"]  # after the refusals the agent carried on and shared
+        assert st[i]["findings"] == 1 and st[i]["tool_errors"] == 4 and st[i]["turns"] == len(SCRIPT) + 1
+        assert sorted(p.name for p in (folder / f"agent-{i}" / "policies").iterdir()) == ["README.md", "template.py"]
+    hung = [json.loads(x) for x in (folder / "agent-2.jsonl").read_text().splitlines()]
+    assert [e["kind"] for e in hung] == ["start", "end"] and hung[-1]["status"] == "time_budget"
+    assert not Path("/tmp/cdw-agent-pwned").exists() and not (folder / "agent-0" / "escape.py").exists()
+    assert not Path(agent_env["CDW_RECORDS_DIR"]).exists()  # nothing was evaluated, nothing recorded
+
+
+def test_stop_ends_a_run_cleanly(model_server, agent_env):
+    url, model = model_server
+    model.hang = re.compile(r"agent-")  # every agent waits on its model
+    proc = subprocess.Popen([sys.executable, "-m", "workspace.cli", "agents", "run", "--model", "scripted",
+                             "--model-url", url, "--agents", "2", "--hours", "1", "--brief", "short", "--quiet"],
+                            env=agent_env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(model.requests) < 2:
+        time.sleep(0.5)
+    assert len(model.requests) >= 2, "the agents never asked their model"
+    stopped = cdw(agent_env, "agents", "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    st = json.loads(cdw(agent_env, "agents", "status", "--json").stdout)["agents"]
+    assert [a["state"] for a in st] == ["stopped", "stopped"]
+
+
+def test_bad_settings_are_clear_errors(agent_env, tmp_path):
+    r = cdw(agent_env, "agents", "run", "--agents", "0", "--quiet")
+    assert r.returncode != 0 and "--agents" in r.stdout + r.stderr
+    empty = tmp_path / "directions.txt"
+    empty.write_text("# nothing\n\n")
+    r = cdw(agent_env, "agents", "run", "--directions", str(empty), "--quiet")
+    assert r.returncode != 0 and "no directions" in r.stdout + r.stderr
+    r = cdw(agent_env, "agents", "status")
+    assert r.returncode != 0 and "no agent runs" in r.stdout + r.stderr

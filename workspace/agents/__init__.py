@@ -1,0 +1,12 @@
+"""Autonomous research agents: `cdw agents run|status|stop` over the MCP tools (see AGENTS.md).
+
+- `run.py` — a run's folder, its workers, budgets, status and stop
+- `worker.py` — one agent's process
+- `backends.py` — openai-agents and claude-agent-sdk
+- `transcript.py` — the JSON Lines every agent's messages, tool calls and results go to
+"""
+
+from .run import BACKENDS, AgentsError, Run, RunConfig, load, new_run, read_directions, status, stop, supervise
+
+__all__ = ["BACKENDS", "AgentsError", "Run", "RunConfig", "load", "new_run", "read_directions", "status", "stop",
+           "supervise"]  # fmt: skip

@@ -1,0 +1,138 @@
+"""Agent backends on existing frameworks: `openai` (openai-agents, any OpenAI-compatible chat endpoint) and
+`claude` (claude-agent-sdk, the user's own Anthropic key). Both attach the same MCP server (`cdw mcp`, stdio) and
+write the same transcript events; the loop itself (model call, tool calls, results, next turn) is the framework's.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .transcript import RESULT_CHARS, Transcript, is_tool_error
+
+START = "Begin your research session now. Use the tools; do not just describe what you would do."
+TOOLS = ("get_baselines", "get_findings", "get_leaderboard", "evaluate_policy", "evaluate_generations",
+         "share_finding", "write_policy", "list_policies")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """What one agent runs with (built by the worker from the run file)."""
+
+    author: str
+    brief: str
+    model: str
+    model_url: str | None
+    api_key_env: str
+    max_turns: int
+    mcp_command: tuple[str, ...]  # the MCP server's command line (stdio)
+    mcp_env: dict[str, str]
+    cwd: Path
+
+
+def _text(result: object) -> str:
+    if isinstance(result, str):
+        return result
+    if isinstance(result, dict) and "text" in result:
+        return str(result["text"])
+    if isinstance(result, list):
+        return "\n".join(_text(r) for r in result)
+    return str(result)
+
+
+async def run_openai(spec: AgentSpec, transcript: Transcript) -> tuple[str, str]:
+    """openai-agents against `spec.model_url` (chat completions with tool calls). Returns (status, detail)."""
+    from agents import Agent, ModelSettings, OpenAIChatCompletionsModel, RunHooks, Runner, set_tracing_disabled
+    from agents.exceptions import MaxTurnsExceeded
+    from agents.mcp import MCPServerStdio
+    from openai import AsyncOpenAI
+
+    set_tracing_disabled(True)  # traces would go to OpenAI's servers
+    client = AsyncOpenAI(base_url=spec.model_url, api_key=os.environ.get(spec.api_key_env) or "unused-local",
+                         timeout=600, max_retries=2)  # fmt: skip
+    model = OpenAIChatCompletionsModel(model=spec.model, openai_client=client)
+
+    class Hooks(RunHooks):
+        turn = 0
+
+        async def on_llm_end(self, context, agent, response) -> None:
+            self.turn += 1
+            for item in response.output:
+                kind = getattr(item, "type", "")
+                if kind == "message":
+                    text = "".join(getattr(c, "text", "") or "" for c in getattr(item, "content", []) or [])
+                    if text:
+                        transcript.append("message", text=text, turn=self.turn)
+                elif kind == "function_call":
+                    transcript.append("tool_call", name=item.name, arguments=item.arguments, call_id=item.call_id,
+                                      turn=self.turn)  # fmt: skip
+
+        async def on_tool_end(self, context, agent, tool, result) -> None:
+            text = _text(result)
+            transcript.append("tool_result", name=tool.name, result=text[:RESULT_CHARS], error=is_tool_error(text),
+                              call_id=getattr(context, "tool_call_id", None))  # fmt: skip
+
+    params = {"command": spec.mcp_command[0], "args": list(spec.mcp_command[1:]), "env": spec.mcp_env,
+              "cwd": str(spec.cwd)}  # fmt: skip
+    # An evaluation can take many minutes: the MCP session's per-request timeout must allow it.
+    async with MCPServerStdio(
+        params, name="cdw", cache_tools_list=True, client_session_timeout_seconds=4 * 3600
+    ) as mcp:
+        agent = Agent(name=spec.author, instructions=spec.brief, model=model, mcp_servers=[mcp],
+                      model_settings=ModelSettings(temperature=0.0))  # fmt: skip
+        try:
+            result = await Runner.run(agent, START, max_turns=spec.max_turns, hooks=Hooks())
+        except MaxTurnsExceeded as e:
+            return "max_turns", str(e)
+    return "done", str(result.final_output)[:RESULT_CHARS]
+
+
+async def run_claude(spec: AgentSpec, transcript: Transcript) -> tuple[str, str]:
+    """claude-agent-sdk (Claude Code's agent loop) with only the workspace's MCP tools: no shell, no file edits."""
+    from claude_agent_sdk import AssistantMessage, ClaudeAgentOptions, ResultMessage, UserMessage, query
+    from claude_agent_sdk.types import TextBlock, ToolResultBlock, ToolUseBlock
+
+    if not os.environ.get("ANTHROPIC_API_KEY"):
+        return "error", "the claude backend needs ANTHROPIC_API_KEY (your own key) in the environment"
+    options = ClaudeAgentOptions(
+        system_prompt=spec.brief,
+        tools=[],  # no built-in tools: the agent acts on the workspace only through the MCP tools
+        mcp_servers={
+            "cdw": {
+                "type": "stdio",
+                "command": spec.mcp_command[0],
+                "args": list(spec.mcp_command[1:]),
+                "env": spec.mcp_env,
+            }
+        },  # fmt: skip
+        strict_mcp_config=True,
+        allowed_tools=[f"mcp__cdw__{t}" for t in TOOLS],
+        max_turns=spec.max_turns,
+        model=spec.model or None,
+        cwd=str(spec.cwd),
+    )
+    turn, names, status, detail = 0, {}, "done", ""
+    async for msg in query(prompt=START, options=options):
+        if isinstance(msg, AssistantMessage):
+            turn += 1
+            for block in msg.content:
+                if isinstance(block, TextBlock) and block.text:
+                    transcript.append("message", text=block.text, turn=turn)
+                elif isinstance(block, ToolUseBlock):
+                    name = block.name.removeprefix("mcp__cdw__")
+                    names[block.id] = name
+                    transcript.append("tool_call", name=name, arguments=block.input, call_id=block.id, turn=turn)
+        elif isinstance(msg, UserMessage) and isinstance(msg.content, list):
+            for block in msg.content:
+                if isinstance(block, ToolResultBlock):
+                    text, error = _text(block.content), bool(block.is_error)
+                    transcript.append("tool_result", name=names.get(block.tool_use_id), result=text[:RESULT_CHARS],
+                                      error=error or is_tool_error(text), call_id=block.tool_use_id)  # fmt: skip
+        elif isinstance(msg, ResultMessage):
+            status = "max_turns" if msg.subtype == "error_max_turns" else "done" if not msg.is_error else "error"
+            detail = str(msg.result or msg.subtype)[:RESULT_CHARS]
+    return status, detail
+
+
+BACKEND_RUNNERS = {"openai": run_openai, "claude": run_claude}
