@@ -30,6 +30,7 @@ SCRIPT = [  # (tool, arguments) per turn; then a final message
     ("evaluate_policy", {"policy": "subprocess:run(['touch', '/tmp/cdw-agent-pwned'])", "prompts": 2}),
     ("write_policy", {"filename": "gate.py", "source": "import os\nos.system('touch /tmp/cdw-agent-pwned')\n"}),
     ("write_policy", {"filename": "../escape.py", "source": "x = 1\n"}),
+    ("run_shell", {"command": "rm -rf records"}),  # a tool that does not exist
     ("share_finding", {"title": "TITLE", "kind": "hypothesis", "body": "Margin may miss confident errors."}),
 ]
 
@@ -124,16 +125,17 @@ def test_two_agents_research_a_hostile_call_fails_and_a_hung_agent_is_ended(mode
     url, model = model_server
     Path("/tmp/cdw-agent-pwned").unlink(missing_ok=True)
     t0 = time.monotonic()
-    hours = 45 / 3600
+    budget_s = 90  # generous: under load, starting a worker and its MCP server takes seconds
+    hours = budget_s / 3600
     run = cdw(agent_env, "agents", "run", "--backend", "openai", "--model", "scripted", "--model-url", url,
-              "--agents", "3", "--max-turns", "12", "--hours", str(hours), "--brief", "short", "--quiet")  # fmt: skip
+              "--agents", "3", "--max-turns", "12", "--hours", str(hours), "--brief", "full", "--quiet")  # fmt: skip
     wall = time.monotonic() - t0
     assert run.returncode == 0, run.stderr
     run_id = re.search(r"run (\S+):", run.stdout).group(1)
     folder = Path(agent_env["CDW_HOME"]) / "agents" / run_id
     st = json.loads(cdw(agent_env, "agents", "status", run_id, "--json").stdout)["agents"]
     assert [a["state"] for a in st] == ["done", "done", "time_budget"], st
-    assert wall < 45 + 60, wall  # the hung agent did not hold the run past its budget (plus start-up and grace)
+    assert wall < budget_s + 60, wall  # the hung agent did not hold the run past its budget (plus start-up and grace)
 
     findings = sorted(Path(agent_env["CDW_FINDINGS_DIR"]).glob("*.md"))
     authors = sorted(re.search(r"^author: (.+)$", f.read_text(), re.M).group(1).strip().strip("'\"") for f in findings)
@@ -147,16 +149,26 @@ def test_two_agents_research_a_hostile_call_fails_and_a_hung_agent_is_ended(mode
         assert [c["name"] for c in calls] == [name for name, _ in SCRIPT]  # every call, in order
         assert all(c["call_id"] in results for c in calls)  # and every result
         refused = [results[c["call_id"]] for c in calls if results[c["call_id"]]["error"]]
-        assert len(refused) == 4 and "'..' is not allowed" in refused[0]["result"]
+        assert len(refused) == 5 and "'..' is not allowed" in refused[0]["result"]
+        assert "run_shell" in refused[4]["result"]
         assert "not from modules" in refused[1]["result"]
         assert "import os" in refused[2]["result"] and "file name" in refused[3]["result"]
         assert not results[calls[-1]["call_id"]]["error"]  # after the refusals the agent carried on and shared
-        assert st[i]["findings"] == 1 and st[i]["tool_errors"] == 4 and st[i]["turns"] == len(SCRIPT) + 1
+        assert st[i]["findings"] == 1 and st[i]["tool_errors"] == 5 and st[i]["turns"] == len(SCRIPT) + 1
         assert sorted(p.name for p in (folder / f"agent-{i}" / "policies").iterdir()) == ["README.md", "template.py"]
     hung = [json.loads(x) for x in (folder / "agent-2.jsonl").read_text().splitlines()]
     assert [e["kind"] for e in hung] == ["start", "end"] and hung[-1]["status"] == "time_budget"
     assert not Path("/tmp/cdw-agent-pwned").exists() and not (folder / "agent-0" / "escape.py").exists()
     assert not Path(agent_env["CDW_RECORDS_DIR"]).exists()  # nothing was evaluated, nothing recorded
+
+    # the page and the forum notebook's feed say which run each finding came from
+    site = cdw(agent_env, "site", "--out", tmp_path / "site")
+    assert site.returncode == 0, site.stderr
+    assert (tmp_path / "site" / "index.html").read_text().count(f"agent run <code>{run_id}</code>") == 2
+    feed = subprocess.run([sys.executable, "-c", "from workspace import forum, widgets; "
+                           "print(widgets.feed_markdown(forum.get_findings()))"], env=agent_env, cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert feed.stdout.count(f"agent run `{run_id}`") == 2, feed.stderr
 
 
 def test_stop_ends_a_run_cleanly(model_server, agent_env):

@@ -125,6 +125,10 @@ async def test_disagreement_labels_are_reproducible_from_the_cache(bpe, tmp_path
     assert sorted(again, key=key) == sorted(first, key=key)
     # resumable: labels on file are not asked for again
     assert await labels.label(t, "disagreement", m, per_problem=12, progress=False) == again
+    # the words-only variant asks the same questions: answered by the cache, whitespace ignored
+    words = await labels.label(t, "disagreement_words", m, per_problem=12, progress=False)
+    assert len(words) == 60 and all(lab.label == int(lab.weak.strip() != lab.strong.strip()) for lab in words)
+    assert {(r.problem, r.position) for r in words} == {(r.problem, r.position) for r in first}
     await m.close()
     cache.close()
 
@@ -322,3 +326,62 @@ def test_features_are_computed_from_a_signal_alone():
     x = dict(zip(FEATURES, vector(s), strict=True))
     assert x["margin"] == pytest.approx(0.3) and x["tok_newline"] == 1.0 and x["tok_space_start"] == 1.0
     assert x["line_start"] == 0.0 and x["prompt_tokens"] == pytest.approx(math.log1p(50))
+
+
+# ---------------------------------------------------------------- the commands
+
+
+@pytest.fixture
+def bpe_thread():
+    """The BPE pair on a loop of their own (the CLI runs its own loop with asyncio.run)."""
+    import asyncio
+    import threading
+
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    def on_loop(coro):
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
+
+    ws = on_loop(FakeServer(ByteToy("weak", seed=11, split_text="empty")).start())
+    ss = on_loop(FakeServer(ByteToy("strong", seed=12, split_text="empty", alt_eos=True)).start())
+    yield ws, ss
+    on_loop(ws.stop())
+    on_loop(ss.stop())
+    loop.call_soon_threadsafe(loop.stop)
+
+
+def test_cli_collect_label_show_train(bpe_thread, tmp_path, monkeypatch):
+    """`cdw traces collect|label|show` and `cdw probe train`, as a user runs them (CliRunner, in-test servers)."""
+    from click.testing import CliRunner
+
+    from workspace.cli import main
+
+    ws, ss = bpe_thread
+    monkeypatch.setenv("CDW_HOME", str(tmp_path / "home"))
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": p.id, "instruction": p.instruction}) + "\n" for p in PROMPTS.prompts))
+    urls = [f"--weak-url={ws.url}", f"--strong-url={ss.url}", f"--judge-url={ss.url}"]
+
+    def cdw(*args):
+        return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+    r = cdw("traces", "collect", "--prompts", prompts, "--max-tokens", 60, *urls)
+    assert r.exit_code == 0, r.output
+    folder = tmp_path / "home" / "traces" / "alpaca_eval-p"
+    assert "5 problems" in r.output and (folder / "tokens.jsonl").is_file()
+    r = cdw("traces", "label", "--traces", folder, "--per-problem", 4, *urls)
+    assert r.exit_code == 0 and "20 disagreement labels" in r.output, r.output
+    r = cdw("traces", "show", folder)
+    assert "labels disagreement: 20" in r.output
+    # two unrelated toy models disagree everywhere: one class, a clear refusal rather than a meaningless probe
+    r = cdw("probe", "train", "--traces", folder, "--out", tmp_path / "w.json")
+    assert r.exit_code != 0 and "one class only" in r.output and not (tmp_path / "w.json").exists()
+    assert cdw("probe", "train", "--traces", folder, "--out", tmp_path / "w.pkl").exit_code != 0
+    syn = synthetic_traces(tmp_path)
+    r = cdw("probe", "train", "--traces", syn.path, "--model", "logistic", "--out", tmp_path / "w.json", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["held_out"]["probe"]["roc_auc"] > 0.8 and set(out["tau_for_rate"]) == {"0.005", "0.01", "0.02",
+                                                                                     "0.05", "0.1"}  # fmt: skip
+    assert load(tmp_path / "w.json").kind == "logistic"

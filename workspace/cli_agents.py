@@ -33,7 +33,7 @@ def _table(run, rows) -> Table:
 @agents_group.command("run")
 @click.option("--backend", type=click.Choice(["openai", "claude"]), default="openai", show_default=True,
               help="openai: openai-agents on any OpenAI-compatible endpoint; claude: claude-agent-sdk")  # fmt: skip
-@click.option("--model", default="qwen2.5-0.5b-instruct", show_default=True, help="the agents' model")
+@click.option("--model", default=None, help="the agents' model (default: the one the --model-url server serves)")
 @click.option("--model-url", default=None, help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8102/v1")
 @click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, help="variable holding the model's key")
 @click.option("--agents", "n", default=1, show_default=True, help="how many agents")
@@ -53,7 +53,7 @@ def agents_run(backend, model, model_url, api_key_env, n, max_turns, directions,
     for them (Ctrl-C or `cdw agents stop` ends the run cleanly). Transcripts: .cdw/agents/<run>/agent-<i>.jsonl.
 
     Example (the local Qwen as the agents' model):
-    cdw agents run --model-url http://127.0.0.1:8102/v1 --model qwen2.5-0.5b-instruct --brief short --agents 2
+    cdw agents run --model-url http://127.0.0.1:8102/v1 --brief short --agents 2
     """
     from .agents import AgentsError, RunConfig, new_run, read_directions, status, supervise
 

@@ -13,6 +13,8 @@ from rich.table import Table
 
 from .cli import _fail, _prompt_set, _setup, _urls, prompt_options, url_options
 
+SOURCES = ("disagreement", "disagreement_words", "outcome")  # workspace.labels.SOURCES (not imported: startup)
+
 
 @click.group("traces")
 def traces_group() -> None:
@@ -55,7 +57,7 @@ def traces_collect(spec: str, out: str | None, **kw) -> None:
 
 @traces_group.command("label")
 @click.option("--traces", "path", required=True, type=click.Path(file_okay=False, exists=True), help="traces folder")
-@click.option("--source", type=click.Choice(["disagreement", "outcome"]), default="disagreement", show_default=True)
+@click.option("--source", type=click.Choice(SOURCES), default="disagreement", show_default=True)
 @click.option("--per-problem", default=16, show_default=True, help="positions labelled per problem (stratified)")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--no-cache", is_flag=True, help="do not answer repeated requests from the call cache")
@@ -116,7 +118,7 @@ def probe_group() -> None:
 
 @probe_group.command("train")
 @click.option("--traces", "path", required=True, type=click.Path(file_okay=False, exists=True), help="traces folder")
-@click.option("--source", type=click.Choice(["disagreement", "outcome"]), default="disagreement", show_default=True)
+@click.option("--source", type=click.Choice(SOURCES), default="disagreement", show_default=True)
 @click.option("--model", "kind", type=click.Choice(["trees", "logistic"]), default="trees", show_default=True)
 @click.option("--holdout", default=0.25, show_default=True, help="share of the traces' problems held out for AUCs")
 @click.option("--seed", default=0, show_default=True)

@@ -51,12 +51,21 @@ class Finding:
     evaluation: str | None = None
     tags: tuple[str, ...] = ()
 
+    @property
+    def agent_run(self) -> str | None:
+        """The `cdw agents run` this finding came from (authors `agent-<run>-<i>`), else None."""
+        m = AGENT_AUTHOR.fullmatch(self.author)
+        return m.group(1) if m else None
+
     def to_json(self) -> dict:
         return {
             "id": self.id, "title": self.title, "kind": self.kind, "author": self.author,
             "created": self.created.isoformat(), "policy": self.policy, "evaluation": self.evaluation,
-            "tags": list(self.tags), "body": self.body,
+            "tags": list(self.tags), "body": self.body, "agent_run": self.agent_run,
         }  # fmt: skip
+
+
+AGENT_AUTHOR = re.compile(r"agent-(\d{8}T\d{6}-[0-9a-f]{4})-\d+")  # the names `cdw agents run` gives its agents
 
 
 def findings_dir() -> Path:

@@ -3,6 +3,8 @@
 - `disagreement` (cheap: one short strong request): given the answer before the token, does the strong model's
   next piece differ from the weak answer's? A piece is the leading whitespace and the first word or symbol (in
   code, indentation is meaning). R2R's "divergent token" label, without its continuation check.
+- `disagreement_words`: the same requests (answered by the call cache once `disagreement` ran), compared on the
+  first word or symbol only: whitespace differences (one blank line or two) are not divergence.
 - `outcome` (faithful, `humaneval` only: a whole decode and a test run per label): hand the token's line to the
   strong model (a `newline` span), let the weak model finish, run the unit tests. Harmful = the handoff makes
   a failing weak answer pass. AutoJudge's mining of tokens whose replacement changes the final answer.
@@ -30,7 +32,7 @@ from .engine import EngineSettings, Models, decode
 from .policies import Action, Decision, Policy, SpanRule, TokenSignal
 from .traces import TokenRow, TraceError, Traces, _append, read_jsonl
 
-SOURCES = ("disagreement", "outcome")
+SOURCES = ("disagreement", "disagreement_words", "outcome")
 STRATA = (0.1, 0.5, 0.9)  # margin cut points: [0, .1) [.1, .5) [.5, .9) [.9, 1]
 PEEK_TOKENS = 8  # strong tokens asked for per disagreement label: enough for indentation and one word
 
@@ -91,7 +93,7 @@ def piece(text: str) -> str:
     return m.group(0) if m else ""
 
 
-async def _disagreement(traces: Traces, row: TokenRow, models: Models) -> LabelRow:
+async def _disagreement(traces: Traces, row: TokenRow, models: Models, words_only: bool = False) -> LabelRow:
     d = traces.decodes[row.problem]
     prefix, weak_rest = d.answer[: row.char_start], d.answer[row.char_start :]
     msgs = [{"role": "user", "content": d.instruction}]
@@ -101,6 +103,9 @@ async def _disagreement(traces: Traces, row: TokenRow, models: Models) -> LabelR
     w, s = piece(weak_rest), piece(out.text)
     if not s.strip() and out.finish_reason == "length":  # eight strong tokens of whitespace: compare what there is
         s = out.text
+    if words_only:
+        w, s = w.strip(), s.strip()
+        return LabelRow(row.problem, row.position, "disagreement_words", int(w != s), stratum(row), w, s)
     return LabelRow(row.problem, row.position, "disagreement", int(w != s), stratum(row), w, s)
 
 
@@ -173,8 +178,8 @@ async def label(
     async def one(row: TokenRow) -> None:
         async with sem:
             try:
-                if source == "disagreement":
-                    lab = await _disagreement(traces, row, models)
+                if source.startswith("disagreement"):
+                    lab = await _disagreement(traces, row, models, words_only=source == "disagreement_words")
                 else:
                     lab = await _outcome(traces, row, models, settings, tests)
             except Exception as e:  # a dead server or a bad answer: this label only

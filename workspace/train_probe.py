@@ -223,5 +223,6 @@ def save(obj: dict, path: str | Path) -> Path:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=None, separators=(",", ":"))
         f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; weights are meant to be shared
     os.replace(tmp, p)
     return p

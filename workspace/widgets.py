@@ -540,6 +540,8 @@ def feed_markdown(findings: Sequence[Finding], board: Leaderboard | None = None,
     parts = []
     for f in list(findings)[:limit]:
         meta = [f"**{_e(f.kind)}**", _e(f.author), f.created.strftime("%Y-%m-%d %H:%M UTC")]
+        if f.agent_run:
+            meta.append(f"agent run `{f.agent_run}`")
         if f.policy:
             meta.append(f"policy `{f.policy.replace('`', '')}`")
         if f.tags:

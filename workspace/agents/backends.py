@@ -14,6 +14,8 @@ from .transcript import RESULT_CHARS, Transcript, is_tool_error
 START = "Begin your research session now. Use the tools; do not just describe what you would do."
 TOOLS = ("get_baselines", "get_findings", "get_leaderboard", "evaluate_policy", "evaluate_generations",
          "share_finding", "write_policy", "list_policies")  # fmt: skip
+# With the short brief (small models, short contexts) the model sees only these: every tool's schema is context.
+SHORT_TOOLS = ("get_findings", "evaluate_policy", "share_finding", "list_policies")
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class AgentSpec:
     mcp_command: tuple[str, ...]  # the MCP server's command line (stdio)
     mcp_env: dict[str, str]
     cwd: Path
+    tools: tuple[str, ...] = TOOLS  # the MCP tools the model is offered
 
 
 def _text(result: object) -> str:
@@ -43,9 +46,17 @@ def _text(result: object) -> str:
 
 async def run_openai(spec: AgentSpec, transcript: Transcript) -> tuple[str, str]:
     """openai-agents against `spec.model_url` (chat completions with tool calls). Returns (status, detail)."""
-    from agents import Agent, ModelSettings, OpenAIChatCompletionsModel, RunHooks, Runner, set_tracing_disabled
+    from agents import (
+        Agent,
+        ModelSettings,
+        OpenAIChatCompletionsModel,
+        RunConfig,
+        RunHooks,
+        Runner,
+        set_tracing_disabled,
+    )
     from agents.exceptions import MaxTurnsExceeded
-    from agents.mcp import MCPServerStdio
+    from agents.mcp import MCPServerStdio, create_static_tool_filter
     from openai import AsyncOpenAI
 
     set_tracing_disabled(True)  # traces would go to OpenAI's servers
@@ -55,6 +66,19 @@ async def run_openai(spec: AgentSpec, transcript: Transcript) -> tuple[str, str]
 
     class Hooks(RunHooks):
         turn = 0
+        calls: dict[str, str] = {}  # call id -> tool name
+        answered: set[str] = set()  # call ids whose result is in the transcript
+
+        async def on_llm_start(self, context, agent, system_prompt, input_items) -> None:
+            # Results the framework gave the model without running a tool (an unknown tool name): from the input.
+            for item in input_items or []:
+                get = item.get if isinstance(item, dict) else lambda k, i=item: getattr(i, k, None)
+                cid = get("call_id")
+                if get("type") == "function_call_output" and cid in self.calls and cid not in self.answered:
+                    text = _text(get("output"))
+                    self.answered.add(cid)
+                    transcript.append("tool_result", name=self.calls[cid], result=text[:RESULT_CHARS], error=True,
+                                      call_id=cid)  # fmt: skip
 
         async def on_llm_end(self, context, agent, response) -> None:
             self.turn += 1
@@ -65,24 +89,29 @@ async def run_openai(spec: AgentSpec, transcript: Transcript) -> tuple[str, str]
                     if text:
                         transcript.append("message", text=text, turn=self.turn)
                 elif kind == "function_call":
+                    self.calls[item.call_id] = item.name
                     transcript.append("tool_call", name=item.name, arguments=item.arguments, call_id=item.call_id,
                                       turn=self.turn)  # fmt: skip
 
         async def on_tool_end(self, context, agent, tool, result) -> None:
-            text = _text(result)
+            text, cid = _text(result), getattr(context, "tool_call_id", None)
+            self.answered.add(cid)
             transcript.append("tool_result", name=tool.name, result=text[:RESULT_CHARS], error=is_tool_error(text),
-                              call_id=getattr(context, "tool_call_id", None))  # fmt: skip
+                              call_id=cid)  # fmt: skip
 
     params = {"command": spec.mcp_command[0], "args": list(spec.mcp_command[1:]), "env": spec.mcp_env,
               "cwd": str(spec.cwd)}  # fmt: skip
     # An evaluation can take many minutes: the MCP session's per-request timeout must allow it.
-    async with MCPServerStdio(
-        params, name="cdw", cache_tools_list=True, client_session_timeout_seconds=4 * 3600
-    ) as mcp:
+    only = create_static_tool_filter(allowed_tool_names=list(spec.tools))
+    async with MCPServerStdio(params, name="cdw", cache_tools_list=True, client_session_timeout_seconds=4 * 3600,
+                              tool_filter=only) as mcp:  # fmt: skip
         agent = Agent(name=spec.author, instructions=spec.brief, model=model, mcp_servers=[mcp],
                       model_settings=ModelSettings(temperature=0.0))  # fmt: skip
         try:
-            result = await Runner.run(agent, START, max_turns=spec.max_turns, hooks=Hooks())
+            # A call to a tool that does not exist (small models invent names) is an error the model reads, not
+            # the end of the agent.
+            config = RunConfig(tool_not_found_behavior="return_error_to_model")
+            result = await Runner.run(agent, START, max_turns=spec.max_turns, hooks=Hooks(), run_config=config)
         except MaxTurnsExceeded as e:
             return "max_turns", str(e)
     return "done", str(result.final_output)[:RESULT_CHARS]
@@ -107,7 +136,7 @@ async def run_claude(spec: AgentSpec, transcript: Transcript) -> tuple[str, str]
             }
         },  # fmt: skip
         strict_mcp_config=True,
-        allowed_tools=[f"mcp__cdw__{t}" for t in TOOLS],
+        allowed_tools=[f"mcp__cdw__{t}" for t in spec.tools],
         max_turns=spec.max_turns,
         model=spec.model or None,
         cwd=str(spec.cwd),

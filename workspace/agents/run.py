@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -58,7 +58,7 @@ class AgentsError(RuntimeError):
 class RunConfig:
     agents: int = 1
     backend: str = "openai"
-    model: str = "qwen2.5-0.5b-instruct"
+    model: str | None = None  # None: the one model the server at model_url serves (GET /v1/models)
     model_url: str | None = None  # an OpenAI-compatible base URL (…/v1); None: the backend's default service
     api_key_env: str = "OPENAI_API_KEY"  # the variable holding the key (a local server needs none)
     max_turns: int = 20
@@ -78,6 +78,22 @@ class RunConfig:
             raise AgentsError("budgets cannot be negative")
         if self.brief not in ("full", "short"):
             raise AgentsError("--brief is full or short")
+        if self.model is None and (self.backend != "openai" or self.model_url is None):
+            raise AgentsError("name the agents' model with --model (only a --model-url server can be asked for it)")
+
+
+def served_model(base_url: str, timeout: float = 30.0) -> str:
+    """The model an OpenAI-compatible server serves (the first of GET <base_url>/models)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(base_url.rstrip("/") + "/models", timeout=timeout) as r:
+            models = [m["id"] for m in json.loads(r.read())["data"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise AgentsError(f"cannot ask {base_url} which model it serves ({type(e).__name__}: {e}); pass --model") from e
+    if not models:
+        raise AgentsError(f"{base_url} serves no model")
+    return models[0]
 
 
 @dataclass(frozen=True)
@@ -168,8 +184,11 @@ def brief(config: RunConfig, author: str, direction: str, folder: Path) -> str:
 ## Your session
 - You are {author}. Findings you share are signed with this name by the server; you cannot post as anyone else.
 - Your research direction: {direction}
-- Your policy folder is your own: write files there with write_policy(filename, source) and evaluate them as
-  "file.py:Class(arg=value)". list_policies shows your files and your budget.
+- Your policy folder is your own: {
+        'write files there with write_policy(filename, source) and evaluate them as "file.py:Class(arg=value)". '
+        if config.brief == "full"
+        else ""
+    }list_policies shows your files and your budget.
 - Budgets (the tools enforce them): {config.budget_evals} evaluations, {config.budget_prompts} prompts in all,
   {config.max_turns} turns, {config.hours:g} hours. Suggested benchmark: {config.benchmark}; start with few prompts.
 - Read the forum first (get_findings), then act. End with share_finding: what you tried and what it showed,
@@ -179,6 +198,8 @@ def brief(config: RunConfig, author: str, direction: str, folder: Path) -> str:
 def new_run(config: RunConfig) -> Run:
     """Create the run's folder, each agent's policy folder and the run file (no process started yet)."""
     config.check()
+    if config.model is None:
+        config = replace(config, model=served_model(config.model_url))
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(2)
     path = agents_dir() / run_id
     path.mkdir(parents=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from servers.paths import PROJECT_ROOT
 
-from .backends import BACKEND_RUNNERS, AgentSpec
+from .backends import BACKEND_RUNNERS, SHORT_TOOLS, TOOLS, AgentSpec
 from .run import Run, brief, load
 
 
@@ -48,10 +48,12 @@ def spec_for(run: Run, index: int) -> tuple[AgentSpec, dict]:
         cmd += ["--max-in-flight", str(share)]
     env = {k: v for k, v in os.environ.items() if k != c.api_key_env}  # the tools never see the model's key
     env["CDW_POLICIES_DIR"] = str(folder)
-    spec = AgentSpec(a.author, text, c.model, c.model_url, c.api_key_env, c.max_turns, tuple(cmd), env, PROJECT_ROOT)
+    tools = SHORT_TOOLS if c.brief == "short" else TOOLS
+    spec = AgentSpec(a.author, text, c.model, c.model_url, c.api_key_env, c.max_turns, tuple(cmd), env, PROJECT_ROOT,
+                     tools)  # fmt: skip
     start = {"author": a.author, "backend": c.backend, "model": c.model, "model_url": c.model_url,
              "direction": a.direction, "max_turns": c.max_turns, "hours": c.hours, "budget_evals": c.budget_evals,
-             "budget_prompts": c.budget_prompts, "policy_folder": str(folder), "mcp_in_flight": share,
+             "budget_prompts": c.budget_prompts, "policy_folder": str(folder), "mcp_in_flight": share, "tools": tools,
              "brief_sha256": hashlib.sha256(text.encode()).hexdigest()[:16]}  # fmt: skip
     return spec, start
 
