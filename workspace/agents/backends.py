@@ -5,13 +5,20 @@ write the same transcript events; the loop itself (model call, tool calls, resul
 
 from __future__ import annotations
 
+import json
 import os
-from dataclasses import dataclass
+import re
+import uuid
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .transcript import RESULT_CHARS, Transcript, is_tool_error
 
 START = "Begin your research session now. Use the tools; do not just describe what you would do."
+MAX_OUTPUT_TOKENS = 1024  # per model turn: a small model that rambles must not hold the server for minutes
+# Small models (the short brief) need the first step named.
+START_SHORT = ("Call the get_findings tool now to read the forum. Then call evaluate_policy on one policy with "
+               "prompts=3, and finally share_finding with what you saw.")  # fmt: skip
 TOOLS = ("get_baselines", "get_findings", "get_leaderboard", "evaluate_policy", "evaluate_generations",
          "share_finding", "write_policy", "list_policies")  # fmt: skip
 # With the short brief (small models, short contexts) the model sees only these: every tool's schema is context.
@@ -28,10 +35,31 @@ class AgentSpec:
     model_url: str | None
     api_key_env: str
     max_turns: int
+    temperature: float | None
     mcp_command: tuple[str, ...]  # the MCP server's command line (stdio)
     mcp_env: dict[str, str]
     cwd: Path
     tools: tuple[str, ...] = TOOLS  # the MCP tools the model is offered
+    text_tool_calls: bool = False  # read a tool call written as JSON text (small models) as a tool call
+
+
+_JSON_CALL = re.compile(r"\{.*\}", re.S)
+
+
+def text_tool_call(text: str, tools: tuple[str, ...]) -> tuple[str, dict] | None:
+    """A tool call a small model wrote as text instead of in its chat format: a JSON object (bare or in a ```json
+    fence) with `name` (one of `tools`) and `arguments` (or `parameters`). None if the text is not one."""
+    m = _JSON_CALL.search(text)
+    if m is None:
+        return None
+    try:
+        obj = json.loads(m.group(0))
+    except ValueError:
+        return None
+    if not isinstance(obj, dict) or obj.get("name") not in tools:
+        return None
+    args = obj.get("arguments", obj.get("parameters", {}))
+    return (obj["name"], args) if isinstance(args, dict) else None
 
 
 def _text(result: object) -> str:
@@ -63,6 +91,8 @@ async def run_openai(spec: AgentSpec, transcript: Transcript) -> tuple[str, str]
     client = AsyncOpenAI(base_url=spec.model_url, api_key=os.environ.get(spec.api_key_env) or "unused-local",
                          timeout=600, max_retries=2)  # fmt: skip
     model = OpenAIChatCompletionsModel(model=spec.model, openai_client=client)
+    if spec.text_tool_calls:
+        model = _with_text_tool_calls(model, spec.tools, transcript)
 
     class Hooks(RunHooks):
         turn = 0
@@ -105,16 +135,50 @@ async def run_openai(spec: AgentSpec, transcript: Transcript) -> tuple[str, str]
     only = create_static_tool_filter(allowed_tool_names=list(spec.tools))
     async with MCPServerStdio(params, name="cdw", cache_tools_list=True, client_session_timeout_seconds=4 * 3600,
                               tool_filter=only) as mcp:  # fmt: skip
+        settings = ModelSettings(temperature=spec.temperature, max_tokens=MAX_OUTPUT_TOKENS)
         agent = Agent(name=spec.author, instructions=spec.brief, model=model, mcp_servers=[mcp],
-                      model_settings=ModelSettings(temperature=0.0))  # fmt: skip
+                      model_settings=settings)  # fmt: skip
         try:
             # A call to a tool that does not exist (small models invent names) is an error the model reads, not
             # the end of the agent.
             config = RunConfig(tool_not_found_behavior="return_error_to_model")
-            result = await Runner.run(agent, START, max_turns=spec.max_turns, hooks=Hooks(), run_config=config)
+            start = START_SHORT if spec.tools == SHORT_TOOLS else START
+            result = await Runner.run(agent, start, max_turns=spec.max_turns, hooks=Hooks(), run_config=config)
         except MaxTurnsExceeded as e:
             return "max_turns", str(e)
     return "done", str(result.final_output)[:RESULT_CHARS]
+
+
+def _with_text_tool_calls(inner, tools: tuple[str, ...], transcript: Transcript):
+    """The model, except that an answer which is only a tool call written as JSON text becomes that tool call
+    (marked `parsed_from_text` in the transcript). Small local models often write calls this way instead of in
+    their chat template's tool format, which the server's parser cannot see."""
+    from agents.models.interface import Model
+    from openai.types.responses import ResponseFunctionToolCall
+
+    class TextToolCalls(Model):
+        async def get_response(self, *args, **kwargs):
+            resp = await inner.get_response(*args, **kwargs)
+            if any(getattr(item, "type", "") == "function_call" for item in resp.output):
+                return resp
+            out = []
+            for item in resp.output:
+                text = "".join(getattr(c, "text", "") or "" for c in getattr(item, "content", []) or [])
+                call = text_tool_call(text, tools) if getattr(item, "type", "") == "message" else None
+                if call is None:
+                    out.append(item)
+                    continue
+                cid = f"text_{uuid.uuid4().hex[:12]}"
+                transcript.append("parsed_from_text", name=call[0], call_id=cid, text=text[:RESULT_CHARS])
+                args = json.dumps(call[1])
+                out.append(ResponseFunctionToolCall(type="function_call", name=call[0], call_id=cid, arguments=args,
+                                                    id=cid, status="completed"))  # fmt: skip
+            return replace(resp, output=out)
+
+        def stream_response(self, *args, **kwargs):
+            return inner.stream_response(*args, **kwargs)
+
+    return TextToolCalls()
 
 
 async def run_claude(spec: AgentSpec, transcript: Transcript) -> tuple[str, str]:

@@ -68,6 +68,8 @@ class RunConfig:
     directions: tuple[str, ...] = ()  # one per agent (cycled); empty: spread over FAMILIES
     brief: str = "full"  # "full": AGENTS.md; "short": a paragraph (small local models with short contexts)
     benchmark: str = "humaneval"  # what the brief suggests evaluating on
+    temperature: float | None = None  # the agents' sampling temperature (None: the model server's default)
+    text_tool_calls: bool = False  # openai backend: read tool calls a small model writes as JSON text
 
     def check(self) -> None:
         if self.backend not in BACKENDS:

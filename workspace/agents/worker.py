@@ -49,11 +49,12 @@ def spec_for(run: Run, index: int) -> tuple[AgentSpec, dict]:
     env = {k: v for k, v in os.environ.items() if k != c.api_key_env}  # the tools never see the model's key
     env["CDW_POLICIES_DIR"] = str(folder)
     tools = SHORT_TOOLS if c.brief == "short" else TOOLS
-    spec = AgentSpec(a.author, text, c.model, c.model_url, c.api_key_env, c.max_turns, tuple(cmd), env, PROJECT_ROOT,
-                     tools)  # fmt: skip
+    spec = AgentSpec(a.author, text, c.model, c.model_url, c.api_key_env, c.max_turns, c.temperature, tuple(cmd), env,
+                     PROJECT_ROOT, tools, c.text_tool_calls)  # fmt: skip
     start = {"author": a.author, "backend": c.backend, "model": c.model, "model_url": c.model_url,
              "direction": a.direction, "max_turns": c.max_turns, "hours": c.hours, "budget_evals": c.budget_evals,
              "budget_prompts": c.budget_prompts, "policy_folder": str(folder), "mcp_in_flight": share, "tools": tools,
+             "temperature": c.temperature, "text_tool_calls": c.text_tool_calls,
              "brief_sha256": hashlib.sha256(text.encode()).hexdigest()[:16]}  # fmt: skip
     return spec, start
 
