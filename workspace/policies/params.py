@@ -8,6 +8,8 @@ import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from servers.paths import PROJECT_ROOT
+
 from .base import Policy
 from .baselines import REGISTRY
 
@@ -34,6 +36,7 @@ TAU = {
     "entropy": (0.0, 4.0, 0.05, 1.5),
     "surprisal": (0.0, 8.0, 0.1, 2.0),
     "cascade": (0.0, 1.0, 0.01, 0.7),
+    "probe": (0.0, 1.0, 0.01, 0.5),
 }
 # Other parameters, the same in every family: (kind, min, max, step, start when the constructor has no default).
 KNOWN = {
@@ -63,6 +66,10 @@ def param_specs(family: str | type[Policy]) -> list[Param]:
         default = None if required else p.default
         if p.name == "inner":
             out.append(Param("inner", "policy", DEFAULT_INNER, required=True))
+        elif p.name == "path":  # a probe's weights: the files committed in probes/
+            files = tuple(f"probes/{f.name}" for f in sorted((PROJECT_ROOT / "probes").glob("*.json")))
+            out.append(Param("path", "choice", files[0] if files else "probes/probe.json",
+                             options=files or ("probes/probe.json",), required=True))  # fmt: skip
         elif p.name == "span":
             out.append(Param("span", "choice", default if isinstance(default, str) else "sentence", options=SPANS))
         elif p.name == "tau" and name in TAU:
@@ -98,6 +105,8 @@ def spec_string(family: str, values: dict[str, object], params: Sequence[Param] 
         v = values.get(p.name, p.default)
         if p.kind == "policy":
             args.append(str(v).strip() or DEFAULT_INNER)
+        elif p.name == "path":  # a file name: quoted, so the spec parser reads it as a string
+            args.append(f"path={str(v)!r}")
         elif p.required or _literal(v) != _literal(p.default):
             args.append(f"{p.name}={_literal(v)}")
     return f"{family}({', '.join(args)})" if args else family
