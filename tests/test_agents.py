@@ -223,3 +223,16 @@ def test_bad_settings_are_clear_errors(agent_env, tmp_path):
     assert r.returncode != 0 and "no directions" in r.stdout + r.stderr
     r = cdw(agent_env, "agents", "status")
     assert r.returncode != 0 and "no agent runs" in r.stdout + r.stderr
+
+
+def test_text_tool_call_reads_only_calls_of_known_tools():
+    from workspace.agents.backends import SHORT_TOOLS, text_tool_call
+
+    fenced = '```json\n{"name": "get_findings", "arguments": {"limit": 3}}\n```'
+    assert text_tool_call(fenced, SHORT_TOOLS) == ("get_findings", {"limit": 3})
+    two = '{"name": "evaluate_policy", "parameters": {"policy": "never"}}\n{"name": "share_finding", "arguments": {}}'
+    assert text_tool_call(two, SHORT_TOOLS) == ("evaluate_policy", {"policy": "never"})  # the first of several
+    assert text_tool_call('{"name": "write_policy", "arguments": {}}', SHORT_TOOLS) is None  # not offered
+    assert text_tool_call('{"name": "get_findings", "arguments": "all"}', SHORT_TOOLS) is None
+    assert text_tool_call("I would call get_findings first.", SHORT_TOOLS) is None
+    assert text_tool_call('{"name": "get_findings", "arguments": {', SHORT_TOOLS) is None

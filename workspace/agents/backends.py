@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -43,17 +42,14 @@ class AgentSpec:
     text_tool_calls: bool = False  # read a tool call written as JSON text (small models) as a tool call
 
 
-_JSON_CALL = re.compile(r"\{.*\}", re.S)
-
-
 def text_tool_call(text: str, tools: tuple[str, ...]) -> tuple[str, dict] | None:
     """A tool call a small model wrote as text instead of in its chat format: a JSON object (bare or in a ```json
     fence) with `name` (one of `tools`) and `arguments` (or `parameters`). None if the text is not one."""
-    m = _JSON_CALL.search(text)
-    if m is None:
+    start = text.find("{")
+    if start < 0:
         return None
-    try:
-        obj = json.loads(m.group(0))
+    try:  # the first JSON object (a model may write several calls in one answer: the first is taken)
+        obj, _ = json.JSONDecoder().raw_decode(text[start:])
     except ValueError:
         return None
     if not isinstance(obj, dict) or obj.get("name") not in tools:
