@@ -236,3 +236,40 @@ def test_text_tool_call_reads_only_calls_of_known_tools():
     assert text_tool_call('{"name": "get_findings", "arguments": "all"}', SHORT_TOOLS) is None
     assert text_tool_call("I would call get_findings first.", SHORT_TOOLS) is None
     assert text_tool_call('{"name": "get_findings", "arguments": {', SHORT_TOOLS) is None
+
+
+async def test_claude_backend_maps_the_sdk_messages_to_the_transcript(tmp_path, monkeypatch):
+    """The claude backend without Anthropic's service: `query` replaced by the messages the SDK yields for a
+    tool call, its result and the end. What is checked is ours: the options it asks for and the transcript."""
+    import claude_agent_sdk
+    from claude_agent_sdk import AssistantMessage, ResultMessage, UserMessage
+    from claude_agent_sdk.types import TextBlock, ToolResultBlock, ToolUseBlock
+
+    from workspace.agents.backends import AgentSpec, run_claude
+    from workspace.agents.transcript import Transcript
+
+    seen = {}
+
+    async def fake_query(prompt, options):
+        seen["options"] = options
+        yield AssistantMessage([TextBlock("Reading the forum."), ToolUseBlock("t1", "mcp__cdw__get_findings", {})], "m")
+        yield UserMessage([ToolResultBlock("t1", [{"type": "text", "text": '{"total": 0}'}], False)])
+        yield AssistantMessage([ToolUseBlock("t2", "mcp__cdw__evaluate_policy", {"policy": "../x.py:X"})], "m")
+        yield UserMessage([ToolResultBlock("t2", "Error executing tool evaluate_policy: PolicyError: ..", True)])
+        yield ResultMessage("success", 10, 5, False, 2, "s", result="Shared nothing yet.")
+
+    monkeypatch.setattr(claude_agent_sdk, "query", fake_query)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+    spec = AgentSpec("agent-x-0", "brief", "claude-sonnet-4-5", None, "ANTHROPIC_API_KEY", 5, None,
+                     ("cdw", "mcp"), {}, tmp_path)  # fmt: skip
+    t = Transcript(tmp_path / "agent-0.jsonl")
+    assert await run_claude(spec, t) == ("done", "Shared nothing yet.")
+    o = seen["options"]
+    assert o.tools == [] and o.strict_mcp_config and o.max_turns == 5 and o.system_prompt == "brief"
+    assert set(o.allowed_tools) == {f"mcp__cdw__{n}" for n in spec.tools} and set(o.mcp_servers) == {"cdw"}
+    ev = [(e["kind"], e.get("name"), e.get("error")) for e in t.events()]
+    assert ev == [("message", None, None), ("tool_call", "get_findings", None), ("tool_result", "get_findings", False),
+                  ("tool_call", "evaluate_policy", None), ("tool_result", "evaluate_policy", True)]  # fmt: skip
+    monkeypatch.delenv("ANTHROPIC_API_KEY")
+    status, detail = await run_claude(spec, t)
+    assert status == "error" and "ANTHROPIC_API_KEY" in detail
