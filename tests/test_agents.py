@@ -123,6 +123,7 @@ def cdw(env, *args, timeout=180) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=timeout)  # fmt: skip
 
 
+@pytest.mark.slow  # agents, each a worker and an MCP server process
 def test_two_agents_research_a_hostile_call_fails_and_a_hung_agent_is_ended(model_server, agent_env, tmp_path):
     url, model = model_server
     Path("/tmp/cdw-agent-pwned").unlink(missing_ok=True)
@@ -173,6 +174,7 @@ def test_two_agents_research_a_hostile_call_fails_and_a_hung_agent_is_ended(mode
     assert feed.stdout.count(f"agent run `{run_id}`") == 2, feed.stderr
 
 
+@pytest.mark.slow  # agents, each a worker and an MCP server process
 def test_stop_ends_a_run_cleanly(model_server, agent_env):
     url, model = model_server
     model.hang = re.compile(r"agent-")  # every agent waits on its model
@@ -192,6 +194,7 @@ def test_stop_ends_a_run_cleanly(model_server, agent_env):
     assert [a["state"] for a in st] == ["stopped", "stopped"]
 
 
+@pytest.mark.slow  # agents, each a worker and an MCP server process
 def test_tool_calls_written_as_text_count_only_when_asked(model_server, agent_env):
     url, model = model_server
     model.as_text = True
