@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import random
 import re
 from collections.abc import Callable, Collection
@@ -30,7 +29,8 @@ from tqdm.auto import tqdm
 
 from .engine import EngineSettings, Models, decode
 from .policies import Action, Decision, Policy, SpanRule, TokenSignal
-from .traces import TokenRow, TraceError, Traces, _append, read_jsonl
+from .store import append_lines
+from .traces import TokenRow, TraceError, Traces, read_jsonl
 
 SOURCES = ("disagreement", "disagreement_words", "outcome")
 STRATA = (0.1, 0.5, 0.9)  # margin cut points: [0, .1) [.1, .5) [.5, .9) [.9, 1]
@@ -60,9 +60,8 @@ def read_labels(traces: Traces, source: str) -> list[LabelRow]:
 
 
 def stratum(row: TokenRow) -> int:
-    top = row.top_logprobs or [row.logprob]
-    margin = math.exp(top[0]) - (math.exp(top[1]) if len(top) > 1 else 0.0)
-    return sum(margin >= c for c in STRATA)
+    s = row.signal("")  # p1 and p2 as every policy reads them (the text before the token plays no part)
+    return sum(s.p1 - s.p2 >= c for c in STRATA)
 
 
 def sample(traces: Traces, per_problem: int, seed: int = 0) -> list[TokenRow]:
@@ -185,7 +184,7 @@ async def label(
             except Exception as e:  # a dead server or a bad answer: this label only
                 lab = LabelRow(row.problem, row.position, source, 0, stratum(row), error=f"{type(e).__name__}: {e}")
         if lab.error is None:
-            _append(label_path(traces, source), [enc.encode(lab)])
+            append_lines(label_path(traces, source), [enc.encode(lab)])
         else:
             failed.append(lab)
         if on_label is not None:

@@ -44,7 +44,7 @@ from . import data, forum, leaderboard
 from .benchmark import BENCHMARKS, DEFAULT, Benchmark
 from .budget import Budget, BudgetError
 from .client import ClientError, ClientSettings
-from .data import DataError, PromptSet
+from .data import DataError, PromptSet, _atomic_write
 from .endpoints import EndpointError
 from .engine import EngineSettings
 from .evaluate import EvalSettings, EvaluationError, Setup, ensure_baselines, evaluate, load_evaluation
@@ -109,11 +109,7 @@ def resolve_policy(spec: str, folder: Path | None = None) -> Policy:
 
 
 def _inside_project(path: Path) -> bool:
-    try:
-        path.resolve().relative_to(PROJECT_ROOT.resolve())
-        return True
-    except ValueError:
-        return False
+    return path.resolve().is_relative_to(PROJECT_ROOT.resolve())
 
 
 def recorded_spec(spec: str, folder: Path | None = None) -> str:
@@ -421,9 +417,7 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         with _tool_errors():
             path = _policy_file(config.policies, filename)
             check_policy_source(source)
-            tmp = path.with_name(f".{path.name}.partial")
-            tmp.write_text(source, encoding="utf-8")
-            tmp.replace(path)
+            _atomic_write(path, source)
             return {"written": path.name, "bytes": len(source.encode()), "folder": str(config.policies)}
 
     @mcp.tool()

@@ -25,7 +25,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,7 +78,7 @@ class Record:
         return (e for e in self.events if e.get("type") == type_)
 
 
-def _parse_lines(path: Path, data: bytes) -> tuple[list[dict], list[int], int]:
+def parse_lines(path: Path, data: bytes) -> tuple[list[dict], list[int], int]:
     """Parsed lines, the byte offset where each starts, and the byte length of the intact part.
 
     A last line without its newline is a write the run was killed in: it is dropped. Damage in a complete
@@ -97,6 +97,24 @@ def _parse_lines(path: Path, data: bytes) -> tuple[list[dict], list[int], int]:
         starts.append(pos)
         pos += len(line) + 1
     return out, starts, len(complete)
+
+
+def append_lines(path: Path, lines: Iterable[bytes]) -> None:
+    """Append whole JSON lines to a plain JSON Lines file (not a record: no lock, no signature) in one O_APPEND
+    write, fsynced. A torn last line left by a crash is cut off first, or it would glue to the first new line."""
+    data = b"".join(line + b"\n" for line in lines)
+    if not data:
+        return
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            tail = os.pread(fd, min(size, 1 << 20), max(0, size - (1 << 20)))
+            os.ftruncate(fd, size - len(tail) + tail.rfind(b"\n") + 1)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _check_signatures(data: bytes, objs: list[dict], starts: list[int]) -> SignatureCheck:
@@ -126,7 +144,7 @@ def read_record(kind: str, record_id: str) -> Record | None:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
-    objs, starts, good = _parse_lines(path, data)
+    objs, starts, good = parse_lines(path, data)
     if not objs or objs[0].get("type") != "header":
         raise StoreError(f"{path}: no header line; the record cannot be read")
     sig = _check_signatures(data[:good], objs, starts)
@@ -166,7 +184,7 @@ class RecordWriter:
         data = b""
         while chunk := os.read(fd, 1 << 20):
             data += chunk
-        objs, starts, good = _parse_lines(self.path, data)
+        objs, starts, good = parse_lines(self.path, data)
         if good < len(data):
             os.ftruncate(fd, good)
         if not objs:

@@ -34,7 +34,6 @@ to AutoJudge's mined-token table, keep rows with an `outcome` label.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +45,7 @@ from servers.paths import paths
 from .data import PromptSet
 from .engine import Decode, EngineSettings, Models, decode_many
 from .policies import Policy, TokenSignal, load_policy
+from .store import StoreError, append_lines, parse_lines
 
 
 def traces_dir() -> Path:
@@ -144,41 +144,16 @@ def _weak_end(start: int, d: Decode) -> int:
 # ---------------------------------------------------------------- writing and reading
 
 
-def _append(path: Path, lines: Iterable[bytes]) -> None:
-    """Append whole lines in one write (O_APPEND): a crash leaves at most one torn last line, which readers skip."""
-    data = b"".join(line + b"\n" for line in lines)
-    if not data:
-        return
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":  # a torn line from a crash: drop it, or it glues to ours
-            tail = os.pread(fd, min(size, 1 << 20), max(0, size - (1 << 20)))
-            os.ftruncate(fd, size - len(tail) + tail.rfind(b"\n") + 1)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def read_jsonl(path: Path, typ: type[msgspec.Struct]) -> list:
-    """Read a JSON Lines file of `typ`, skipping a torn last line (a crash mid-write); a bad line before the
-    last is damage and raises TraceError naming the line."""
-    if not path.exists():
+    """Read a JSON Lines file of `typ`, skipping a torn last line (a crash mid-write: that problem is simply not
+    done yet); a bad line before it is damage and raises TraceError naming the line."""
+    try:
+        objs, _, _ = parse_lines(path, path.read_bytes())
+        return [msgspec.convert(obj, typ) for obj in objs]
+    except FileNotFoundError:
         return []
-    lines = path.read_bytes().split(b"\n")
-    dec = msgspec.json.Decoder(typ)
-    out = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(dec.decode(line))
-        except msgspec.DecodeError as e:
-            if i >= len(lines) - 1 and not path.read_bytes().endswith(b"\n"):
-                break  # the torn last line of an interrupted write: that problem is simply not done yet
-            raise TraceError(f"{path}:{i}: {e}") from None
-    return out
+    except (StoreError, msgspec.ValidationError) as e:
+        raise TraceError(f"{path}: {e}") from None
 
 
 def read(path: str | Path) -> Traces:
@@ -253,9 +228,9 @@ async def collect(
     def on_done(i: int, d: Decode) -> None:
         p = todo[i]
         if d.error is None:  # a failed decode leaves no rows: it is traced again on the next run
-            _append(out / "tokens.jsonl", (enc.encode(r) for r in rows_from_signals(p.id, shown[i], d)))
+            append_lines(out / "tokens.jsonl", (enc.encode(r) for r in rows_from_signals(p.id, shown[i], d)))
             row = DecodeRow(p.id, p.instruction, d.text, d.finish_reason, d.f_weak)
-            _append(out / "decodes.jsonl", [enc.encode(row)])
+            append_lines(out / "decodes.jsonl", [enc.encode(row)])
         shown.pop(i, None)
         if on_problem is not None:
             on_problem(p.id, d)

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .data import _atomic_write
 from .labels import read_labels
 from .policies.features import BASELINE_SIGNALS, FEATURES, baseline_score, vector
 from .policies.probe import FORMAT, parse
@@ -218,11 +217,5 @@ def train(
 def save(obj: dict, path: str | Path) -> Path:
     """Write a weights file atomically (a reader never sees half a file)."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".partial")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=None, separators=(",", ":"))
-        f.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; weights are meant to be shared
-    os.replace(tmp, p)
+    _atomic_write(p, json.dumps(obj, indent=None, separators=(",", ":")) + "\n")
     return p

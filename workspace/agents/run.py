@@ -231,8 +231,7 @@ def supervise(run: Run, on_tick: Callable[[Run], None] | None = None, tick_s: fl
     """Start every agent's worker and wait for all of them: the deadline, a stop request or each agent's end.
     A worker that has not ended GRACE_S after the deadline (a hung agent) is killed and its end written here."""
     procs = {a.index: _start_worker(run, a.index) for a in run.agents}
-    run = Run(run.id, run.path, run.config, tuple(AgentInfo(**{**asdict(a), "pid": procs[a.index].pid})
-              for a in run.agents), run.started, run.deadline, os.getpid())  # fmt: skip
+    run = replace(run, agents=tuple(replace(a, pid=procs[a.index].pid) for a in run.agents), supervisor=os.getpid())
     run.save()
     stop_asked: float | None = None
     try:

@@ -6,15 +6,17 @@ Each line: `t` (UTC time), `kind`, and the kind's fields:
 - `tool_call`: name, arguments (the raw JSON string the model wrote), call_id, turn
 - `tool_result`: name, result (text, cut to RESULT_CHARS), error (the tool refused the call), call_id
 - `end`: status (`done`, `max_turns`, `time_budget`, `stopped`, `crashed`, `error`), detail
-A line is written in one append (O_APPEND), so a reader never sees half of one from a live agent.
+A line is written in one append (`store.append_lines`), so a reader never sees half of one from a live agent, and
+a line torn by a killed worker is cut off before the supervisor writes the `end` line.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
+
+from ..store import append_lines
 
 RESULT_CHARS = 4000
 END_STATES = ("done", "max_turns", "time_budget", "stopped", "crashed", "error")
@@ -31,12 +33,7 @@ class Transcript:
 
     def append(self, kind: str, **fields) -> dict:
         event = {"t": now(), "kind": kind, **fields}
-        line = (json.dumps(event, ensure_ascii=False, default=str) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-        finally:
-            os.close(fd)
+        append_lines(self.path, [json.dumps(event, ensure_ascii=False, default=str).encode()])
         return event
 
     def events(self) -> list[dict]:

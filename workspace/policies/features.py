@@ -64,9 +64,8 @@ def _token_class(text: str) -> str:
 def vector(s: TokenSignal) -> list[float]:
     """The features of one weak token, in the order of FEATURES."""
     top = s.top or (s.logprob,)
-    p1 = math.exp(top[0])
-    p2 = math.exp(top[1]) if len(top) > 1 else 0.0
-    floor = top[-1] if len(top) >= 1 else s.logprob  # a missing alternative is at most as likely as the last shown
+    p1, p2 = s.p1, s.p2
+    floor = top[-1]  # a missing alternative is at most as likely as the last one shown
     lp2 = top[1] if len(top) > 1 else floor
     lp5 = top[4] if len(top) > 4 else floor
     before = s.text_so_far
