@@ -1,14 +1,14 @@
 # The two fresh-machine commands (see README):
 #   make demo   install, fetch the cpu models, start the cpu servers, check each role, decode a few instructions
 #               with a margin policy, then a small evaluation (5 canonical prompts) with its numbers
-#   make test   install, then lint and run the whole test suite (fast tier and the vllm tier)
+#   make test   install, then lint and run the whole test suite (fast tier, the vllm tier and the slurm tier)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_POLICY := margin(tau=0.1, span=sentence)
 
-.PHONY: install demo test lint stop browser sandbox
+.PHONY: install demo test lint stop browser sandbox slurm
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +31,7 @@ demo: install sandbox
 	$(BIN)/cdw decode "Write a haiku about autumn leaves." --policy "$(DEMO_POLICY)" --max-tokens 96
 	$(BIN)/cdw eval --policy "$(DEMO_POLICY)" --n 5 --max-tokens 96
 
-test: install lint browser sandbox
+test: install lint browser sandbox slurm
 	$(BIN)/cdw models fetch tiny
 	$(BIN)/cdw models fetch tiny-bpe
 	$(BIN)/python -m pytest
@@ -45,6 +45,11 @@ browser:
 sandbox:
 	@command -v bwrap >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y bubblewrap; }
+
+# The `slurm` test tier submits real jobs to a one-node cluster on this machine: Debian's slurm-wlm and munge,
+# configured and started by the project's own script (idempotent; under a second when the cluster is already up).
+slurm:
+	@SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); $$SUDO servers/slurm/local-cluster.sh
 
 lint: install
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ interrupted start. `stop()` touches only processes recorded there.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import json
 import os
@@ -15,18 +16,20 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import psutil
 
 from .paths import paths
 from .presets import Catalog, Preset, RoleSpec, load_catalog
 from .provision import load_provenance
-from .runtime import RuntimeState, ServerRecord, locked_state, read_state
+from .runtime import ServerRecord, locked_state, read_state
 
 HOST = "127.0.0.1"
 
@@ -88,22 +91,54 @@ def is_alive(rec: ServerRecord) -> bool:
         return False
 
 
-def _port_free(port: int) -> bool:
+def _port_free(port: int, host: str = HOST) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         # As uvicorn does: a port only in TIME_WAIT from an earlier server is free to reuse.
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind((HOST, port))
+            s.bind((host, port))
         except OSError:
             return False
     return True
 
 
-def _command(spec: RoleSpec, model_dir: str, served_name: str) -> list[str]:
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _port_claims():
+    """This user's ports claimed by servers starting or running on this machine, under an exclusive lock.
+
+    A free port is not enough: vLLM binds with SO_REUSEPORT, so two servers that pick the same free port at once
+    (replicas starting together on one node) both bind it and the kernel splits requests between them. Choosing a
+    port and recording the claim under one lock prevents that; claims of processes that have exited are dropped.
+    Yields a dict port -> [pid, create_time] to update in place."""
+    base = os.path.join(tempfile.gettempdir(), f"cdw-ports-{os.getuid()}")
+    with open(base + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            raw = json.loads(Path(base + ".json").read_text())
+        except (OSError, ValueError):
+            raw = {}
+        claims = {}
+        for port, (pid, created) in raw.items():
+            with contextlib.suppress(psutil.Error):
+                if abs(psutil.Process(pid).create_time() - created) < 1.0:
+                    claims[int(port)] = [pid, created]
+        yield claims
+        with open(base + ".json.tmp", "w") as f:
+            json.dump({str(k): v for k, v in claims.items()}, f)
+        os.replace(base + ".json.tmp", base + ".json")
+
+
+def _command(spec: RoleSpec, model_dir: str, served_name: str, host: str = HOST) -> list[str]:
     return [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", model_dir, "--served-model-name", served_name,
-        "--host", HOST, "--port", str(spec.port),
+        "--host", host, "--port", str(spec.port),
         *spec.flags,
     ]  # fmt: skip
 
@@ -117,12 +152,19 @@ def _environment(preset: Preset, spec: RoleSpec) -> dict[str, str]:
         VLLM_CACHE_ROOT=str(paths().vllm_cache),
     )
     if preset.device == "cpu" and spec.core is not None:
-        env["VLLM_CPU_OMP_THREADS_BIND"] = str(spec.core)  # one core per server: they do not fight
-    env.update(spec.env)
+        # One core per server, so they do not fight; inside a SLURM job whose CPU set lacks that core, the job's CPUs.
+        allowed = sorted(os.sched_getaffinity(0))
+        env["VLLM_CPU_OMP_THREADS_BIND"] = str(spec.core) if spec.core in allowed else ",".join(map(str, allowed))
+    role_env = dict(spec.env)
+    if os.environ.get("SLURM_JOB_ID"):
+        role_env.pop("CUDA_VISIBLE_DEVICES", None)  # in a job, SLURM's GPU allocation decides, not the preset
+    env.update(role_env)
     return env
 
 
-def _preflight(catalog: Catalog, preset: Preset, specs: list[RoleSpec]) -> dict[str, dict]:
+def _preflight(
+    catalog: Catalog, preset: Preset, specs: list[RoleSpec], host: str = HOST, check_ports: bool = True
+) -> dict[str, dict]:
     """Check everything we can before starting anything; return each role's model provenance."""
     if importlib.util.find_spec("vllm") is None:
         extra = "cpu" if preset.device == "cpu" else "gpu"
@@ -135,9 +177,9 @@ def _preflight(catalog: Catalog, preset: Preset, specs: list[RoleSpec]) -> dict[
                 f"model {spec.model!r} for role {spec.role!r} is not fetched yet: run `cdw models fetch {preset.name}`"
             )
         provs[spec.role] = prov
-        if not _port_free(spec.port):
+        if check_ports and not _port_free(spec.port, host):
             raise LaunchError(
-                f"port {spec.port} ({spec.role}) is already in use on {HOST}. Stop whatever holds it "
+                f"port {spec.port} ({spec.role}) is already in use on {host}. Stop whatever holds it "
                 f"(`cdw serve --stop` if it is ours; `ss -ltnp 'sport = :{spec.port}'` shows the owner) "
                 "or change the port in servers/presets.toml."
             )
@@ -152,7 +194,7 @@ def _preflight(catalog: Catalog, preset: Preset, specs: list[RoleSpec]) -> dict[
     return provs
 
 
-def _spawn(preset: Preset, spec: RoleSpec, prov: dict, catalog: Catalog) -> ServerRecord:
+def _spawn(preset: Preset, spec: RoleSpec, prov: dict, catalog: Catalog, host: str = HOST) -> ServerRecord:
     p = paths()
     p.logs.mkdir(parents=True, exist_ok=True)
     log = p.logs / f"{preset.name}-{spec.role}.log"
@@ -161,14 +203,14 @@ def _spawn(preset: Preset, spec: RoleSpec, prov: dict, catalog: Catalog) -> Serv
     model_dir = str(model_path(catalog.model(spec.model)))
     with log.open("w") as f:
         proc = subprocess.Popen(
-            _command(spec, model_dir, prov["served_name"]),
+            _command(spec, model_dir, prov["served_name"], host),
             stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env=_environment(preset, spec), start_new_session=True,
         )  # fmt: skip
     serves = tuple(r.role for r in preset.roles.values() if r.role == spec.role or r.served_by == spec.role)
     notes = {r.role: r.note for r in preset.roles.values() if spec.role in (r.role, r.served_by) and r.note}
     return ServerRecord(
-        preset=preset.name, role=spec.role, serves=serves, url=f"http://{HOST}:{spec.port}",
+        preset=preset.name, role=spec.role, serves=serves, url=f"http://{host}:{spec.port}",
         model=prov["served_name"], model_path=model_dir, source=prov["source"], pid=proc.pid,
         create_time=psutil.Process(proc.pid).create_time(), log=str(log), started_at=time.time(), notes=notes,
         max_in_flight=spec.max_in_flight, request_timeout=spec.request_timeout,
@@ -209,6 +251,16 @@ def _wait(recs: list[ServerRecord], timeout: float, on_event: Callable[[StartEve
             time.sleep(1.0)
 
 
+def owned_specs(preset: Preset, roles: list[str] | None) -> list[RoleSpec]:
+    """The servers that answer `roles` (all of the preset's by default): `served_by` roles map to their owner."""
+    wanted = set(roles or preset.roles)
+    unknown = wanted - set(preset.roles)
+    if unknown:
+        raise LaunchError(f"unknown role(s) {', '.join(sorted(unknown))}; roles are weak, strong, judge")
+    owners = {preset.roles[r].served_by or r for r in wanted}
+    return [s for s in preset.own_servers() if s.role in owners]
+
+
 def serve(
     preset_name: str,
     roles: list[str] | None = None,
@@ -216,23 +268,31 @@ def serve(
     timeout: float = 900.0,
     on_event: Callable[[StartEvent], None] = lambda e: None,
     catalog: Catalog | None = None,
+    host: str = HOST,
+    any_port: bool = False,
+    extra_flags: dict[str, tuple[str, ...]] | None = None,
 ) -> list[ServerRecord]:
     """Start the servers of a preset (or only those answering `roles`) and wait until all are healthy.
 
     Servers already running for this preset are kept. The preset becomes the active one, which the client
-    uses by default. On any failure, the servers started by this call are stopped again.
+    uses by default. On any failure, the servers started by this call are stopped again. `host` is the address
+    the servers listen on and are reached at; `any_port` takes a free port where the preset's is taken (replicas
+    sharing a node); `extra_flags` adds vLLM flags per role (e.g. data parallelism).
     """
     catalog = catalog or load_catalog()
     preset = catalog.preset(preset_name)
-    wanted = set(roles or preset.roles)
-    unknown = wanted - set(preset.roles)
-    if unknown:
-        raise LaunchError(f"unknown role(s) {', '.join(sorted(unknown))}; roles are weak, strong, judge")
-    owners = {preset.roles[r].served_by or r for r in wanted}
-    specs = [s for s in preset.own_servers() if s.role in owners]
+    specs = owned_specs(preset, roles)
+    extra_flags = extra_flags or {}
+    specs = [replace(s, flags=s.flags + tuple(extra_flags.get(s.role, ()))) for s in specs]
 
     running, to_start = [], []
     state = read_state()
+    jobs = [j for j in state.jobs if j.preset == preset.name]
+    if jobs:
+        raise LaunchError(
+            f"preset {preset.name} runs as SLURM jobs here ({', '.join(j.job_id for j in jobs)}): add --slurm to "
+            f"manage them, or stop them first (`cdw serve --stop --preset {preset.name}`)"
+        )
     for spec in specs:
         mine = [r for r in state.servers if r.preset == preset.name and r.role == spec.role]
         if mine and is_alive(mine[0]) and is_healthy(mine[0].url):
@@ -243,16 +303,26 @@ def serve(
     if to_start:  # drop stale records (died, killed by hand), stopping any leftover process
         starting = {s.role for s in to_start}
         stop(records=[r for r in state.servers if r.preset == preset.name and r.role in starting])
-    provs = _preflight(catalog, preset, to_start)
+    provs = _preflight(catalog, preset, to_start, host, check_ports=not any_port)
 
     started: list[ServerRecord] = []
     try:
         batches = [to_start] if preset.parallel_start else [[s] for s in to_start]
         for batch in batches:
-            recs = [_spawn(preset, s, provs[s.role], catalog) for s in batch]
-            started += recs
+            recs = []
+            for s in batch:
+                if not any_port:
+                    recs.append(_spawn(preset, s, provs[s.role], catalog, host))
+                    started.append(recs[-1])
+                    continue
+                with _port_claims() as claims:
+                    if s.port in claims or not _port_free(s.port, host):
+                        s = replace(s, port=next(p for p in iter(lambda: _free_port(host), None) if p not in claims))
+                    recs.append(_spawn(preset, s, provs[s.role], catalog, host))
+                    started.append(recs[-1])
+                    claims[s.port] = [recs[-1].pid, recs[-1].create_time]
             with locked_state() as box:
-                box[0] = RuntimeState(active=preset.name, servers=box[0].servers + tuple(recs))
+                box[0] = replace(box[0], active=preset.name, servers=box[0].servers + tuple(recs))
             _wait(recs, timeout, on_event)
     except BaseException:
         stop(records=started)
@@ -284,17 +354,70 @@ def _kill_tree(rec: ServerRecord, grace: float = 20.0) -> None:
 def stop(preset: str | None = None, records: list[ServerRecord] | None = None) -> list[ServerRecord]:
     """Stop servers this workspace started (all of them, one preset's, or the given records).
 
-    Only recorded processes whose pid and start time still match are signalled; the records are removed.
+    Only recorded processes whose pid and start time still match are signalled, and only recorded SLURM jobs are
+    cancelled (by job id, `servers/cluster.py`); the records are removed.
     """
     state = read_state()
     if records is None:
         records = [r for r in state.servers if preset is None or r.preset == preset]
-    for rec in records:
+        jobs = [j for j in state.jobs if preset is None or j.preset == preset]
+        if jobs:
+            from .cluster import cancel_jobs
+
+            cancel_jobs(jobs)
+    local = [r for r in records if r.job_id is None]
+    for rec in local:
         if is_alive(rec):
             _kill_tree(rec)
-    gone = {(r.preset, r.role, r.pid) for r in records}
+    gone = {(r.preset, r.role, r.pid, r.job_id) for r in records}
     with locked_state() as box:
-        left = tuple(r for r in box[0].servers if (r.preset, r.role, r.pid) not in gone)
-        active = box[0].active if any(r.preset == box[0].active for r in left) else None
-        box[0] = RuntimeState(active=active, servers=left)
+        left = tuple(r for r in box[0].servers if (r.preset, r.role, r.pid, r.job_id) not in gone)
+        active = box[0].active if any(r.preset == box[0].active for r in left) or box[0].jobs else None
+        box[0] = replace(box[0], active=active, servers=left)
     return records
+
+
+def serve_foreground(
+    preset_name: str,
+    roles: list[str] | None = None,
+    *,
+    host: str | None = None,
+    data_parallel: dict[str, int] | None = None,
+    timeout: float = 900.0,
+    on_event: Callable[[StartEvent], None] = lambda e: None,
+    log: Callable[[str], None] = print,
+    catalog: Catalog | None = None,
+) -> int:
+    """Serve `roles` until SIGTERM or Ctrl-C, or until one of the servers dies; returns an exit status.
+
+    This is a SLURM job's body (`cdw serve --foreground`, written by `servers/cluster.py`): the servers listen on
+    `host` (inside a job: this node's name, so other nodes can reach them; else 127.0.0.1), on the preset's port or
+    a free one, and are stopped when the job is cancelled.
+    """
+    if host is None:
+        host = socket.gethostname() if os.environ.get("SLURM_JOB_ID") else HOST
+    extra = {r: ("--data-parallel-size", str(n)) for r, n in (data_parallel or {}).items() if n > 1}
+
+    def terminate(signum, frame):
+        raise KeyboardInterrupt  # unwinds serve() or the wait below; both stop what this process started
+
+    signal.signal(signal.SIGTERM, terminate)
+    recs: list[ServerRecord] = []
+    try:
+        recs = serve(preset_name, roles, timeout=timeout, on_event=on_event, catalog=catalog, host=host,
+                     any_port=True, extra_flags=extra)  # fmt: skip
+        for r in recs:
+            log(f"serving {'+'.join(r.serves)} at {r.url} (model {r.model}, log {r.log})")
+        while all(is_alive(r) for r in recs):
+            time.sleep(2.0)
+        for r in recs:
+            if not is_alive(r):
+                log(f"the {r.role} server exited. Last lines of {r.log}:\n{log_tail(r.log)}")
+        return 1
+    except KeyboardInterrupt:
+        log("stopping: asked to end (SIGTERM or Ctrl-C)")
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if recs:
+            stop(records=recs)

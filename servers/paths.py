@@ -2,7 +2,9 @@
 
 Everything lives under one ignored folder, `CDW_HOME` (default: `.cdw/` in the project checkout, or
 `~/.cache/cdw` for a non-editable install). `CDW_MODELS_DIR` moves only the model cache, so tests can
-keep their own runtime state while sharing models already built.
+keep their own runtime state while sharing models already built. `CDW_RUN_DIR` and `CDW_LOGS_DIR` move the
+runtime file and the server logs: a SLURM job's servers keep theirs in the job's own folder
+(`servers/cluster.py`), so jobs sharing one CDW_HOME never write each other's files.
 """
 
 from __future__ import annotations
@@ -24,15 +26,13 @@ def _default_home() -> Path:
 class Paths:
     home: Path
     models: Path
+    run: Path  # runtime files: which servers this workspace started (pids, endpoints, SLURM jobs)
+    logs: Path  # server logs
 
     @property
-    def run(self) -> Path:
-        """Runtime files: which servers this workspace started (pids, endpoints)."""
-        return self.home / "run"
-
-    @property
-    def logs(self) -> Path:
-        return self.home / "logs"
+    def slurm(self) -> Path:
+        """SLURM job scripts, job logs, and each job's own runtime folder (`<job id>/`)."""
+        return self.home / "slurm"
 
     @property
     def vllm_cache(self) -> Path:
@@ -57,4 +57,6 @@ def paths() -> Paths:
     """The current paths, read from the environment each call (tests change it)."""
     home = Path(os.environ.get("CDW_HOME") or _default_home()).expanduser()
     models = Path(os.environ.get("CDW_MODELS_DIR") or home / "models").expanduser()
-    return Paths(home=home, models=models)
+    run = Path(os.environ.get("CDW_RUN_DIR") or home / "run").expanduser()
+    logs = Path(os.environ.get("CDW_LOGS_DIR") or home / "logs").expanduser()
+    return Paths(home=home, models=models, run=run, logs=logs)

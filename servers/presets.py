@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -57,6 +58,9 @@ class Preset:
     device: str  # "cpu" | "gpu"
     parallel_start: bool
     roles: dict[str, RoleSpec]
+    # As SLURM jobs: "per-server" (one job per server, each with its own GPUs) or "one" (every server in one job,
+    # sharing its GPU, as a memory plan for one card needs).
+    slurm_jobs: str = "per-server"
 
     def own_servers(self) -> list[RoleSpec]:
         """Roles that get a server process of their own (not `served_by` another)."""
@@ -135,11 +139,18 @@ def _preset(name: str, raw: dict, models: dict[str, ModelSpec]) -> Preset:
     device = raw.get("device", "cpu")
     if device not in ("cpu", "gpu"):
         raise PresetError(f"preset {name!r}: device must be cpu or gpu, not {device!r}")
-    return Preset(name, raw.get("description", ""), device, bool(raw.get("parallel_start", True)), roles)
+    slurm_jobs = raw.get("slurm_jobs", "per-server")
+    if slurm_jobs not in ("per-server", "one"):
+        raise PresetError(f"preset {name!r}: slurm_jobs must be per-server or one, not {slurm_jobs!r}")
+    return Preset(name, raw.get("description", ""), device, bool(raw.get("parallel_start", True)), roles, slurm_jobs)
 
 
 def load_catalog(path: Path | None = None) -> Catalog:
-    """Read the presets file (the packaged `presets.toml` unless `path` is given)."""
+    """Read the presets file: `path`, else the file `CDW_PRESETS` names, else the packaged `presets.toml`.
+
+    `CDW_PRESETS` is how processes started elsewhere (a SLURM job's `cdw serve --foreground`) read the same
+    presets as the command that started them."""
+    path = path or (Path(os.environ["CDW_PRESETS"]) if os.environ.get("CDW_PRESETS") else None)
     text = path.read_text() if path else resources.files("servers").joinpath("presets.toml").read_text()
     raw = tomllib.loads(text)
     models = {name: _model(name, m) for name, m in raw.get("models", {}).items()}

@@ -1,8 +1,8 @@
 """The runtime file: which servers this workspace started, for which roles, at which URLs.
 
-`cdw serve` writes it, `cdw serve --stop` reads the recorded pids from it (and stops nothing else), and the
-client reads it to find endpoints when none are given by flag or environment variable. Writers take an
-exclusive lock and replace the file atomically, so two `cdw serve` at once cannot corrupt it.
+`cdw serve` writes it, `cdw serve --stop` reads the recorded pids and SLURM job ids from it (and stops nothing
+else), and the client reads it to find endpoints when none are given by flag or environment variable. Writers
+take an exclusive lock and replace the file atomically, so two `cdw serve` at once cannot corrupt it.
 """
 
 from __future__ import annotations
@@ -34,12 +34,31 @@ class ServerRecord:
     notes: dict[str, str] = field(default_factory=dict)  # role -> why this server answers it
     max_in_flight: int | None = None  # the preset's cap on concurrent requests to this server
     request_timeout: float | None = None  # the preset's time limit for one request to this server
+    job_id: str | None = None  # the SLURM job running it (`cdw serve --slurm`); its pid is then on `node`
+    node: str = ""
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """A SLURM job `cdw serve --slurm` submitted: what `--stop` cancels and `cdw status` reports."""
+
+    job_id: str
+    name: str  # cdw-<preset>-<roles>[-<replica>]
+    preset: str
+    roles: tuple[str, ...]  # the roles whose servers it runs (owners, as in ServerRecord.role)
+    replica: int
+    script: str
+    log: str  # the job's own output (SLURM's --output); each server's vLLM log is in run_dir
+    run_dir: str  # the job's runtime folder: its launcher's servers.json says where its servers listen
+    submitted_at: float
+    gpus: int = 0
 
 
 @dataclass(frozen=True)
 class RuntimeState:
     active: str | None  # the preset whose servers the client uses by default
     servers: tuple[ServerRecord, ...]
+    jobs: tuple[JobRecord, ...] = ()
 
     def for_role(self, role: str, preset: str | None = None) -> list[ServerRecord]:
         preset = preset or self.active
@@ -50,23 +69,28 @@ def _file() -> Path:
     return paths().run / "servers.json"
 
 
-def read_state() -> RuntimeState:
-    """Read the runtime file; a missing file means nothing was started."""
-    f = _file()
+def read_state(path: Path | None = None) -> RuntimeState:
+    """Read the runtime file (or another one, e.g. a SLURM job's own); a missing file means nothing was started."""
+    f = path or _file()
     if not f.exists():
         return RuntimeState(active=None, servers=())
     try:
         raw = json.loads(f.read_text())
         servers = tuple(ServerRecord(**{**s, "serves": tuple(s["serves"])}) for s in raw.get("servers", []))
+        jobs = tuple(JobRecord(**{**j, "roles": tuple(j["roles"])}) for j in raw.get("jobs", []))
     except (json.JSONDecodeError, TypeError, KeyError) as e:
         raise RuntimeError(f"{f} is not a valid runtime file ({e}); delete it after stopping servers by hand") from e
-    return RuntimeState(active=raw.get("active"), servers=servers)
+    return RuntimeState(active=raw.get("active"), servers=servers, jobs=jobs)
 
 
 def _write(state: RuntimeState) -> None:
     f = _file()
     tmp = f.with_suffix(f".tmp{os.getpid()}")
-    data = {"active": state.active, "servers": [asdict(s) for s in state.servers]}
+    data = {
+        "active": state.active,
+        "servers": [asdict(s) for s in state.servers],
+        "jobs": [asdict(j) for j in state.jobs],
+    }
     tmp.write_text(json.dumps(data, indent=2))
     tmp.replace(f)
 

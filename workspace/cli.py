@@ -87,45 +87,208 @@ def models_list() -> None:
 # ---------------------------------------------------------------- serve / status
 
 
+def _pairs(values: tuple[str, ...], what: str) -> dict[str, int]:
+    """ROLE=N flags (repeatable, or comma-separated) as a dict."""
+    out: dict[str, int] = {}
+    for v in values:
+        for item in v.split(","):
+            role, sep, n = item.partition("=")
+            if not sep or not n.strip().isdigit():
+                _fail(f"{what} {item!r}: write ROLE=N, e.g. {what} weak=2")
+            out[role.strip()] = int(n)
+    return out
+
+
+def slurm_options(f):
+    """What a SLURM job asks for: --partition, --account, --time and any further sbatch arguments."""
+    f = click.option("--sbatch-arg", "sbatch_args", multiple=True, metavar="ARG",
+                     help="a further sbatch option, passed on as it is (repeatable), e.g. "
+                     "--sbatch-arg=--qos=high")(f)  # fmt: skip
+    f = click.option("--time", "time_limit", default=None, metavar="LIMIT",
+                     help="SLURM time limit per job (minutes or [D-]HH:MM:SS; default: the "
+                     "partition's)")(f)  # fmt: skip
+    f = click.option("--account", default=None, help="SLURM account to charge")(f)
+    f = click.option("--partition", default=None, help="SLURM partition (default: the cluster's)")(f)
+    return f
+
+
+def job_options(f):
+    """--slurm (this command as a SLURM job), --wait, and what the job asks for."""
+    f = slurm_options(f)
+    f = click.option("--wait", "wait_job", is_flag=True,
+                     help="with --slurm: wait for the job, print its output and exit with its status")(f)  # fmt: skip
+    f = click.option("--slurm", "as_job", is_flag=True,
+                     help="run this command as a SLURM job (it finds the servers as this command "
+                     "would)")(f)  # fmt: skip
+    return f
+
+
+JOB_PARAMS = ("as_job", "wait_job", "partition", "account", "time_limit", "sbatch_args")
+
+
+def command_line(ctx: click.Context, drop: tuple[str, ...] = JOB_PARAMS) -> list[str]:
+    """The command line that gave `ctx`'s values (without `cdw` and the `drop`ped parameters): options the user
+    set, in the command's own spelling, so a job can run the same command."""
+    from click.core import ParameterSource
+
+    names, c = [], ctx
+    while c.parent is not None:
+        names.insert(0, c.info_name)
+        c = c.parent
+    args: list[str] = []
+    for p in ctx.command.params:
+        if p.name in drop or ctx.get_parameter_source(p.name) in (None, ParameterSource.DEFAULT):
+            continue
+        v = ctx.params[p.name]
+        values = list(v) if p.multiple or (isinstance(p, click.Argument) and p.nargs != 1) else [v]
+        if isinstance(p, click.Argument):
+            args += [str(x) for x in values]
+        elif getattr(p, "is_flag", False) and not getattr(p, "count", False):
+            flag = p.opts[0] if v else (p.secondary_opts[0] if p.secondary_opts else None)
+            args += [flag] if flag else []
+        else:
+            for x in values:
+                args += [p.opts[0], str(x)]
+    return names + args
+
+
+def _as_job(kw: dict) -> bool:
+    """With --slurm, submit this very command as a SLURM job (with --wait, wait for it and exit with its status)
+    and return True; without, check no job option was given and return False."""
+    from servers.sbatch import SlurmError, SlurmOptions
+
+    from . import jobs
+
+    as_job, wait_job = kw.pop("as_job"), kw.pop("wait_job")
+    options = _slurm_opts(kw)
+    if not as_job:
+        if wait_job or options != SlurmOptions():
+            _fail("--wait, --partition, --account, --time and --sbatch-arg need --slurm")
+        return False
+    args = command_line(click.get_current_context())
+    try:
+        job = jobs.submit_cli(f"cdw-{args[0]}", args, options)
+        err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+        err_console.print(f"submitted SLURM job {job.job_id}: cdw {' '.join(args)}\n  output {job.log}\n"
+                          f"  errors {job.errors}")  # fmt: skip
+        if not wait_job:
+            return True
+        st = jobs.wait(job.job_id, on_state=lambda s: err_console.print(f"  job {job.job_id}: {s.describe()}"))
+    except SlurmError as e:
+        _fail(str(e))
+    if job.log.exists():
+        click.echo(job.log.read_text(errors="replace"), nl=False)
+    code = jobs.exit_status(st)
+    if code:
+        err_console.print(f"[red]job {job.job_id} ended {st.describe()}[/]; last lines of {job.errors}:")
+        err_console.print(launcher.log_tail(str(job.errors), 20), markup=False)
+    sys.exit(code)
+
+
+def _slurm_opts(kw: dict):
+    from servers.sbatch import SlurmOptions
+
+    return SlurmOptions(partition=kw.pop("partition"), account=kw.pop("account"), time=kw.pop("time_limit"),
+                        extra=tuple(kw.pop("sbatch_args")))  # fmt: skip
+
+
 @main.command()
 @click.option(
     "--preset", default=None, help="cpu (default) | tiny | paper | paper-multi-gpu; with --stop: only this one"
 )
 @click.option("--roles", default=None, help="comma-separated subset of weak,strong,judge")
-@click.option("--stop", is_flag=True, help="stop the servers `cdw serve` started (only those; by recorded pid)")
-@click.option("--timeout", default=900.0, show_default=True, help="seconds to wait for each server's /health")
-def serve(preset: str, roles: str | None, stop: bool, timeout: float) -> None:
-    """Start one vLLM server per role of a preset in the background and wait until all are healthy."""
+@click.option("--stop", is_flag=True,
+              help="stop the servers `cdw serve` started (only those: by recorded pid, or scancel by "
+              "job id)")  # fmt: skip
+@click.option("--timeout", default=900.0, show_default=True,
+              help="seconds to wait for the servers' /health (with --slurm: from submission)")  # fmt: skip
+@click.option("--slurm", is_flag=True, help="run each server as a SLURM job (README: On a SLURM cluster)")
+@click.option("--resume", is_flag=True, help="with --slurm: submit replacements for jobs that ended")
+@click.option("--replicas", multiple=True, metavar="ROLE=N", help="with --slurm: N jobs serving ROLE")
+@click.option("--data-parallel", "data_parallel", multiple=True, metavar="ROLE=N",
+              help="vLLM's data parallelism for ROLE's server: N engines, N times the GPUs")  # fmt: skip
+@click.option("--gpus-per-role", type=int, default=None,
+              help="with --slurm: GPUs per server job (default 1 on GPU presets, 0 on CPU ones)")  # fmt: skip
+@click.option("--cpus-per-role", type=int, default=None,
+              help="with --slurm: CPUs per server job (default 1 on CPU presets, 4 on GPU ones)")  # fmt: skip
+@click.option("--foreground", is_flag=True,
+              help="serve --roles here until SIGTERM or Ctrl-C (the body of a SLURM server job)")  # fmt: skip
+@click.option("--host", default=None,
+              help="with --foreground or --slurm: the address servers listen on (default: in a SLURM job the node's "
+              "name, else 127.0.0.1)")  # fmt: skip
+@slurm_options
+def serve(preset: str, roles: str | None, stop: bool, timeout: float, slurm: bool, resume: bool, replicas,
+          data_parallel, gpus_per_role, cpus_per_role, foreground: bool, host: str | None,
+          **kw) -> None:  # fmt: skip
+    """Start one vLLM server per role of a preset in the background and wait until all are healthy.
+
+    With --slurm, each server is a SLURM job (`sbatch`), and this waits for the jobs to start and their servers to
+    be healthy; their node URLs go into the runtime file, so every other command uses them.
+    """
+    from servers import cluster
+    from servers.runtime import read_state
+    from servers.sbatch import SlurmError
+
     if stop:
-        stopped = launcher.stop(preset)
+        jobs = [j for j in read_state().jobs if preset is None or j.preset == preset]
+        try:
+            stopped = launcher.stop(preset)
+        except SlurmError as e:
+            _fail(str(e))
+        for j in jobs:
+            console.print(f"[green]✓[/] cancelled SLURM job {j.job_id} ({j.name})")
         for r in stopped:
-            console.print(f"[green]✓[/] stopped {r.preset}/{r.role} (pid {r.pid}, {r.url})")
-        if not stopped:
+            where = f"job {r.job_id} on {r.node}" if r.job_id else f"pid {r.pid}"
+            console.print(f"[green]✓[/] stopped {r.preset}/{r.role} ({where}, {r.url})")
+        if not stopped and not jobs:
             console.print("no servers recorded as started by cdw")
         return
     preset = preset or DEFAULT_PRESET
+    role_list = roles.split(",") if roles else None
+    dp = _pairs(data_parallel, "--data-parallel")
+    slurm_opts = _slurm_opts(kw)
+    if foreground:
+        try:
+            code = launcher.serve_foreground(preset, role_list, host=host, data_parallel=dp, timeout=timeout,
+                                             log=console.print)  # fmt: skip
+        except (launcher.LaunchError, PresetError) as e:
+            _fail(str(e))
+        sys.exit(code)
+    if not slurm and (resume or replicas or gpus_per_role is not None or slurm_opts.partition or slurm_opts.account
+                      or slurm_opts.time or slurm_opts.extra):  # fmt: skip
+        _fail("--resume, --replicas, --gpus-per-role and the SLURM options need --slurm")
     last: dict[str, str] = {}
 
     def on_event(e: launcher.StartEvent) -> None:
-        if e.state != last.get(e.role) or (e.state == "starting" and int(e.elapsed) % 15 == 0):
+        if e.state != last.get(e.role) or (e.state in ("starting", "queued") and int(e.elapsed) % 15 == 0):
             if e.state == "running":
-                console.print(f"  {e.role}: already running at {e.detail}")
+                console.print(f"  {e.role}: already running ({e.detail})")
             elif e.state == "healthy":
-                console.print(f"  [green]✓[/] {e.role}: healthy after {e.elapsed:.0f} s")
-            elif e.state == "starting":
-                console.print(f"  … {e.role}: starting ({e.elapsed:.0f} s)")
+                detail = f" ({e.detail})" if e.detail else ""
+                console.print(f"  [green]✓[/] {e.role}: healthy after {e.elapsed:.0f} s{detail}")
+            elif e.state in ("starting", "queued"):
+                detail = f": {e.detail}" if e.detail else ""
+                console.print(f"  … {e.role}: {e.state} ({e.elapsed:.0f} s){detail}")
             last[e.role] = e.state
 
     t0 = time.monotonic()
     try:
-        recs = launcher.serve(preset, roles.split(",") if roles else None, timeout=timeout, on_event=on_event)
-    except (launcher.LaunchError, PresetError) as e:
+        if slurm:
+            recs = cluster.serve_slurm(preset, role_list, options=slurm_opts, replicas=_pairs(replicas, "--replicas"),
+                                       data_parallel=dp, gpus_per_role=gpus_per_role, cpus_per_role=cpus_per_role,
+                                       host=host, resume=resume, timeout=timeout, on_event=on_event)  # fmt: skip
+        else:
+            extra = {r: ("--data-parallel-size", str(n)) for r, n in dp.items() if n > 1}
+            recs = launcher.serve(preset, role_list, timeout=timeout, on_event=on_event,
+                                  host=host or launcher.HOST, extra_flags=extra)  # fmt: skip
+    except (launcher.LaunchError, PresetError, SlurmError) as e:
         _fail(str(e))
     except KeyboardInterrupt:
-        _fail("interrupted; the servers this call started were stopped", 130)
+        _fail("interrupted; the servers (or SLURM jobs) this call started were stopped", 130)
     console.print(f"[green]✓[/] preset {preset}: {len(recs)} server(s) up in {time.monotonic() - t0:.0f} s")
     for r in recs:
-        console.print(f"  {'+'.join(r.serves)}: {r.url}  model {r.model}  log {r.log}")
+        where = f"  job {r.job_id} on {r.node}" if r.job_id else ""
+        console.print(f"  {'+'.join(r.serves)}: {r.url}  model {r.model}{where}  log {r.log}")
 
 
 @main.command()
@@ -133,13 +296,28 @@ def serve(preset: str, roles: str | None, stop: bool, timeout: float) -> None:
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def status(as_json: bool, **kw) -> None:
     """Per role: URL, served model, health, vLLM version, and where the endpoint came from."""
+    from servers.cluster import report
+    from servers.sbatch import SlurmError
+
     rows = asyncio.run(health.status(_urls(kw)))
+    try:
+        jobs = report()
+    except SlurmError as e:
+        _fail(f"the runtime file lists SLURM jobs, but SLURM cannot be asked about them: {e}")
     if as_json:
+
+        def job_json(j):
+            return {"job_id": j.job.job_id, "name": j.job.name, "preset": j.job.preset, "state": j.state.state,
+                    "node": j.state.node, "reason": j.state.reason, "exit_code": j.state.exit_code,
+                    "urls": [r.url for r in j.servers], "log": j.job.log, "log_tail": j.log}  # fmt: skip
+
         out = [
             {
                 "role": s.role, "healthy": s.healthy, "error": s.error,
                 "origin": s.endpoint.origin if s.endpoint else None, "note": s.endpoint.note if s.endpoint else "",
                 "replicas": [vars(r) | {"models": list(r.models)} for r in s.replicas],
+                "jobs": [job_json(j) for j in jobs
+                         if s.role in ({x for r in j.servers for x in r.serves} or set(j.job.roles))],
             }
             for s in rows
         ]  # fmt: skip
@@ -161,7 +339,21 @@ def status(as_json: bool, **kw) -> None:
     console.print(t)
     for n in notes:
         console.print(n)
-    if not all(s.healthy for s in rows):
+    if jobs:
+        jt = Table("SLURM job", "name", "state", "node", "serves", "log", title="SLURM jobs (cdw serve --slurm)")
+        for col in jt.columns[:4]:
+            col.no_wrap = True
+        for j in jobs:
+            colour = "green" if j.state.state == "RUNNING" else "yellow" if j.state.active else "red"
+            serves = ", ".join(f"{'+'.join(r.serves)} {r.url}" for r in j.servers) or "+".join(j.job.roles)
+            jt.add_row(j.job.job_id, j.job.name, f"[{colour}]{j.state.state}[/]", j.state.node, serves, j.job.log)
+        console.print(jt)
+        for j in jobs:
+            if not j.state.active:
+                console.print(f"[red]job {j.job.job_id} ({j.job.name}) ended: {j.state.describe()}[/]; "
+                              "`cdw serve --slurm --resume` submits a replacement")  # fmt: skip
+                console.print(j.log, markup=False)
+    if not all(s.healthy for s in rows) or any(not j.state.active for j in jobs):
         sys.exit(1)
 
 
@@ -385,11 +577,15 @@ def _run_evaluations(spec: str, kw: dict, grid: bool = False):
 @click.option("--json", "as_json", is_flag=True, help="print the numbers as JSON")
 @prompt_options
 @url_options
+@job_options
 def eval_cmd(spec: str, as_json: bool, **kw) -> None:
     """Evaluate a policy: decode, judge against the reference, report f_weak, utility, recovery with 95% CIs.
 
     Running the same evaluation again resumes it (a finished one is read back without calling any server).
+    With --slurm it runs as a SLURM job (a cancelled or pre-empted one resumes the same way).
     """
+    if _as_job(kw):
+        return
     (ev,) = _run_evaluations(spec, kw)
     if as_json:
         click.echo(json.dumps(ev.to_json(), ensure_ascii=False, indent=2))
@@ -404,8 +600,12 @@ def eval_cmd(spec: str, as_json: bool, **kw) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object per point")
 @prompt_options
 @url_options
+@job_options
 def sweep(spec: str, as_json: bool, **kw) -> None:
-    """Evaluate every point of a policy grid on the same prompts (baselines are computed once)."""
+    """Evaluate every point of a policy grid on the same prompts (baselines are computed once); with --slurm, as
+    a SLURM job (useful for long sweeps)."""
+    if _as_job(kw):
+        return
     evs = _run_evaluations(spec, kw, grid=True)
     if as_json:
         click.echo(json.dumps([e.to_json() for e in evs], ensure_ascii=False, indent=2))

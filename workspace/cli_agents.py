@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from .cli import _fail
+from .cli import _fail, _slurm_opts, slurm_options
 
 
 @click.group("agents")
@@ -50,15 +50,26 @@ def _table(run, rows) -> Table:
 @click.option("--text-tool-calls", is_flag=True,
               help="openai backend: a tool call written as JSON text counts as a call (small models)")  # fmt: skip
 @click.option("--quiet", is_flag=True, help="no live table")
+@click.option("--slurm", is_flag=True, help="run each agent as a SLURM job, and return once they are submitted")
+@slurm_options
 def agents_run(backend, model, model_url, api_key_env, n, max_turns, directions, budget_evals, budget_prompts, hours,
-               brief, benchmark, temperature, text_tool_calls, quiet) -> None:  # fmt: skip
+               brief, benchmark, temperature, text_tool_calls, quiet, slurm, **kw) -> None:  # fmt: skip
     """Start N agents, each a fresh session with the MCP tools, its own policy folder and author name, and wait
     for them (Ctrl-C or `cdw agents stop` ends the run cleanly). Transcripts: .cdw/agents/<run>/agent-<i>.jsonl.
 
     Example (the local Qwen as the agents' model):
     cdw agents run --model-url http://127.0.0.1:8102/v1 --brief short --agents 2
+
+    With --slurm, each agent is a SLURM job (limit: --hours plus a grace period, unless --time says otherwise);
+    watch them with `cdw agents status --watch`, end them with `cdw agents stop`.
     """
-    from .agents import AgentsError, RunConfig, new_run, read_directions, status, supervise
+    from servers.sbatch import SlurmError, SlurmOptions
+
+    from .agents import AgentsError, RunConfig, new_run, read_directions, status, submit_jobs, supervise
+
+    options = _slurm_opts(kw)
+    if not slurm and options != SlurmOptions():
+        _fail("--partition, --account, --time and --sbatch-arg need --slurm")
 
     try:
         config = RunConfig(n, backend, model, model_url, api_key_env, max_turns, hours, budget_evals, budget_prompts,
@@ -68,6 +79,15 @@ def agents_run(backend, model, model_url, api_key_env, n, max_turns, directions,
     except (AgentsError, OSError) as e:
         _fail(str(e))
     click.echo(f"run {run.id}: {n} agent(s), transcripts in {run.path}")
+    if slurm:
+        try:
+            run = submit_jobs(run, options)
+        except SlurmError as e:
+            _fail(f"{e} (jobs submitted before this one are recorded in {run.path / 'run.json'})")
+        for a in run.agents:
+            click.echo(f"  {a.author}: SLURM job {a.job_id}, output {run.path / f'agent-{a.index}.log'}")
+        click.echo(f"watch: cdw agents status --watch {run.id}    stop: cdw agents stop {run.id}")
+        return
     if quiet:
         run = supervise(run)
     else:
@@ -97,7 +117,7 @@ def agents_status(run_id: str | None, as_json: bool, watch: bool) -> None:
         Console().print(_table(run, status(run)))
         return
     with Live(_table(run, status(run)), refresh_per_second=1) as live:
-        while any(r.state in ("running", "starting") for r in status(run)):
+        while any(r.state in ("running", "starting", "queued") for r in status(run)):
             time.sleep(2)
             live.update(_table(run, status(run)))
 

@@ -6,7 +6,19 @@
 - `transcript.py` — the JSON Lines every agent's messages, tool calls and results go to
 """
 
-from .run import BACKENDS, AgentsError, Run, RunConfig, load, new_run, read_directions, status, stop, supervise
+from .run import (
+    BACKENDS,
+    AgentsError,
+    Run,
+    RunConfig,
+    load,
+    new_run,
+    read_directions,
+    status,
+    stop,
+    submit_jobs,
+    supervise,
+)
 
 __all__ = ["BACKENDS", "AgentsError", "Run", "RunConfig", "load", "new_run", "read_directions", "status", "stop",
-           "supervise"]  # fmt: skip
+           "submit_jobs", "supervise"]  # fmt: skip

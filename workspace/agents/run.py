@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -32,7 +33,9 @@ from pathlib import Path
 
 import psutil
 
+from servers import sbatch
 from servers.paths import PROJECT_ROOT, paths
+from servers.sbatch import JobState, SlurmError, SlurmOptions
 
 from ..budget import Budget
 from .transcript import END_STATES, Transcript, is_tool_error, read, summary
@@ -105,6 +108,7 @@ class AgentInfo:
     direction: str
     folder: str
     pid: int | None = None
+    job_id: str | None = None  # the SLURM job running it (`cdw agents run --slurm`)
 
 
 @dataclass(frozen=True)
@@ -227,6 +231,28 @@ def _start_worker(run: Run, i: int) -> subprocess.Popen:
 GRACE_S = 20.0  # after the deadline (or a stop), how long a worker has to end itself before it is killed
 
 
+def submit_jobs(run: Run, options: SlurmOptions) -> Run:
+    """Run each agent as its own SLURM job (the same worker a local run starts) and record the job ids.
+
+    Without a --time, each job's limit is the run's hours plus a grace period: the worker ends itself at the
+    deadline, and SLURM ends a hung one a little later (`status` then reports it as time_budget)."""
+    from ..jobs import submit
+
+    if options.time is None:
+        options = replace(options, time=str(math.ceil(run.config.hours * 60 + GRACE_S / 60) + 1))
+    agents = []
+    try:
+        for a in run.agents:
+            command = [sys.executable, "-m", "workspace.agents.worker", str(run.path), str(a.index)]
+            job = submit(f"cdw-agent-{a.index}", command, options, workdir=PROJECT_ROOT,
+                         log=run.path / f"agent-{a.index}.log")  # fmt: skip
+            agents.append(replace(a, job_id=job.job_id))
+    finally:  # what was submitted is recorded, even if a later submission failed
+        run = replace(run, agents=tuple(agents) + run.agents[len(agents) :])
+        run.save()
+    return run
+
+
 def supervise(run: Run, on_tick: Callable[[Run], None] | None = None, tick_s: float = 1.0) -> Run:
     """Start every agent's worker and wait for all of them: the deadline, a stop request or each agent's end.
     A worker that has not ended GRACE_S after the deadline (a hung agent) is killed and its end written here."""
@@ -285,7 +311,7 @@ def _kill(p: subprocess.Popen) -> None:
 class AgentStatus:
     index: int
     author: str
-    state: str  # running | one of END_STATES
+    state: str  # queued | starting | running | one of END_STATES
     turns: int
     tool_calls: int
     tool_errors: int
@@ -304,11 +330,19 @@ def status(run: Run) -> list[AgentStatus]:
     except Exception:  # a damaged forum must not hide the agents' state
         authors = []
     out = []
+    jobs = _job_states(run)
     for a in run.agents:
         events = read(run.path / f"agent-{a.index}.jsonl")
         end = next((e for e in reversed(events) if e.get("kind") == "end"), None)
-        alive = a.pid is not None and _alive(a.pid)
-        state = end["status"] if end else ("running" if alive else "starting" if a.pid is None else "crashed")
+        if end:
+            state = end["status"]
+        elif a.job_id:
+            job = jobs.get(a.job_id)
+            state = ("unknown" if job is None else "running" if job.state == "RUNNING" else "queued" if job.active
+                     else JOB_ENDS.get(job.state, "crashed"))  # fmt: skip
+        else:
+            alive = a.pid is not None and _alive(a.pid)
+            state = "running" if alive else "starting" if a.pid is None else "crashed"
         budget = run.budget(a.index)
         used = budget.usage()
         left = {**budget.left(), "minutes": max(0.0, round((run.deadline - time.time()) / 60, 1))}
@@ -323,6 +357,20 @@ def status(run: Run) -> list[AgentStatus]:
     return out
 
 
+# How an agent's job that ended without its `end` line ended, in the transcript's words.
+JOB_ENDS = {"TIMEOUT": "time_budget", "CANCELLED": "stopped", "DEADLINE": "time_budget"}
+
+
+def _job_states(run: Run) -> dict[str, JobState]:
+    ids = [a.job_id for a in run.agents if a.job_id]
+    if not ids:
+        return {}
+    try:
+        return sbatch.states(ids)
+    except SlurmError:  # SLURM unreachable: the transcripts still say what they say
+        return {}
+
+
 def _alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -331,8 +379,18 @@ def _alive(pid: int) -> bool:
 
 
 def stop(run: Run, wait_s: float = 60.0) -> None:
-    """Ask a run to end: the stop file (the supervisor ends its workers), and SIGTERM to workers still alive."""
+    """Ask a run to end: the stop file (the supervisor ends its workers), and SIGTERM to workers still alive; an
+    agent running as a SLURM job is cancelled (SIGTERM, so it writes its end line), and if its job ended without
+    one, the line is written here."""
     (run.path / "stop").touch()
+    ids = [a.job_id for a in run.agents if a.job_id]
+    if ids:
+        sbatch.cancel(ids)
+        sbatch.wait_ended(ids, timeout=wait_s)
+        for a in run.agents:
+            if a.job_id and run.transcript(a.index).ended() is None:
+                run.transcript(a.index).append("end", status="stopped", detail=f"SLURM job {a.job_id} cancelled "
+                                               "by cdw agents stop before the agent wrote its end")  # fmt: skip
     for a in run.agents:
         if a.pid is not None and _alive(a.pid):
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -343,4 +401,4 @@ def stop(run: Run, wait_s: float = 60.0) -> None:
 
 
 __all__ = ["BACKENDS", "END_STATES", "AgentsError", "Run", "RunConfig", "is_tool_error", "load", "new_run",
-           "status", "stop", "supervise"]  # fmt: skip
+           "status", "stop", "submit_jobs", "supervise"]  # fmt: skip
