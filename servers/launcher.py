@@ -372,7 +372,8 @@ def stop(preset: str | None = None, records: list[ServerRecord] | None = None) -
     gone = {(r.preset, r.role, r.pid, r.job_id) for r in records}
     with locked_state() as box:
         left = tuple(r for r in box[0].servers if (r.preset, r.role, r.pid, r.job_id) not in gone)
-        active = box[0].active if any(r.preset == box[0].active for r in left) or box[0].jobs else None
+        held = any(r.preset == box[0].active for r in left) or any(j.preset == box[0].active for j in box[0].jobs)
+        active = box[0].active if held else None
         box[0] = replace(box[0], active=active, servers=left)
     return records
 

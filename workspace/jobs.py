@@ -2,8 +2,9 @@
 
 A job runs the same command in the same checkout and folder, with the same CDW_* settings, and finds the servers
 as any command does (the runtime file `cdw serve --slurm` wrote, or the URLs given). Records and findings are
-written to the shared checkout; their writers lock with `flock` and publish with atomic renames and hard links,
-so the filesystem every node shares must support both (NFSv4 and Lustre do; some older NFS mounts lack `flock`).
+written to the shared checkout; their writers lock with `flock` and publish with hard links and atomic renames,
+so the filesystem every node shares must support all three (NFSv4, Lustre and GPFS do; NFSv3 without a lock
+manager does not).
 """
 
 from __future__ import annotations
