@@ -123,6 +123,22 @@ def server_script(job: JobPlan, preset: Preset, options: SlurmOptions, host: str
                          setup=setup)  # fmt: skip
 
 
+def scripts(
+    preset_name: str,
+    roles: list[str] | None = None,
+    *,
+    options: SlurmOptions | None = None,
+    host: str | None = None,
+    timeout: float = 900.0,
+    catalog: Catalog | None = None,
+    **plan_args,
+) -> list[tuple[JobPlan, str]]:
+    """Each job `serve_slurm` would submit, with its batch script, submitting nothing (`cdw serve --dry-run`)."""
+    preset = (catalog or load_catalog()).preset(preset_name)
+    return [(j, server_script(j, preset, options or SlurmOptions(), host, timeout))
+            for j in plan(preset, roles, **plan_args)]  # fmt: skip
+
+
 def job_log(job: JobRecord) -> str:
     """The job's output and, if its servers wrote logs, the end of each."""
     out = [f"--- {job.log}", log_tail(job.log, 30)]
@@ -304,7 +320,9 @@ def serve_slurm(
         submitted = submit_servers(preset, to_submit, options, host, timeout)
         with locked_state() as box:
             box[0] = replace(box[0], active=preset.name)
-        _wait(preset, waiting + submitted, timeout, on_event)
+        # A one-job preset that starts its servers one after another (a shared GPU) gets the time for each of them.
+        sequential = max((len(p.roles) for p in plans), default=1) if not preset.parallel_start else 1
+        _wait(preset, waiting + submitted, timeout * sequential, on_event)
     except BaseException:
         if submitted:
             cancel_jobs(submitted, wait_s=60.0)
@@ -313,4 +331,5 @@ def serve_slurm(
     return [r for r in read_state().servers if r.job_id in ids]
 
 
-__all__ = ["JobPlan", "JobReport", "SlurmError", "SlurmOptions", "cancel_jobs", "plan", "report", "serve_slurm"]
+__all__ = ["JobPlan", "JobReport", "SlurmError", "SlurmOptions", "cancel_jobs", "plan", "report", "scripts",
+           "serve_slurm"]  # fmt: skip

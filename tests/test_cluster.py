@@ -268,3 +268,15 @@ def test_local_cluster_script_is_valid_bash():
     r = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert textwrap.dedent("SlurmdParameters=config_overrides") in script.read_text()
+
+
+def test_dry_run_prints_the_paper_plan_and_submits_nothing(fake_slurm):
+    from workspace.cli import main
+
+    r = CliRunner().invoke(main, ["serve", "--preset", "paper", "--slurm", "--dry-run", "--partition", "gpu"])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("#!/bin/bash") == 1  # one job: the three servers share one GPU's memory plan
+    assert "#SBATCH --gres=gpu:1" in r.output and "--roles weak,strong,judge" in r.output
+    assert not (fake_slurm / "submitted").exists()
+    r = CliRunner().invoke(main, ["serve", "--preset", "paper-multi-gpu", "--slurm", "--dry-run"])
+    assert r.output.count("#!/bin/bash") == 3 and r.output.count("#SBATCH --gres=gpu:1") == 3

@@ -211,6 +211,7 @@ def _slurm_opts(kw: dict):
               help="with --slurm: GPUs per server job (default 1 on GPU presets, 0 on CPU ones)")  # fmt: skip
 @click.option("--cpus-per-role", type=int, default=None,
               help="with --slurm: CPUs per server job (default 1 on CPU presets, 4 on GPU ones)")  # fmt: skip
+@click.option("--dry-run", is_flag=True, help="with --slurm: print each job's batch script, submit nothing")
 @click.option("--foreground", is_flag=True,
               help="serve --roles here until SIGTERM or Ctrl-C (the body of a SLURM server job)")  # fmt: skip
 @click.option("--host", default=None,
@@ -218,7 +219,7 @@ def _slurm_opts(kw: dict):
               "name, else 127.0.0.1)")  # fmt: skip
 @slurm_options
 def serve(preset: str, roles: str | None, stop: bool, timeout: float, slurm: bool, resume: bool, replicas,
-          data_parallel, gpus_per_role, cpus_per_role, foreground: bool, host: str | None,
+          data_parallel, gpus_per_role, cpus_per_role, dry_run: bool, foreground: bool, host: str | None,
           **kw) -> None:  # fmt: skip
     """Start one vLLM server per role of a preset in the background and wait until all are healthy.
 
@@ -254,9 +255,19 @@ def serve(preset: str, roles: str | None, stop: bool, timeout: float, slurm: boo
         except (launcher.LaunchError, PresetError) as e:
             _fail(str(e))
         sys.exit(code)
-    if not slurm and (resume or replicas or gpus_per_role is not None or slurm_opts.partition or slurm_opts.account
-                      or slurm_opts.time or slurm_opts.extra):  # fmt: skip
-        _fail("--resume, --replicas, --gpus-per-role and the SLURM options need --slurm")
+    if not slurm and (resume or replicas or dry_run or gpus_per_role is not None or slurm_opts.partition
+                      or slurm_opts.account or slurm_opts.time or slurm_opts.extra):  # fmt: skip
+        _fail("--resume, --replicas, --dry-run, --gpus-per-role and the SLURM options need --slurm")
+    if dry_run:
+        try:
+            jobs = cluster.scripts(preset, role_list, options=slurm_opts, host=host, timeout=timeout,
+                                   replicas=_pairs(replicas, "--replicas"), data_parallel=dp,
+                                   gpus_per_role=gpus_per_role, cpus_per_role=cpus_per_role)  # fmt: skip
+        except (launcher.LaunchError, PresetError, SlurmError) as e:
+            _fail(str(e))
+        for job, text in jobs:
+            click.echo(f"# ---- job {job.name}: {job.label}, {job.gpus} GPU(s), {job.cpus} CPU(s)\n{text}")
+        return
     last: dict[str, str] = {}
 
     def on_event(e: launcher.StartEvent) -> None:

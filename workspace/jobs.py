@@ -41,8 +41,9 @@ def submit(
     folder = paths().slurm.resolve()
     script = folder / f"{stem}.sbatch"
     log, errors = (log, log) if log else (folder / f"{stem}-%j.log", folder / f"{stem}-%j.err")
+    env = forwarded_env() | {"COLUMNS": "160"}  # tables in the job's output are not cut to 80 columns
     text = sbatch.render(name, command, options, log=log, errors=errors, workdir=workdir or Path.cwd(),
-                         env=forwarded_env())  # fmt: skip
+                         env=env)  # fmt: skip
     job_id = sbatch.submit(script, text)
     return SubmittedJob(job_id, name, script, *(Path(str(p).replace("%j", job_id)) for p in (log, errors)))
 
