@@ -58,6 +58,15 @@ def queued_ids() -> set[str]:
     return set(subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split())
 
 
+def left_in_queue(ids, timeout=120.0) -> set[str]:
+    """Which of `ids` are still in squeue once they have had `timeout` seconds to leave it: a job whose program
+    has written its last line is still RUNNING, then COMPLETING, for a moment while its processes exit."""
+    deadline = time.monotonic() + timeout
+    while (left := set(ids) & queued_ids()) and time.monotonic() < deadline:
+        time.sleep(1)
+    return left
+
+
 def runtime(env) -> dict:
     return json.loads((Path(env["CDW_HOME"]) / "run" / "servers.json").read_text())
 
@@ -176,7 +185,7 @@ def test_agents_as_slurm_jobs_research_and_end(agents_env, model_server):  # noq
     assert [a["state"] for a in st] == ["done", "done"], st
     assert [a["findings"] for a in st] == [1, 1] and [a["tool_errors"] for a in st] == [5, 5]
     assert all(a["turns"] == len(SCRIPT) + 1 for a in st)
-    assert not set(ids) & queued_ids()
+    assert not left_in_queue(ids)
 
 
 def test_agents_stop_cancels_their_jobs(agents_env, model_server):  # noqa: F811
@@ -195,4 +204,4 @@ def test_agents_stop_cancels_their_jobs(agents_env, model_server):  # noqa: F811
     assert stopped.returncode == 0, stopped.stderr
     st = json.loads(cdw(env, "agents", "status", "--json").stdout)["agents"]
     assert [a["state"] for a in st] == ["stopped", "stopped"], st
-    assert not set(ids) & queued_ids()
+    assert not left_in_queue(ids)
