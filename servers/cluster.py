@@ -41,7 +41,12 @@ class JobPlan:
 
     @property
     def label(self) -> str:
-        return "+".join(self.roles) + (f"[{self.replica}]" if self.replica else "")
+        return label(self.roles, self.replica)
+
+
+def label(roles: tuple[str, ...], replica: int) -> str:
+    """How progress lines name a job: its roles, and its replica number past the first (`weak[1]`)."""
+    return "+".join(roles) + (f"[{replica}]" if replica else "")
 
 
 def plan(
@@ -212,16 +217,16 @@ def _wait(preset: Preset, jobs: list[JobRecord], timeout: float, on_event: Calla
     pending = {j.job_id: j for j in jobs}
     started: dict[str, float] = {}
     warmed: set[str] = set()
-    label = {j.job_id: "+".join(j.roles) + (f"[{j.replica}]" if j.replica else "") for j in jobs}
+    names = {j.job_id: label(j.roles, j.replica) for j in jobs}
     while pending:
         st = sbatch.states(pending)
         for jid, job in list(pending.items()):
             elapsed, s = time.monotonic() - t0, st[jid]
             if not s.active:
-                on_event(StartEvent(label[jid], "failed", elapsed, s.describe()))
+                on_event(StartEvent(names[jid], "failed", elapsed, s.describe()))
                 raise LaunchError(_ended_message(job, s))
             if s.state != "RUNNING":
-                on_event(StartEvent(label[jid], "queued", elapsed, s.describe()))
+                on_event(StartEvent(names[jid], "queued", elapsed, s.describe()))
                 continue
             started.setdefault(jid, elapsed)
             recs = [r for r in read_state(Path(job.run_dir) / "servers.json").servers if r.role in job.roles]
@@ -238,15 +243,15 @@ def _wait(preset: Preset, jobs: list[JobRecord], timeout: float, on_event: Calla
                     mine = tuple(replace(r, preset=preset.name, job_id=jid, node=node) for r in recs)
                     box[0] = replace(box[0], servers=box[0].servers + mine)
                 queued = started[jid]
-                on_event(StartEvent(label[jid], "healthy", time.monotonic() - t0,
+                on_event(StartEvent(names[jid], "healthy", time.monotonic() - t0,
                                     f"job {jid} on {node}: {queued:.0f} s queued, "
                                     f"{time.monotonic() - t0 - queued:.0f} s from job start to healthy"))  # fmt: skip
                 del pending[jid]
             else:
-                on_event(StartEvent(label[jid], "starting", elapsed, f"job {jid} on {s.node}"))
+                on_event(StartEvent(names[jid], "starting", elapsed, f"job {jid} on {s.node}"))
         if pending and time.monotonic() - t0 > timeout:
             job = next(iter(pending.values()))
-            raise LaunchError(f"{', '.join(label[j] for j in pending)} not healthy after {timeout:.0f} s (raise "
+            raise LaunchError(f"{', '.join(names[j] for j in pending)} not healthy after {timeout:.0f} s (raise "
                               f"--timeout?).\n{job_log(job)}")  # fmt: skip
         if pending:
             time.sleep(2.0)
@@ -327,8 +332,9 @@ def serve_slurm(
         if submitted:
             cancel_jobs(submitted, wait_s=60.0)
         raise
-    ids = {j.job_id for j in read_state().jobs if j.preset == preset.name and j.name in {p.name for p in plans}}
-    return [r for r in read_state().servers if r.job_id in ids]
+    state = read_state()
+    ids = {j.job_id for j in state.jobs if j.preset == preset.name and j.name in {p.name for p in plans}}
+    return [r for r in state.servers if r.job_id in ids]
 
 
 __all__ = ["JobPlan", "JobReport", "SlurmError", "SlurmOptions", "cancel_jobs", "plan", "report", "scripts",

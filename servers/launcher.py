@@ -30,6 +30,7 @@ from .paths import paths
 from .presets import Catalog, Preset, RoleSpec, load_catalog
 from .provision import load_provenance
 from .runtime import ServerRecord, locked_state, read_state
+from .sbatch import in_job
 
 HOST = "127.0.0.1"
 
@@ -102,10 +103,14 @@ def _port_free(port: int, host: str = HOST) -> bool:
     return True
 
 
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+def _free_port(host: str, claimed: dict[int, list] | None = None) -> int:
+    """A port the OS says is free on `host` and no starting server of ours has claimed."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in (claimed or {}):
+            return port
 
 
 @contextlib.contextmanager
@@ -156,7 +161,7 @@ def _environment(preset: Preset, spec: RoleSpec) -> dict[str, str]:
         allowed = sorted(os.sched_getaffinity(0))
         env["VLLM_CPU_OMP_THREADS_BIND"] = str(spec.core) if spec.core in allowed else ",".join(map(str, allowed))
     role_env = dict(spec.env)
-    if os.environ.get("SLURM_JOB_ID"):
+    if in_job():
         role_env.pop("CUDA_VISIBLE_DEVICES", None)  # in a job, SLURM's GPU allocation decides, not the preset
     env.update(role_env)
     return env
@@ -270,20 +275,21 @@ def serve(
     catalog: Catalog | None = None,
     host: str = HOST,
     any_port: bool = False,
-    extra_flags: dict[str, tuple[str, ...]] | None = None,
+    data_parallel: dict[str, int] | None = None,
 ) -> list[ServerRecord]:
     """Start the servers of a preset (or only those answering `roles`) and wait until all are healthy.
 
     Servers already running for this preset are kept. The preset becomes the active one, which the client
     uses by default. On any failure, the servers started by this call are stopped again. `host` is the address
     the servers listen on and are reached at; `any_port` takes a free port where the preset's is taken (replicas
-    sharing a node); `extra_flags` adds vLLM flags per role (e.g. data parallelism).
+    sharing a node); `data_parallel` maps a role to vLLM's data-parallel size for its server.
     """
     catalog = catalog or load_catalog()
     preset = catalog.preset(preset_name)
     specs = owned_specs(preset, roles)
-    extra_flags = extra_flags or {}
-    specs = [replace(s, flags=s.flags + tuple(extra_flags.get(s.role, ()))) for s in specs]
+    dp = {r: n for r, n in (data_parallel or {}).items() if n > 1}
+    specs = [replace(s, flags=(*s.flags, "--data-parallel-size", str(dp[s.role]))) if s.role in dp else s
+             for s in specs]  # fmt: skip
 
     running, to_start = [], []
     state = read_state()
@@ -311,13 +317,9 @@ def serve(
         for batch in batches:
             recs = []
             for s in batch:
-                if not any_port:
-                    recs.append(_spawn(preset, s, provs[s.role], catalog, host))
-                    started.append(recs[-1])
-                    continue
-                with _port_claims() as claims:
-                    if s.port in claims or not _port_free(s.port, host):
-                        s = replace(s, port=next(p for p in iter(lambda: _free_port(host), None) if p not in claims))
+                with _port_claims() if any_port else contextlib.nullcontext({}) as claims:
+                    if any_port and (s.port in claims or not _port_free(s.port, host)):
+                        s = replace(s, port=_free_port(host, claims))
                     recs.append(_spawn(preset, s, provs[s.role], catalog, host))
                     started.append(recs[-1])
                     claims[s.port] = [recs[-1].pid, recs[-1].create_time]
@@ -396,8 +398,7 @@ def serve_foreground(
     a free one, and are stopped when the job is cancelled.
     """
     if host is None:
-        host = socket.gethostname() if os.environ.get("SLURM_JOB_ID") else HOST
-    extra = {r: ("--data-parallel-size", str(n)) for r, n in (data_parallel or {}).items() if n > 1}
+        host = socket.gethostname() if in_job() else HOST
 
     def terminate(signum, frame):
         raise KeyboardInterrupt  # unwinds serve() or the wait below; both stop what this process started
@@ -406,7 +407,7 @@ def serve_foreground(
     recs: list[ServerRecord] = []
     try:
         recs = serve(preset_name, roles, timeout=timeout, on_event=on_event, catalog=catalog, host=host,
-                     any_port=True, extra_flags=extra)  # fmt: skip
+                     any_port=True, data_parallel=data_parallel)  # fmt: skip
         for r in recs:
             log(f"serving {'+'.join(r.serves)} at {r.url} (model {r.model}, log {r.log})")
         while all(is_alive(r) for r in recs):

@@ -13,7 +13,7 @@ import shlex
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -179,13 +179,24 @@ def cancel(job_ids: Iterable[str]) -> None:
         raise SlurmError(f"scancel {' '.join(ids)} failed: {(r.stderr or r.stdout).strip()}")
 
 
-def wait_ended(job_ids: Iterable[str], timeout: float = 120.0, poll: float = 1.0) -> dict[str, JobState]:
-    """Wait until none of the jobs is active (queued, running or completing); returns their last states."""
+def wait_ended(
+    job_ids: Iterable[str],
+    timeout: float | None = 120.0,
+    poll: float = 1.0,
+    on_state: Callable[[JobState], None] | None = None,
+) -> dict[str, JobState]:
+    """Wait until none of the jobs is active (queued, running or completing), or `timeout` seconds (None: no
+    limit); returns their last states. `on_state` hears each job's state whenever it changes."""
     ids = list(job_ids)
-    deadline = time.monotonic() + timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
+    seen: dict[str, str] = {}
     while True:
         now = states(ids)
-        if not any(s.active for s in now.values()) or time.monotonic() > deadline:
+        for j, st in now.items():
+            if on_state is not None and seen.get(j) != st.state:
+                on_state(st)
+            seen[j] = st.state
+        if not any(s.active for s in now.values()) or (deadline is not None and time.monotonic() > deadline):
             return now
         time.sleep(poll)
 

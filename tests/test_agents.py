@@ -36,6 +36,13 @@ SCRIPT = [  # (tool, arguments) per turn; then a final message
 class ScriptedToolModel:
     """/v1/chat/completions answering with the next scripted tool call for the agent named in the system prompt."""
 
+    def wait_for_requests(self, n: int, timeout: float) -> bool:
+        """Whether `n` requests have arrived within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(self.requests) < n:
+            time.sleep(0.5)
+        return len(self.requests) >= n
+
     def __init__(self):
         self.requests: list[dict] = []
         self.hang = re.compile(r"agent-\S+-2\b")  # the third agent's model never answers
@@ -182,10 +189,7 @@ def test_stop_ends_a_run_cleanly(model_server, agent_env):
                              "--model-url", url, "--agents", "2", "--hours", "1", "--brief", "short", "--quiet"],
                             env=agent_env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(model.requests) < 2:
-        time.sleep(0.5)
-    assert len(model.requests) >= 2, "the agents never asked their model"
+    assert model.wait_for_requests(2, timeout=120), "the agents never asked their model"
     stopped = cdw(agent_env, "agents", "stop")
     assert stopped.returncode == 0, stopped.stderr
     out, err = proc.communicate(timeout=120)

@@ -196,10 +196,7 @@ def test_agents_stop_cancels_their_jobs(agents_env, model_server):  # noqa: F811
               "--hours", 1, "--brief", "short")  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     ids = re.findall(r"SLURM job (\d+)", run.stdout)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and len(model.requests) < 2:
-        time.sleep(0.5)
-    assert len(model.requests) >= 2, "the agents' jobs never asked their model"
+    assert model.wait_for_requests(2, timeout=180), "the agents' jobs never asked their model"
     stopped = cdw(env, "agents", "stop")
     assert stopped.returncode == 0, stopped.stderr
     st = json.loads(cdw(env, "agents", "status", "--json").stdout)["agents"]

@@ -155,15 +155,16 @@ def command_line(ctx: click.Context, drop: tuple[str, ...] = JOB_PARAMS) -> list
 def _as_job(kw: dict) -> bool:
     """With --slurm, submit this very command as a SLURM job (with --wait, wait for it and exit with its status)
     and return True; without, check no job option was given and return False."""
-    from servers.sbatch import SlurmError, SlurmOptions
+    from servers import sbatch
+    from servers.sbatch import SlurmError
 
     from . import jobs
 
     as_job, wait_job = kw.pop("as_job"), kw.pop("wait_job")
-    options = _slurm_opts(kw)
+    if wait_job and not as_job:
+        _fail("--wait and the SLURM options need --slurm")
+    options = _slurm_opts(kw, as_job)
     if not as_job:
-        if wait_job or options != SlurmOptions():
-            _fail("--wait, --partition, --account, --time and --sbatch-arg need --slurm")
         return False
     args = command_line(click.get_current_context())
     try:
@@ -173,7 +174,8 @@ def _as_job(kw: dict) -> bool:
                           f"  errors {job.errors}")  # fmt: skip
         if not wait_job:
             return True
-        st = jobs.wait(job.job_id, on_state=lambda s: err_console.print(f"  job {job.job_id}: {s.describe()}"))
+        report = lambda s: err_console.print(f"  job {job.job_id}: {s.describe()}")  # noqa: E731
+        st = sbatch.wait_ended([job.job_id], timeout=None, poll=5.0, on_state=report)[job.job_id]
     except SlurmError as e:
         _fail(str(e))
     if job.log.exists():
@@ -185,11 +187,15 @@ def _as_job(kw: dict) -> bool:
     sys.exit(code)
 
 
-def _slurm_opts(kw: dict):
+def _slurm_opts(kw: dict, slurm: bool):
+    """The SLURM options of `slurm_options`, taken out of `kw`; given without --slurm, a clear error."""
     from servers.sbatch import SlurmOptions
 
-    return SlurmOptions(partition=kw.pop("partition"), account=kw.pop("account"), time=kw.pop("time_limit"),
-                        extra=tuple(kw.pop("sbatch_args")))  # fmt: skip
+    options = SlurmOptions(partition=kw.pop("partition"), account=kw.pop("account"), time=kw.pop("time_limit"),
+                           extra=tuple(kw.pop("sbatch_args")))  # fmt: skip
+    if not slurm and options != SlurmOptions():
+        _fail("--partition, --account, --time and --sbatch-arg need --slurm")
+    return options
 
 
 @main.command()
@@ -247,7 +253,7 @@ def serve(preset: str, roles: str | None, stop: bool, timeout: float, slurm: boo
     preset = preset or DEFAULT_PRESET
     role_list = roles.split(",") if roles else None
     dp = _pairs(data_parallel, "--data-parallel")
-    slurm_opts = _slurm_opts(kw)
+    slurm_opts = _slurm_opts(kw, slurm or foreground)  # a job's own --foreground ignores them
     if foreground:
         try:
             code = launcher.serve_foreground(preset, role_list, host=host, data_parallel=dp, timeout=timeout,
@@ -255,9 +261,8 @@ def serve(preset: str, roles: str | None, stop: bool, timeout: float, slurm: boo
         except (launcher.LaunchError, PresetError) as e:
             _fail(str(e))
         sys.exit(code)
-    if not slurm and (resume or replicas or dry_run or gpus_per_role is not None or slurm_opts.partition
-                      or slurm_opts.account or slurm_opts.time or slurm_opts.extra):  # fmt: skip
-        _fail("--resume, --replicas, --dry-run, --gpus-per-role and the SLURM options need --slurm")
+    if not slurm and (resume or replicas or dry_run or gpus_per_role is not None):
+        _fail("--resume, --replicas, --dry-run and --gpus-per-role need --slurm")
     if dry_run:
         try:
             jobs = cluster.scripts(preset, role_list, options=slurm_opts, host=host, timeout=timeout,
@@ -289,9 +294,8 @@ def serve(preset: str, roles: str | None, stop: bool, timeout: float, slurm: boo
                                        data_parallel=dp, gpus_per_role=gpus_per_role, cpus_per_role=cpus_per_role,
                                        host=host, resume=resume, timeout=timeout, on_event=on_event)  # fmt: skip
         else:
-            extra = {r: ("--data-parallel-size", str(n)) for r, n in dp.items() if n > 1}
             recs = launcher.serve(preset, role_list, timeout=timeout, on_event=on_event,
-                                  host=host or launcher.HOST, extra_flags=extra)  # fmt: skip
+                                  host=host or launcher.HOST, data_parallel=dp)  # fmt: skip
     except (launcher.LaunchError, PresetError, SlurmError) as e:
         _fail(str(e))
     except KeyboardInterrupt:

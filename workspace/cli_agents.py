@@ -63,13 +63,11 @@ def agents_run(backend, model, model_url, api_key_env, n, max_turns, directions,
     With --slurm, each agent is a SLURM job (limit: --hours plus a grace period, unless --time says otherwise);
     watch them with `cdw agents status --watch`, end them with `cdw agents stop`.
     """
-    from servers.sbatch import SlurmError, SlurmOptions
+    from servers.sbatch import SlurmError
 
     from .agents import AgentsError, RunConfig, new_run, read_directions, status, submit_jobs, supervise
 
-    options = _slurm_opts(kw)
-    if not slurm and options != SlurmOptions():
-        _fail("--partition, --account, --time and --sbatch-arg need --slurm")
+    options = _slurm_opts(kw, slurm)
 
     try:
         config = RunConfig(n, backend, model, model_url, api_key_env, max_turns, hours, budget_evals, budget_prompts,

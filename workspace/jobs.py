@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import secrets
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,19 +49,6 @@ def submit(
 def submit_cli(name: str, args: list[str], options: SlurmOptions) -> SubmittedJob:
     """Submit a `cdw` command line (without `cdw`) as a job, run by this Python in this folder."""
     return submit(name, [sys.executable, "-m", "workspace.cli", *args], options)
-
-
-def wait(job_id: str, on_state: Callable[[JobState], None] = lambda s: None, poll: float = 5.0) -> JobState:
-    """Wait until the job has ended; returns its last state (exit code included while SLURM remembers it)."""
-    last = None
-    while True:
-        st = sbatch.states([job_id])[job_id]
-        if st.state != last:
-            on_state(st)
-            last = st.state
-        if not st.active:
-            return st
-        time.sleep(poll)
 
 
 def exit_status(state: JobState) -> int:
