@@ -14,20 +14,13 @@ from pathlib import Path
 import altair as alt
 
 from .benchmark import DEFAULT
+from .format import interval, num
 from .leaderboard import BASELINE, BELOW_BAR, CERTIFIED, NOT_CANONICAL, Leaderboard, LeaderboardEntry, get_leaderboard
 
 STATUSES = (CERTIFIED, BELOW_BAR, NOT_CANONICAL, BASELINE)
 COLORS = ("#1a7f37", "#c26a00", "#8c959f", "#24292f")
 SHAPES = ("diamond", "circle", "circle", "square")
 WIDTH, HEIGHT = 680, 400
-
-
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
-
-
-def _ci(iv) -> str:
-    return "n/a" if iv is None else f"[{iv.low:.3f}, {iv.high:.3f}]"
 
 
 def _row(e: LeaderboardEntry) -> dict:
@@ -38,7 +31,8 @@ def _row(e: LeaderboardEntry) -> dict:
         "f_weak": e.f_weak, "recovery": e.recovery,
         "f_lo": fi.low if fi else e.f_weak, "f_hi": fi.high if fi else e.f_weak,
         "r_lo": ri.low if ri else e.recovery, "r_hi": ri.high if ri else e.recovery,
-        "f_weak (95% CI)": f"{_fmt(e.f_weak)} {_ci(fi)}", "recovery (95% CI)": f"{_fmt(e.recovery)} {_ci(ri)}",
+        "f_weak (95% CI)": f"{num(e.f_weak)} {interval(fi, missing='n/a')}",
+        "recovery (95% CI)": f"{num(e.recovery)} {interval(ri, missing='n/a')}",
         "date": (e.created or "")[:16].replace("T", " ") or "—", "finding": e.finding_title or "—",
     }  # fmt: skip
 
@@ -117,7 +111,7 @@ def sota_rows(board: Leaderboard, now: datetime | None = None, benchmark: str = 
     for e in sorted((e for e in board.certified if e.benchmark == benchmark), key=lambda e: e.created or ""):
         if e.f_weak is not None and e.created and (best is None or e.f_weak > best):
             best = e.f_weak
-            out.append({"created": e.created, "best": best, "policy": e.policy, "recovery": _fmt(e.recovery),
+            out.append({"created": e.created, "best": best, "policy": e.policy, "recovery": num(e.recovery),
                         "evaluation": e.evaluation, "benchmark": e.benchmark, "improvement": True})  # fmt: skip
     if out:
         stamp = (now or datetime.now(UTC)).isoformat(timespec="seconds")

@@ -19,6 +19,7 @@ from servers.provision import ProvisionError
 from . import health
 from .benchmark import BENCHMARKS
 from .benchmark import get as get_benchmark
+from .format import num, span, with_interval
 
 console = Console(highlight=False, soft_wrap=True)
 DEFAULT_PRESET = "cpu"
@@ -421,10 +422,9 @@ def decode_cmd(instruction: str, spec: str, max_tokens: int, as_json: bool, **kw
         for seg in d.segments:
             console.print(seg.text, style="bold magenta" if seg.author == "strong" else None, end="", markup=False)
         console.print()
-        f = "n/a" if d.f_weak is None else f"{d.f_weak:.2f}"
         console.print(
-            f"[dim]f_weak {f} · {d.num_deferrals} deferral(s) · {d.finish_reason} · {d.seconds:.1f} s · "
-            f"{policy.describe()} · [bold magenta]strong[/bold magenta] / weak[/dim]"
+            f"[dim]f_weak {num(d.f_weak, 2)} · {d.num_deferrals} deferral(s) · {d.finish_reason} · "
+            f"{d.seconds:.1f} s · {policy.describe()} · [bold magenta]strong[/bold magenta] / weak[/dim]"
         )
     if d.error:
         console.print(f"[bold red]error:[/] {d.error}")
@@ -516,10 +516,7 @@ def _ci(ev, key: str) -> str:
     """A number with its 95% interval: f_weak from the summary, the fitted ones from the certification rule's fit."""
     src = ev.summary if key == "f_weak" else ev.certification
     v = getattr(src, key) if src else None
-    if v is None:
-        return "n/a"
-    iv = src.ci.get(key)
-    return f"{v:.3f} [{iv.low:.3f}, {iv.high:.3f}]" if iv else f"{v:.3f}"
+    return with_interval(v, src.ci.get(key) if src else None)
 
 
 def _show_evaluation(ev) -> None:
@@ -527,7 +524,6 @@ def _show_evaluation(ev) -> None:
     t = Table(title=f"evaluation {ev.id} · {ev.policy} · {ev.prompts} (n={ev.n})")
     t.add_column("quantity")
     t.add_column("value [95% CI]")
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     tests = ev.baselines.scored_by_tests
     t.add_row("f_weak", _ci(ev, "f_weak"))
     if tests:
@@ -540,12 +536,12 @@ def _show_evaluation(ev) -> None:
     t.add_row("recovery", _ci(ev, "recovery"))
     t.add_row(
         "recovery, one-sided 95% lower bound",
-        fmt(c.recovery_lower if c else None)
+        num(c.recovery_lower if c else None)
         + (f" ({c.dropped} of {c.n_boot} resamples had no gap: counted as failures)" if c and c.dropped else ""),
     )
     if not tests:
-        t.add_row("raw winrate (no length control)", fmt(s.raw_winrate if s else None))
-        t.add_row("recovery with alpaca_eval's penalised LC", fmt(c.recovery_penalised if c else None))
+        t.add_row("raw winrate (no length control)", num(s.raw_winrate if s else None))
+        t.add_row("recovery with alpaca_eval's penalised LC", num(c.recovery_penalised if c else None))
     t.add_row("tested" if tests else "judged", f"{s.n if s else 0} of {ev.n}")
     t.add_row("verified", "[green]yes[/]" if ev.verified else "[yellow]no[/] (why: below)")
     reasons = ev.reasons()
@@ -654,14 +650,13 @@ def baselines(as_json: bool, **kw) -> None:
     t = Table(title=f"baselines {b.id} · {info['prompts']} (n={info['n']})")
     t.add_column("")
     t.add_column("")
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     if b.scored_by_tests:
-        t.add_row("U_weak (weak model's own pass@1)", fmt(info["u_weak"]))
-        t.add_row("U_strong (strong model's own pass@1)", fmt(info["u_strong"]))
+        t.add_row("U_weak (weak model's own pass@1)", num(info["u_weak"]))
+        t.add_row("U_strong (strong model's own pass@1)", num(info["u_strong"]))
     else:
-        t.add_row("U_weak (weak only vs reference)", fmt(info["u_weak"]))
+        t.add_row("U_weak (weak only vs reference)", num(info["u_weak"]))
         t.add_row("U_strong (reference vs itself)", "0.500")
-    t.add_row("gap", fmt(info["gap"]))
+    t.add_row("gap", num(info["gap"]))
     for role, name in info["models"].items():
         t.add_row(f"{role} model", name)
     t.add_row("judge", info["judge"])
@@ -881,14 +876,14 @@ def _board_table(title: str, entries, ranked: bool = False, utility: str | None 
     t.add_column("finding / note")
     t.add_column("evaluation", no_wrap=True)
 
-    def fmt(v, iv) -> str:  # the point, and its 95% interval below it
-        return "—" if v is None else f"{v:.3f}" + (f"\n[dim]{iv.low:.2f}–{iv.high:.2f}[/]" if iv else "")
+    def num_over_span(v, iv) -> str:  # the point, and its 95% interval below it
+        return num(v, missing="—") + (f"\n[dim]{span(iv)}[/]" if v is not None and iv else "")
 
     for e in entries:
         notes = "\n".join(x for x in (e.finding_title, e.note and f"[dim]{e.note}[/]") if x)
         row = [str(e.rank or "")] if ranked else []
-        row += [e.policy, fmt(e.f_weak, e.f_weak_ci), fmt(e.recovery, e.recovery_ci)]
-        row += [fmt(e.utility, None) if e.evaluation else ""] if utility else []
+        row += [e.policy, num_over_span(e.f_weak, e.f_weak_ci), num_over_span(e.recovery, e.recovery_ci)]
+        row += [num(e.utility, missing="—") if e.evaluation else ""] if utility else []
         row += [f"{e.judged}/{e.n}" if e.evaluation else ""]
         row += [(e.created or "")[:10], notes, e.evaluation or ""]
         t.add_row(*row)

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 
 from .benchmark import BENCHMARKS, DEFAULT
 from .evaluate import Evaluation
+from .format import pair
 from .forum import Finding, get_findings
 from .frames import evaluations_frame, load_all_evaluations
 from .stats import BAR, Interval
@@ -59,11 +60,10 @@ class LeaderboardEntry:
         return self.policy.split("(", 1)[0].strip()
 
     def to_json(self) -> dict:
-        ci = lambda iv: None if iv is None else [iv.low, iv.high]  # noqa: E731
         return {
             "rank": self.rank, "benchmark": self.benchmark, "status": self.status, "policy": self.policy,
-            "evaluation": self.evaluation, "f_weak": self.f_weak, "f_weak_ci": ci(self.f_weak_ci),
-            "recovery": self.recovery, "recovery_ci": ci(self.recovery_ci), "utility": self.utility,
+            "evaluation": self.evaluation, "f_weak": self.f_weak, "f_weak_ci": pair(self.f_weak_ci),
+            "recovery": self.recovery, "recovery_ci": pair(self.recovery_ci), "utility": self.utility,
             "u_weak": self.u_weak, "u_strong": self.u_strong, "n": self.n, "judged": self.judged,
             "prompts": self.prompts, "created": self.created, "finding": self.finding,
             "finding_title": self.finding_title, "note": self.note, "verified": self.verified,

@@ -30,6 +30,7 @@ from servers.paths import paths
 from . import data
 from .benchmark import BENCHMARKS, DEFAULT
 from .charts import frontier_chart, sota_chart
+from .format import interval, num
 from .forum import KINDS, Finding, scan_findings
 from .leaderboard import Leaderboard, LeaderboardEntry, get_leaderboard, scoring_sentence
 
@@ -85,14 +86,6 @@ def render_markdown(text: str) -> Markup:
     return Markup(_markdown().render(text))
 
 
-def _num(v: float | None) -> str:
-    return "—" if v is None else f"{v:.3f}"
-
-
-def _ci(iv) -> str:
-    return "" if iv is None else f"[{iv.low:.3f}, {iv.high:.3f}]"
-
-
 def render_site(
     board: Leaderboard | None = None,
     findings: list[Finding] | None = None,
@@ -134,8 +127,8 @@ def render_site(
         kind_counts=[(k, kinds[k]) for k in KINDS if kinds[k]],
         families=sorted({e.family for e in board.evaluations}),
         numbers=numbers,
-        num=_num,
-        ci=_ci,
+        num=lambda v: num(v, missing="—"),
+        ci=interval,
         render=render_markdown,
         generated=now.strftime("%Y-%m-%d %H:%M UTC"),
         versions={

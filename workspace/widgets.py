@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from .benchmark import DEFAULT
 from .engine import Decode, EngineSettings, Models, decode_many, pooled_f_weak
 from .evaluate import EvalSettings, Evaluation, Setup, ensure_baselines, evaluate, evaluation_id
+from .format import interval, num, with_interval
 from .forum import KINDS, Finding, FindingError, default_author, share_finding
 from .leaderboard import Leaderboard, LeaderboardEntry, get_leaderboard, scoring_sentence
 from .policies import PolicyError, TokenSignal, expand_spec, load_policy
@@ -64,14 +65,6 @@ def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _num(v: float | None, digits: int = 3) -> str:
-    return "n/a" if v is None else f"{v:.{digits}f}"
-
-
-def _ci(iv) -> str:
-    return "" if iv is None else f" [{iv.low:.3f}, {iv.high:.3f}]"
-
-
 def _error_box(message: str) -> str:
     return f'<div class="cdw-error" style="color:{ERROR_COLOR};font-weight:600">error: {_e(message)}</div>'
 
@@ -109,7 +102,7 @@ def decode_html(d: Decode, meta: bool = True) -> str:
         f'border:1px solid #d0d7de;border-radius:6px;max-width:60em">{body}</div>'
     )
     if meta:
-        f = "n/a" if d.f_weak is None else f"{d.f_weak:.2f}"
+        f = num(d.f_weak, 2)
         out += (
             f'<div class="cdw-decode-meta {NO_MATH}" style="color:#57606a;font-size:90%;margin-top:4px">'
             f"f_weak <b>{f}</b> · {d.num_deferrals} deferral(s) · {_e(d.finish_reason)} · {d.seconds:.1f} s · "
@@ -130,7 +123,7 @@ def decodes_table(decodes: Sequence[Decode]) -> str:
     """A table of decodes, one row per instruction, with f_weak per instruction and pooled over the batch."""
     rows = []
     for i, d in enumerate(decodes, 1):
-        f = "n/a" if d.f_weak is None else f"{d.f_weak:.2f}"
+        f = num(d.f_weak, 2)
         answer = decode_html(d, meta=False)
         rows.append(
             f"<tr><td>{i}</td><td style='text-align:left;max-width:16em'>{_e(d.instruction)}</td>"
@@ -142,7 +135,7 @@ def decodes_table(decodes: Sequence[Decode]) -> str:
         f'<table class="cdw-decodes {NO_MATH}"><thead><tr><th>#</th><th>instruction</th><th>f_weak</th>'
         "<th>deferrals</th><th>finish</th><th style='text-align:left'>answer (strong spans coloured)</th></tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
-        f"<div>pooled f_weak over {len(decodes)} instruction(s): <b>{_num(pooled)}</b></div>"
+        f"<div>pooled f_weak over {len(decodes)} instruction(s): <b>{num(pooled)}</b></div>"
     )
 
 
@@ -305,7 +298,7 @@ def evaluation_row(ev: Evaluation) -> str:
     return (
         f"<tr><td style='text-align:left'><code>{_e(ev.policy)}</code></td><td>{_e(ev.header.benchmark)}</td>"
         f"<td>{judged}/{ev.n}</td>"
-        f"<td>{_num(f)}{_ci(fci)}</td><td>{_num(r)}{_ci(rci)}</td><td>{'yes' if ev.certified else 'no'}</td>"
+        f"<td>{with_interval(f, fci)}</td><td>{with_interval(r, rci)}</td><td>{'yes' if ev.certified else 'no'}</td>"
         f"<td style='text-align:left'>{errors}</td><td><code>{_e(ev.id)}</code></td></tr>"
     )
 
@@ -334,15 +327,16 @@ def show_evaluation(ev: Evaluation) -> Html:
     s, c = ev.summary, ev.certification
     if s is not None and c is not None and ev.baselines.scored_by_tests:  # no judge: pass rates
         out += (
-            f"<div>{_e(ev.header.benchmark)}: pass@1 {_num(c.utility)}{_ci(c.ci.get('utility'))} · U_weak (weak "
-            f"only) {_num(c.u_weak)}{_ci(c.ci.get('u_weak'))} · U_strong (strong only) {_num(c.u_strong)}"
-            f"{_ci(c.ci.get('u_strong'))} · recovery one-sided 95% lower bound {_num(c.recovery_lower)} · n={s.n}</div>"
+            f"<div>{_e(ev.header.benchmark)}: pass@1 {with_interval(c.utility, c.ci.get('utility'))} · U_weak (weak "
+            f"only) {with_interval(c.u_weak, c.ci.get('u_weak'))} · U_strong (strong only) "
+            f"{with_interval(c.u_strong, c.ci.get('u_strong'))} · recovery one-sided 95% lower bound "
+            f"{num(c.recovery_lower)} · n={s.n}</div>"
         )
     elif s is not None and c is not None:
         out += (
-            f"<div>{_e(ev.header.benchmark)}: utility {_num(c.utility)}{_ci(c.ci.get('utility'))} · U_weak "
-            f"{_num(c.u_weak)}{_ci(c.ci.get('u_weak'))} · recovery one-sided 95% lower bound {_num(c.recovery_lower)}"
-            f" · raw winrate {_num(s.raw_winrate)} · n={s.n}</div>"
+            f"<div>{_e(ev.header.benchmark)}: utility {with_interval(c.utility, c.ci.get('utility'))} · U_weak "
+            f"{with_interval(c.u_weak, c.ci.get('u_weak'))} · recovery one-sided 95% lower bound "
+            f"{num(c.recovery_lower)} · raw winrate {num(s.raw_winrate)} · n={s.n}</div>"
         )
     reasons = ev.reasons()
     out += f"<div>certified: {'yes' if not reasons else 'no — ' + _e('; '.join(reasons))}</div>"
@@ -466,7 +460,7 @@ class Sweep:
         if base.errors:  # the points still run: their own rows say which examples have no numbers
             first = _e(base.errors[0][1])
             note = f" · <span style='color:{ERROR_COLOR}'>{len(base.errors)} baseline error(s): {first}</span>"
-        self.label.value = f"baselines ready (U_weak {_num(base.u_weak)}){note} · {len(self.points)} point(s) running …"
+        self.label.value = f"baselines ready (U_weak {num(base.u_weak)}){note} · {len(self.points)} point(s) running …"
         todo = [p for p in self.points if p.error is None]
         for p in todo:
             try:
@@ -554,8 +548,8 @@ def feed_markdown(findings: Sequence[Finding], board: Leaderboard | None = None,
             else:
                 block.append(
                     f"> from record `{f.evaluation}` ({_e(e.benchmark)}, {_e(e.status)}): f_weak "
-                    f"**{_num(e.f_weak)}**{_ci(e.f_weak_ci)} · recovery **{_num(e.recovery)}**{_ci(e.recovery_ci)}"
-                    f" · scored {e.judged}/{e.n}"
+                    f"**{num(e.f_weak)}**{interval(e.f_weak_ci, lead=' ')} · recovery **{num(e.recovery)}**"
+                    f"{interval(e.recovery_ci, lead=' ')} · scored {e.judged}/{e.n}"
                 )
         block.append(f.body.strip())
         parts.append("\n\n".join(block))
@@ -585,7 +579,7 @@ def leaderboard_html(board: Leaderboard | None = None, benchmark: str | None = N
         rows = "".join(
             "<tr>" + (f"<td>{e.rank}</td>" if ranked else "")
             + f"<td style='text-align:left'><code>{_e(e.policy)}</code></td>"
-            f"<td>{_num(e.f_weak)}{_ci(e.f_weak_ci)}</td><td>{_num(e.recovery)}{_ci(e.recovery_ci)}</td>"
+            f"<td>{with_interval(e.f_weak, e.f_weak_ci)}</td><td>{with_interval(e.recovery, e.recovery_ci)}</td>"
             f"<td>{e.judged}/{e.n}</td><td style='text-align:left'>{_e(e.finding_title or '—')}</td>"
             f"<td style='text-align:left'>{_e(e.note)}</td></tr>"
             for e in entries

@@ -15,6 +15,7 @@ from servers.presets import load_catalog
 from .. import data, records
 from ..benchmark import get as get_benchmark
 from ..engine import Decode, EngineSettings
+from ..format import pair
 from ..judge import JudgeSettings, Preference
 from ..records import Event, Header, _Test, event_of, header_of
 from ..stats import Certification, PairedSample, PassSample, StatsError, Summary, summarize, summarize_pass
@@ -328,8 +329,8 @@ class Evaluation:
             "recovery_penalised": c.recovery_penalised if c else None,
             "raw_winrate": s.raw_winrate if s else None,
             "ci": {
-                **({"f_weak": [s.ci["f_weak"].low, s.ci["f_weak"].high]} if s and "f_weak" in s.ci else {}),
-                **({k: [v.low, v.high] for k, v in c.ci.items()} if c else {}),
+                **({"f_weak": pair(s.ci["f_weak"])} if s and "f_weak" in s.ci else {}),
+                **({k: pair(v) for k, v in c.ci.items()} if c else {}),
             },  # fmt: skip
             "canonical": self.canonical,
             "errors": [{"prompt_id": p, "error": e} for p, e in self.errors],
