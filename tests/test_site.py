@@ -15,7 +15,6 @@ import time
 
 import pytest
 from click.testing import CliRunner
-from PIL import Image
 
 from tests.test_forum import POLICIES, canonical_for, make_evaluations
 from workspace.charts import frontier_chart, save_chart, sota_chart, sota_rows, use_offline_renderer
@@ -70,6 +69,7 @@ def post_findings(evals) -> list[str]:
 
 def _nonblank(png: bytes) -> tuple[float, int]:
     """(share of pixels that are not white, number of distinct colours) of a PNG."""
+    Image = pytest.importorskip("PIL.Image", reason="needs pillow (dev extra)")
     img = Image.open(io.BytesIO(png)).convert("RGB")
     px = list(img.get_flattened_data()) if hasattr(img, "get_flattened_data") else list(img.getdata())
     return sum(p != (255, 255, 255) for p in px) / len(px), len(set(px))

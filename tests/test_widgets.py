@@ -161,7 +161,7 @@ async def test_explorer_cancels_the_stale_run_in_flight(models):
     assert ex.spec == "margin(tau=0.1)" and set(ex.controls) == {"tau", "span", "max_span"}
     first = await ex.refresh()
     assert [d.policy for d in first] == ["margin(tau=0.1)"] * 2 and ex.runs == [("margin(tau=0.1)", "done")]
-    assert all(f"{d.f_weak:.2f}" in ex.table.value for d in first if d.f_weak is not None)
+    assert all(d.f_weak is not None and f"{d.f_weak:.2f}" in ex.table.value for d in first)
     weak.faults.delay = 0.05  # slow enough that the next run is caught mid-flight
     ex.set(tau=0.5)
     stale = ex._task
