@@ -18,8 +18,7 @@ from workspace.engine import Decode, EngineSettings, Models, Segment, decode_man
 from workspace.evaluate import EvalSettings, evaluate, list_evaluations
 from workspace.forum import Finding, get_findings
 from workspace.leaderboard import BASELINES, CERTIFIED, NOT_CANONICAL, Leaderboard, LeaderboardEntry
-from workspace.policies import Action, load_policy
-from workspace.policies.baselines import REGISTRY
+from workspace.policies import Action, load_policy, registry
 from workspace.stats import Interval
 
 SCRIPT = "<script>alert(1)</script>"
@@ -113,7 +112,7 @@ def test_slider_specs_come_from_each_family_constructor():
     assert hyst["inner"].kind == "policy" and (hyst["k"].kind, hyst["k"].default) == ("int", 2)
     assert widgets.param_specs("never") == [] and widgets.param_specs("cascade")[0].default == 0.7
 
-    class Mine(REGISTRY["margin"]):
+    class Mine(registry.family("margin")):
         def __init__(self, alpha: float = 0.25, runs: int = 3, mode: str = "fast"):
             super().__init__(alpha)
 
@@ -121,7 +120,7 @@ def test_slider_specs_come_from_each_family_constructor():
     assert mine == {"alpha": ("float", 0.25), "runs": ("int", 3), "mode": ("choice", "fast")}
 
 
-@pytest.mark.parametrize("family", list(REGISTRY))
+@pytest.mark.parametrize("family", list(registry.families()))
 def test_every_family_gives_loadable_specs_at_its_defaults_and_extremes(family):
     params = widgets.param_specs(family)
     for values in ({}, {p.name: p.max for p in params if p.kind in ("int", "float")}):

@@ -23,7 +23,7 @@ import frontmatter
 from servers.paths import PROJECT_ROOT
 
 from .evaluate import EvaluationError, load_evaluation
-from .policies import PolicyError, load_policy
+from .policies import PolicyError, family, load_policy
 
 KINDS = ("hypothesis", "negative", "result", "insight")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -253,7 +253,7 @@ def scan_findings() -> tuple[list[Finding], list[tuple[str, str]]]:
 def _policy_matches(finding: Finding, policy: str) -> bool:
     """An exact policy spec, or a family name (`margin` matches `margin(tau=0.1, span=sentence)`)."""
     mine = finding.policy or ""
-    return mine == policy or mine.split("(", 1)[0].strip() == policy
+    return mine == policy or family(mine) == policy
 
 
 def get_findings(

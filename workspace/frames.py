@@ -23,6 +23,7 @@ import polars as pl
 
 from .evaluate import Evaluation, EvaluationError, load_evaluation
 from .evaluate.results import confirmation_of
+from .policies import family
 from .store import StoreError, list_records, record_path
 
 # Recomputing an evaluation (bootstrap, length-control fits) takes about half a second. Records are append-only, so
@@ -90,7 +91,7 @@ def evaluation_row(ev: Evaluation, others: Iterable[Evaluation] = ()) -> dict:
     (fl, fh), (rl, rh) = _ci(ev, "f_weak"), _ci(ev, "recovery")
     return {
         "evaluation": ev.id, "benchmark": ev.header.benchmark, "policy": ev.policy,
-        "family": ev.policy.split("(", 1)[0].strip(), "prompts": ev.prompts, "n": ev.n, "judged": s.n if s else 0,
+        "family": family(ev.policy), "prompts": ev.prompts, "n": ev.n, "judged": s.n if s else 0,
         "f_weak": s.f_weak if s else None, "f_weak_low": fl, "f_weak_high": fh, "recovery": c.recovery if c else None,
         "recovery_lower": _finite(c.recovery_lower) if c else None, "recovery_low": rl, "recovery_high": rh,
         "utility": c.utility if c else None, "u_weak": c.u_weak if c else None,

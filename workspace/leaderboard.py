@@ -22,6 +22,7 @@ from .evaluate import Evaluation
 from .format import pair
 from .forum import Finding, get_findings
 from .frames import evaluations_frame, load_all_evaluations
+from .policies import family
 from .stats import BAR, Interval
 
 CERTIFIED, BELOW_BAR, NOT_CANONICAL, UNVERIFIED, BASELINE = (
@@ -57,7 +58,7 @@ class LeaderboardEntry:
 
     @property
     def family(self) -> str:
-        return self.policy.split("(", 1)[0].strip()
+        return family(self.policy)
 
     def to_json(self) -> dict:
         return {

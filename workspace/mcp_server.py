@@ -50,8 +50,7 @@ from .engine import EngineSettings
 from .evaluate import EvalSettings, EvaluationError, Setup, ensure_baselines, evaluate, load_evaluation
 from .evaluate import evaluate_generations as judge_generations  # the tool of the same name wraps it
 from .forum import FindingError
-from .policies import Policy, PolicyError, canonical_spec, load_policy
-from .policies.baselines import REGISTRY
+from .policies import Policy, PolicyError, canonical_spec, load_policy, registry
 from .policies.source_check import PolicySourceError, check_policy_source
 from .records import header_of
 from .stats import BAR, FLOOR
@@ -426,7 +425,7 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         with _tool_errors():
             files = sorted(p.name for p in config.policies.glob("*.py")) if config.policies.is_dir() else []
             left = config.budget.left() if config.budget is not None else None
-            return {"files": files, "builtin": sorted(REGISTRY), "budget_left": left}
+            return {"files": files, "builtin": sorted(registry.families()), "budget_left": left}
 
     return mcp
 

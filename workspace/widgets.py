@@ -21,8 +21,7 @@ from .evaluate import EvalSettings, Evaluation, Setup, ensure_baselines, evaluat
 from .format import interval, num, with_interval
 from .forum import KINDS, Finding, FindingError, default_author, share_finding
 from .leaderboard import Leaderboard, LeaderboardEntry, get_leaderboard, scoring_sentence
-from .policies import PolicyError, TokenSignal, expand_spec, load_policy
-from .policies.baselines import REGISTRY
+from .policies import PolicyError, TokenSignal, expand_spec, load_policy, registry
 from .policies.params import DEFAULT_INNER, KNOWN, SPANS, TAU, Param, param_specs, spec_string  # noqa: F401
 from .store import StoreError, read_record
 
@@ -171,7 +170,7 @@ class PolicyExplorer:
         self.decodes: list[Decode] = []
         self._task: asyncio.Task | None = None
         self._w = w
-        self.family = w.Dropdown(options=list(REGISTRY), value=family, description="policy")
+        self.family = w.Dropdown(options=list(registry.families()), value=family, description="policy")
         self.controls: dict[str, w.ValueWidget] = {}
         self.box = w.VBox()
         self.spec_label = w.HTML()

@@ -1,4 +1,5 @@
-"""Deferral policies: the protocol (`base`), the baseline families (`baselines`) and spec strings.
+"""Deferral policies: the protocol (`protocol`), the registry of built-in families (`registry`, `families`, `probe`),
+spec strings (`spec`) and stable identities (`identity`).
 
 load_policy("margin(tau=0.05, span=sentence)")
 load_policy("hysteresis(entropy(tau=1.5), k=2)")
@@ -7,10 +8,10 @@ load_policy("mypackage.policies:Probe")                   # a class in an import
 expand_spec("margin(tau=[0.02, 0.05])")                   # -> ["margin(tau=0.02)", "margin(tau=0.05)"]
 """
 
-from .base import Action, Decision, Policy, SpanRule, TokenSignal, as_decision, constructor_spec, parse_span
-from .spec import PolicyError, canonical_spec, expand_spec, load_policy, policy_file
+from .protocol import Action, Decision, Policy, SpanRule, TokenSignal, as_decision, constructor_spec, parse_span
+from .spec import PolicyError, canonical_spec, expand_spec, family, load_policy, policy_file
 
 __all__ = [
     "Action", "Decision", "Policy", "PolicyError", "SpanRule", "TokenSignal", "as_decision", "canonical_spec",
-    "constructor_spec", "expand_spec", "load_policy", "parse_span", "policy_file",
+    "constructor_spec", "expand_spec", "family", "load_policy", "parse_span", "policy_file",
 ]  # fmt: skip

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import unicodedata
 
-from .base import TokenSignal
+from .protocol import TokenSignal
 
 FEATURES: tuple[str, ...] = (
     # the weak model's distribution at this token

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 from servers.paths import PROJECT_ROOT
 
-from .base import Policy
-from .baselines import REGISTRY
+from . import registry
+from .protocol import Policy
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ DEFAULT_INNER = "margin(tau=0.1)"
 
 def param_specs(family: str | type[Policy]) -> list[Param]:
     """The controls for a policy family, read from its constructor's signature (a registry name or a class)."""
-    cls = REGISTRY[family] if isinstance(family, str) else family
+    cls = registry.family(family) if isinstance(family, str) else family
     name = family if isinstance(family, str) else cls.__name__.lower()
     if cls.__init__ is object.__init__:
         return []

@@ -20,8 +20,9 @@ from pathlib import Path
 
 from servers.paths import PROJECT_ROOT
 
-from .base import Action, Decision, Policy, SpanRule, TokenSignal, parse_span
 from .features import FEATURES, vector
+from .protocol import Action, Decision, Policy, SpanRule, TokenSignal, parse_span
+from .registry import register
 
 FORMAT = "cdw-probe/1"
 
@@ -146,6 +147,7 @@ def load(path: str | Path) -> ProbeModel:
     return parse(obj)
 
 
+@register("probe")
 class Probe(Policy):
     """Defer when the learned probability that this weak token is harmful exceeds `tau`."""
 

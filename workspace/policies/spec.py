@@ -20,8 +20,8 @@ from pathlib import Path
 
 from servers.paths import PROJECT_ROOT
 
-from .base import Policy
-from .baselines import REGISTRY
+from . import registry
+from .protocol import Policy
 
 
 class PolicyError(ValueError):
@@ -49,9 +49,11 @@ def _value(node: ast.expr, spec: str):
 
 
 def _class_for(name: str, spec: str) -> type[Policy]:
-    if name in REGISTRY:
-        return REGISTRY[name]
-    raise PolicyError(f"unknown policy {name!r} in {spec!r}; known: {', '.join(sorted(REGISTRY))}, or path.py:Class")
+    cls = registry.family(name)
+    if cls is not None:
+        return cls
+    known = ", ".join(sorted(registry.families()))
+    raise PolicyError(f"unknown policy {name!r} in {spec!r}; known: {known}, or path.py:Class")
 
 
 def _build(node: ast.expr, spec: str) -> Policy:
@@ -127,10 +129,25 @@ def _recorded_path(path: Path) -> str:
     return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
 
+def split_head(spec: str) -> tuple[str, str]:
+    """A spec's head and the rest: `("margin", "(tau=0.05)")`, `("policies/x.py:Mine", "(k=2)")`, `("never", "")`.
+    Every reader of a spec's family goes through here (and `family`)."""
+    spec = spec.strip()
+    head = spec.split("(", 1)[0]
+    return head.strip(), spec[len(head) :]
+
+
+def family(spec: str) -> str:
+    """The family a spec names: `margin` for `margin(tau=0.05)`, `hysteresis` for a wrapped gate, the
+    `path.py:Class` of a user class."""
+    return split_head(spec)[0]
+
+
 def canonical_spec(spec: str, folder: Path | None = None) -> str:
     """The name records give a spec: file paths made relative to the project (absolute outside it)."""
     spec = spec.strip()
-    head, paren, rest = spec.partition("(")
+    head, rest = split_head(spec)
+    paren, rest = rest[:1], rest[1:]
     if ":" not in head:
         return spec
     where, _, name = head.rpartition(":")
@@ -155,9 +172,10 @@ def load_policy(spec: str | Policy, folder: Path | None = None) -> Policy:
     spec = spec.strip()
     if not spec:
         raise PolicyError("empty policy spec; e.g. 'margin(tau=0.05, span=sentence)' or 'policies/template.py:Class'")
-    if ":" in spec.split("(", 1)[0]:  # path/to/file.py:Class(args) or module:Class(args)
+    if ":" in family(spec):  # path/to/file.py:Class(args) or module:Class(args)
         recorded = canonical_spec(spec, folder)
-        head, paren, rest = recorded.partition("(")
+        head, rest = split_head(recorded)
+        paren, rest = rest[:1], rest[1:]
         where, _, name = head.rpartition(":")
         if where.endswith(".py") and not Path(where).is_absolute():
             where = str(PROJECT_ROOT / where)
@@ -175,10 +193,8 @@ def load_policy(spec: str | Policy, folder: Path | None = None) -> Policy:
 
 def _split_target(spec: str) -> tuple[str, str]:
     """("path.py:Class", "(args)") for user classes, ("", spec) for built-in specs."""
-    head = spec.split("(", 1)[0]
-    if ":" in head:
-        return head, spec[len(head) :]
-    return "", spec
+    head, rest = split_head(spec)
+    return (head, rest) if ":" in head else ("", spec)
 
 
 class _Pick(ast.NodeTransformer):

@@ -17,7 +17,9 @@ import hashlib
 import inspect
 import math
 from dataclasses import dataclass
-from pathlib import Path
+
+from . import registry
+from .identity import code_identity
 
 
 @dataclass(frozen=True)
@@ -200,23 +202,10 @@ class Policy:
             return type(self).__name__
 
     def source_hash(self) -> str:
-        """A hash of the whole source file of every class the policy is made of (its own, its bases', its inner
-        policies'): editing anything in a policy's module makes it another policy."""
-        h = hashlib.sha256()
-        for cls in type(self).__mro__:
-            if cls is object:
-                continue
-            h.update(cls.__qualname__.encode())
-            try:
-                h.update(Path(inspect.getsourcefile(cls) or "").read_bytes())
-            except (OSError, TypeError):
-                try:
-                    h.update(inspect.getsource(cls).encode())
-                except (OSError, TypeError):
-                    h.update(cls.__qualname__.encode())
-        for inner in self.inner_policies():
-            h.update(inner.source_hash().encode())
-        return h.hexdigest()[:16]
+        """The policy's identity (`identity.py`): a hash of the code that decides its behaviour, with its inner
+        policies' identities: editing another class, a comment or a file's place changes nothing."""
+        parts = [code_identity(type(self)), *(inner.source_hash() for inner in self.inner_policies())]
+        return parts[0] if len(parts) == 1 else hashlib.sha256(":".join(parts).encode()).hexdigest()[:16]
 
     def inner_policies(self) -> list[Policy]:
         return []
@@ -239,18 +228,14 @@ def constructor_spec(policy: Policy) -> str:
 
     Raises ValueError when it cannot be named: an argument that is not a literal, or a class that cannot be
     found again by name (defined in a notebook cell or inside a function)."""
-    from .baselines import REGISTRY
-
     cls, args, kwargs = getattr(policy, "_init_args", (type(policy), (), {}))
-    names = {c: n for n, c in REGISTRY.items()}
-    if cls in names:
-        name = names[cls]
-    elif cls.__module__ == "__main__" or "<locals>" in cls.__qualname__:
+    name = registry.name_of(cls)
+    if name is None and (cls.__module__ == "__main__" or "<locals>" in cls.__qualname__):
         raise ValueError(
             f"{cls.__qualname__} is defined in {cls.__module__} and cannot be loaded again by name: put it in a "
             "file (e.g. policies/mine.py) and load it with load_policy('policies/mine.py:Class(...)')"
         )
-    else:
+    if name is None:
         name = f"{cls.__module__}:{cls.__qualname__}"
     try:
         bound = inspect.signature(cls).bind(*args, **kwargs)

@@ -1,4 +1,4 @@
-"""The baseline policy families (DESIGN.md §5), each a few lines over the `Policy` base.
+"""The built-in policy families, each a few lines over the `Policy` protocol and registered by name.
 
 Every gate defers when its signal crosses `tau`; `span` is a span rule (`sentence`, `punct`, `newline`,
 `words:N`, `tokens:N`, `agree:N`). Wrappers (`hysteresis`, `window`, `warmup`, `budget`, `lookahead`) take
@@ -11,8 +11,8 @@ import math
 import random as _random
 from collections import deque
 
-from .base import Action, Decision, Policy, SpanRule, TokenSignal, as_decision, parse_span
-from .probe import Probe
+from .protocol import Action, Decision, Policy, SpanRule, TokenSignal, as_decision, parse_span
+from .registry import register
 
 
 class _Gated(Policy):
@@ -33,6 +33,7 @@ class _Gated(Policy):
         return Decision(Action.DEFER if fire else Action.CONTINUE, v)
 
 
+@register("never")
 class Never(Policy):
     """The weak model writes everything."""
 
@@ -42,6 +43,7 @@ class Never(Policy):
         return False
 
 
+@register("always")
 class Always(Policy):
     """Defer at every weak token: the strong model writes everything (span by span)."""
 
@@ -54,6 +56,7 @@ class Always(Policy):
         return True
 
 
+@register("random")
 class Random(Policy):
     """Defer at each token with probability `rate` (each decode restarts the same seeded stream: reproducible)."""
 
@@ -70,6 +73,7 @@ class Random(Policy):
         return self._rng.random() < self.rate
 
 
+@register("top1")
 class TopProb(_Gated):
     """Defer when the greedy token's probability p1 < tau."""
 
@@ -79,6 +83,7 @@ class TopProb(_Gated):
         return s.p1
 
 
+@register("margin")
 class Margin(_Gated):
     """Defer when p1 - p2 < tau (the weak model hesitates between two tokens)."""
 
@@ -88,6 +93,7 @@ class Margin(_Gated):
         return s.p1 - s.p2
 
 
+@register("entropy")
 class Entropy(_Gated):
     """Defer when the top-k entropy (nats, the mass outside the top-k as one bucket) > tau."""
 
@@ -99,6 +105,7 @@ class Entropy(_Gated):
         return -sum(p * math.log(p) for p in [*ps, rest] if p > 0)
 
 
+@register("surprisal")
 class Surprisal(_Gated):
     """Defer when the chosen token's surprisal -log p > tau."""
 
@@ -148,6 +155,7 @@ class _Wrapper(Policy):
         return Decision(action, d.score, d.span if fire else None)
 
 
+@register("hysteresis")
 class Hysteresis(_Wrapper):
     """Defer only after the inner policy fires on `k` consecutive tokens."""
 
@@ -165,6 +173,7 @@ class Hysteresis(_Wrapper):
         super().on_handoff(strong_text)
 
 
+@register("window")
 class Window(_Wrapper):
     """Defer when the inner policy fired on at least `m` of the last `n` tokens."""
 
@@ -183,6 +192,7 @@ class Window(_Wrapper):
         super().on_handoff(strong_text)
 
 
+@register("warmup")
 class Warmup(_Wrapper):
     """Position schedule: the strong model writes the first `k` answer tokens' worth (defer at position 0
     with a `tokens:k` span), and the inner policy is silent until position `quiet`."""
@@ -201,6 +211,7 @@ class Warmup(_Wrapper):
         return self._inner(s)
 
 
+@register("budget")
 class Budget(_Wrapper):
     """Budget-calibrated threshold: defer when the inner gate's score falls in the worst `rate` quantile of
     the scores seen so far in this decode (after `warm` tokens), so the deferral rate tracks `rate`."""
@@ -228,6 +239,7 @@ class Budget(_Wrapper):
         return Decision(Action.DEFER if fire else Action.CONTINUE, v)
 
 
+@register("lookahead")
 class Lookahead(_Wrapper):
     """Lookahead agreement: where the inner policy fires, ask the strong model for its next word and defer
     only if it differs from the weak draft's next word."""
@@ -237,6 +249,7 @@ class Lookahead(_Wrapper):
         return Decision(Action.PEEK, d.score, d.span) if d.fires else d
 
 
+@register("cascade")
 class Cascade(Policy):
     """Prompt-level cascade: the whole answer is the weak model's if its mean top-1 probability >= tau,
     otherwise the strong model's own answer."""
@@ -254,21 +267,3 @@ class Cascade(Policy):
         if not signals:
             return True
         return sum(s.p1 for s in signals) / len(signals) >= self.tau
-
-
-REGISTRY: dict[str, type[Policy]] = {
-    "never": Never,
-    "always": Always,
-    "random": Random,
-    "top1": TopProb,
-    "margin": Margin,
-    "entropy": Entropy,
-    "surprisal": Surprisal,
-    "hysteresis": Hysteresis,
-    "window": Window,
-    "warmup": Warmup,
-    "budget": Budget,
-    "lookahead": Lookahead,
-    "cascade": Cascade,
-    "probe": Probe,  # a learned router (policies/probe.py): weights from `cdw probe train`
-}
