@@ -11,7 +11,7 @@ from workspace.policies import families, load_policy
 from workspace.policies.identity import code_identity
 
 FAMILIES = Path(families.__file__).read_text()
-HELPER = '''
+HELPER = """
 
 def _halve(x):
     return x / 2
@@ -20,7 +20,7 @@ def _halve(x):
 class Halved(Margin):
     def score(self, s):
         return _halve(super().score(s))
-'''
+"""
 
 
 def _module(tmp_path: Path, name: str, text: str):
@@ -28,7 +28,8 @@ def _module(tmp_path: Path, name: str, text: str):
     path = tmp_path / name / "families_copy.py"
     path.parent.mkdir(parents=True, exist_ok=True)
     # `register` would refuse a second class under a built-in name: the copies register nothing.
-    text = text.replace("@register(", "@(lambda name: (lambda cls: cls))(").replace("from .", "from workspace.policies.")
+    text = text.replace("@register(", "@(lambda name: (lambda cls: cls))(")
+    text = text.replace("from .", "from workspace.policies.")
     path.write_text(text)
     spec = importlib.util.spec_from_file_location(f"cdw_identity_test_{name}", path)
     module = importlib.util.module_from_spec(spec)
