@@ -16,7 +16,7 @@ import pytest
 
 from tests.bytetoy import ByteToy
 from tests.fakeserver import FakeServer, ToyModel
-from workspace import humaneval, labels, sandbox, traces, train_probe
+from workspace import humaneval, sandbox
 from workspace.client import ClientSettings, ModelClient
 from workspace.data import Prompt, PromptSet
 from workspace.endpoints import Endpoint
@@ -24,6 +24,7 @@ from workspace.engine import EngineSettings, Models, decode
 from workspace.policies import load_policy
 from workspace.policies.features import FEATURES, vector
 from workspace.policies.probe import ProbeFileError, load
+from workspace.router import labels, traces, train
 from workspace.store import CallCache
 
 FAST = ClientSettings(attempts=2, backoff_initial=0.01, backoff_max=0.02, request_timeout=20)
@@ -236,17 +237,17 @@ def synthetic_traces(tmp_path: Path, n_problems: int = 40, prompts: str = "human
     return traces.read(out)
 
 
-@pytest.mark.parametrize("kind", train_probe.KINDS)
+@pytest.mark.parametrize("kind", train.KINDS)
 def test_training_reports_held_out_aucs_and_exports_exact_weights(tmp_path, kind):
     t = synthetic_traces(tmp_path)
-    obj, report = train_probe.train(t, "disagreement", kind)
+    obj, report = train.train(t, "disagreement", kind)
     assert report.train_problems == 30 and report.test_problems == 10
-    assert set(report.held_out) == {"probe", *[k for k in train_probe.KINDS if k != kind], "margin", "entropy", "top1"}
+    assert set(report.held_out) == {"probe", *[k for k in train.KINDS if k != kind], "margin", "entropy", "top1"}
     assert report.held_out["probe"].roc_auc > 0.8 and report.held_out["margin"].roc_auc > 0.8
     assert set(obj["meta"]["train_problems"]).isdisjoint(obj["meta"]["held_out_problems"])
-    path = train_probe.save(obj, tmp_path / "w.json")
+    path = train.save(obj, tmp_path / "w.json")
     model = load(path)
-    ds = train_probe.dataset(t, "disagreement")
+    ds = train.dataset(t, "disagreement")
     ours = [model.predict(x) for x in ds.X[:50].tolist()]
     assert all(0 <= v <= 1 for v in ours) and max(ours) - min(ours) > 0.5
 
@@ -254,14 +255,14 @@ def test_training_reports_held_out_aucs_and_exports_exact_weights(tmp_path, kind
 def test_training_refuses_a_split_that_leaks_problems(tmp_path):
     t = synthetic_traces(tmp_path)
     problems = sorted(t.decodes)
-    with pytest.raises(train_probe.ProbeError, match="in both train and test"):
-        train_probe.train(t, "disagreement", split=(problems[:25], problems[20:]))
-    with pytest.raises(train_probe.ProbeError, match="in both"):
-        train_probe.check_split({"a", "b"}, {"b"})
-    train_probe.check_split({"a"}, {"b"})  # disjoint: fine
+    with pytest.raises(train.ProbeError, match="in both train and test"):
+        train.train(t, "disagreement", split=(problems[:25], problems[20:]))
+    with pytest.raises(train.ProbeError, match="in both"):
+        train.check_split({"a", "b"}, {"b"})
+    train.check_split({"a"}, {"b"})  # disjoint: fine
     held = synthetic_traces(tmp_path / "h", prompts="humaneval:test") if (tmp_path / "h").mkdir() is None else None
-    with pytest.raises(train_probe.ProbeError, match="held-out half"):
-        train_probe.train(held, "disagreement")
+    with pytest.raises(train.ProbeError, match="held-out half"):
+        train.train(held, "disagreement")
 
 
 class _Payload:
@@ -279,29 +280,29 @@ def test_weights_file_loads_without_executing_code(tmp_path):
     with pytest.raises(ProbeFileError, match=r"\.json"):
         load(tmp_path / "weights.pkl")
     t = synthetic_traces(tmp_path)
-    obj, _ = train_probe.train(t, "disagreement", "trees")
+    obj, _ = train.train(t, "disagreement", "trees")
     bad = json.loads(json.dumps(obj))
     bad["params"]["trees"][0]["left"][0] = 0  # a node pointing at itself: an endless loop if trusted
     with pytest.raises(ProbeFileError, match="malformed"):
-        train_probe.save(bad, tmp_path / "cycle.json") and load(tmp_path / "cycle.json")
+        train.save(bad, tmp_path / "cycle.json") and load(tmp_path / "cycle.json")
     bad = json.loads(json.dumps(obj))
     bad["features"] = ["hidden_state_17", *bad["features"][1:]]
     with pytest.raises(ProbeFileError, match="other features"):
-        train_probe.save(bad, tmp_path / "feat.json") and load(tmp_path / "feat.json")
+        train.save(bad, tmp_path / "feat.json") and load(tmp_path / "feat.json")
     bad = json.loads(json.dumps(obj))
     bad["params"]["trees"][0]["value"][0] = "__import__('os')"
     with pytest.raises(ProbeFileError, match="numbers"):
-        train_probe.save(bad, tmp_path / "str.json") and load(tmp_path / "str.json")
+        train.save(bad, tmp_path / "str.json") and load(tmp_path / "str.json")
 
 
 async def test_probe_policy_passes_the_engine_invariants(bpe, tmp_path):
     ws, ss = bpe
-    obj, _ = train_probe.train(synthetic_traces(tmp_path), "disagreement", "logistic")
+    obj, _ = train.train(synthetic_traces(tmp_path), "disagreement", "logistic")
     obj["top_k"] = SETTINGS.top_k
     # The synthetic traces have one prompt length: that feature's scale is float noise (~1e-13), which saturates
     # the probe to 0 on any other prompt; a unit scale leaves the probe's output a real range here.
     obj["params"]["scale"][FEATURES.index("prompt_tokens")] = 1.0
-    path = train_probe.save(obj, tmp_path / "probe.json")
+    path = train.save(obj, tmp_path / "probe.json")
     m = _models(ws, ss)
     scored, shares = [], []  # the middle probe's deferral scores and weak shares, all prompts
     for instr in (p.instruction for p in PROMPTS.prompts):
@@ -322,7 +323,7 @@ async def test_probe_policy_passes_the_engine_invariants(bpe, tmp_path):
     assert load_policy(pol.describe()).describe() == pol.describe()
     h = pol.source_hash()
     obj["params"]["intercept"] += 1
-    train_probe.save(obj, path)
+    train.save(obj, path)
     assert load_policy(pol.describe()).source_hash() != h  # other weights: another policy
 
 

@@ -147,7 +147,7 @@ def sota_chart(
 
 
 def probe_chart(report) -> alt.HConcatChart:
-    """A trained probe at a glance (`train_probe.Report`): held-out ROC-AUC and PR-AUC of the probe beside the single
+    """A trained probe at a glance (`router.train.Report`): held-out ROC-AUC and PR-AUC of the probe beside the single
     signals it competes with, and its most important features. Hover a bar for its number."""
     scored = [{"scorer": k, "metric": m, "value": getattr(v, m)} for k, v in report.held_out.items()
               for m in ("roc_auc", "pr_auc") if getattr(v, m) is not None]  # fmt: skip

@@ -1,5 +1,5 @@
 """`cdw traces collect|label|show` and `cdw probe train`: the learned-router workflow, over the Python API of
-`workspace.traces`, `workspace.labels` and `workspace.train_probe`."""
+`workspace.router` (traces, labels, train)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from rich.table import Table
 
 from .cli import _fail, _prompt_set, _setup, _urls, prompt_options, url_options
 
-SOURCES = ("disagreement", "disagreement_words", "outcome")  # workspace.labels.SOURCES (not imported: startup)
+SOURCES = ("disagreement", "disagreement_words", "outcome")  # workspace.router.labels.SOURCES (not imported: startup)
 
 
 @click.group("traces")
@@ -33,7 +33,7 @@ def traces_collect(spec: str, out: str | None, **kw) -> None:
     Example: cdw traces collect --benchmark humaneval --split train
     """
     from .policies import PolicyError
-    from .traces import TraceError, collect, default_dir
+    from .router.traces import TraceError, collect, default_dir
 
     prompts = _prompt_set(kw)
     bench = kw["benchmark"]
@@ -66,9 +66,9 @@ def traces_label(path: str, source: str, per_problem: int, seed: int, no_cache: 
     """Label sampled positions of a traces folder (resumable; a rerun is answered from the call cache)."""
     from .endpoints import EndpointError
     from .evaluate import Setup
-    from .labels import label
+    from .router.labels import label
+    from .router.traces import TraceError, read
     from .store import CallCache
-    from .traces import TraceError, read
 
     try:
         traces = read(path)
@@ -94,8 +94,8 @@ def traces_label(path: str, source: str, per_problem: int, seed: int, no_cache: 
 @click.argument("path", type=click.Path(file_okay=False, exists=True))
 def traces_show(path: str) -> None:
     """What a traces folder holds: problems, token rows, labels per source and their positive rates."""
-    from .labels import SOURCES, read_labels
-    from .traces import TraceError, read
+    from .router.labels import SOURCES, read_labels
+    from .router.traces import TraceError, read
 
     try:
         t = read(path)
@@ -130,8 +130,8 @@ def probe_train(path: str, source: str, kind: str, holdout: float, seed: int, ou
 
     Example: cdw probe train --traces .cdw/traces/humaneval-train --out probes/humaneval-trees.json
     """
-    from .traces import TraceError, read
-    from .train_probe import ProbeError, save, train
+    from .router.traces import TraceError, read
+    from .router.train import ProbeError, save, train
 
     if not out.endswith(".json"):
         _fail("--out: a probe's weights are a .json file")

@@ -27,9 +27,9 @@ from pathlib import Path
 import msgspec
 from tqdm.auto import tqdm
 
-from .engine import EngineSettings, Models, decode
-from .policies import Action, Decision, Policy, SpanRule, TokenSignal
-from .store import append_lines
+from ..engine import EngineSettings, Models, decode
+from ..policies import Action, Decision, Policy, SpanRule, TokenSignal
+from ..store import append_lines
 from .traces import TokenRow, TraceError, Traces, read_jsonl
 
 SOURCES = ("disagreement", "disagreement_words", "outcome")
@@ -203,9 +203,9 @@ async def label(
 
 def _test_runner():
     """Run a problem's tests on an answer; status only, one result per (problem, answer)."""
-    from . import humaneval
-    from .benchmark import get
-    from .sandbox import Pool
+    from .. import humaneval
+    from ..benchmark import get
+    from ..sandbox import Pool
 
     pool = Pool(timeout_s=get("humaneval").test_timeout_s)
     done: dict[tuple[str, str], asyncio.Future] = {}

@@ -24,7 +24,7 @@ A traces folder (default `.cdw/traces/<benchmark>-<split>/`, under CDW_HOME) hol
 
   Features (`workspace/policies/features.py`) are computed from these columns, never stored, so a trace file
   made today feeds a feature list added tomorrow.
-- `labels-<source>.jsonl` — written by `workspace.labels` (one line per labelled position, joined on
+- `labels-<source>.jsonl` — written by `workspace.router.labels` (one line per labelled position, joined on
   `problem` + `position`; `label` 1 = the weak token is harmful, R2R's "divergent", AutoJudge's "important").
 
 Converting to R2R's dataset is a rename of `problem`/`position` to `data_id`/`token_id` plus the label column;
@@ -42,10 +42,10 @@ import msgspec
 
 from servers.paths import paths
 
-from .data import PromptSet
-from .engine import Decode, EngineSettings, Models, decode_many
-from .policies import Policy, TokenSignal, load_policy
-from .store import StoreError, append_lines, parse_lines
+from ..data import PromptSet
+from ..engine import Decode, EngineSettings, Models, decode_many
+from ..policies import Policy, TokenSignal, load_policy
+from ..store import StoreError, append_lines, parse_lines
 
 
 def traces_dir() -> Path:

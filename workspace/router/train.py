@@ -1,6 +1,6 @@
 """Train a learned router on labelled traces and write its weights as plain JSON (`cdw probe train`).
 
-Rows are the labelled positions of a traces folder (`workspace.labels`), features are `policies.features.vector`
+Rows are the labelled positions of a traces folder (`workspace.router.labels`), features are `policies.features.vector`
 of each token. The split is by problem: a problem's tokens are all in train or all in test (tokens of one answer
 are alike, and a token-level split would score memorised answers). The held-out problems give ROC-AUC and PR-AUC
 for the model and for the single signals it competes with (margin, entropy, top-1), on the same rows.
@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import _atomic_write
+from ..data import _atomic_write
+from ..policies.features import BASELINE_SIGNALS, FEATURES, baseline_score, vector
+from ..policies.probe import FORMAT, parse
 from .labels import read_labels
-from .policies.features import BASELINE_SIGNALS, FEATURES, baseline_score, vector
-from .policies.probe import FORMAT, parse
 from .traces import TraceError, Traces
 
 KINDS = ("trees", "logistic")
