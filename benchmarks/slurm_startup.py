@@ -29,7 +29,7 @@ def main() -> None:
     args = ap.parse_args()
 
     home = tempfile.mkdtemp(prefix="cdw-slurm-bench-")
-    from servers.paths import paths
+    from servers.settings import paths
 
     os.environ.setdefault("CDW_MODELS_DIR", str(paths().models))  # the models you fetched
     os.environ["CDW_HOME"] = home

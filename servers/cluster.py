@@ -12,7 +12,6 @@ this side reads it.
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 import time
@@ -22,10 +21,10 @@ from pathlib import Path
 
 from . import sbatch
 from .launcher import LaunchError, StartEvent, is_healthy, log_tail, owned_specs, warm_up
-from .paths import PROJECT_ROOT, paths
 from .presets import Catalog, Preset, load_catalog
 from .runtime import JobRecord, ServerRecord, locked_state, read_state
 from .sbatch import JobState, SlurmError, SlurmOptions
+from .settings import PROJECT_ROOT, job_environment, job_runtime_setup, paths
 
 
 @dataclass(frozen=True)
@@ -93,19 +92,6 @@ def plan(
     return out
 
 
-def forwarded_env() -> dict[str, str]:
-    """What a job must see of this side's settings: where the workspace's files are, and every other CDW_* setting
-    (presets file, keys, author, server URLs). Secrets such as API keys are not written into scripts: jobs get them
-    from SLURM's `--export=ALL`."""
-    p = paths()
-    env = {k: v for k, v in os.environ.items() if k.startswith("CDW_") and k not in ("CDW_RUN_DIR", "CDW_LOGS_DIR")}
-    env.update(CDW_HOME=str(p.home.resolve()), CDW_MODELS_DIR=str(p.models.resolve()))
-    for k in ("CDW_PRESETS", "CDW_KEYS_DIR", "CDW_TRUSTED_KEYS"):
-        if k in env:
-            env[k] = str(Path(env[k]).resolve())
-    return env
-
-
 def _job_files(name: str) -> tuple[Path, Path]:
     folder = paths().slurm
     return folder / f"{name}.sbatch", folder / f"{name}-%j.log"
@@ -121,10 +107,9 @@ def server_script(job: JobPlan, preset: Preset, options: SlurmOptions, host: str
     for role, n in job.data_parallel.items():
         command += ["--data-parallel", f"{role}={n}"]
     run_dir = shlex.quote(str(paths().slurm.resolve())) + '/"$SLURM_JOB_ID"'
-    setup = [f"export CDW_RUN_DIR={run_dir}", 'export CDW_LOGS_DIR="$CDW_RUN_DIR"', 'mkdir -p "$CDW_RUN_DIR"',
-             'echo "job $SLURM_JOB_ID on $(hostname): $(date -Is)"']  # fmt: skip
+    setup = [*job_runtime_setup(run_dir), 'echo "job $SLURM_JOB_ID on $(hostname): $(date -Is)"']
     opts = replace(options, gpus=job.gpus, cpus=job.cpus)
-    return sbatch.render(job.name, command, opts, log=log.resolve(), workdir=PROJECT_ROOT, env=forwarded_env(),
+    return sbatch.render(job.name, command, opts, log=log.resolve(), workdir=PROJECT_ROOT, env=job_environment(),
                          setup=setup)  # fmt: skip
 
 

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import psutil
 
-from .paths import paths
 from .presets import Catalog, Preset, RoleSpec, load_catalog
 from .provision import load_provenance
 from .runtime import ServerRecord, locked_state, read_state
 from .sbatch import in_job
+from .settings import paths
 
 HOST = "127.0.0.1"
 

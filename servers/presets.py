@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-ROLES = ("weak", "strong", "judge")
+from .settings import ROLES, paths
 
 
 class PresetError(ValueError):
@@ -150,7 +149,7 @@ def load_catalog(path: Path | None = None) -> Catalog:
 
     `CDW_PRESETS` is how processes started elsewhere (a SLURM job's `cdw serve --foreground`) read the same
     presets as the command that started them."""
-    path = path or (Path(os.environ["CDW_PRESETS"]) if os.environ.get("CDW_PRESETS") else None)
+    path = path or paths().presets
     text = path.read_text() if path else resources.files("servers").joinpath("presets.toml").read_text()
     raw = tomllib.loads(text)
     models = {name: _model(name, m) for name, m in raw.get("models", {}).items()}

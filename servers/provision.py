@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .paths import paths
 from .presets import Catalog, ModelSpec, load_catalog
+from .settings import paths
 
 PROVENANCE = "provenance.json"
 

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .paths import paths
+from .settings import paths
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from servers.paths import paths
 from servers.presets import load_catalog
+from servers.settings import paths
 
 TEST_PORTS = {"8111": "18111", "8112": "18112", "8113": "18113", "8114": "18114", "8115": "18115"}
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from servers.paths import PROJECT_ROOT
+from servers.settings import PROJECT_ROOT
 
 SCRIPT = [  # (tool, arguments) per turn; then a final message
     ("get_findings", {}),

@@ -16,7 +16,7 @@ import zipfile
 
 import pytest
 
-from servers.paths import paths
+from servers.settings import paths
 from workspace import humaneval, sandbox
 from workspace.data import DataError
 

@@ -27,7 +27,7 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from servers.paths import paths
+from servers.settings import paths
 from tests.fakeserver import FakeServer, ToyModel, judge_outputs
 from workspace import charts, data, forum, leaderboard
 from workspace.client import ModelClient

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from servers.paths import PROJECT_ROOT
+from servers.settings import PROJECT_ROOT
 from tests.fakeserver import FakeServer, ToyModel
 from tests.test_evaluate import ScriptedJudge
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from servers.paths import PROJECT_ROOT
+from servers.settings import PROJECT_ROOT
 from workspace import sandbox
 from workspace.sandbox import Limits, Pool, SandboxError, run_python
 

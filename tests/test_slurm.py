@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from servers.paths import PROJECT_ROOT, paths
+from servers.settings import PROJECT_ROOT, paths
 from tests.conftest import write_test_presets
 from tests.test_agents import SCRIPT, model_server  # noqa: F401 (a fixture)
 

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from servers.paths import paths
+from servers.settings import paths
 
 Log = Callable[[str], None] | None
 

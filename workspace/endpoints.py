@@ -8,11 +8,11 @@ a server hosts several; otherwise the client asks the server.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from servers.presets import ROLES
 from servers.runtime import read_state
+from servers.settings import server_model, server_url, url_variable
 
 
 class EndpointError(RuntimeError):
@@ -48,12 +48,12 @@ def resolve_endpoint(role: str, url: str | None = None, preset: str | None = Non
     """Find the server(s) answering `role`; raises EndpointError with what to do if there is none."""
     if role not in ROLES:
         raise EndpointError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
-    model = os.environ.get(f"CDW_{role.upper()}_MODEL") or None
+    model = server_model(role)
     if url:
         return Endpoint(role, _split(url), model, origin="argument")
-    env = f"CDW_{role.upper()}_URL"
-    if os.environ.get(env):
-        return Endpoint(role, _split(os.environ[env]), model, origin=f"${env}")
+    env = url_variable(role)
+    if server_url(role):
+        return Endpoint(role, _split(server_url(role)), model, origin=f"${env}")
     state = read_state()
     recs = state.for_role(role, preset)
     if not recs:

@@ -9,7 +9,6 @@ its numbers are always read from that record (`load_evaluation`), never from the
 
 from __future__ import annotations
 
-import getpass
 import os
 import re
 import unicodedata
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import frontmatter
 
-from servers.paths import PROJECT_ROOT
+from servers.settings import author, paths
 
 from .evaluate import EvaluationError, load_evaluation
 from .policies import PolicyError, family, load_policy
@@ -70,13 +69,12 @@ AGENT_AUTHOR = re.compile(r"agent-(\d{8}T\d{6}-[0-9a-f]{4})-\d+")  # the names `
 
 def findings_dir() -> Path:
     """The findings folder (`CDW_FINDINGS_DIR`, default `findings/` in the project)."""
-    env = os.environ.get("CDW_FINDINGS_DIR")
-    return Path(env).expanduser() if env else PROJECT_ROOT / "findings"
+    return paths().findings
 
 
 def default_author() -> str:
     """Who is posting: `CDW_AUTHOR`, else the login name."""
-    return os.environ.get("CDW_AUTHOR") or getpass.getuser()
+    return author()
 
 
 def slugify(title: str, limit: int = 60) -> str:

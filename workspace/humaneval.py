@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
-from servers.paths import paths
+from servers.settings import paths
 
 from .data import DataError, Log, Prompt, PromptSet, _atomic_write, _log, _sha256_file
 

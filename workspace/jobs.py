@@ -16,9 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from servers import sbatch
-from servers.cluster import forwarded_env
-from servers.paths import paths
 from servers.sbatch import JobState, SlurmOptions
+from servers.settings import job_environment, paths
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,7 @@ def submit(
     folder = paths().slurm.resolve()
     script = folder / f"{stem}.sbatch"
     log, errors = (log, log) if log else (folder / f"{stem}-%j.log", folder / f"{stem}-%j.err")
-    env = forwarded_env() | {"COLUMNS": "160"}  # tables in the job's output are not cut to 80 columns
+    env = job_environment() | {"COLUMNS": "160"}  # tables in the job's output are not cut to 80 columns
     text = sbatch.render(name, command, options, log=log, errors=errors, workdir=workdir or Path.cwd(),
                          env=env)  # fmt: skip
     job_id = sbatch.submit(script, text)

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import hmac
 import json
-import os
 import re
 import secrets
 import sys
@@ -37,8 +36,8 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
-from servers.paths import PROJECT_ROOT
 from servers.presets import load_catalog
+from servers.settings import PROJECT_ROOT, mcp_token, paths
 
 from . import data, forum, leaderboard
 from .benchmark import BENCHMARKS, DEFAULT, Benchmark
@@ -82,8 +81,7 @@ humaneval (unit tests, utility = pass@1). Each is ranked on its own; never compa
 
 def policies_dir() -> Path:
     """The folder policy files are loaded from (`CDW_POLICIES_DIR`, default `policies/` in the project)."""
-    env = os.environ.get("CDW_POLICIES_DIR")
-    return Path(env).expanduser() if env else PROJECT_ROOT / POLICY_PREFIX
+    return paths().policies
 
 
 def resolve_policy(spec: str, folder: Path | None = None) -> Policy:
@@ -474,7 +472,7 @@ def serve(
     import anyio
     import uvicorn
 
-    token = token or os.environ.get("CDW_MCP_TOKEN")
+    token = token or mcp_token()
     if not token:
         token = secrets.token_urlsafe(24)
         print(

@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from servers.paths import paths
+from servers.settings import paths
 
 PREFIX = "ed25519:"
 
@@ -32,8 +32,7 @@ class SigningError(RuntimeError):
 
 def key_path() -> Path:
     """This workspace's private key (`CDW_KEYS_DIR` moves the folder; default `.cdw/keys/`)."""
-    env = os.environ.get("CDW_KEYS_DIR")
-    return (Path(env).expanduser() if env else paths().home / "keys") / "ed25519.pem"
+    return paths().keys / "ed25519.pem"
 
 
 def _load_or_create() -> Ed25519PrivateKey:
@@ -95,12 +94,8 @@ def check(data: bytes, key: str, signature: str) -> bool:
 
 
 def trusted_keys_file() -> Path:
-    env = os.environ.get("CDW_TRUSTED_KEYS")
-    if env:
-        return Path(env).expanduser()
-    from .store import records_dir
-
-    return records_dir() / "trusted_keys.txt"
+    """The committed list of trusted public keys (`CDW_TRUSTED_KEYS` moves it; default `records/trusted_keys.txt`)."""
+    return paths().trusted_keys
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import vl_convert as vlc
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
-from servers.paths import paths
+from servers.settings import paths
 
 from . import data
 from .benchmark import BENCHMARKS, DEFAULT

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from servers.paths import PROJECT_ROOT, paths
+from servers.settings import paths
 
 from . import signing
 
@@ -41,12 +41,7 @@ class StoreError(RuntimeError):
 
 def records_dir() -> Path:
     """The folder of record logs (`CDW_RECORDS_DIR`, default `records/` in the project)."""
-    env = os.environ.get("CDW_RECORDS_DIR")
-    if env:
-        return Path(env).expanduser()
-    if (PROJECT_ROOT / "pyproject.toml").exists():
-        return PROJECT_ROOT / "records"
-    return paths().home / "records"
+    return paths().records
 
 
 def record_path(kind: str, record_id: str) -> Path:

@@ -34,8 +34,8 @@ from pathlib import Path
 import psutil
 
 from servers import sbatch
-from servers.paths import PROJECT_ROOT, paths
 from servers.sbatch import JobState, SlurmError, SlurmOptions
+from servers.settings import PROJECT_ROOT, paths
 
 from ..budget import Budget
 from .transcript import END_STATES, Transcript, is_tool_error, read, summary

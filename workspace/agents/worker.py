@@ -15,7 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
-from servers.paths import PROJECT_ROOT
+from servers.settings import PROJECT_ROOT, policies_environment
 
 from .backends import BACKEND_RUNNERS, SHORT_TOOLS, TOOLS, AgentSpec
 from .run import Run, brief, load
@@ -47,7 +47,7 @@ def spec_for(run: Run, index: int) -> tuple[AgentSpec, dict]:
     if share:
         cmd += ["--max-in-flight", str(share)]
     env = {k: v for k, v in os.environ.items() if k != c.api_key_env}  # the tools never see the model's key
-    env["CDW_POLICIES_DIR"] = str(folder)
+    env |= policies_environment(folder)
     tools = SHORT_TOOLS if c.brief == "short" else TOOLS
     spec = AgentSpec(a.author, text, c.model, c.model_url, c.api_key_env, c.max_turns, c.temperature, tuple(cmd), env,
                      PROJECT_ROOT, tools, c.text_tool_calls)  # fmt: skip

@@ -7,7 +7,7 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
-from servers.paths import PROJECT_ROOT
+from servers.settings import PROJECT_ROOT
 
 from ..benchmark import get as get_benchmark
 from ..client import ClientSettings, ModelClient

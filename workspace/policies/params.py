@@ -8,7 +8,7 @@ import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from servers.paths import PROJECT_ROOT
+from servers.settings import PROJECT_ROOT
 
 from . import registry
 from .protocol import Policy

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from servers.paths import PROJECT_ROOT
+from servers.settings import PROJECT_ROOT
 
 from .features import FEATURES, vector
 from .protocol import Action, Decision, Policy, SpanRule, TokenSignal, parse_span

@@ -18,7 +18,7 @@ import re
 import sys
 from pathlib import Path
 
-from servers.paths import PROJECT_ROOT
+from servers.settings import PROJECT_ROOT
 
 from . import registry
 from .protocol import Policy

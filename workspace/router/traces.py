@@ -40,7 +40,7 @@ from pathlib import Path
 
 import msgspec
 
-from servers.paths import paths
+from servers.settings import paths
 
 from ..data import PromptSet
 from ..engine import Decode, EngineSettings, Models, decode_many
