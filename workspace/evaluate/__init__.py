@@ -10,12 +10,15 @@ Phases, each fully concurrent and each appended to a record as it goes:
 3. **Read** (`results.py`): numbers recomputed from the recorded generations and preferences, the certification
    rule (`stats.certify`), the offline checks of the record (`records.check`) and why it is not certified.
 
-`setup.py` holds the settings and the servers; `audit.py` asks the servers again (judge drift, replay).
+`phases.py` runs one phase (decode, unit tests, judge) over a prompt set and appends its events, for baselines
+and candidate runs alike; `setup.py` holds the settings and the servers; `audit.py` asks the servers again (judge
+drift, replay).
 """
 
 from ..engine import EngineSettings
 from .audit import JudgeDrift, Replay, judge_check, replay
-from .baselines import Progress, baselines_id, ensure_baselines
+from .baselines import baselines_id, ensure_baselines
+from .phases import Progress
 from .results import CONFIRMATION, Baselines, Evaluation, Example, list_evaluations, load_evaluation, read_baselines
 from .runs import evaluate, evaluate_generations, evaluation_id, generate, policy_identity, recorded_settings, sweep
 from .setup import EvalSettings, EvaluationError, Setup

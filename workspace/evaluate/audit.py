@@ -97,7 +97,7 @@ async def replay(evaluation_id: str, setup: Setup, k: int = 3, seed: int = 0, to
         same_text += 1
         if tests:  # the tests run again in the sandbox: the same status
             from .. import humaneval
-            from .baselines import test_pool
+            from .phases import test_pool
 
             o = await humaneval.run_tests(d.text, humaneval.problem(e.prompt_id), test_pool(settings))
             if o.status != e.test.status:

@@ -13,7 +13,8 @@ from ..judge import Judge, Preference
 from ..policies import Policy, PolicyError, expand_spec, load_policy
 from ..records import Generation, Header, Test, Verdict, digest, to_fields
 from ..store import RecordWriter, read_record
-from .baselines import Progress, TestPhase, baselines_header, decode_phase, ensure_baselines, judge_phase, test_pool
+from .baselines import baselines_header, ensure_baselines
+from .phases import Progress, TestPhase, decode_phase, judge_phase, test_pool
 from .results import Evaluation, build, latest, load_evaluation, read_baselines, read_existing, typed
 from .setup import EvalSettings, EvaluationError, Setup, code_version, now
 
