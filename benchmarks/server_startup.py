@@ -15,7 +15,7 @@ import time
 
 import psutil
 
-from servers import launcher
+from servers import control
 
 
 def tree_rss_gib(pid: int) -> float:
@@ -30,10 +30,10 @@ def main() -> None:
     ap.add_argument("--stop", action="store_true", help="stop the servers afterwards")
     args = ap.parse_args()
 
-    launcher.stop(args.preset)
+    control.stop(args.preset)
     ready: dict[str, float] = {}
     t0 = time.monotonic()
-    recs = launcher.serve(
+    recs = control.start(
         args.preset, on_event=lambda e: ready.__setitem__(e.role, e.elapsed) if e.state == "healthy" else None
     )
     total = time.monotonic() - t0
@@ -43,7 +43,7 @@ def main() -> None:
         print(f"{'+'.join(r.serves):<14}{r.model:<32}{ready.get(r.role, 0):>10.0f}{tree_rss_gib(r.pid):>11.2f}")
     print(f"machine: {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB")
     if args.stop:
-        launcher.stop(args.preset)
+        control.stop(args.preset)
 
 
 if __name__ == "__main__":

@@ -34,16 +34,16 @@ def main() -> None:
     os.environ.setdefault("CDW_MODELS_DIR", str(paths().models))  # the models you fetched
     os.environ["CDW_HOME"] = home
 
-    from servers import cluster, launcher
+    from servers import control
     from servers.sbatch import SlurmOptions
 
     roles = args.roles.split(",") if args.roles else None
     local, jobs, queued = [], [], []
     for i in range(args.rounds):
         t0 = time.monotonic()
-        launcher.serve(args.preset, roles, timeout=900)
+        control.start(args.preset, roles, timeout=900)
         local.append(time.monotonic() - t0)
-        launcher.stop(args.preset)
+        control.stop(args.preset)
 
         waits: list[float] = []
 
@@ -52,11 +52,11 @@ def main() -> None:
                 waits.append(float(e.detail.split(": ")[1].split(" s queued")[0]))
 
         t0 = time.monotonic()
-        cluster.serve_slurm(args.preset, roles, options=SlurmOptions(partition=args.partition, time="30"),
-                            timeout=900, on_event=on_event)  # fmt: skip
+        control.start(args.preset, roles, slurm=True, options=SlurmOptions(partition=args.partition, time="30"),
+                      timeout=900, on_event=on_event)  # fmt: skip
         jobs.append(time.monotonic() - t0)
         queued.append(max(waits, default=0.0))
-        launcher.stop(args.preset)
+        control.stop(args.preset)
         print(f"round {i + 1}: local {local[-1]:.0f} s, as SLURM jobs {jobs[-1]:.0f} s ({queued[-1]:.0f} s queued)")
 
     lm, jm, qm = statistics.median(local), statistics.median(jobs), statistics.median(queued)

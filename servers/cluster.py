@@ -20,11 +20,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import sbatch
-from .launcher import LaunchError, StartEvent, is_healthy, log_tail, owned_specs, warm_up
 from .presets import Catalog, Preset, load_catalog
 from .runtime import JobRecord, ServerRecord, locked_state, read_state
 from .sbatch import JobState, SlurmError, SlurmOptions
 from .settings import PROJECT_ROOT, job_environment, job_runtime_setup, paths
+from .startup import LaunchError, StartEvent, is_healthy, log_tail, owned_specs, warm_up
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,8 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -31,56 +29,9 @@ from .provision import load_provenance
 from .runtime import ServerRecord, locked_state, read_state
 from .sbatch import in_job
 from .settings import paths
+from .startup import LaunchError, StartEvent, is_healthy, log_tail, owned_specs, warm_up
 
 HOST = "127.0.0.1"
-
-
-class LaunchError(RuntimeError):
-    """A server could not be started; the message says why and, if it died, shows its log's tail."""
-
-
-@dataclass(frozen=True)
-class StartEvent:
-    """Progress of one server while it starts (for a progress display)."""
-
-    role: str
-    state: str  # "starting" | "healthy" | "running" (already up) | "failed"
-    elapsed: float
-    detail: str = ""
-
-
-def log_tail(path: str, lines: int = 40) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            return "".join(f.readlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def is_healthy(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def warm_up(rec: ServerRecord, timeout: float = 120.0) -> str | None:
-    """Generate one token; returns an error text, or None if it worked.
-
-    /health can answer 200 while the engine cannot run a forward pass (e.g. an unsupported attention
-    shape), so a server only counts as up once it has generated something.
-    """
-    body = json.dumps({"model": rec.model, "prompt": "Hello", "max_tokens": 1, "temperature": 0}).encode()
-    req = urllib.request.Request(
-        f"{rec.url}/v1/completions", data=body, headers={"Content-Type": "application/json"}, method="POST"
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            json.loads(r.read())
-        return None
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        return f"{type(e).__name__}: {e}"
 
 
 def is_alive(rec: ServerRecord) -> bool:
@@ -256,16 +207,6 @@ def _wait(recs: list[ServerRecord], timeout: float, on_event: Callable[[StartEve
             time.sleep(1.0)
 
 
-def owned_specs(preset: Preset, roles: list[str] | None) -> list[RoleSpec]:
-    """The servers that answer `roles` (all of the preset's by default): `served_by` roles map to their owner."""
-    wanted = set(roles or preset.roles)
-    unknown = wanted - set(preset.roles)
-    if unknown:
-        raise LaunchError(f"unknown role(s) {', '.join(sorted(unknown))}; roles are weak, strong, judge")
-    owners = {preset.roles[r].served_by or r for r in wanted}
-    return [s for s in preset.own_servers() if s.role in owners]
-
-
 def serve(
     preset_name: str,
     roles: list[str] | None = None,
@@ -354,19 +295,12 @@ def _kill_tree(rec: ServerRecord, grace: float = 20.0) -> None:
 
 
 def stop(preset: str | None = None, records: list[ServerRecord] | None = None) -> list[ServerRecord]:
-    """Stop servers this workspace started (all of them, one preset's, or the given records).
-
-    Only recorded processes whose pid and start time still match are signalled, and only recorded SLURM jobs are
-    cancelled (by job id, `servers/cluster.py`); the records are removed.
+    """Stop the servers this workspace started here (all of them, one preset's, or the given records) and remove
+    their records. Only recorded processes whose pid and start time still match are signalled; records of servers
+    in SLURM jobs are only removed (`servers/control.py` cancels the jobs first).
     """
-    state = read_state()
     if records is None:
-        records = [r for r in state.servers if preset is None or r.preset == preset]
-        jobs = [j for j in state.jobs if preset is None or j.preset == preset]
-        if jobs:
-            from .cluster import cancel_jobs
-
-            cancel_jobs(jobs)
+        records = [r for r in read_state().servers if preset is None or r.preset == preset]
     local = [r for r in records if r.job_id is None]
     for rec in local:
         if is_alive(rec):

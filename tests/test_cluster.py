@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from servers import cluster, launcher, sbatch
+from servers import cluster, control, launcher, sbatch
 from servers.presets import load_catalog
 from servers.runtime import JobRecord, RuntimeState, ServerRecord, locked_state, read_state
 from servers.sbatch import SlurmError, SlurmOptions
+from servers.startup import LaunchError
 
 # What the local cluster's tools printed (slurm-wlm 22.05, Debian 12).
 SCONTROL_CANCELLED = (
@@ -78,7 +79,7 @@ def test_plan_one_job_per_server_and_replica():
 def test_plan_gpu_presets_one_job_or_one_per_role_with_data_parallelism():
     paper = cluster.plan(catalog().preset("paper"))
     assert [(j.roles, j.gpus, j.cpus) for j in paper] == [(("weak", "strong", "judge"), 1, 12)]
-    with pytest.raises(launcher.LaunchError, match="paper-multi-gpu"):
+    with pytest.raises(LaunchError, match="paper-multi-gpu"):
         cluster.plan(catalog().preset("paper"), replicas={"weak": 2})
     multi = cluster.plan(catalog().preset("paper-multi-gpu"), data_parallel={"strong": 2}, replicas={"weak": 3})
     assert [(j.name, j.gpus, j.data_parallel) for j in multi] == [
@@ -89,9 +90,9 @@ def test_plan_gpu_presets_one_job_or_one_per_role_with_data_parallelism():
 
 
 def test_plan_refuses_roles_without_a_server_of_their_own():
-    with pytest.raises(launcher.LaunchError, match="served by strong"):
+    with pytest.raises(LaunchError, match="served by strong"):
         cluster.plan(catalog().preset("cpu"), replicas={"judge": 2})
-    with pytest.raises(launcher.LaunchError, match="at least 1"):
+    with pytest.raises(LaunchError, match="at least 1"):
         cluster.plan(catalog().preset("cpu"), replicas={"weak": 0})
 
 
@@ -147,7 +148,7 @@ def test_without_slurm_the_error_says_how_to_get_a_cluster(monkeypatch, tmp_path
 
 
 def test_exit_status_of_a_job():
-    from workspace.jobs import exit_status
+    from servers.jobs import exit_status
 
     S = sbatch.JobState
     assert exit_status(S("1", "COMPLETED", exit_code="0:0")) == 0
@@ -170,13 +171,13 @@ def test_an_ended_job_is_reported_with_its_log_and_needs_resume(fake_slurm, tmp_
     (fake_slurm / "job-21.txt").write_text(SCONTROL_FAILED)
     with locked_state() as box:
         box[0] = RuntimeState(active="tiny", servers=(), jobs=(_job("21", "cdw-tiny-weak-0", tmp_path),))
-    with pytest.raises(launcher.LaunchError) as e:
+    with pytest.raises(LaunchError) as e:
         cluster.serve_slurm("tiny", ["weak"])
     msg = str(e.value)
     assert "job 21 (cdw-tiny-weak-0) ended: FAILED on vm (NonZeroExitCode), exit 1:0" in msg
     assert "CUDA out of memory" in msg and "--resume" in msg
     assert not (fake_slurm / "submitted").exists()  # nothing submitted without --resume
-    rep = cluster.report()
+    rep = control.status().jobs
     assert [(r.job.job_id, r.state.state) for r in rep] == [("21", "FAILED")] and "CUDA out of memory" in rep[0].log
 
 
@@ -186,8 +187,8 @@ def test_stop_cancels_exactly_the_recorded_jobs(fake_slurm, tmp_path):
                        node="vm")  # fmt: skip
     with locked_state() as box:
         box[0] = RuntimeState(active="tiny", servers=(rec,), jobs=(_job("21", "cdw-tiny-weak-0", tmp_path),))
-    stopped = launcher.stop("tiny")
-    assert [r.job_id for r in stopped] == ["21"]
+    stopped = control.stop("tiny")
+    assert [r.job_id for r in stopped.servers] == ["21"] and [j.job_id for j in stopped.jobs] == ["21"]
     assert (fake_slurm / "cancelled").read_text().split() == ["21"]  # job 22 is not ours
     assert read_state().jobs == () and read_state().servers == ()
 
@@ -195,8 +196,10 @@ def test_stop_cancels_exactly_the_recorded_jobs(fake_slurm, tmp_path):
 def test_local_serve_refuses_a_preset_running_as_jobs(fake_slurm, tmp_path):
     with locked_state() as box:
         box[0] = RuntimeState(active="tiny", servers=(), jobs=(_job("21", "cdw-tiny-weak-0", tmp_path),))
-    with pytest.raises(launcher.LaunchError, match="runs as SLURM jobs here"):
-        launcher.serve("tiny", ["weak"])
+    with pytest.raises(LaunchError, match="runs as SLURM jobs here"):
+        control.start("tiny", ["weak"])  # without slurm=True: the local launcher, which sees the jobs
+    with pytest.raises(LaunchError, match="replicas: for SLURM jobs only"):
+        control.start("tiny", ["weak"], replicas={"weak": 2})
 
 
 def test_runtime_files_written_before_jobs_existed_still_read(tmp_path, monkeypatch):

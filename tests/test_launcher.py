@@ -11,6 +11,7 @@ import pytest
 from servers import launcher, provision
 from servers.presets import PresetError, load_catalog
 from servers.runtime import RuntimeState, ServerRecord, locked_state, read_state
+from servers.startup import LaunchError
 from tests.conftest import write_test_presets
 
 
@@ -45,7 +46,7 @@ def test_unknown_preset_is_a_clear_error():
 
 def test_missing_model_is_a_clear_error(home):
     cat = load_catalog(write_test_presets(home / "p.toml"))
-    with pytest.raises(launcher.LaunchError, match="not fetched yet: run `cdw models fetch tiny`"):
+    with pytest.raises(LaunchError, match="not fetched yet: run `cdw models fetch tiny`"):
         launcher.serve("tiny", catalog=cat)
     assert read_state().servers == ()
 
@@ -59,7 +60,7 @@ def test_too_little_memory_is_a_clear_error(home):
         d.mkdir(parents=True)
         prov = {"source": "test", "served_name": name, "version": BUILD_VERSION}
         (d / provision.PROVENANCE).write_text(json.dumps(prov))
-    with pytest.raises(launcher.LaunchError, match=r"not enough memory: .* need about 27000\.0 GiB"):
+    with pytest.raises(LaunchError, match=r"not enough memory: .* need about 27000\.0 GiB"):
         launcher.serve("tiny", catalog=cat)
 
 

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from servers import launcher
+from servers.startup import LaunchError
 from workspace.client import ModelClient, RequestRejected
 from workspace.endpoints import resolve_endpoint
 from workspace.health import check, status
@@ -86,7 +87,7 @@ def test_second_serve_keeps_running_servers(tiny_servers, tiny_catalog):
 
 def test_port_in_use_is_a_clear_error(tiny_servers, tiny_catalog, tmp_path, monkeypatch):
     monkeypatch.setenv("CDW_HOME", str(tmp_path))  # a fresh runtime file: the tiny ports look foreign
-    with pytest.raises(launcher.LaunchError, match=r"port 18111 \(weak\) is already in use"):
+    with pytest.raises(LaunchError, match=r"port 18111 \(weak\) is already in use"):
         launcher.serve("tiny", ["weak"], catalog=tiny_catalog)
 
 
@@ -101,7 +102,7 @@ def test_server_dying_at_start_shows_its_log(tiny_catalog, tmp_path, monkeypatch
             **{'"--max-model-len", "8192"': '"--max-model-len", "lots"', "port = 18111": "port = 18121"},
         )
     )
-    with pytest.raises(launcher.LaunchError) as e:
+    with pytest.raises(LaunchError) as e:
         launcher.serve("tiny", ["weak"], catalog=bad, timeout=300)
     assert "exited while starting" in str(e.value) and "lots" in str(e.value)
     assert launcher.read_state().servers == ()  # nothing recorded as running

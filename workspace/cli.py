@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from servers import launcher, provision
+from servers import control, provision
 from servers.presets import ROLES, PresetError, load_catalog
 from servers.provision import ProvisionError
 
@@ -156,10 +156,9 @@ def command_line(ctx: click.Context, drop: tuple[str, ...] = JOB_PARAMS) -> list
 def _as_job(kw: dict) -> bool:
     """With --slurm, submit this very command as a SLURM job (with --wait, wait for it and exit with its status)
     and return True; without, check no job option was given and return False."""
-    from servers import sbatch
+    from servers import jobs, sbatch
     from servers.sbatch import SlurmError
-
-    from . import jobs
+    from servers.startup import log_tail
 
     as_job, wait_job = kw.pop("as_job"), kw.pop("wait_job")
     if wait_job and not as_job:
@@ -184,7 +183,7 @@ def _as_job(kw: dict) -> bool:
     code = jobs.exit_status(st)
     if code:
         err_console.print(f"[red]job {job.job_id} ended {st.describe()}[/]; last lines of {job.errors}:")
-        err_console.print(launcher.log_tail(str(job.errors), 20), markup=False)
+        err_console.print(log_tail(str(job.errors), 20), markup=False)
     sys.exit(code)
 
 
@@ -233,22 +232,21 @@ def serve(preset: str, roles: str | None, stop: bool, timeout: float, slurm: boo
     With --slurm, each server is a SLURM job (`sbatch`), and this waits for the jobs to start and their servers to
     be healthy; their node URLs go into the runtime file, so every other command uses them.
     """
-    from servers import cluster
-    from servers.runtime import read_state
+    from servers import cluster, launcher
     from servers.sbatch import SlurmError
+    from servers.startup import LaunchError, StartEvent
 
     if stop:
-        jobs = [j for j in read_state().jobs if preset is None or j.preset == preset]
         try:
-            stopped = launcher.stop(preset)
+            stopped = control.stop(preset)
         except SlurmError as e:
             _fail(str(e))
-        for j in jobs:
+        for j in stopped.jobs:
             console.print(f"[green]✓[/] cancelled SLURM job {j.job_id} ({j.name})")
-        for r in stopped:
+        for r in stopped.servers:
             where = f"job {r.job_id} on {r.node}" if r.job_id else f"pid {r.pid}"
             console.print(f"[green]✓[/] stopped {r.preset}/{r.role} ({where}, {r.url})")
-        if not stopped and not jobs:
+        if not stopped.servers and not stopped.jobs:
             console.print("no servers recorded as started by cdw")
         return
     preset = preset or DEFAULT_PRESET
@@ -259,7 +257,7 @@ def serve(preset: str, roles: str | None, stop: bool, timeout: float, slurm: boo
         try:
             code = launcher.serve_foreground(preset, role_list, host=host, data_parallel=dp, timeout=timeout,
                                              log=console.print)  # fmt: skip
-        except (launcher.LaunchError, PresetError) as e:
+        except (LaunchError, PresetError) as e:
             _fail(str(e))
         sys.exit(code)
     if not slurm and (resume or replicas or dry_run or gpus_per_role is not None):
@@ -269,14 +267,14 @@ def serve(preset: str, roles: str | None, stop: bool, timeout: float, slurm: boo
             jobs = cluster.scripts(preset, role_list, options=slurm_opts, host=host, timeout=timeout,
                                    replicas=_pairs(replicas, "--replicas"), data_parallel=dp,
                                    gpus_per_role=gpus_per_role, cpus_per_role=cpus_per_role)  # fmt: skip
-        except (launcher.LaunchError, PresetError, SlurmError) as e:
+        except (LaunchError, PresetError, SlurmError) as e:
             _fail(str(e))
         for job, text in jobs:
             click.echo(f"# ---- job {job.name}: {job.label}, {job.gpus} GPU(s), {job.cpus} CPU(s)\n{text}")
         return
     last: dict[str, str] = {}
 
-    def on_event(e: launcher.StartEvent) -> None:
+    def on_event(e: StartEvent) -> None:
         if e.state != last.get(e.role) or (e.state in ("starting", "queued") and int(e.elapsed) % 15 == 0):
             if e.state == "running":
                 console.print(f"  {e.role}: already running ({e.detail})")
@@ -290,14 +288,11 @@ def serve(preset: str, roles: str | None, stop: bool, timeout: float, slurm: boo
 
     t0 = time.monotonic()
     try:
-        if slurm:
-            recs = cluster.serve_slurm(preset, role_list, options=slurm_opts, replicas=_pairs(replicas, "--replicas"),
-                                       data_parallel=dp, gpus_per_role=gpus_per_role, cpus_per_role=cpus_per_role,
-                                       host=host, resume=resume, timeout=timeout, on_event=on_event)  # fmt: skip
-        else:
-            recs = launcher.serve(preset, role_list, timeout=timeout, on_event=on_event,
-                                  host=host or launcher.HOST, data_parallel=dp)  # fmt: skip
-    except (launcher.LaunchError, PresetError, SlurmError) as e:
+        job_args = dict(options=slurm_opts, replicas=_pairs(replicas, "--replicas"), gpus_per_role=gpus_per_role,
+                        cpus_per_role=cpus_per_role, resume=resume) if slurm else {}  # fmt: skip
+        recs = control.start(preset, role_list, slurm=slurm, data_parallel=dp, host=host, timeout=timeout,
+                             on_event=on_event, **job_args)  # fmt: skip
+    except (LaunchError, PresetError, SlurmError) as e:
         _fail(str(e))
     except KeyboardInterrupt:
         _fail("interrupted; the servers (or SLURM jobs) this call started were stopped", 130)
@@ -312,12 +307,11 @@ def serve(preset: str, roles: str | None, stop: bool, timeout: float, slurm: boo
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def status(as_json: bool, **kw) -> None:
     """Per role: URL, served model, health, vLLM version, and where the endpoint came from."""
-    from servers.cluster import report
     from servers.sbatch import SlurmError
 
     rows = asyncio.run(health.status(_urls(kw)))
     try:
-        jobs = report()
+        jobs = control.status().jobs
     except SlurmError as e:
         _fail(f"the runtime file lists SLURM jobs, but SLURM cannot be asked about them: {e}")
     if as_json:

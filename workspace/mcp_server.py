@@ -40,8 +40,8 @@ from servers.presets import load_catalog
 from servers.settings import PROJECT_ROOT, mcp_token, paths
 
 from . import data, forum, leaderboard
+from .agents.budget import Budget, BudgetError
 from .benchmark import BENCHMARKS, DEFAULT, Benchmark
-from .budget import Budget, BudgetError
 from .client import ClientError, ClientSettings
 from .data import DataError, PromptSet, _atomic_write
 from .endpoints import EndpointError

@@ -4,6 +4,7 @@
 - `worker.py` — one agent's process
 - `backends.py` — openai-agents and claude-agent-sdk
 - `transcript.py` — the JSON Lines every agent's messages, tool calls and results go to
+- `budget.py` — the budgets the MCP tools enforce for an agent (evaluations, prompts)
 """
 
 from .run import (

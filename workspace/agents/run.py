@@ -37,7 +37,7 @@ from servers import sbatch
 from servers.sbatch import JobState, SlurmError, SlurmOptions
 from servers.settings import PROJECT_ROOT, paths
 
-from ..budget import Budget
+from .budget import Budget
 from .transcript import END_STATES, Transcript, is_tool_error, read, summary
 
 BACKENDS = ("openai", "claude")
@@ -236,7 +236,7 @@ def submit_jobs(run: Run, options: SlurmOptions) -> Run:
 
     Without a --time, each job's limit is the run's hours plus a grace period: the worker ends itself at the
     deadline, and SLURM ends a hung one a little later (`status` then reports it as time_budget)."""
-    from ..jobs import submit
+    from servers.jobs import submit
 
     if options.time is None:
         options = replace(options, time=str(math.ceil(run.config.hours * 60 + GRACE_S / 60) + 1))
