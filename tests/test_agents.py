@@ -248,7 +248,7 @@ def test_text_tool_call_reads_only_calls_of_known_tools():
 async def test_claude_backend_maps_the_sdk_messages_to_the_transcript(tmp_path, monkeypatch):
     """The claude backend without Anthropic's service: `query` replaced by the messages the SDK yields for a
     tool call, its result and the end. What is checked is ours: the options it asks for and the transcript."""
-    import claude_agent_sdk
+    claude_agent_sdk = pytest.importorskip("claude_agent_sdk", reason="needs the agents extra")
     from claude_agent_sdk import AssistantMessage, ResultMessage, UserMessage
     from claude_agent_sdk.types import TextBlock, ToolResultBlock, ToolUseBlock
 

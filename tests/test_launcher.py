@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+from importlib.util import find_spec
 
 import pytest
 
@@ -44,6 +45,11 @@ def test_unknown_preset_is_a_clear_error():
         load_catalog().preset("gpu9")
 
 
+# The launcher's preflight asks for vLLM before anything else it checks.
+NEEDS_VLLM = pytest.mark.skipif(find_spec("vllm") is None, reason="needs vLLM (cpu extra)")
+
+
+@NEEDS_VLLM
 def test_missing_model_is_a_clear_error(home):
     cat = load_catalog(write_test_presets(home / "p.toml"))
     with pytest.raises(LaunchError, match="not fetched yet: run `cdw models fetch tiny`"):
@@ -51,6 +57,7 @@ def test_missing_model_is_a_clear_error(home):
     assert read_state().servers == ()
 
 
+@NEEDS_VLLM
 def test_too_little_memory_is_a_clear_error(home):
     cat = load_catalog(write_test_presets(home / "p.toml", **{"memory_gb = 3.5": "memory_gb = 9000"}))
     from servers.tiny import BUILD_VERSION

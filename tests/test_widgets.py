@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 from html.parser import HTMLParser
+from importlib.util import find_spec
 
 import pytest
 
@@ -24,6 +25,9 @@ from workspace.stats import Interval
 SCRIPT = "<script>alert(1)</script>"
 PROMPTS = PromptSet("w", tuple(Prompt(f"w/{i}", f"Question {i}: explain something.") for i in range(6)))
 SETTINGS = EvalSettings(EngineSettings(chunk_tokens=7, top_k=5, max_tokens=80, max_span_tokens=24), n_boot=100)
+
+# The notebooks extra: the widget classes need ipywidgets (the HTML views do not).
+NEEDS_IPYWIDGETS = pytest.mark.skipif(find_spec("ipywidgets") is None, reason="needs ipywidgets (notebooks extra)")
 
 
 class Tags(HTMLParser):
@@ -154,6 +158,7 @@ async def models():
 INSTR = ["Task 0: do it.", "Task 1: do it."]
 
 
+@NEEDS_IPYWIDGETS
 async def test_explorer_cancels_the_stale_run_in_flight(models):
     m, weak, _ = models
     ex = widgets.PolicyExplorer(INSTR, m, EngineSettings(max_tokens=60), debounce=0)
@@ -174,6 +179,7 @@ async def test_explorer_cancels_the_stale_run_in_flight(models):
     assert "margin(tau=0.9)" in ex.status.value
 
 
+@NEEDS_IPYWIDGETS
 async def test_explorer_drops_a_setting_moved_within_the_debounce_without_sending_it(models):
     m, weak, strong = models
     ex = widgets.PolicyExplorer(INSTR, m, EngineSettings(max_tokens=60), debounce=0.2)
@@ -190,6 +196,7 @@ async def test_explorer_drops_a_setting_moved_within_the_debounce_without_sendin
     assert sent == len(weak.requests) + len(strong.requests)  # exactly one run's requests went out
 
 
+@NEEDS_IPYWIDGETS
 async def test_explorer_family_switch_rebuilds_controls_and_a_bad_spec_is_shown_not_raised(models):
     m, _, _ = models
     ex = widgets.PolicyExplorer(INSTR, m, EngineSettings(max_tokens=40), debounce=0)
@@ -238,6 +245,7 @@ async def servers():
 
 
 @pytest.mark.slow
+@NEEDS_IPYWIDGETS
 async def test_sweep_progress_moves_live_and_a_failing_point_is_shown(servers, records):
     async with make_setup(servers) as setup:
         sweep = widgets.Sweep(["margin(tau=[0.05, 0.2])", "nosuch(tau=1)", "margin(tau=[0.1"], PROMPTS, setup, SETTINGS,
@@ -259,6 +267,7 @@ async def test_sweep_progress_moves_live_and_a_failing_point_is_shown(servers, r
         assert again.bar.bar_style == "success"
 
 
+@NEEDS_IPYWIDGETS
 async def test_judge_failures_are_listed_not_hidden(servers, records):
     servers["judge"].judge = lambda prompt: None  # the judge answers neither label
     async with make_setup(servers) as setup:
@@ -326,6 +335,7 @@ def test_leaderboard_html_ranks_certified_and_escapes():
     assert "Margin certifies" in markup and "0.450 [0.400, 0.500]" in markup and "<td>1</td>" in markup
 
 
+@NEEDS_IPYWIDGETS
 def test_finding_form_posts_through_share_finding_and_shows_refusals(tmp_path, monkeypatch):
     monkeypatch.setenv("CDW_FINDINGS_DIR", str(tmp_path / "findings"))
     form = widgets.finding_form(author="tester")
