@@ -36,21 +36,22 @@ def write_test_presets(dest: Path, **replacements: str) -> Path:
 
 # ---------------------------------------------------------------- a clean environment for every test
 
-# Variables a test may inherit from the session (shared caches and the suite's own key); every other CDW_* variable
-# is removed before each test and each folder is the test's own.
-SESSION_VARIABLES = ("CDW_MODELS_DIR", "CDW_KEYS_DIR", "CDW_TRUSTED_KEYS")
+# Variables a test inherits from the session (the suite's own key); every other CDW_* variable is removed before
+# each test and each folder is the test's own.
+SESSION_VARIABLES = ("CDW_KEYS_DIR", "CDW_TRUSTED_KEYS")
 
 
 @dataclass(frozen=True)
 class SessionEnv:
     data: Path  # a copy of this machine's downloaded prompt sets (hash-checked on load), seeded into each CDW_HOME
+    models: Path  # this machine's model cache, shared by the `vllm` tier (`test_home`)
     key: str  # the suite's signing key (public half), listed in its trusted-keys file
 
 
 @pytest.fixture(scope="session", autouse=True)
 def session_env(tmp_path_factory) -> SessionEnv:
-    """No test sees the user's CDW_* variables, records, findings, policies or call cache. Shared: the model cache
-    (CDW_MODELS_DIR, so models built by `cdw models fetch tiny` are reused) and a copy of the downloaded prompt sets.
+    """No test sees the user's CDW_* variables, records, findings, policies or call cache. Shared: a copy of the
+    downloaded prompt sets, and for the `vllm` tier the model cache (models `cdw models fetch tiny` built).
     Records are signed with a key of the suite's own, which its trusted-keys file lists (never the user's key)."""
     import shutil
 
@@ -69,11 +70,10 @@ def session_env(tmp_path_factory) -> SessionEnv:
     keys = root / "keys"
     keys.mkdir()
     mp.setenv("CDW_HOME", str(root / "home"))  # session fixtures' own state until a test's folders replace it
-    mp.setenv("CDW_MODELS_DIR", str(models))
     mp.setenv("CDW_KEYS_DIR", str(keys))
     mp.setenv("CDW_TRUSTED_KEYS", str(keys / "trusted_keys.txt"))
     (keys / "trusted_keys.txt").write_text(f"{signing.public_key()} the test suite\n")
-    yield SessionEnv(seed, signing.public_key())
+    yield SessionEnv(seed, models, signing.public_key())
     mp.undo()
 
 
@@ -89,6 +89,7 @@ def cdw_env(request, session_env, tmp_path_factory, monkeypatch) -> Path:
     root = tmp_path_factory.mktemp("cdw")
     if "test_home" in request.fixturenames:
         home = request.getfixturevalue("test_home")
+        monkeypatch.setenv("CDW_MODELS_DIR", str(session_env.models))
     else:
         home = root / "home"
         shutil.copytree(session_env.data, home / "data")
@@ -147,10 +148,10 @@ def test_home(tmp_path_factory, session_env):
 
     home = tmp_path_factory.mktemp("cdw-home")
     shutil.copytree(session_env.data, home / "data")
-    old = os.environ["CDW_HOME"]
-    os.environ["CDW_HOME"] = str(home)
-    yield home
-    os.environ["CDW_HOME"] = old
+    with pytest.MonkeyPatch.context() as mp:  # for the session fixtures that start servers in it
+        mp.setenv("CDW_HOME", str(home))
+        mp.setenv("CDW_MODELS_DIR", str(session_env.models))
+        yield home
 
 
 @pytest.fixture(scope="session")
