@@ -21,8 +21,8 @@ from pathlib import Path
 
 
 async def one(policy: str, prompts, cache_path: Path, settings):
+    from workspace.cache import CallCache
     from workspace.evaluate import Setup, evaluate
-    from workspace.store import CallCache
 
     cache = CallCache(cache_path)
     try:

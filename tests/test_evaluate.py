@@ -10,7 +10,7 @@ import os
 import pytest
 
 from tests.fakeserver import FakeServer, ToyModel, judge_outputs
-from workspace import store
+from workspace.cache import CallCache
 from workspace.client import ClientSettings, ModelClient
 from workspace.data import Prompt, PromptSet
 from workspace.endpoints import Endpoint
@@ -171,7 +171,7 @@ async def test_the_call_cache_answers_a_repeated_evaluation_without_the_servers(
     def model_calls():  # a new record still asks each server its version (/health, /v1/models, /version)
         return {r: sum(n for p, n in s.hits.items() if p in MODEL_PATHS) for r, s in servers.items()}
 
-    cache = store.CallCache(tmp_path / "calls.sqlite")
+    cache = CallCache(tmp_path / "calls.sqlite")
     first = await run(servers, "top1(tau=0.3, span=punct)", cache=cache)
     monkeypatch.setenv("CDW_RECORDS_DIR", str(tmp_path / "other-records"))  # records gone: only the cache helps
     hits = model_calls()

@@ -17,6 +17,7 @@ import pytest
 from tests.bytetoy import ByteToy
 from tests.fakeserver import FakeServer, ToyModel
 from workspace import humaneval, sandbox
+from workspace.cache import CallCache
 from workspace.client import ClientSettings, ModelClient
 from workspace.data import Prompt, PromptSet
 from workspace.endpoints import Endpoint
@@ -25,7 +26,6 @@ from workspace.policies import load_policy
 from workspace.policies.features import FEATURES, vector
 from workspace.policies.probe import ProbeFileError, load
 from workspace.router import labels, traces, train
-from workspace.store import CallCache
 
 FAST = ClientSettings(attempts=2, backoff_initial=0.01, backoff_max=0.02, request_timeout=20)
 PROMPTS = PromptSet("toy", tuple(Prompt(f"toy/{i}", f"Explain item {i} in a few words, café style.") for i in range(5)))

@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from workspace.store import CallCache, RecordWriter, StoreError, list_records, read_record
+from workspace.cache import CallCache
+from workspace.store import RecordWriter, StoreError, list_records, read_record
 
 
 @pytest.fixture(autouse=True)

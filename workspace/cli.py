@@ -476,10 +476,10 @@ def _prompt_set(kw: dict):
 
 
 def _setup(kw: dict):
+    from .cache import CallCache
     from .endpoints import EndpointError
     from .engine import EngineSettings
     from .evaluate import EvalSettings, Setup
-    from .store import CallCache
 
     cache = None if kw.pop("no_cache") else CallCache()
     bench = get_benchmark(kw.pop("benchmark"))

@@ -64,11 +64,11 @@ def traces_collect(spec: str, out: str | None, **kw) -> None:
 @url_options
 def traces_label(path: str, source: str, per_problem: int, seed: int, no_cache: bool, **kw) -> None:
     """Label sampled positions of a traces folder (resumable; a rerun is answered from the call cache)."""
+    from .cache import CallCache
     from .endpoints import EndpointError
     from .evaluate import Setup
     from .router.labels import label
     from .router.traces import TraceError, read
-    from .store import CallCache
 
     try:
         traces = read(path)

@@ -187,7 +187,7 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 class CallCache(Protocol):
-    """Where answered requests are kept (`workspace.store.CallCache` is the SQLite one)."""
+    """Where answered requests are kept (`workspace.cache.CallCache` is the SQLite one)."""
 
     def get(self, key: str) -> Any | None: ...
 

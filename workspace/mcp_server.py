@@ -42,18 +42,20 @@ from servers.settings import PROJECT_ROOT, mcp_token, paths
 from . import data, forum, leaderboard
 from .agents.budget import Budget, BudgetError
 from .benchmark import BENCHMARKS, DEFAULT, Benchmark
+from .cache import CallCache
 from .client import ClientError, ClientSettings
-from .data import DataError, PromptSet, _atomic_write
+from .data import DataError, PromptSet
 from .endpoints import EndpointError
 from .engine import EngineSettings
 from .evaluate import EvalSettings, EvaluationError, Setup, ensure_baselines, evaluate, load_evaluation
 from .evaluate import evaluate_generations as judge_generations  # the tool of the same name wraps it
+from .fileio import atomic_write
 from .forum import FindingError
 from .policies import Policy, PolicyError, canonical_spec, load_policy, registry
 from .policies.source_check import PolicySourceError, check_policy_source
 from .records import header_of
 from .stats import BAR, FLOOR
-from .store import CallCache, StoreError, read_record
+from .store import StoreError, read_record
 
 T = TypeVar("T")
 HOST = "127.0.0.1"
@@ -414,7 +416,7 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         with _tool_errors():
             path = _policy_file(config.policies, filename)
             check_policy_source(source)
-            _atomic_write(path, source)
+            atomic_write(path, source)
             return {"written": path.name, "bytes": len(source.encode()), "folder": str(config.policies)}
 
     @mcp.tool()

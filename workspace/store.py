@@ -1,4 +1,4 @@
-"""Where evaluations live on disk: append-only record logs, and the call cache.
+"""Where evaluations live on disk: append-only record logs.
 
 **Records.** One JSON Lines file per record (`records/<kind>/<id>.jsonl`, e.g. `records/evaluations/…`):
 the first line is the header (what was evaluated, with what), every later line one event (a generation, a
@@ -12,10 +12,6 @@ it (`workspace/signing.py`). An edit anywhere in the file breaks it; `Record.sig
 
 `records/` sits in the project checkout so records can be shared with the findings that cite them;
 `CDW_RECORDS_DIR` moves it.
-
-**Call cache.** An SQLite file mapping the hash of an exact request to its answer. Greedy decoding makes a
-request's answer a function of the request, so a re-run or a sweep that revisits a prefix is answered from
-here. WAL mode lets several processes share it.
 """
 
 from __future__ import annotations
@@ -23,9 +19,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +28,7 @@ from typing import Any
 from servers.settings import paths
 
 from . import signing
+from .fileio import DamagedLineError, parse_lines
 
 
 class StoreError(RuntimeError):
@@ -73,43 +69,12 @@ class Record:
         return (e for e in self.events if e.get("type") == type_)
 
 
-def parse_lines(path: Path, data: bytes) -> tuple[list[dict], list[int], int]:
-    """Parsed lines, the byte offset where each starts, and the byte length of the intact part.
-
-    A last line without its newline is a write the run was killed in: it is dropped. Damage in a complete
-    line is an error, never silently skipped.
-    """
-    complete = data[: data.rfind(b"\n") + 1]
-    out, starts, pos = [], [], 0
-    for i, line in enumerate(complete.split(b"\n")[:-1]):
-        try:
-            obj = json.loads(line)
-            if not isinstance(obj, dict):
-                raise ValueError("not a JSON object")
-        except ValueError as e:
-            raise StoreError(f"{path}: line {i + 1} is damaged ({e}); the record cannot be read") from e
-        out.append(obj)
-        starts.append(pos)
-        pos += len(line) + 1
-    return out, starts, len(complete)
-
-
-def append_lines(path: Path, lines: Iterable[bytes]) -> None:
-    """Append whole JSON lines to a plain JSON Lines file (not a record: no lock, no signature) in one O_APPEND
-    write, fsynced. A torn last line left by a crash is cut off first, or it would glue to the first new line."""
-    data = b"".join(line + b"\n" for line in lines)
-    if not data:
-        return
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+def _parse(path: Path, data: bytes) -> tuple[list[dict], list[int], int]:
+    """`fileio.parse_lines`, its damage reported as a StoreError (a record that cannot be read)."""
     try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            tail = os.pread(fd, min(size, 1 << 20), max(0, size - (1 << 20)))
-            os.ftruncate(fd, size - len(tail) + tail.rfind(b"\n") + 1)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        return parse_lines(path, data)
+    except DamagedLineError as e:
+        raise StoreError(str(e)) from e
 
 
 def _check_signatures(data: bytes, objs: list[dict], starts: list[int]) -> SignatureCheck:
@@ -139,7 +104,7 @@ def read_record(kind: str, record_id: str) -> Record | None:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
-    objs, starts, good = parse_lines(path, data)
+    objs, starts, good = _parse(path, data)
     if not objs or objs[0].get("type") != "header":
         raise StoreError(f"{path}: no header line; the record cannot be read")
     sig = _check_signatures(data[:good], objs, starts)
@@ -179,7 +144,7 @@ class RecordWriter:
         data = b""
         while chunk := os.read(fd, 1 << 20):
             data += chunk
-        objs, starts, good = parse_lines(self.path, data)
+        objs, starts, good = _parse(self.path, data)
         if good < len(data):
             os.ftruncate(fd, good)
         if not objs:
@@ -243,30 +208,3 @@ class RecordWriter:
 def _comparable(header: dict) -> dict:
     # When a record was created (with which server versions, by which code) is not part of what it is.
     return {k: v for k, v in header.items() if k not in ("created", "servers", "code")}
-
-
-class CallCache:
-    """Answers of deterministic requests, keyed by a hash of the exact request (see `ModelClient.request`)."""
-
-    def __init__(self, path: Path | None = None):
-        self.path = path or paths().cache / "calls.sqlite"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS calls (key TEXT PRIMARY KEY, body TEXT NOT NULL)")
-        self._db.commit()
-
-    def get(self, key: str) -> Any | None:
-        row = self._db.execute("SELECT body FROM calls WHERE key = ?", (key,)).fetchone()
-        return json.loads(row[0]) if row else None
-
-    def put(self, key: str, body: Any) -> None:
-        self._db.execute("INSERT OR REPLACE INTO calls VALUES (?, ?)", (key, json.dumps(body, ensure_ascii=False)))
-        self._db.commit()
-
-    def __len__(self) -> int:
-        return self._db.execute("SELECT COUNT(*) FROM calls").fetchone()[0]
-
-    def close(self) -> None:
-        self._db.close()

@@ -6,7 +6,7 @@ Each line: `t` (UTC time), `kind`, and the kind's fields:
 - `tool_call`: name, arguments (the raw JSON string the model wrote), call_id, turn
 - `tool_result`: name, result (text, cut to RESULT_CHARS), error (the tool refused the call), call_id
 - `end`: status (`done`, `max_turns`, `time_budget`, `stopped`, `crashed`, `error`), detail
-A line is written in one append (`store.append_lines`), so a reader never sees half of one from a live agent, and
+A line is written in one append (`fileio.append_lines`), so a reader never sees half of one from a live agent, and
 a line torn by a killed worker is cut off before the supervisor writes the `end` line.
 """
 
@@ -16,7 +16,7 @@ import json
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ..store import append_lines
+from ..fileio import append_lines
 
 RESULT_CHARS = 4000
 END_STATES = ("done", "max_turns", "time_budget", "stopped", "crashed", "error")

@@ -10,12 +10,12 @@ from datetime import UTC, datetime
 from servers.settings import PROJECT_ROOT
 
 from ..benchmark import get as get_benchmark
+from ..cache import CallCache
 from ..client import ClientSettings, ModelClient
 from ..endpoints import resolve_endpoint
 from ..engine import EngineSettings, Models
 from ..judge import JudgeSettings
 from ..records import CodeVersion
-from ..store import CallCache
 
 
 class EvaluationError(RuntimeError):

@@ -28,8 +28,8 @@ import msgspec
 from tqdm.auto import tqdm
 
 from ..engine import EngineSettings, Models, decode
+from ..fileio import append_lines
 from ..policies import Action, Decision, Policy, SpanRule, TokenSignal
-from ..store import append_lines
 from .traces import TokenRow, TraceError, Traces, read_jsonl
 
 SOURCES = ("disagreement", "disagreement_words", "outcome")

@@ -44,8 +44,8 @@ from servers.settings import paths
 
 from ..data import PromptSet
 from ..engine import Decode, EngineSettings, Models, decode_many
+from ..fileio import DamagedLineError, append_lines, parse_lines
 from ..policies import Policy, TokenSignal, load_policy
-from ..store import StoreError, append_lines, parse_lines
 
 
 def traces_dir() -> Path:
@@ -152,7 +152,7 @@ def read_jsonl(path: Path, typ: type[msgspec.Struct]) -> list:
         return [msgspec.convert(obj, typ) for obj in objs]
     except FileNotFoundError:
         return []
-    except (StoreError, msgspec.ValidationError) as e:
+    except (DamagedLineError, msgspec.ValidationError) as e:
         raise TraceError(f"{path}: {e}") from None
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data import _atomic_write
+from ..fileio import atomic_write
 from ..policies.features import BASELINE_SIGNALS, FEATURES, baseline_score, vector
 from ..policies.probe import FORMAT, parse
 from .labels import read_labels
@@ -217,5 +217,5 @@ def train(
 def save(obj: dict, path: str | Path) -> Path:
     """Write a weights file atomically (a reader never sees half a file)."""
     p = Path(path)
-    _atomic_write(p, json.dumps(obj, indent=None, separators=(",", ":")) + "\n")
+    atomic_write(p, json.dumps(obj, indent=None, separators=(",", ":")) + "\n")
     return p
