@@ -138,7 +138,7 @@ def test_lc_winrate_equals_alpaca_eval_length_controlled_minimal(alpaca_eval_lc,
 
 def test_folds_are_groupkfold_on_alpaca_evals_duplicated_rows():
     model_selection = pytest.importorskip("sklearn.model_selection", reason="needs scikit-learn (dev extra)")
-    from workspace.stats import _folds
+    from workspace.stats.glm import _folds
 
     for n in (5, 7, 23, 100, 101):
         groups = np.tile(np.arange(n), 2)  # alpaca_eval's frame: every prompt twice (y=1, y=0), grouped by prompt
@@ -345,7 +345,7 @@ def test_bootstrap_folds_keep_the_copies_of_a_prompt_together():
     # summarize's bootstrap refits the penalised GLM on resamples; their CV folds are GroupKFold(5) with groups =
     # the original prompt ids, so the copies of one prompt never sit on both sides of a split
     model_selection = pytest.importorskip("sklearn.model_selection", reason="needs scikit-learn (dev extra)")
-    from workspace.stats import _group_folds
+    from workspace.stats.glm import _group_folds
 
     rng = np.random.default_rng(12)
     for n in (5, 8, 23, 100):
@@ -366,7 +366,7 @@ def test_bootstrap_folds_keep_the_copies_of_a_prompt_together():
 
 
 def test_one_copy_per_prompt_in_grouped_folds_gives_the_plain_fit():
-    from workspace.stats import _cv_l1_fit
+    from workspace.stats.glm import _cv_l1_fit
 
     rng = np.random.default_rng(13)
     n = 60
@@ -466,7 +466,7 @@ def test_mle_bad_input_is_a_clear_stats_error(prefs, cand, ref, match):
 
 
 def test_mle_bootstrap_sized_batches_are_fast():
-    from workspace.stats import _mle_winrates
+    from workspace.stats.glm import _mle_winrates
 
     p, cand, ref = dataset("length_biased", 100, 0)
     idx = np.random.default_rng(17).integers(0, 100, size=(1000, 100))
@@ -545,15 +545,15 @@ def test_certify_without_a_gap_has_nothing_to_recover():
 
 
 def test_certify_counts_resamples_without_a_gap_as_failures():
-    from workspace.stats import _lower_quantile
+    from workspace.stats.rule import lower_quantile
 
     # resamples without a gap sit at -inf, below every defined recovery
     values = np.concatenate([np.linspace(0.5, 1.5, 97), [-np.inf] * 3])
     # numpy's linear quantile at position 0.05 * 99 = 4.95 of the sorted values: 1.95 into the finite ones
-    assert _lower_quantile(values, 0.05) == pytest.approx(np.quantile(values[:97], 1.95 / 96), abs=1e-12)
-    assert _lower_quantile(values, 0.02) == -math.inf  # position 1.98: among the failures
+    assert lower_quantile(values, 0.05) == pytest.approx(np.quantile(values[:97], 1.95 / 96), abs=1e-12)
+    assert lower_quantile(values, 0.02) == -math.inf  # position 1.98: among the failures
     finite = np.random.default_rng(34).normal(size=1000)
-    assert _lower_quantile(finite, 0.05) == pytest.approx(np.quantile(finite, 0.05), abs=1e-12)
+    assert lower_quantile(finite, 0.05) == pytest.approx(np.quantile(finite, 0.05), abs=1e-12)
     # a small gap: some resamples have none
     data = samples(30, seed=11, cand_mean=0.55, weak_mean=0.5)
     c = certify_samples(data, n_boot=400)

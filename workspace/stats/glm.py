@@ -1,4 +1,4 @@
-"""The statistics of an evaluation: winrate, length-controlled winrate, recovery, bootstrap, certification.
+"""Length-controlled winrates: the GLM of AlpacaEval fitted two ways (penalised as alpaca_eval does, and by MLE).
 
 Numbers in, numbers out: no I/O, no servers. Winrates are in [0, 1].
 
@@ -52,165 +52,21 @@ loss that picks C would partly score rows the fit was trained on.
 **Unpenalised: certification** (``lc_winrate_mle``, ``certify``). The same GLM fitted by plain maximum likelihood:
 minimise ``sum_i softplus(z_i) - p_i z_i`` with z_i = theta + phi * t_i, no penalty and no cross-validation (a ridge of
 ``1e-9 / 2 * (theta**2 + phi**2)`` is added so that the minimiser always exists; on ordinary data it moves the
-winrate by far less than 1e-6). Certification uses this fit because the penalised one is biased exactly where
-certification looks: near parity the cross-validation sets theta to exactly 0, so U = 0.5 and recovery = 1.0 whatever
-the policy's true recovery. In simulation (tests/test_stats.py: n = 100 prompts, U_weak = 0.2, a length-biased judge)
-a policy whose true recovery is 0.8 reaches a penalised point recovery >= 0.98 in ~12% of evaluations, and in ~33%
-when the judge's preferences are mostly near 0 or 1. The MLE has no such pull: its recovery is centred on the truth,
-and its bootstrap describes its spread. The rule below certifies that policy in ~3% of evaluations (either judge)
-and a policy at parity in ~56% (~41% with the sharp judge); at n = 400 in 0% and ~68% (1% and ~60%).
-
-The certification rule (``certify``): certified iff the MLE point recovery >= ``bar`` (0.98) AND the one-sided
-``level`` (95%) lower bound of recovery >= ``floor`` (0.80). The lower bound is the (1 - level) quantile of
-``n_boot`` (1000) paired percentile-bootstrap recoveries: each resample draws prompt indices with replacement
-(``numpy.random.default_rng(seed)``), the same indices for the candidate and the weak-only answers, and refits both
-MLE GLMs on them. A resample whose weak baseline is not below the reference (gap 0.5 - U_weak <= 0) has no recovery;
-it counts as a failure (-inf) for the lower bound and is counted in ``Certification.dropped``. The non-statistical
-conditions (canonical prompt set, models, judge and settings; every example judged) are the caller's.
+winrate by far less than 1e-6). ``workspace.stats.judged`` says why certification uses this fit.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-__all__ = [
-    "BAR",
-    "FLOOR",
-    "Certification",
-    "Interval",
-    "PairedSample",
-    "StatsError",
-    "Summary",
-    "PassSample",
-    "certify",
-    "certify_pass",
-    "lc_winrate_mle",
-    "length_controlled_winrate",
-    "recovery",
-    "summarize",
-    "summarize_pass",
-    "winrate",
-]
-
-
-BAR = 0.98  # point recovery a certified result must reach (DESIGN.md §1)
-FLOOR = 0.80  # and the one-sided 95% lower bound of its recovery (DESIGN.md §5b)
-
-
-class StatsError(ValueError):
-    """Inputs for which a statistic is undefined or malformed."""
-
-
-@dataclass(frozen=True)
-class Interval:
-    low: float
-    high: float
-    level: float = 0.95
-
-
-@dataclass(frozen=True)
-class PairedSample:
-    """One prompt: everything the bootstrap must resample together."""
-
-    weak_chars: int  # characters the weak model wrote in the candidate answer
-    strong_chars: int  # characters the strong model wrote in the candidate answer
-    preference: float  # P(candidate beats the reference), in [0, 1]
-    candidate_length: int  # characters
-    weak_preference: float  # P(weak-only answer beats the reference)
-    weak_length: int
-    reference_length: int
-
-
-@dataclass(frozen=True)
-class Certification:
-    """The outcome of the certification rule (``certify``): the statistical half of "certified".
-
-    ``certified`` is point ``recovery`` >= ``bar`` and ``recovery_lower`` >= ``floor``; ``reasons`` says in plain
-    words why not (empty exactly when certified). Utility, u_weak and recovery are the unpenalised (MLE) LC fits; the
-    ``*_penalised`` fields are alpaca_eval's penalised LC point values, for comparison with published numbers only
-    (None where undefined: fewer than 5 prompts with varying lengths, or no gap).
-    """
-
-    certified: bool
-    reasons: tuple[str, ...]
-    recovery: float | None  # MLE point recovery; None when the gap 0.5 - u_weak is not positive
-    recovery_lower: float  # one-sided `level` bootstrap lower bound; -inf when too many resamples have no gap
-    utility: float  # MLE LC winrate of the candidate vs the reference
-    u_weak: float  # MLE LC winrate of the weak-only answers vs the reference
-    utility_penalised: float | None
-    u_weak_penalised: float | None
-    recovery_penalised: float | None
-    n: int  # prompts
-    n_boot: int  # bootstrap resamples drawn
-    dropped: int  # resamples whose gap was not positive: counted as failures (-inf) in the lower bound
-    bar: float
-    floor: float
-    level: float
-    seed: int
-    u_strong: float = (
-        0.5  # the strong side of the gap: 0.5 (the reference vs itself) for a judge, a pass rate for tests
-    )
-    # Two-sided `level` percentile intervals of the same bootstrap: "utility", "u_weak", and "recovery" (over the
-    # resamples that have a gap; `dropped` says how many do not).
-    ci: dict[str, Interval] = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        """A JSON-ready dict of every field; ``reasons`` a list, a non-finite ``recovery_lower`` null."""
-        out = asdict(self)
-        out["reasons"] = list(self.reasons)
-        out["recovery_lower"] = self.recovery_lower if math.isfinite(self.recovery_lower) else None
-        return out
-
-
-@dataclass(frozen=True)
-class Summary:
-    n: int
-    f_weak: float | None  # pooled: sum weak chars / sum all chars; None when no characters were written
-    utility: float  # LC winrate of candidate vs reference (alpaca_eval's penalised fit)
-    u_weak: float  # LC winrate of weak-only vs reference (alpaca_eval's penalised fit)
-    recovery: float | None  # None when the gap (0.5 - u_weak) is not positive
-    raw_winrate: float
-    ci: dict[str, Interval]  # keys "f_weak", "utility", "u_weak", "recovery"; a key is absent if never defined
-    n_boot: int = 0  # resamples drawn
-    recovery_dropped: int = 0  # resamples with gap <= 0, left out of the recovery interval
-    f_weak_dropped: int = 0  # resamples with no characters at all, left out of the f_weak interval
-    certification: Certification | None = None  # `certify` on the same samples; None for fewer than 2 prompts
-
-
-# ---------------------------------------------------------------- point statistics
-
-
-def _check_preferences(preferences: Sequence[float], what: str = "preferences") -> np.ndarray:
-    p = np.asarray(preferences, dtype=float)
-    if p.ndim != 1:
-        raise StatsError(f"{what} must be a flat sequence of numbers, got shape {p.shape}")
-    if p.size == 0:
-        raise StatsError(f"{what} is empty: a winrate needs at least one preference")
-    bad = ~((p >= 0.0) & (p <= 1.0))  # also catches NaN
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise StatsError(f"{what} must be probabilities in [0, 1]; item {i} is {p[i]!r}")
-    return p
-
-
-def _check_lengths(lengths: Sequence[int], n: int, what: str) -> np.ndarray:
-    x = np.asarray(lengths, dtype=float)
-    if x.ndim != 1 or x.size != n:
-        raise StatsError(f"{what} has {x.size} items but there are {n} preferences; they must pair up one to one")
-    bad = ~(np.isfinite(x) & (x >= 0))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise StatsError(f"{what} must be non-negative character counts; item {i} is {x[i]!r}")
-    return x
+from .base import StatsError, check_lengths, check_preferences
 
 
 def winrate(preferences: Sequence[float]) -> float:
     """Mean of soft preferences P(candidate beats reference): the raw (not length-controlled) winrate."""
-    return float(np.mean(_check_preferences(preferences)))
+    return float(np.mean(check_preferences(preferences)))
 
 
 def length_controlled_winrate(
@@ -224,10 +80,10 @@ def length_controlled_winrate(
     Otherwise at least 5 prompts are needed, as alpaca_eval cross-validates over 5 folds.
     Raises StatsError on empty, mismatched or out-of-range input.
     """
-    p = _check_preferences(preferences)
-    cand = _check_lengths(candidate_lengths, p.size, "candidate_lengths")
-    ref = _check_lengths(reference_lengths, p.size, "reference_lengths")
-    return float(_lc_winrates(p[None, :], (ref - cand)[None, :])[0])
+    p = check_preferences(preferences)
+    cand = check_lengths(candidate_lengths, p.size, "candidate_lengths")
+    ref = check_lengths(reference_lengths, p.size, "reference_lengths")
+    return float(lc_winrates(p[None, :], (ref - cand)[None, :])[0])
 
 
 def lc_winrate_mle(
@@ -249,265 +105,12 @@ def lc_winrate_mle(
 
     Raises StatsError on empty, mismatched or out-of-range input, and for fewer than 2 prompts.
     """
-    p = _check_preferences(preferences)
-    cand = _check_lengths(candidate_lengths, p.size, "candidate_lengths")
-    ref = _check_lengths(reference_lengths, p.size, "reference_lengths")
+    p = check_preferences(preferences)
+    cand = check_lengths(candidate_lengths, p.size, "candidate_lengths")
+    ref = check_lengths(reference_lengths, p.size, "reference_lengths")
     if p.size < 2:
         raise StatsError(f"the maximum-likelihood LC winrate needs at least 2 prompts; got {p.size}")
     return float(_mle_winrates(p[None, :], (ref - cand)[None, :])[0])
-
-
-def recovery(utility: float, u_weak: float, u_strong: float = 0.5) -> float:
-    """(U - U_weak) / (U_strong - U_weak): 1.0 is strong parity, 0.0 no better than the weak model alone.
-
-    Raises StatsError when the gap U_strong - U_weak is not positive: the weak model already matches or beats the
-    reference, so there is nothing to recover and the ratio is meaningless.
-    """
-    for name, v in (("utility", utility), ("u_weak", u_weak), ("u_strong", u_strong)):
-        if not math.isfinite(v):
-            raise StatsError(f"recovery: {name} must be a finite number, got {v!r}")
-    gap = u_strong - u_weak
-    if not gap > 0:
-        raise StatsError(
-            f"recovery is undefined: the gap U_strong - U_weak = {u_strong:.4g} - {u_weak:.4g} = {gap:.4g} is not "
-            "positive (the weak model alone already scores at least as well as the reference)"
-        )
-    return (utility - u_weak) / gap
-
-
-# ---------------------------------------------------------------- bootstrap summary
-
-
-def summarize(samples: Sequence[PairedSample], *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> Summary:
-    """Point estimates on all samples, with paired percentile-bootstrap intervals, and the certification.
-
-    utility, u_weak and recovery are alpaca_eval's penalised LC values (``length_controlled_winrate``), the numbers
-    comparable with published ones. Each of ``n_boot`` resamples draws prompt indices with replacement
-    (``numpy.random.default_rng(seed)``) and recomputes, on the same indices, pooled f_weak, the LC utility, the LC
-    weak baseline u_weak (the baseline moves with the prompts) and recovery from those two. The penalised fit is
-    refitted on each resample with its cross-validation folds grouped by original prompt (``GroupKFold`` with
-    groups = prompt ids: every copy of a resampled prompt in the same fold, as alpaca_eval would fit the resampled
-    annotations); the point values themselves are unchanged, bit for bit. Intervals are the plain percentile
-    intervals (numpy's linear quantiles at (1 - level) / 2 and (1 + level) / 2). Resamples where recovery is undefined
-    (gap <= 0) are left out of its interval and counted in ``recovery_dropped``; if that count is more than a few
-    percent of ``n_boot`` the recovery interval describes only the resamples with a real gap and should be read with
-    care.
-
-    These intervals describe the penalised estimator, which is pulled to exactly 0.5 near parity; they are for
-    reading, not for certifying. ``certification`` is ``certify`` on the same samples with the same ``seed`` and
-    ``n_boot`` (and certify's own bar, floor and level), on the unpenalised fit; None for fewer than 2 prompts.
-    Same inputs and seed give identical outputs.
-    """
-    if not samples:
-        raise StatsError("summarize needs at least one sample")
-    if not 0 < level < 1:
-        raise StatsError(f"level must be in (0, 1), got {level!r}")
-    if n_boot < 1:
-        raise StatsError(f"n_boot must be at least 1, got {n_boot!r}")
-    n = len(samples)
-    pref = _check_preferences([s.preference for s in samples], "preference")
-    wpref = _check_preferences([s.weak_preference for s in samples], "weak_preference")
-    cand = _check_lengths([s.candidate_length for s in samples], n, "candidate_length")
-    wlen = _check_lengths([s.weak_length for s in samples], n, "weak_length")
-    ref = _check_lengths([s.reference_length for s in samples], n, "reference_length")
-    wchars = _check_lengths([s.weak_chars for s in samples], n, "weak_chars")
-    schars = _check_lengths([s.strong_chars for s in samples], n, "strong_chars")
-    d_cand, d_weak = ref - cand, ref - wlen
-
-    # Candidate and weak-only go through the same function on identically built arrays, so identical inputs give
-    # bit-identical outputs (never-defer => recovery exactly 0.0).
-    utility = float(_lc_winrates(pref[None, :], d_cand[None, :])[0])
-    u_weak = float(_lc_winrates(wpref[None, :], d_weak[None, :])[0])
-    total = wchars.sum() + schars.sum()
-    f_weak = float(wchars.sum() / total) if total > 0 else None
-    rec = recovery(utility, u_weak) if 0.5 - u_weak > 0 else None
-
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    b_utility = _lc_winrates(pref[idx], d_cand[idx], groups=idx)
-    b_u_weak = _lc_winrates(wpref[idx], d_weak[idx], groups=idx)
-    b_w, b_all = wchars[idx].sum(axis=1), (wchars[idx] + schars[idx]).sum(axis=1)
-    has_chars = b_all > 0
-    b_f_weak = b_w[has_chars] / b_all[has_chars]
-    b_gap = 0.5 - b_u_weak
-    has_gap = b_gap > 0
-    b_recovery = (b_utility[has_gap] - b_u_weak[has_gap]) / b_gap[has_gap]
-
-    q = ((1 - level) / 2, (1 + level) / 2)
-
-    def interval(values: np.ndarray) -> Interval:
-        low, high = np.quantile(values, q)
-        return Interval(float(low), float(high), level)
-
-    ci = {"utility": interval(b_utility), "u_weak": interval(b_u_weak)}
-    if b_f_weak.size:
-        ci["f_weak"] = interval(b_f_weak)
-    if b_recovery.size:
-        ci["recovery"] = interval(b_recovery)
-    return Summary(
-        n=n,
-        f_weak=f_weak,
-        utility=utility,
-        u_weak=u_weak,
-        recovery=rec,
-        raw_winrate=float(np.mean(pref)),
-        ci={k: ci[k] for k in ("f_weak", "utility", "u_weak", "recovery") if k in ci},
-        n_boot=n_boot,
-        recovery_dropped=int(n_boot - has_gap.sum()),
-        f_weak_dropped=int(n_boot - has_chars.sum()),
-        certification=certify(pref, wpref, cand, wlen, ref, seed=seed, n_boot=n_boot) if n >= 2 else None,
-    )
-
-
-# ---------------------------------------------------------------- certification
-
-
-def certify(
-    pref_candidate: Sequence[float],
-    pref_weak: Sequence[float],
-    len_candidate: Sequence[int],
-    len_weak: Sequence[int],
-    len_reference: Sequence[int],
-    *,
-    seed: int = 0,
-    n_boot: int = 1000,
-    bar: float = BAR,
-    floor: float = FLOOR,
-    level: float = 0.95,
-) -> Certification:
-    """The certification rule: MLE recovery >= ``bar`` AND its one-sided ``level`` lower bound >= ``floor``.
-
-    Per prompt i: ``pref_candidate[i]`` = P(candidate beats reference), ``pref_weak[i]`` = P(weak-only answer beats
-    the same reference), and the three answers' lengths in characters. utility and u_weak are ``lc_winrate_mle`` on
-    the candidate and on the weak-only answers; recovery = (utility - u_weak) / (0.5 - u_weak), None when that gap is
-    not positive (then nothing is certified). The lower bound is the (1 - level) quantile (numpy's linear
-    interpolation) of ``n_boot`` paired bootstrap recoveries: each resample draws n prompt indices with replacement
-    from ``numpy.random.default_rng(seed)``, the same indices for the candidate and the weak-only answers, and refits
-    both MLE GLMs on them. A resample whose gap 0.5 - u_weak is not positive has no recovery: it counts as a failure
-    (recovery -inf) for the bound, conservatively, and in ``dropped``; when more than a fraction 1 - level of the
-    resamples are such, the bound is -inf.
-
-    Only the statistical half of certification: the caller checks the rest (canonical prompt set, models, judge and
-    settings, every example judged). Pure and deterministic: same inputs and seed, same result. Raises StatsError on
-    malformed input, fewer than 2 prompts, ``n_boot`` < 1, ``level`` outside (0, 1) or a non-finite bar or floor.
-    """
-    pc = _check_preferences(pref_candidate, "pref_candidate")
-    pw = _check_preferences(pref_weak, "pref_weak")
-    n = pc.size
-    if pw.size != n:
-        raise StatsError(f"pref_weak has {pw.size} items but there are {n} candidate preferences")
-    lc = _check_lengths(len_candidate, n, "len_candidate")
-    lw = _check_lengths(len_weak, n, "len_weak")
-    lr = _check_lengths(len_reference, n, "len_reference")
-    _check_rule_args(n, "prompts", n_boot, level, bar, floor)
-    d_cand, d_weak = lr - lc, lr - lw
-
-    # Candidate and weak-only go through the same function on identically built arrays: identical inputs give
-    # bit-identical outputs (never-defer => recovery exactly 0.0), in the point fit and in every resample.
-    utility, c_phi, c_theta = (x[0] for x in _mle_glm(pc[None, :], d_cand[None, :]))
-    u_weak, w_phi, w_theta = (x[0] for x in _mle_glm(pw[None, :], d_weak[None, :]))
-    gap = 0.5 - u_weak
-    rec = float((utility - u_weak) / gap) if gap > 0 else None
-
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    # The full-sample optimum is a good start for every resample: fewer Newton steps, same optimum.
-    b_utility = _mle_glm(pc[idx], d_cand[idx], start=(c_phi, c_theta))[0]
-    b_u_weak = _mle_glm(pw[idx], d_weak[idx], start=(w_phi, w_theta))[0]
-    b_rec, lower, dropped = _boot_recovery(b_utility, b_u_weak, 0.5 - b_u_weak, level)
-    ci = _intervals((("utility", b_utility), ("u_weak", b_u_weak), ("recovery", b_rec)), level)
-
-    try:  # both rows in one call (rows are fitted independently: the same numbers as length_controlled_winrate)
-        u_pen, uw_pen = (float(x) for x in _lc_winrates(np.stack([pc, pw]), np.stack([d_cand, d_weak])))
-    except StatsError:  # fewer than 5 prompts with varying lengths: alpaca_eval's fit is undefined
-        u_pen = uw_pen = None
-    rec_pen = recovery(u_pen, uw_pen) if u_pen is not None and 0.5 - uw_pen > 0 else None
-
-    no_gap = (f"the weak model is not worse than the reference (U_weak {u_weak:.3f} >= 0.5, so the gap 0.5 - U_weak "
-              "<= 0): nothing to recover")  # fmt: skip
-    reasons = _rule_reasons(rec, lower, dropped, n_boot, bar, floor, level, no_gap, " (U_weak >= 0.5)")
-    return Certification(
-        certified=not reasons,
-        reasons=tuple(reasons),
-        recovery=rec,
-        recovery_lower=lower,
-        utility=float(utility),
-        u_weak=float(u_weak),
-        utility_penalised=u_pen,
-        u_weak_penalised=uw_pen,
-        recovery_penalised=rec_pen,
-        n=n,
-        n_boot=n_boot,
-        dropped=dropped,
-        bar=float(bar),
-        floor=float(floor),
-        level=float(level),
-        seed=seed,
-        ci=ci,
-    )
-
-
-def _check_rule_args(n: int, what: str, n_boot: int, level: float, bar: float, floor: float) -> None:
-    if n < 2:
-        raise StatsError(f"certification needs at least 2 {what}; got {n}")
-    if not (isinstance(n_boot, int | np.integer) and n_boot >= 1):
-        raise StatsError(f"n_boot must be an integer >= 1, got {n_boot!r}")
-    if not 0 < level < 1:
-        raise StatsError(f"level must be in (0, 1), got {level!r}")
-    if not (math.isfinite(bar) and math.isfinite(floor)):
-        raise StatsError(f"bar and floor must be finite numbers, got {bar!r} and {floor!r}")
-
-
-def _boot_recovery(
-    b_utility: np.ndarray, b_u_weak: np.ndarray, b_gap: np.ndarray, level: float
-) -> tuple[np.ndarray, float, int]:
-    """Per-resample recoveries where there is a gap, the rule's one-sided lower bound (a resample without a gap
-    counts as a failure, -inf) and how many resamples had none."""
-    has_gap = b_gap > 0
-    b_rec = np.full(b_gap.size, -np.inf)
-    b_rec[has_gap] = (b_utility[has_gap] - b_u_weak[has_gap]) / b_gap[has_gap]
-    return b_rec[has_gap], _lower_quantile(b_rec, 1 - level), int(b_gap.size - has_gap.sum())
-
-
-def _intervals(boots, level: float) -> dict[str, Interval]:
-    """Two-sided percentile intervals of bootstrap values (a name with no values gets none)."""
-    q = ((1 - level) / 2, (1 + level) / 2)
-    return {k: Interval(*(float(x) for x in np.quantile(v, q)), level) for k, v in boots if v.size}
-
-
-def _rule_reasons(
-    rec: float | None, lower: float, dropped: int, n_boot: int, bar: float, floor: float, level: float,
-    no_gap: str, why_no_gap: str,
-) -> list[str]:  # fmt: skip
-    """Why the certification rule fails, in plain words (empty: it passes); shared by `certify` and `certify_pass`,
-    which differ only in what "no gap" means (`no_gap`, and `why_no_gap` for a resample)."""
-    pct = f"{100 * level:g}%"
-    reasons = []
-    if rec is None:
-        reasons.append(no_gap)
-    elif not rec >= bar:
-        reasons.append(f"recovery {rec:.3f} is below the bar {_fmt(bar)}")
-    if lower == -np.inf:
-        reasons.append(
-            f"the one-sided {pct} lower bound of recovery is undefined: {dropped} of {n_boot} bootstrap resamples had "
-            f"no gap{why_no_gap}, more than the {100 * (1 - level):g}% the bound can absorb"
-        )
-    elif not lower >= floor:
-        reasons.append(f"the one-sided {pct} lower bound of recovery, {lower:.3f}, is below the floor {_fmt(floor)}")
-    return reasons
-
-
-def _lower_quantile(values: np.ndarray, alpha: float) -> float:
-    """numpy's linear ``quantile(values, alpha)``, where -inf entries are allowed and pull the quantile to -inf."""
-    v = np.sort(values)
-    h = (v.size - 1) * alpha
-    lo = math.floor(h)
-    hi = min(lo + 1, v.size - 1)
-    if v[lo] == -np.inf:
-        return -math.inf
-    return float(v[lo] + (h - lo) * (v[hi] - v[lo]))
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.2f}" if abs(100 * x - round(100 * x)) < 1e-9 else f"{x:g}"
 
 
 # ---------------------------------------------------------------- the GLM (alpaca_eval's length_controlled_minimal)
@@ -518,7 +121,7 @@ _CLIP = 1e-15  # alpaca_eval's logloss clips predictions
 _BLOCK = 6400  # datasets x prompts per vectorised block: bounds the (problems x n) arrays to a few MB
 
 
-def _lc_winrates(p: np.ndarray, d: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+def lc_winrates(p: np.ndarray, d: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
     """LC winrate for each row of ``p`` / ``d`` (shape (R, n)): alpaca_eval's fit applied to each row separately.
 
     ``groups`` (R, n), optional: the prompt id of every entry, in [0, n) (a bootstrap resample's indices). Entries of
@@ -804,10 +407,10 @@ _MLE_TOL = 1e-6  # relative Newton step at which a fit stops (quadratic converge
 
 def _mle_winrates(p: np.ndarray, d: np.ndarray, start: tuple[float, float] | None = None) -> np.ndarray:
     """``lc_winrate_mle`` for each row of ``p`` / ``d`` (shape (R, n)), each row fitted separately."""
-    return _mle_glm(p, d, start)[0]
+    return mle_glm(p, d, start)[0]
 
 
-def _mle_glm(
+def mle_glm(
     p: np.ndarray, d: np.ndarray, start: tuple[float, float] | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(winrate, phi, theta) of the unpenalised GLM for each row of ``p`` / ``d`` (shape (R, n)).
@@ -967,101 +570,3 @@ def _sigmoid_inplace(z: np.ndarray) -> np.ndarray:
     z += 1.0
     np.reciprocal(z, out=z)
     return z
-
-
-# ---------------------------------------------------------------- pass rates (benchmarks scored by unit tests)
-
-
-@dataclass(frozen=True)
-class PassSample:
-    """One problem of a tests-scored evaluation: who wrote the candidate, and whether each answer passed."""
-
-    weak_chars: int
-    strong_chars: int
-    passed: bool  # the candidate
-    weak_passed: bool  # the weak model's own answer (never-defer)
-    strong_passed: bool  # the strong model's own answer (the reference; always-defer gives the same text)
-
-
-def certify_pass(
-    passed: Sequence[bool],
-    weak_passed: Sequence[bool],
-    strong_passed: Sequence[bool],
-    *,
-    seed: int = 0,
-    n_boot: int = 1000,
-    bar: float = BAR,
-    floor: float = FLOOR,
-    level: float = 0.95,
-) -> Certification:
-    """The certification rule on pass rates: recovery = (U - U_weak) / (U_strong - U_weak) >= ``bar`` AND its
-    one-sided ``level`` paired-bootstrap lower bound >= ``floor``.
-
-    U, U_weak and U_strong are the pass@1 rates of the candidate, the weak-only and the strong-only answers on the
-    same problems. Recovery is a share of the gap, so the bar and floor mean what they mean for a judge: the policy
-    keeps 98% of what the strong model adds, and with 95% confidence at least 80% of it. On a gap of G problems
-    (gap x n), the bar forgives a net loss of 0.02 G problems. Each resample draws problem indices with replacement
-    (``numpy.random.default_rng(seed)``), the same indices for all three answers; a resample with no gap counts as
-    a failure (-inf) for the bound, as in ``certify``.
-    """
-    arrays = []
-    for what, v in (("passed", passed), ("weak_passed", weak_passed), ("strong_passed", strong_passed)):
-        a = np.asarray(v)
-        if a.ndim != 1 or (a.size and not np.isin(a, (0, 1, True, False)).all()):
-            raise StatsError(f"{what} must be a flat sequence of booleans")
-        arrays.append(a.astype(float))
-    pc, pw, ps = arrays
-    n = pc.size
-    if not pw.size == ps.size == n:
-        raise StatsError(f"passed, weak_passed and strong_passed must pair up: {n}, {pw.size}, {ps.size} items")
-    _check_rule_args(n, "problems", n_boot, level, bar, floor)
-    utility, u_weak, u_strong = float(pc.mean()), float(pw.mean()), float(ps.mean())
-    gap = u_strong - u_weak
-    rec = (utility - u_weak) / gap if gap > 0 else None
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    b_u, b_w, b_s = pc[idx].mean(axis=1), pw[idx].mean(axis=1), ps[idx].mean(axis=1)
-    b_rec, lower, dropped = _boot_recovery(b_u, b_w, b_s - b_w, level)
-    ci = _intervals((("utility", b_u), ("u_weak", b_w), ("u_strong", b_s), ("recovery", b_rec)), level)
-    no_gap = (f"the weak model passes as often as the strong one (U_weak {u_weak:.3f} >= U_strong {u_strong:.3f}): "
-              "nothing to recover")  # fmt: skip
-    reasons = _rule_reasons(rec, lower, dropped, n_boot, bar, floor, level, no_gap, "")
-    return Certification(
-        certified=not reasons, reasons=tuple(reasons), recovery=rec, recovery_lower=lower, utility=utility,
-        u_weak=u_weak, utility_penalised=None, u_weak_penalised=None, recovery_penalised=None, n=n, n_boot=n_boot,
-        dropped=dropped, bar=float(bar), floor=float(floor), level=float(level), seed=seed, ci=ci, u_strong=u_strong,
-    )  # fmt: skip
-
-
-def summarize_pass(samples: Sequence[PassSample], *, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> Summary:
-    """Pass rates with paired bootstrap intervals (problems resampled), f_weak pooled, and ``certify_pass``.
-
-    ``utility`` is the candidate's pass rate and ``raw_winrate`` the same number (there is no judge); intervals come
-    from ``certify_pass``'s resamples, except f_weak's, drawn on the same indices (same seed)."""
-    if not samples:
-        raise StatsError("summarize_pass needs at least one sample")
-    n = len(samples)
-    wchars = np.array([s.weak_chars for s in samples], dtype=float)
-    schars = np.array([s.strong_chars for s in samples], dtype=float)
-    total = wchars.sum() + schars.sum()
-    f_weak = float(wchars.sum() / total) if total > 0 else None
-    cert = None
-    if n >= 2:
-        cert = certify_pass([s.passed for s in samples], [s.weak_passed for s in samples],
-                            [s.strong_passed for s in samples], seed=seed, n_boot=n_boot, level=level)  # fmt: skip
-    utility = float(np.mean([s.passed for s in samples]))
-    u_weak = float(np.mean([s.weak_passed for s in samples]))
-    u_strong = float(np.mean([s.strong_passed for s in samples]))
-    rec = (utility - u_weak) / (u_strong - u_weak) if u_strong > u_weak else None
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    b_w, b_all = wchars[idx].sum(axis=1), (wchars[idx] + schars[idx]).sum(axis=1)
-    has_chars = b_all > 0
-    ci = dict(cert.ci) if cert else {}
-    if has_chars.any():
-        low, high = np.quantile(b_w[has_chars] / b_all[has_chars], ((1 - level) / 2, (1 + level) / 2))
-        ci["f_weak"] = Interval(float(low), float(high), level)
-    order = ("f_weak", "utility", "u_weak", "u_strong", "recovery")
-    return Summary(
-        n=n, f_weak=f_weak, utility=utility, u_weak=u_weak, recovery=rec, raw_winrate=utility,
-        ci={k: ci[k] for k in order if k in ci}, n_boot=n_boot, recovery_dropped=cert.dropped if cert else 0,
-        f_weak_dropped=int(n_boot - has_chars.sum()), certification=cert,
-    )  # fmt: skip
