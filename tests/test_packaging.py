@@ -7,14 +7,12 @@ installed into it. So what runs is the wheel's `workspace` and `servers`, with t
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
 import subprocess
 import sys
 import sysconfig
-import threading
 import zipfile
 from pathlib import Path
 
@@ -22,7 +20,6 @@ import pytest
 from click.testing import CliRunner
 
 from servers.settings import PROJECT_ROOT
-from tests.fakeserver import FakeServer, ToyModel
 from workspace.cli import main
 
 pytestmark = pytest.mark.slow
@@ -81,27 +78,12 @@ def venv(wheel, tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def toy_urls():
-    """A weak and a strong toy server on their own event loop (the installed `cdw` reaches them over HTTP)."""
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-    servers = [FakeServer(ToyModel(name="weak", seed=1, eos_after=110)),
-               FakeServer(ToyModel(name="strong", seed=2, reverse=True, eos_after=100))]  # fmt: skip
-    for s in servers:
-        asyncio.run_coroutine_threadsafe(s.start(), loop).result(10)
-    yield {"weak": servers[0].url, "strong": servers[1].url}
-    for s in servers:
-        asyncio.run_coroutine_threadsafe(s.stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-
-
 def test_the_wheel_holds_every_module_and_data_file_of_the_packages(wheel):
     names = {n for n in zipfile.ZipFile(wheel).namelist() if not n.startswith("cdw-")}
     assert names == _sources()
 
 
-def test_the_installed_wheel_runs_from_outside_the_checkout(venv, toy_urls, tmp_path):
+def test_the_installed_wheel_runs_from_outside_the_checkout(venv, toys, tmp_path):
     env = _clean_env(CDW_HOME=str(tmp_path / "home"), COLUMNS="200")
     cdw = str(venv / "bin" / "cdw")
     where = _run([str(venv / "bin" / "python"), "-c", "import servers, workspace; print(workspace.__file__); "
@@ -112,7 +94,7 @@ def test_the_installed_wheel_runs_from_outside_the_checkout(venv, toy_urls, tmp_
     assert "smollm2" in _run([cdw, "models", "list"], cwd=tmp_path, env=env)  # presets.toml, read from the wheel
 
     args = ["decode", "Name three colours.", "--policy", "always", "--max-tokens", "40", "--json",
-            f"--weak-url={toy_urls['weak']}", f"--strong-url={toy_urls['strong']}"]  # fmt: skip
+            f"--weak-url={toys.urls['weak']}", f"--strong-url={toys.urls['strong']}"]  # fmt: skip
     installed = json.loads(_run([cdw, *args], cwd=tmp_path, env=env))
     assert installed["text"] and {s["author"] for s in installed["segments"]} == {"strong"}
     here = CliRunner().invoke(main, args, catch_exceptions=False)
