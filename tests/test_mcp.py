@@ -1,6 +1,6 @@
 """The agents' MCP server, driven by the `mcp` SDK's own client over stdio (and once over HTTP).
 
-The server runs as a subprocess (`python -m workspace.mcp_server`, or `cdw mcp`) pointed at in-test weak, strong and
+The server runs as a subprocess (`python -m workspace.cli mcp`, i.e. `cdw mcp`) pointed at in-test weak, strong and
 judge servers that live on a background thread's event loop, with records, findings, the call cache and the policy
 folder in temp dirs. Prompts are the first few canonical ones (the AlpacaEval instructions are copied from this
 machine's cache, or fetched once).
@@ -159,10 +159,11 @@ def env(tmp_path, monkeypatch, servers, alpaca_cache) -> dict[str, str]:
 
 
 @asynccontextmanager
-async def connect(env: dict[str, str], *args: str, cli: bool = False):
+async def connect(env: dict[str, str], *args: str):
     """A ClientSession on a fresh server subprocess (its stderr goes to a log file beside the records)."""
-    module = ["-m", "workspace.cli", "mcp"] if cli else ["-m", "workspace.mcp_server"]
-    params = StdioServerParameters(command=sys.executable, args=[*module, *args], env=env, cwd=str(ROOT))
+    params = StdioServerParameters(
+        command=sys.executable, args=["-m", "workspace.cli", "mcp", *args], env=env, cwd=str(ROOT)
+    )
     log = Path(env["CDW_HOME"]) / "mcp-server.log"
     with log.open("a") as errlog:
         async with stdio_client(params, errlog=errlog) as (read, write), ClientSession(read, write) as session:
@@ -196,7 +197,7 @@ def numbers(d: dict) -> dict:
 
 
 async def test_tools_are_listed_with_their_schemas(env):
-    async with connect(env, cli=True) as session:  # `cdw mcp`
+    async with connect(env) as session:
         tools = {t.name: t for t in (await session.list_tools()).tools}
     assert set(tools) == TOOLS
     for t in tools.values():
@@ -438,7 +439,7 @@ async def test_http_transport_answers_only_with_the_bearer_token(env, tmp_path):
     port, token = _free_port(), "test-token-123"
     log = (tmp_path / "http.log").open("w")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "workspace.mcp_server", "--http", "--port", str(port), "--token", token],
+        [sys.executable, "-m", "workspace.cli", "mcp", "--http", "--port", str(port), "--token", token],
         env={**os.environ, **env}, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}/mcp"

@@ -378,7 +378,7 @@ def test_cli_collect_label_show_train(bpe_thread, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     folder = tmp_path / "home" / "traces" / "alpaca_eval-p"
     assert "5 problems" in r.output and (folder / "tokens.jsonl").is_file()
-    from workspace.cli_router import SOURCES
+    from workspace.cli.router import SOURCES
 
     assert SOURCES == labels.SOURCES  # the command's choices are the label sources (kept apart for start-up time)
     r = cdw("traces", "label", "--traces", folder, "--per-problem", 4, *urls)

@@ -12,13 +12,12 @@ The servers (weak, strong, judge) are found as everywhere else: `--weak-url` etc
 `cdw serve` started. Transports: stdio (the default), or `--http`: streamable HTTP on 127.0.0.1 that answers only
 requests carrying `Authorization: Bearer <token>`.
 
-    python -m workspace.mcp_server            # or: cdw mcp
+    cdw mcp                                   # stdio; or python -m workspace.cli mcp
     cdw mcp --http --port 8765 --token SECRET
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import hmac
 import json
@@ -485,27 +484,6 @@ def serve(
     anyio.run(uvicorn.Server(uvicorn.Config(app, host=HOST, port=port, log_level="warning")).serve)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m workspace.mcp_server [--http] [--port P] [--token T] [--author NAME]`."""
-    ap = argparse.ArgumentParser(prog="python -m workspace.mcp_server", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--http", action="store_true", help=f"streamable HTTP on {HOST} instead of stdio")
-    ap.add_argument("--port", type=int, default=DEFAULT_PORT, help="HTTP port")
-    ap.add_argument("--token", default=None, help="bearer token for --http (else $CDW_MCP_TOKEN, else generated)")
-    ap.add_argument("--author", default=None, help="author of shared findings (else $CDW_AUTHOR, else login name)")
-    ap.add_argument("--no-cache", action="store_true", help="do not answer repeated requests from the call cache")
-    ap.add_argument("--policies", type=Path, default=None, help="policy folder (else $CDW_POLICIES_DIR, policies/)")
-    ap.add_argument("--budget-evals", type=int, default=None, help="evaluations this server may start")
-    ap.add_argument("--budget-prompts", type=int, default=None, help="prompts its evaluations may cover in all")
-    ap.add_argument("--usage", type=Path, default=None, help="usage file the budgets count in (with a budget)")
-    ap.add_argument("--max-in-flight", type=int, default=None, help="requests in flight per model server")
-    for role in ("weak", "strong", "judge"):
-        ap.add_argument(f"--{role}-url", default=None, help=f"{role} server URL(s) (else $CDW_{role.upper()}_URL)")
-    a = ap.parse_args(argv)
-    urls = {"weak": a.weak_url, "strong": a.strong_url, "judge": a.judge_url}
-    serve(server_config(urls, a.author, not a.no_cache, a.policies, a.budget_evals, a.budget_prompts, a.usage,
-                        a.max_in_flight), http=a.http, port=a.port, token=a.token)  # fmt: skip
-
-
 def server_config(urls, author, cache=True, policies=None, budget_evals=None, budget_prompts=None, usage=None,
                   max_in_flight=None) -> ServerConfig:  # fmt: skip
     """A ServerConfig from command-line values (budgets need a usage file to count in)."""
@@ -513,7 +491,3 @@ def server_config(urls, author, cache=True, policies=None, budget_evals=None, bu
     if budget_evals is not None or budget_prompts is not None:
         budget = Budget(usage or (policies or policies_dir()) / ".usage.json", budget_evals, budget_prompts)
     return ServerConfig(urls, author, cache, policies, budget, max_in_flight)
-
-
-if __name__ == "__main__":
-    main()

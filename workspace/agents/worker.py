@@ -40,7 +40,7 @@ def spec_for(run: Run, index: int) -> tuple[AgentSpec, dict]:
     a = run.agents[index]
     folder = Path(a.folder)
     text = brief(c, a.author, a.direction, folder)
-    cmd = [sys.executable, "-m", "workspace.mcp_server", "--author", a.author, "--policies", str(folder),
+    cmd = [sys.executable, "-m", "workspace.cli", "mcp", "--author", a.author, "--policies", str(folder),
            "--budget-evals", str(c.budget_evals), "--budget-prompts", str(c.budget_prompts),
            "--usage", str(run.budget(index).path)]  # fmt: skip
     share = mcp_share(c.agents)

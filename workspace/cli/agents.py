@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from .cli import _fail, _slurm_opts, slurm_options
+from .options import fail, slurm_options, take_slurm_options
 
 
 @click.group("agents")
@@ -65,9 +65,9 @@ def agents_run(backend, model, model_url, api_key_env, n, max_turns, directions,
     """
     from servers.sbatch import SlurmError
 
-    from .agents import AgentsError, RunConfig, new_run, read_directions, status, submit_jobs, supervise
+    from ..agents import AgentsError, RunConfig, new_run, read_directions, status, submit_jobs, supervise
 
-    options = _slurm_opts(kw, slurm)
+    options = take_slurm_options(kw, slurm)
 
     try:
         config = RunConfig(n, backend, model, model_url, api_key_env, max_turns, hours, budget_evals, budget_prompts,
@@ -75,13 +75,13 @@ def agents_run(backend, model, model_url, api_key_env, n, max_turns, directions,
                            temperature, text_tool_calls)  # fmt: skip
         run = new_run(config)
     except (AgentsError, OSError) as e:
-        _fail(str(e))
+        fail(str(e))
     click.echo(f"run {run.id}: {n} agent(s), transcripts in {run.path}")
     if slurm:
         try:
             run = submit_jobs(run, options)
         except SlurmError as e:
-            _fail(f"{e} (jobs submitted before this one are recorded in {run.path / 'run.json'})")
+            fail(f"{e} (jobs submitted before this one are recorded in {run.path / 'run.json'})")
         for a in run.agents:
             click.echo(f"  {a.author}: SLURM job {a.job_id}, output {run.path / f'agent-{a.index}.log'}")
         click.echo(f"watch: cdw agents status --watch {run.id}    stop: cdw agents stop {run.id}")
@@ -102,12 +102,12 @@ def agents_status(run_id: str | None, as_json: bool, watch: bool) -> None:
     """Per agent: state, turns, tool calls (refused ones), evaluations, findings, budget left, last action."""
     from dataclasses import asdict
 
-    from .agents import AgentsError, load, status
+    from ..agents import AgentsError, load, status
 
     try:
         run = load(run_id)
     except AgentsError as e:
-        _fail(str(e))
+        fail(str(e))
     if as_json:
         click.echo(json.dumps({"run": run.id, "agents": [asdict(r) for r in status(run)]}, indent=2))
         return
@@ -124,11 +124,11 @@ def agents_status(run_id: str | None, as_json: bool, watch: bool) -> None:
 @click.argument("run_id", required=False)
 def agents_stop(run_id: str | None) -> None:
     """End a run cleanly: each agent writes its `end` line (stopped) and its MCP server exits."""
-    from .agents import AgentsError, load, status, stop
+    from ..agents import AgentsError, load, status, stop
 
     try:
         run = load(run_id)
     except AgentsError as e:
-        _fail(str(e))
+        fail(str(e))
     stop(run)
     Console().print(_table(run, status(run)))

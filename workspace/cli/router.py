@@ -11,7 +11,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .cli import _fail, _prompt_set, _setup, _urls, prompt_options, url_options
+from .options import eval_setup, fail, prompt_options, prompt_set, url_options, urls
 
 SOURCES = ("disagreement", "disagreement_words", "outcome")  # workspace.router.labels.SOURCES (not imported: startup)
 
@@ -32,12 +32,12 @@ def traces_collect(spec: str, out: str | None, **kw) -> None:
 
     Example: cdw traces collect --benchmark humaneval --split train
     """
-    from .policies import PolicyError
-    from .router.traces import TraceError, collect, default_dir
+    from ..policies import PolicyError
+    from ..router.traces import TraceError, collect, default_dir
 
-    prompts = _prompt_set(kw)
+    prompts = prompt_set(kw)
     bench = kw["benchmark"]
-    setup, settings = _setup(kw)
+    setup, settings = eval_setup(kw)
     folder = Path(out) if out else default_dir(bench, prompts)
 
     async def run():
@@ -51,7 +51,7 @@ def traces_collect(spec: str, out: str | None, **kw) -> None:
     try:
         t = asyncio.run(run())
     except (TraceError, PolicyError) as e:
-        _fail(str(e))
+        fail(str(e))
     click.echo(f"{folder}: {len(t.decodes)} problems, {len(t.tokens)} token rows")
 
 
@@ -64,17 +64,17 @@ def traces_collect(spec: str, out: str | None, **kw) -> None:
 @url_options
 def traces_label(path: str, source: str, per_problem: int, seed: int, no_cache: bool, **kw) -> None:
     """Label sampled positions of a traces folder (resumable; a rerun is answered from the call cache)."""
-    from .cache import CallCache
-    from .endpoints import EndpointError
-    from .evaluate import Setup
-    from .router.labels import label
-    from .router.traces import TraceError, read
+    from ..cache import CallCache
+    from ..endpoints import EndpointError
+    from ..evaluate import Setup
+    from ..router.labels import label
+    from ..router.traces import TraceError, read
 
     try:
         traces = read(path)
-        setup = Setup.from_endpoints(_urls(kw), None if no_cache else CallCache())
+        setup = Setup.from_endpoints(urls(kw), None if no_cache else CallCache())
     except (TraceError, EndpointError) as e:
-        _fail(str(e))
+        fail(str(e))
 
     async def run():
         try:
@@ -85,7 +85,7 @@ def traces_label(path: str, source: str, per_problem: int, seed: int, no_cache: 
     try:
         labels = asyncio.run(run())
     except TraceError as e:
-        _fail(str(e))
+        fail(str(e))
     pos = sum(r.label for r in labels)
     click.echo(f"{path}: {len(labels)} {source} labels, {pos} harmful ({pos / max(1, len(labels)):.1%})")
 
@@ -94,13 +94,13 @@ def traces_label(path: str, source: str, per_problem: int, seed: int, no_cache: 
 @click.argument("path", type=click.Path(file_okay=False, exists=True))
 def traces_show(path: str) -> None:
     """What a traces folder holds: problems, token rows, labels per source and their positive rates."""
-    from .router.labels import SOURCES, read_labels
-    from .router.traces import TraceError, read
+    from ..router.labels import SOURCES, read_labels
+    from ..router.traces import TraceError, read
 
     try:
         t = read(path)
     except TraceError as e:
-        _fail(str(e))
+        fail(str(e))
     m = t.meta
     click.echo(f"{path}: {m.get('prompts')} under {m.get('policy')} · {len(t.decodes)} problems · "
                f"{len(t.tokens)} token rows · top-{m.get('top_k')} logprobs · models {m.get('models')}")  # fmt: skip
@@ -130,15 +130,15 @@ def probe_train(path: str, source: str, kind: str, holdout: float, seed: int, ou
 
     Example: cdw probe train --traces .cdw/traces/humaneval-train --out probes/humaneval-trees.json
     """
-    from .router.traces import TraceError, read
-    from .router.train import ProbeError, save, train
+    from ..router.traces import TraceError, read
+    from ..router.train import ProbeError, save, train
 
     if not out.endswith(".json"):
-        _fail("--out: a probe's weights are a .json file")
+        fail("--out: a probe's weights are a .json file")
     try:
         obj, report = train(read(path), source, kind, test_fraction=holdout, seed=seed)
     except (TraceError, ProbeError) as e:
-        _fail(str(e))
+        fail(str(e))
     save(obj, out)
     if as_json:
         click.echo(json.dumps({"weights": out, **report.to_json()}, indent=2))

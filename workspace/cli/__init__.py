@@ -1,0 +1,22 @@
+"""`cdw`: the command line. Each command is a thin shell over the Python API; this module only gathers them."""
+
+from __future__ import annotations
+
+import click
+
+from . import agents, evaluate, forum, mcp, records, router, serve
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Collaborative Decoding Workspace: a weak model writes, a policy hands spans to a strong model."""
+
+
+for command in (
+    serve.models, serve.serve, serve.status, serve.check,
+    evaluate.decode_cmd, evaluate.eval_cmd, evaluate.sweep, evaluate.baselines, evaluate.judge_check_cmd,
+    records.verify, records.keys,
+    forum.findings_group, forum.leaderboard_cmd, forum.site_cmd,
+    mcp.mcp_cmd, agents.agents_group, router.traces_group, router.probe_group,
+):  # fmt: skip
+    main.add_command(command)

@@ -1,0 +1,259 @@
+"""`cdw decode|eval|sweep|baselines|judge-check`: decode one instruction, evaluate policies, show the numbers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import click
+from rich.table import Table
+
+from ..format import num, with_interval
+from .options import (
+    console,
+    eval_setup,
+    fail,
+    job_options,
+    prompt_options,
+    prompt_set,
+    run_closing,
+    submitted_as_job,
+    url_options,
+    urls,
+)
+
+
+@click.command("decode")
+@click.argument("instruction")
+@click.option("--policy", "spec", default="margin(tau=0.05, span=sentence)", show_default=True, help="policy spec")
+@click.option("--max-tokens", default=256, show_default=True, help="answer length limit (weak tokens)")
+@click.option("--json", "as_json", is_flag=True, help="print the decode as JSON")
+@url_options
+def decode_cmd(instruction: str, spec: str, max_tokens: int, as_json: bool, **kw) -> None:
+    """Collaboratively decode one INSTRUCTION; weak spans plain, strong spans highlighted."""
+    from ..endpoints import EndpointError
+    from ..engine import EngineSettings, Models, decode
+    from ..policies import PolicyError, load_policy
+
+    try:
+        policy = load_policy(spec)
+        models = Models.from_endpoints(urls(kw))
+    except (PolicyError, EndpointError) as e:
+        fail(str(e))
+
+    async def run():
+        try:
+            return await decode(instruction, policy, models, EngineSettings(max_tokens=max_tokens))
+        finally:
+            await models.close()
+
+    d = asyncio.run(run())
+    if as_json:
+        click.echo(json.dumps(d.to_json(), ensure_ascii=False, indent=2))
+    else:
+        for seg in d.segments:
+            console.print(seg.text, style="bold magenta" if seg.author == "strong" else None, end="", markup=False)
+        console.print()
+        console.print(
+            f"[dim]f_weak {num(d.f_weak, 2)} · {d.num_deferrals} deferral(s) · {d.finish_reason} · "
+            f"{d.seconds:.1f} s · {policy.describe()} · [bold magenta]strong[/bold magenta] / weak[/dim]"
+        )
+    if d.error:
+        console.print(f"[bold red]error:[/] {d.error}")
+        sys.exit(1)
+
+
+def _ci(ev, key: str) -> str:
+    """A number with its 95% interval: f_weak from the summary, the fitted ones from the certification rule's fit."""
+    src = ev.summary if key == "f_weak" else ev.certification
+    v = getattr(src, key) if src else None
+    return with_interval(v, src.ci.get(key) if src else None)
+
+
+def show_evaluation(ev) -> None:
+    s, c = ev.summary, ev.certification
+    t = Table(title=f"evaluation {ev.id} · {ev.policy} · {ev.prompts} (n={ev.n})")
+    t.add_column("quantity")
+    t.add_column("value [95% CI]")
+    tests = ev.baselines.scored_by_tests
+    t.add_row("f_weak", _ci(ev, "f_weak"))
+    if tests:
+        t.add_row("utility (pass@1, unit tests)", _ci(ev, "utility"))
+        t.add_row("U_weak (weak model's own pass rate)", _ci(ev, "u_weak"))
+        t.add_row("U_strong (strong model's own pass rate)", _ci(ev, "u_strong"))
+    else:
+        t.add_row("utility (length-controlled winrate vs reference)", _ci(ev, "utility"))
+        t.add_row("U_weak", _ci(ev, "u_weak"))
+    t.add_row("recovery", _ci(ev, "recovery"))
+    t.add_row(
+        "recovery, one-sided 95% lower bound",
+        num(c.recovery_lower if c else None)
+        + (f" ({c.dropped} of {c.n_boot} resamples had no gap: counted as failures)" if c and c.dropped else ""),
+    )
+    if not tests:
+        t.add_row("raw winrate (no length control)", num(s.raw_winrate if s else None))
+        t.add_row("recovery with alpaca_eval's penalised LC", num(c.recovery_penalised if c else None))
+    t.add_row("tested" if tests else "judged", f"{s.n if s else 0} of {ev.n}")
+    t.add_row("verified", "[green]yes[/]" if ev.verified else "[yellow]no[/] (why: below)")
+    reasons = ev.reasons()
+    t.add_row("certified", "[green]yes[/]" if not reasons else "[yellow]no[/] (why: below)")
+    console.print(t)
+    if reasons:
+        console.print("[yellow]not certified:[/]")
+        for r in reasons:
+            console.print(f"  - {r}", markup=False)
+    if ev.note:
+        console.print(f"[yellow]no numbers: {ev.note}[/]")
+    for pid, err in ev.errors[:10]:
+        console.print(f"[red]  {pid}:[/] {err}")
+    if len(ev.errors) > 10:
+        console.print(f"[red]  … and {len(ev.errors) - 10} more[/]")
+    timings = " · ".join(f"{k} {v:.0f} s" for k, v in ev.timings.items())
+    console.print(f"[dim]{timings} · record records/evaluations/{ev.id}.jsonl[/]")
+
+
+def _run_evaluations(spec: str, kw: dict, grid: bool = False):
+    from ..evaluate import EvaluationError, evaluate, sweep
+    from ..policies import PolicyError
+    from ..store import StoreError
+
+    prompts = prompt_set(kw)
+    setup, settings = eval_setup(kw)
+
+    async def run():
+        try:
+            if grid:
+                return await sweep(spec, prompts, setup, settings)
+            return [await evaluate(spec, prompts, setup, settings)]
+        finally:
+            await setup.close()
+
+    try:
+        return asyncio.run(run())
+    except (EvaluationError, StoreError, PolicyError) as e:
+        fail(str(e))
+
+
+@click.command("eval")
+@click.option("--policy", "spec", required=True, help="policy spec, e.g. 'margin(tau=0.05, span=sentence)'")
+@click.option("--json", "as_json", is_flag=True, help="print the numbers as JSON")
+@prompt_options
+@url_options
+@job_options
+def eval_cmd(spec: str, as_json: bool, **kw) -> None:
+    """Evaluate a policy: decode, judge against the reference, report f_weak, utility, recovery with 95% CIs.
+
+    Running the same evaluation again resumes it (a finished one is read back without calling any server).
+    With --slurm it runs as a SLURM job (a cancelled or pre-empted one resumes the same way).
+    """
+    if submitted_as_job(kw):
+        return
+    (ev,) = _run_evaluations(spec, kw)
+    if as_json:
+        click.echo(json.dumps(ev.to_json(), ensure_ascii=False, indent=2))
+    else:
+        show_evaluation(ev)
+    if ev.errors:
+        sys.exit(2)
+
+
+@click.command()
+@click.option("--policy", "spec", required=True, help="a spec with lists, e.g. 'margin(tau=[0.02,0.05,0.1])'")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object per point")
+@prompt_options
+@url_options
+@job_options
+def sweep(spec: str, as_json: bool, **kw) -> None:
+    """Evaluate every point of a policy grid on the same prompts (baselines are computed once); with --slurm, as
+    a SLURM job (useful for long sweeps)."""
+    if submitted_as_job(kw):
+        return
+    evs = _run_evaluations(spec, kw, grid=True)
+    if as_json:
+        click.echo(json.dumps([e.to_json() for e in evs], ensure_ascii=False, indent=2))
+        return
+    t = Table(title=f"sweep {spec} · {evs[0].prompts} (n={evs[0].n})")
+    for col in ("policy", "f_weak", "recovery", "utility", "judged", "certified", "id"):
+        t.add_column(col)
+    for e in evs:
+        judged = f"{e.summary.n if e.summary else 0}/{e.n}"
+        cert = "[green]yes[/]" if e.certified else "no"
+        t.add_row(e.policy, _ci(e, "f_weak"), _ci(e, "recovery"), _ci(e, "utility"), judged, cert, e.id)
+    console.print(t)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="print the baselines as JSON")
+@prompt_options
+@url_options
+def baselines(as_json: bool, **kw) -> None:
+    """Show (computing them once if needed) U_weak, U_strong and the gap for the current servers and prompts."""
+    from ..evaluate import EvaluationError, ensure_baselines
+
+    prompts = prompt_set(kw)
+    setup, settings = eval_setup(kw)
+
+    b = run_closing(ensure_baselines(prompts, setup, settings), setup, EvaluationError)
+    info = b.to_json()
+    if as_json:
+        click.echo(json.dumps(info, ensure_ascii=False, indent=2))
+        return
+    t = Table(title=f"baselines {b.id} · {info['prompts']} (n={info['n']})")
+    t.add_column("")
+    t.add_column("")
+    if b.scored_by_tests:
+        t.add_row("U_weak (weak model's own pass@1)", num(info["u_weak"]))
+        t.add_row("U_strong (strong model's own pass@1)", num(info["u_strong"]))
+    else:
+        t.add_row("U_weak (weak only vs reference)", num(info["u_weak"]))
+        t.add_row("U_strong (reference vs itself)", "0.500")
+    t.add_row("gap", num(info["gap"]))
+    for role, name in info["models"].items():
+        t.add_row(f"{role} model", name)
+    t.add_row("judge", info["judge"])
+    t.add_row("computed", f"{info['created']} ({', '.join(f'{k} {v:.0f} s' for k, v in info['timings'].items())})")
+    console.print(t)
+    for pid, err in b.errors[:10]:
+        console.print(f"[red]  {pid}:[/] {err}")
+
+
+@click.command("judge-check")
+@click.option("--baselines", "baselines_id", default=None, help="baselines record id (default: the newest)")
+@click.option("--pairs", default=20, show_default=True, help="how many of its stored pairs to re-judge")
+@click.option("--json", "as_json", is_flag=True)
+@url_options
+def judge_check_cmd(baselines_id: str | None, pairs: int, as_json: bool, **kw) -> None:
+    """Re-judge a frozen set of stored pairs (weak answer vs reference), bypassing the cache, and report drift."""
+    from ..endpoints import EndpointError
+    from ..evaluate import EvaluationError, judge_check
+    from ..store import list_records
+
+    ids = list_records("baselines")
+    if not ids:
+        fail("no baselines on record yet: run `cdw baselines` or `cdw eval` first")
+    try:
+        from ..client import ModelClient
+        from ..endpoints import resolve_endpoint
+
+        client = ModelClient(resolve_endpoint("judge", urls(kw)["judge"]))
+    except EndpointError as e:
+        fail(str(e))
+
+    d = run_closing(judge_check(baselines_id or ids[-1], client, pairs), client, EvaluationError)
+    if as_json:
+        click.echo(json.dumps(d.to_json(), indent=2))
+    else:
+        if d.n == 0:
+            console.print(f"[red]no pair of {d.baselines_id} could be re-judged ({len(d.errors)} error(s))[/]")
+        else:
+            console.print(
+                f"re-judged {d.n} pairs of baselines {d.baselines_id}: mean |Δ| {d.mean_abs_delta:.4f}, "
+                f"max |Δ| {d.max_abs_delta:.4f}, {d.flipped} verdict(s) flipped, {len(d.errors)} error(s)"
+            )
+        if d.judge_changed:
+            console.print(f"[yellow]the judge is not the one that made these preferences: {d.judge_changed}[/]")
+    for pid, err in d.errors[:5]:
+        console.print(f"[red]  {pid}:[/] {err}")
+    if d.errors or d.n == 0 or d.max_abs_delta > 0.05:
+        sys.exit(1)

@@ -1,0 +1,67 @@
+"""`cdw verify|keys`: check an evaluation record offline; this workspace's signing key."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from .options import console, fail, run_closing, url_options, urls
+
+
+@click.command()
+@click.argument("evaluation_id")
+@click.option("--replay", "replay_k", type=int, default=0, metavar="K",
+              help="also decode and judge K seeded prompts again, without the call cache, and compare")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True)
+@url_options
+def verify(evaluation_id: str, replay_k: int, as_json: bool, **kw) -> None:
+    """Check an evaluation record offline: ids, signatures and trusted key, texts vs segments, verdicts vs the
+    texts they judged, baselines. Exit 0 when it verifies, 1 with the reasons when it does not."""
+    from ..records import check
+
+    c = check("evaluation", evaluation_id)
+    out = {"evaluation_id": evaluation_id, "valid": c.valid, "verified": c.verified, "reason": c.reason,
+           "problems": list(c.problems), "signed_by": c.signed_by, "trusted_by": c.trusted_by}  # fmt: skip
+    ok = c.verified
+    if replay_k:
+        from ..endpoints import EndpointError
+        from ..evaluate import EvaluationError, Setup, replay
+
+        try:
+            setup = Setup.from_endpoints(urls(kw))  # no call cache: ask the servers again
+        except EndpointError as e:
+            fail(str(e))
+        r = run_closing(replay(evaluation_id, setup, replay_k), setup, EvaluationError)
+        out["replay"] = r.to_json()
+        ok = ok and r.agrees
+    if as_json:
+        click.echo(json.dumps(out, indent=2))
+    else:
+        if c.verified:
+            console.print(f"[green]✓[/] {evaluation_id} verifies (signed by {c.trusted_by})")
+        else:
+            console.print(f"[red]✗[/] {evaluation_id} does not verify: {c.reason}")
+            for p in c.problems[:20]:
+                console.print(f"  [red]-[/] {p}")
+        if "replay" in out:
+            r = out["replay"]
+            console.print(f"replay of {len(r['prompt_ids'])} prompts: {r['same_text']} same text, "
+                          f"{r['same_verdict']} same verdict (±{r['tolerance']})")  # fmt: skip
+            for m in r["mismatches"]:
+                console.print(f"  [red]-[/] {m['prompt_id']}: {m['what']}")
+    sys.exit(0 if ok else 1)
+
+
+@click.command()
+def keys() -> None:
+    """This workspace's public key: the line to add to records/trusted_keys.txt (by a commit the group reviews)."""
+    from ..signing import key_path, public_key, trusted_keys, trusted_keys_file
+
+    key = public_key()
+    trusted = trusted_keys().get(key)
+    console.print(f"{key} {os.environ.get('USER', 'someone')}@workspace")
+    console.print(f"[dim]private key {key_path()} · "
+                  f"{'trusted as ' + trusted.who if trusted else 'not in ' + str(trusted_keys_file())}[/]")  # fmt: skip
