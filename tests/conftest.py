@@ -55,7 +55,7 @@ def session_env(tmp_path_factory) -> SessionEnv:
     Records are signed with a key of the suite's own, which its trusted-keys file lists (never the user's key)."""
     import shutil
 
-    from workspace import signing
+    from workspace.records import signing
 
     models, data = paths().models, paths().data  # this machine's caches, read before the user's variables go
     mp = pytest.MonkeyPatch()

@@ -11,12 +11,13 @@ import msgspec
 import pytest
 
 from tests.fakeserver import FakeServer, ToyModel
-from workspace import humaneval, records, sandbox
+from workspace import humaneval, sandbox
 from workspace.client import ClientSettings, ModelClient
 from workspace.endpoints import Endpoint
 from workspace.engine import EngineSettings
 from workspace.evaluate import EvalSettings, Setup, evaluate, load_evaluation
-from workspace.store import read_record
+from workspace.records import schema, verify
+from workspace.records.log import read_record
 
 pytestmark = pytest.mark.skipif(sandbox.shutil.which("bwrap") is None, reason="needs bubblewrap (make sandbox)")
 
@@ -113,14 +114,14 @@ async def test_pass_rates_recovery_and_checks(servers, records_dir):
 async def test_a_test_line_must_be_about_the_answer_on_record(servers, records_dir):
     ev = await run(servers, "never")
     test = next(e for e in read_record("evaluations", ev.id).events if e.get("type") == "test")
-    line = msgspec.convert(test, records.Test)
+    line = msgspec.convert(test, schema.Test)
     pid = line.prompt_id
     p = humaneval.problem(pid)
     text = next(e.candidate.text for e in ev.examples if e.prompt_id == pid)
-    assert records._test_problems("t", line, pid, text) == []
+    assert verify._test_problems("t", line, pid, text) == []
     # The same result, claimed for another answer: refused.
     other = wrong_answer(p) if text != wrong_answer(p) else humaneval.canonical_answer(p)
-    assert any("not about the answer" in m for m in records._test_problems("t", line, pid, other))
+    assert any("not about the answer" in m for m in verify._test_problems("t", line, pid, other))
     # "no code" claimed for an answer with code: refused.
     fake = msgspec.structs.replace(line, status="no_code", program="")
-    assert records._test_problems("t", fake, pid, humaneval.canonical_answer(p))
+    assert verify._test_problems("t", fake, pid, humaneval.canonical_answer(p))

@@ -23,8 +23,9 @@ from workspace.evaluate.results import Baselines, Example
 from workspace.frames import evaluations_frame, examples_frame
 from workspace.judge import Preference
 from workspace.leaderboard import BASELINE, NOT_CANONICAL, build_leaderboard
-from workspace.records import Check, Header, PromptsRef, ReferenceTest, WeakTest
-from workspace.records import Test as CandidateTest  # a name pytest does not collect
+from workspace.records.schema import Header, PromptsRef, ReferenceTest, WeakTest
+from workspace.records.schema import Test as CandidateTest  # a name pytest does not collect
+from workspace.records.verify import Check
 from workspace.stats import summarize, summarize_pass
 
 N = 12

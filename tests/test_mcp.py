@@ -33,7 +33,7 @@ from workspace import charts, data, forum, leaderboard
 from workspace.client import ModelClient
 from workspace.endpoints import Endpoint
 from workspace.evaluate import EngineSettings, Setup, evaluate, generate, load_evaluation
-from workspace.store import record_path
+from workspace.records.log import record_path
 
 pytestmark = pytest.mark.slow
 

@@ -13,11 +13,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests import test_evaluate
 from tests.test_evaluate import run
-from workspace import signing
 from workspace.cli import main
 from workspace.evaluate import load_evaluation
 from workspace.leaderboard import get_leaderboard
-from workspace.records import check
+from workspace.records import signing
+from workspace.records.verify import check
 
 servers, records = test_evaluate.servers, test_evaluate.records  # the in-test servers and a records folder
 

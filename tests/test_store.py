@@ -8,7 +8,7 @@ import os
 import pytest
 
 from workspace.cache import CallCache
-from workspace.store import RecordWriter, StoreError, list_records, read_record
+from workspace.records.log import RecordWriter, StoreError, list_records, read_record
 
 
 @pytest.fixture(autouse=True)

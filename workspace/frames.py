@@ -24,7 +24,7 @@ import polars as pl
 from .evaluate import Evaluation, EvaluationError, load_evaluation
 from .evaluate.results import confirmation_of
 from .policies import family
-from .store import StoreError, list_records, record_path
+from .records.log import StoreError, list_records, record_path
 
 # Recomputing an evaluation (bootstrap, length-control fits) takes about half a second. Records are append-only, so
 # an evaluation whose record files have not changed since it was last read has not changed either.

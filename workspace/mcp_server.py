@@ -52,9 +52,9 @@ from .fileio import atomic_write
 from .forum import FindingError
 from .policies import Policy, PolicyError, canonical_spec, load_policy, registry
 from .policies.source_check import PolicySourceError, check_policy_source
-from .records import header_of
+from .records.log import StoreError, read_record
+from .records.schema import header_of
 from .stats import BAR, FLOOR
-from .store import StoreError, read_record
 
 T = TypeVar("T")
 HOST = "127.0.0.1"

@@ -23,7 +23,7 @@ from .forum import KINDS, Finding, FindingError, default_author, share_finding
 from .leaderboard import Leaderboard, LeaderboardEntry, get_leaderboard, scoring_sentence
 from .policies import PolicyError, TokenSignal, expand_spec, load_policy, registry
 from .policies.params import DEFAULT_INNER, KNOWN, SPANS, TAU, Param, param_specs, spec_string  # noqa: F401
-from .store import StoreError, read_record
+from .records.log import StoreError, read_record
 
 # Weak text is the default and stays plain; strong spans carry the colour, so the eye finds the handoffs.
 STRONG_BACKGROUND = "#ffd8a8"

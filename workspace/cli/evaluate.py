@@ -116,7 +116,7 @@ def show_evaluation(ev) -> None:
 def _run_evaluations(spec: str, kw: dict, grid: bool = False):
     from ..evaluate import EvaluationError, evaluate, sweep
     from ..policies import PolicyError
-    from ..store import StoreError
+    from ..records.log import StoreError
 
     prompts = prompt_set(kw)
     setup, settings = eval_setup(kw)
@@ -227,7 +227,7 @@ def judge_check_cmd(baselines_id: str | None, pairs: int, as_json: bool, **kw) -
     """Re-judge a frozen set of stored pairs (weak answer vs reference), bypassing the cache, and report drift."""
     from ..endpoints import EndpointError
     from ..evaluate import EvaluationError, judge_check
-    from ..store import list_records
+    from ..records.log import list_records
 
     ids = list_records("baselines")
     if not ids:

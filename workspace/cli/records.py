@@ -20,7 +20,7 @@ from .options import console, fail, run_closing, url_options, urls
 def verify(evaluation_id: str, replay_k: int, as_json: bool, **kw) -> None:
     """Check an evaluation record offline: ids, signatures and trusted key, texts vs segments, verdicts vs the
     texts they judged, baselines. Exit 0 when it verifies, 1 with the reasons when it does not."""
-    from ..records import check
+    from ..records.verify import check
 
     c = check("evaluation", evaluation_id)
     out = {"evaluation_id": evaluation_id, "valid": c.valid, "verified": c.verified, "reason": c.reason,
@@ -58,7 +58,7 @@ def verify(evaluation_id: str, replay_k: int, as_json: bool, **kw) -> None:
 @click.command()
 def keys() -> None:
     """This workspace's public key: the line to add to records/trusted_keys.txt (by a commit the group reviews)."""
-    from ..signing import key_path, public_key, trusted_keys, trusted_keys_file
+    from ..records.signing import key_path, public_key, trusted_keys, trusted_keys_file
 
     key = public_key()
     trusted = trusted_keys().get(key)

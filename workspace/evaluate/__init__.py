@@ -8,7 +8,7 @@ Phases, each fully concurrent and each appended to a record as it goes:
    orders (`runs.py`; `records/evaluations/`). A candidate identical to the reference is 0.5 and one identical to
    the weak answer takes the weak preference, without calls.
 3. **Read** (`results.py`): numbers recomputed from the recorded generations and preferences, the certification
-   rule (`stats.certify`), the offline checks of the record (`records.check`) and why it is not certified.
+   rule (`stats.certify`), the offline checks of the record (`records.verify.check`) and why it is not certified.
 
 `phases.py` runs one phase (decode, unit tests, judge) over a prompt set and appends its events, for baselines
 and candidate runs alike; `setup.py` holds the settings and the servers; `audit.py` asks the servers again (judge

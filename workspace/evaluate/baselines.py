@@ -13,7 +13,8 @@ import msgspec
 from .. import data
 from ..client import ClientError
 from ..judge import Judge
-from ..records import (
+from ..records.log import RecordWriter, read_record
+from ..records.schema import (
     Header,
     PromptsRef,
     Reference,
@@ -25,7 +26,6 @@ from ..records import (
     digest,
     to_fields,
 )
-from ..store import RecordWriter, read_record
 from .phases import Progress, TestPhase, decode_phase, judge_phase, test_pool
 from .results import Baselines, latest, read_baselines, typed
 from .setup import EvalSettings, Setup, code_version, now

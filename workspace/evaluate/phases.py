@@ -13,8 +13,8 @@ from .. import data, sandbox
 from ..engine import Decode, decode_many
 from ..judge import Judge, Preference
 from ..policies import Policy
-from ..records import Generation, Timing, Verdict, WeakAnswer, WeakVerdict, _Test, to_fields
-from ..store import RecordWriter
+from ..records.log import RecordWriter
+from ..records.schema import Generation, Timing, Verdict, WeakAnswer, WeakVerdict, _Test, to_fields
 from .setup import EvalSettings, Setup
 
 

@@ -12,14 +12,15 @@ from functools import cached_property
 
 from servers.presets import load_catalog
 
-from .. import data, records
+from .. import data
 from ..benchmark import get as get_benchmark
 from ..engine import Decode, EngineSettings
 from ..format import pair
 from ..judge import JudgeSettings, Preference
-from ..records import Event, Header, _Test, event_of, header_of
+from ..records import verify
+from ..records.log import Record, StoreError, list_records, read_record
+from ..records.schema import Event, Header, SchemaError, _Test, event_of, header_of
 from ..stats import Certification, PairedSample, PassSample, StatsError, Summary, summarize, summarize_pass
-from ..store import Record, StoreError, list_records, read_record
 from .setup import EvalSettings, EvaluationError
 
 CONFIRMATION = "confirmation"  # the prompt set that confirms a certified result (300 more prompts)
@@ -103,7 +104,7 @@ def typed(rec: Record) -> tuple[Header, list[Event]]:
     """A record's header and events as the schema's structs (a line that does not fit is an error)."""
     try:
         return header_of(rec.header), [event_of(e) for e in rec.events]
-    except records.SchemaError as e:
+    except SchemaError as e:
         raise EvaluationError(f"{rec.path}: {e}") from e
 
 
@@ -249,9 +250,9 @@ class Evaluation:
         return self.summary.certification if self.summary else None
 
     @cached_property
-    def check(self) -> records.Check:
+    def check(self) -> verify.Check:
         """The offline checks of this record and its baselines (signatures, ids, texts, verdicts)."""
-        return records.check("evaluation", self.id)
+        return verify.check("evaluation", self.id)
 
     @property
     def verified(self) -> bool:

@@ -11,8 +11,8 @@ import msgspec
 from .. import data
 from ..judge import Judge, Preference
 from ..policies import Policy, PolicyError, expand_spec, load_policy
-from ..records import Generation, Header, Test, Verdict, digest, to_fields
-from ..store import RecordWriter, read_record
+from ..records.log import RecordWriter, read_record
+from ..records.schema import Generation, Header, Test, Verdict, digest, to_fields
 from .baselines import baselines_header, ensure_baselines
 from .phases import Progress, TestPhase, decode_phase, judge_phase, test_pool
 from .results import Evaluation, build, latest, load_evaluation, read_baselines, read_existing, typed

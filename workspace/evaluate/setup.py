@@ -15,7 +15,7 @@ from ..client import ClientSettings, ModelClient
 from ..endpoints import resolve_endpoint
 from ..engine import EngineSettings, Models
 from ..judge import JudgeSettings
-from ..records import CodeVersion
+from ..records.schema import CodeVersion
 
 
 class EvaluationError(RuntimeError):

@@ -1,6 +1,6 @@
-"""Where evaluations live on disk: append-only record logs.
+"""Append-only record logs: one JSON Lines file per record, written by one process at a time, signed.
 
-**Records.** One JSON Lines file per record (`records/<kind>/<id>.jsonl`, e.g. `records/evaluations/…`):
+One JSON Lines file per record (`records/<kind>/<id>.jsonl`, e.g. `records/evaluations/…`):
 the first line is the header (what was evaluated, with what), every later line one event (a generation, a
 preference, a timing). Lines are appended and fsynced as the run progresses, so a killed run loses at most
 the line it was writing; reopening drops a torn last line and carries on. A record is written by one process
@@ -8,7 +8,7 @@ at a time (an exclusive lock); readers never need the lock. Numbers are never re
 recompute them from the events (DESIGN.md §6).
 
 Every writer session ends with a **signature** line: this workspace's Ed25519 signature over every byte before
-it (`workspace/signing.py`). An edit anywhere in the file breaks it; `Record.signature` says who signed what.
+it (`workspace/records/signing.py`). An edit anywhere in the file breaks it; `Record.signature` says who signed what.
 
 `records/` sits in the project checkout so records can be shared with the findings that cite them;
 `CDW_RECORDS_DIR` moves it.
@@ -27,8 +27,8 @@ from typing import Any
 
 from servers.settings import paths
 
+from ..fileio import DamagedLineError, parse_lines
 from . import signing
-from .fileio import DamagedLineError, parse_lines
 
 
 class StoreError(RuntimeError):

@@ -1,0 +1,193 @@
+"""The record schema: every line of a record as a typed msgspec struct, one codec for them, and record ids.
+
+A record (`workspace/records/log.py` keeps the file) is a header line and event lines, each a typed struct here,
+encoded and decoded by one msgspec codec: a line with an unknown type, a missing or extra field or a wrong type
+is refused with the line it is on. Derived numbers are never stored as truth: readers recompute them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Literal
+
+import msgspec
+
+from .log import StoreError
+
+
+class PromptsRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    hash: str
+    ids: list[str]
+
+
+class CodeVersion(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    commit: str | None = None  # git commit of the workspace that wrote the record
+    dirty: bool | None = None  # whether its tree had uncommitted changes
+
+
+class _Line(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, tag_field="type"):
+    @property
+    def type(self) -> str:
+        """The line's type: its tag in the file ("reference", "generation", ...)."""
+        return self.__struct_config__.tag
+
+
+class Header(_Line, tag="header"):
+    kind: Literal["baselines", "evaluation"]
+    models: dict[str, str]
+    judge: str
+    prompts: PromptsRef
+    settings: dict[str, Any]
+    policy: str | None = None  # evaluations: the policy spec (canonical form)
+    policy_source_hash: str | None = None  # evaluations: hash of the policy's whole module source
+    baselines: str | None = None  # evaluations: the baselines record they are measured against
+    created: str | None = None
+    servers: dict[str, str] | None = None
+    code: CodeVersion | None = None
+    benchmark: str = "alpaca_eval"  # how it is scored (workspace/benchmark.py)
+
+    def identity(self) -> dict:
+        """What the record's id is a hash of (when and where it was made are not part of what it is)."""
+        if self.kind == "baselines":
+            out = {"kind": "baselines", "models": self.models, "judge": self.judge,
+                   "prompts": msgspec.to_builtins(self.prompts), "settings": self.settings}  # fmt: skip
+            if self.benchmark != "alpaca_eval":  # records made before benchmarks existed keep their ids
+                out["benchmark"] = self.benchmark
+            return out
+        return {"policy": self.policy, "source": self.policy_source_hash, "baselines": self.baselines}
+
+
+class Reference(_Line, tag="reference"):
+    prompt_id: str
+    instruction: str
+    text: str | None
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+class _Decoded(_Line):
+    prompt_id: str
+    decode: dict[str, Any]  # workspace.engine.Decode.to_record()
+
+
+class WeakAnswer(_Decoded, tag="weak"):
+    pass
+
+
+class Generation(_Decoded, tag="generation"):
+    pass
+
+
+class _Verdict(_Line):
+    prompt_id: str
+    preference: float | None
+    candidate_first: float | None = None
+    reference_first: float | None = None
+    calls: int = 0
+    error: str | None = None
+    label_mass: list[float] | None = None
+    pair: str = ""
+
+
+class WeakVerdict(_Verdict, tag="weak_preference"):
+    pass
+
+
+class Verdict(_Verdict, tag="preference"):
+    pass
+
+
+class _Test(_Line):
+    """A unit-test run of one answer's code (tests benchmarks): how it ended, bound to the program it ran."""
+
+    prompt_id: str
+    status: str  # passed | failed | timeout | no_code (nothing parsable to test) | error (the sandbox failed)
+    program: str = ""  # sha256 of the program run ("" for no_code): ties the result to the text on record
+    seconds: float = 0.0
+    output: str = ""  # the tail of its output (why it failed)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    @property
+    def error(self) -> str | None:
+        """Why there is no result (the sandbox failed); None when the test ran."""
+        return f"sandbox error: {self.output[-300:]}" if self.status == "error" else None
+
+
+class ReferenceTest(_Test, tag="reference_test"):
+    pass
+
+
+class WeakTest(_Test, tag="weak_test"):
+    pass
+
+
+class Test(_Test, tag="test"):
+    pass
+
+
+class Timing(_Line, tag="timing"):
+    phase: str
+    seconds: float
+    n: int = 0
+
+
+class SummaryNote(_Line, tag="summary", forbid_unknown_fields=False):
+    """A summary for people reading the file; readers recompute every number and never read this."""
+
+    comment: str = ""
+
+
+class Signature(_Line, tag="signature"):
+    key: str
+    sha256: str
+    signature: str
+
+
+Event = (
+    Reference
+    | WeakAnswer
+    | Generation
+    | WeakVerdict
+    | Verdict
+    | ReferenceTest
+    | WeakTest
+    | Test
+    | Timing
+    | SummaryNote
+    | Signature
+)
+
+
+class SchemaError(StoreError):
+    """A line that is not a valid header or event of the record schema."""
+
+
+def header_of(obj: dict) -> Header:
+    try:
+        return msgspec.convert(obj, Header)
+    except msgspec.ValidationError as e:
+        raise SchemaError(f"header: {e}") from e
+
+
+def event_of(obj: dict) -> Event:
+    try:
+        return msgspec.convert(obj, Event)
+    except msgspec.ValidationError as e:
+        raise SchemaError(f"{obj.get('type', 'event')} line: {e}") from e
+
+
+def to_fields(line: _Line) -> dict:
+    """A struct as the keyword fields `RecordWriter.append(type, **fields)` writes (the type tag apart)."""
+    out = msgspec.to_builtins(line)
+    out.pop("type", None)
+    return out
+
+
+def digest(obj: object) -> str:
+    """Record ids: a short sha256 of canonical JSON."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
