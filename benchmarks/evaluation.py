@@ -42,11 +42,11 @@ def main() -> None:
     ap.add_argument("--policy", default="margin(tau=0.1, span=sentence)")
     args = ap.parse_args()
 
-    from workspace.data import resolve
+    from workspace.benchmarks import DEFAULT, resolve_prompts
     from workspace.engine import EngineSettings
     from workspace.evaluate import EvalSettings
 
-    prompts = resolve(args.n)
+    prompts = resolve_prompts(DEFAULT, args.n)
     settings = EvalSettings(EngineSettings(max_tokens=args.max_tokens))
     tmp = Path(tempfile.mkdtemp(prefix="cdw-bench-eval-"))
     cache = tmp / "calls.sqlite"

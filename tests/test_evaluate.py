@@ -10,9 +10,9 @@ import os
 import pytest
 
 from tests.fakeserver import FakeServer, ToyModel, judge_outputs
+from workspace.benchmarks import Prompt, PromptSet
 from workspace.cache import CallCache
 from workspace.client import ClientSettings, ModelClient
-from workspace.data import Prompt, PromptSet
 from workspace.endpoints import Endpoint
 from workspace.engine import EngineSettings
 from workspace.evaluate import EvalSettings, Setup, ensure_baselines, evaluate, load_evaluation

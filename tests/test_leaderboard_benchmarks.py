@@ -13,10 +13,10 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from workspace import mcp_server, widgets
+from workspace import benchmarks, mcp_server, widgets
+from workspace.benchmarks import DataError, resolve_prompts
 from workspace.charts import frontier_chart, sota_chart, sota_rows
 from workspace.cli import main
-from workspace.data import DataError
 from workspace.engine import Decode, Segment
 from workspace.evaluate import EvalSettings, Evaluation
 from workspace.evaluate.results import Baselines, Example
@@ -63,7 +63,7 @@ def humaneval_eval(eid, policy, passed, weak_passed, strong_passed, weak_chars, 
         examples.append(Example(
             pid, "write f", "def f(): pass", _decode("w" * 40), None, _decode("x" * weak_chars, "y" * 20), None,
             reference_test=ReferenceTest(prompt_id=pid, status=st(s)), weak_test=WeakTest(prompt_id=pid, status=st(w)),
-            test=test, scoring="tests",
+            test=test, judged=False,
         ))  # fmt: skip
     return _finish(eid, "humaneval", policy, examples, created, summarize_pass)
 
@@ -267,19 +267,19 @@ def test_show_evaluation_reports_pass_rates_for_a_tests_benchmark(canonical):
 
 
 def test_mcp_resolves_prompts_and_settings_per_benchmark():
-    assert mcp_server.get_benchmark(None).name == "alpaca_eval"
+    assert benchmarks.get(None).name == "alpaca_eval"
     with pytest.raises(DataError, match="unknown benchmark 'mbpp'; known: alpaca_eval, humaneval"):
-        mcp_server.get_benchmark("mbpp")
+        benchmarks.get("mbpp")
     assert mcp_server.eval_settings() == EvalSettings() == mcp_server.eval_settings("alpaca_eval")
     s = mcp_server.eval_settings("humaneval")
     assert s.benchmark == "humaneval" and s.engine.max_tokens == 512 and "tests" in s.identity()
-    three = mcp_server.prompt_set(3, "humaneval")
+    three = resolve_prompts("humaneval", 3, files=False)
     assert [p.id for p in three] == ["HumanEval/0", "HumanEval/1", "HumanEval/2"]
-    full = mcp_server.prompt_set("canonical", "humaneval")
-    assert len(full) == 164 and mcp_server.prompt_set("humaneval", "humaneval").hash == full.hash
-    assert [p.id for p in mcp_server.prompt_set("humaneval:2", "humaneval")] == ["HumanEval/0", "HumanEval/1"]
+    full = resolve_prompts("humaneval", "canonical", files=False)
+    assert len(full) == 164 and resolve_prompts("humaneval", "humaneval", files=False).hash == full.hash
+    assert [p.id for p in resolve_prompts("humaneval", "humaneval:2", files=False)] == ["HumanEval/0", "HumanEval/1"]
     with pytest.raises(DataError):
-        mcp_server.prompt_set("/etc/passwd", "humaneval")
+        resolve_prompts("humaneval", "/etc/passwd", files=False)
     assert mcp_server.progress_phases("humaneval") == ("reference", "weak", "reference_test", "weak_test",
                                                        "generation", "test")  # fmt: skip
     assert mcp_server.progress_phases(None, evaluation=False) == mcp_server.BASELINE_PHASES

@@ -29,7 +29,8 @@ from mcp.client.streamable_http import streamable_http_client
 
 from servers.settings import paths
 from tests.fakeserver import FakeServer, ToyModel, judge_outputs
-from workspace import charts, data, forum, leaderboard
+from workspace import charts, forum, leaderboard
+from workspace.benchmarks import alpaca_eval
 from workspace.client import ModelClient
 from workspace.endpoints import Endpoint
 from workspace.evaluate import EngineSettings, Setup, evaluate, generate, load_evaluation
@@ -87,20 +88,20 @@ def alpaca_cache(tmp_path_factory) -> Path:
     """The AlpacaEval cache file (copied from this machine's, else fetched once into a temp home)."""
     home = tmp_path_factory.mktemp("alpaca-home")
     (home / "data").mkdir()
-    mine = paths().data / data.CACHE_NAME
+    mine = paths().data / alpaca_eval.CACHE_NAME
     if mine.is_file():
-        shutil.copy(mine, home / "data" / data.CACHE_NAME)
+        shutil.copy(mine, home / "data" / alpaca_eval.CACHE_NAME)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CDW_HOME", str(home))
-        data.alpaca_eval()  # verifies the copy, or fetches
-    return home / "data" / data.CACHE_NAME
+        alpaca_eval.alpaca_eval()  # verifies the copy, or fetches
+    return home / "data" / alpaca_eval.CACHE_NAME
 
 
 @pytest.fixture(scope="module")
 def prompts(alpaca_cache):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CDW_HOME", str(alpaca_cache.parent.parent))
-        return data.canonical().head(N)
+        return alpaca_eval.canonical().head(N)
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +137,7 @@ def env(tmp_path, monkeypatch, servers, alpaca_cache) -> dict[str, str]:
     """The server subprocess's environment; this process gets the same folders, to read what the server wrote."""
     home = tmp_path / "home"
     (home / "data").mkdir(parents=True)
-    shutil.copy(alpaca_cache, home / "data" / data.CACHE_NAME)
+    shutil.copy(alpaca_cache, home / "data" / alpaca_eval.CACHE_NAME)
     folder = tmp_path / "policies"
     folder.mkdir()
     shutil.copy(ROOT / "policies" / "template.py", folder / "template.py")
@@ -328,7 +329,7 @@ async def test_baselines_and_an_evaluation_with_progress_and_intervals(env, prom
     assert base["n"] == N and base["errors"] == [] and base["bar"] == 0.98
     assert base["models"] == {"weak": "weak", "strong": "strong", "judge": "judge"}
     assert base["judge"].startswith("judge#")
-    assert base["canonical_hash"] == json.loads(data.CANONICAL_FILE.read_text())["hash"]
+    assert base["canonical_hash"] == alpaca_eval.definition("canonical")["hash"]
     assert base["benchmark"] == ev["benchmark"] == "alpaca_eval" and ev["u_strong"] == 0.5
     assert base["prompts"] == f"canonical[:{N}]" and base["prompts_hash"] == prompts.hash
     assert progress and progress[-1][:2] == (5 * N, 5 * N)

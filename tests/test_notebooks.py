@@ -219,7 +219,7 @@ def test_sweep_notebook_records_both_points_and_rings_them(fake_env):
 
 def test_forum_notebook_shows_the_feed_board_and_form(fake_env, servers):
     from tests.test_evaluate import make_setup
-    from workspace.data import resolve
+    from workspace.benchmarks import DEFAULT, resolve_prompts
     from workspace.engine import EngineSettings
     from workspace.evaluate import EvalSettings, evaluate
     from workspace.forum import share_finding
@@ -228,7 +228,9 @@ def test_forum_notebook_shows_the_feed_board_and_form(fake_env, servers):
         s = {"weak": servers.weak, "strong": servers.strong, "judge": servers.judge_server}
         async with make_setup(s) as setup:
             settings = EvalSettings(EngineSettings(max_tokens=MAX_TOKENS))
-            return await evaluate("top1(tau=0.5)", resolve(os.environ["CDW_NB_PROMPTS"]), setup, settings, False)
+            return await evaluate(
+                "top1(tau=0.5)", resolve_prompts(DEFAULT, os.environ["CDW_NB_PROMPTS"]), setup, settings, False
+            )
 
     ev = servers._run(one(), timeout=120)
     share_finding("top1 at 0.5 <script>alert(1)</script>", "result", "It recovers **1.5** (a typo).", "tester",
@@ -259,7 +261,7 @@ def code_servers(nb_env, monkeypatch):
     """Scripted HumanEval servers: the strong model writes HumanEval's solutions, the weak one the same answers with
     a stray character a third of the way in (so the strong model disagrees after it, and agrees before)."""
     from tests.test_router import Scripted
-    from workspace import humaneval
+    from workspace.benchmarks import humaneval
 
     good = {humaneval.instruction(p): humaneval.canonical_answer(p) for p in humaneval.problems()}
     bad = {q: a[: len(a) // 3] + "#" + a[len(a) // 3 :] for q, a in good.items()}

@@ -16,10 +16,9 @@ import pytest
 
 from tests.bytetoy import ByteToy
 from tests.fakeserver import FakeServer, ToyModel
-from workspace import humaneval, sandbox
+from workspace.benchmarks import Prompt, PromptSet, humaneval, sandbox
 from workspace.cache import CallCache
 from workspace.client import ClientSettings, ModelClient
-from workspace.data import Prompt, PromptSet
 from workspace.endpoints import Endpoint
 from workspace.engine import EngineSettings, Models, decode
 from workspace.policies import load_policy

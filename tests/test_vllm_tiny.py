@@ -168,8 +168,8 @@ async def test_engine_mixed_policy_segments_add_up_on_vllm(tiny_servers):
 async def test_evaluation_end_to_end_on_vllm(tiny_servers, tmp_path, monkeypatch):
     """A real evaluation on the tiny servers: records written, the strong-only policy is exactly the reference
     (now at the length limit too: one length rule), and every example is judged."""
+    from workspace.benchmarks import Prompt, PromptSet
     from workspace.cache import CallCache
-    from workspace.data import Prompt, PromptSet
     from workspace.engine import EngineSettings
     from workspace.evaluate import EvalSettings, Setup, evaluate
 

@@ -12,8 +12,8 @@ import pytest
 from tests.fakeserver import FakeServer, ToyModel
 from tests.test_evaluate import FAST, ScriptedJudge, make_setup
 from workspace import widgets
+from workspace.benchmarks import Prompt, PromptSet
 from workspace.client import ModelClient
-from workspace.data import Prompt, PromptSet
 from workspace.endpoints import Endpoint
 from workspace.engine import Decode, EngineSettings, Models, Segment, decode_many
 from workspace.evaluate import EvalSettings, evaluate, list_evaluations

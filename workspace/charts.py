@@ -13,7 +13,7 @@ from pathlib import Path
 
 import altair as alt
 
-from .benchmark import DEFAULT
+from .benchmarks import DEFAULT
 from .format import interval, num
 from .leaderboard import BASELINE, BELOW_BAR, CERTIFIED, NOT_CANONICAL, Leaderboard, LeaderboardEntry, get_leaderboard
 

@@ -6,7 +6,7 @@
     ex.filter(pl.col("preference") < 0.3).select("policy", "prompt_id", "candidate")
     ex.filter(pl.col("benchmark") == "humaneval", pl.col("weak_passed"), ~pl.col("passed"))  # deferral broke it
 
-Every row names its benchmark (`workspace/benchmark.py`): compare numbers within one benchmark only.
+Every row names its benchmark (`workspace/benchmarks/`): compare numbers within one benchmark only.
 
 Every number is recomputed from the records (`workspace.evaluate.load_evaluation`); the leaderboard is built
 from `evaluations_frame` too.

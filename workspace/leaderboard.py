@@ -1,6 +1,6 @@
 """The leaderboard: computed from evaluation records only, never from a number someone typed (DESIGN.md §1, §6).
 
-Every entry belongs to one benchmark (`workspace/benchmark.py`): alpaca_eval (utility = the judge's
+Every entry belongs to one benchmark (`workspace/benchmarks/`): alpaca_eval (utility = the judge's
 length-controlled winrate, U_strong = 0.5) or humaneval (utility = pass@1 on the unit tests, U_weak and U_strong
 the two models' own pass rates). Numbers of different benchmarks are never compared: certified evaluations
 (canonical for their benchmark, complete, verified: valid and signed by a trusted key, and passing the
@@ -17,7 +17,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from .benchmark import BENCHMARKS, DEFAULT
+from . import benchmarks
+from .benchmarks import DEFAULT
 from .evaluate import Evaluation
 from .format import pair
 from .forum import Finding, get_findings
@@ -52,7 +53,7 @@ class LeaderboardEntry:
     verified: bool = False  # valid and signed by a trusted key (the definitional baselines: True)
     recovery_lower: float | None = None  # the one-sided 95% lower bound the certification rule reads
     confirmed: bool = False  # certified again with the 300 confirmation prompts pooled in (n = 400)
-    benchmark: str = DEFAULT  # what it was measured on (workspace/benchmark.py); ranks are within it
+    benchmark: str = DEFAULT  # what it was measured on (workspace/benchmarks/); ranks are within it
     u_weak: float | None = None  # the weak model's own utility on the same prompts
     u_strong: float | None = None  # the strong model's: 0.5 for a judge, its pass rate for tests
 
@@ -100,7 +101,7 @@ class Leaderboard:
 
     @property
     def benchmarks(self) -> tuple[str, ...]:
-        """The benchmarks on the board (those with an entry, baselines included), in `BENCHMARKS` order."""
+        """The benchmarks on the board (those with an entry, baselines included), in registration order."""
         return _in_order({e.benchmark for e in self.evaluations + self.baselines})
 
     def for_benchmark(self, benchmark: str) -> Leaderboard:
@@ -140,34 +141,22 @@ def baselines_for(benchmark: str) -> tuple[LeaderboardEntry, ...]:
 
 
 def _in_order(names: Iterable[str]) -> tuple[str, ...]:
-    known = list(BENCHMARKS)
+    known = list(benchmarks.names())
     return tuple(sorted(set(names), key=lambda b: (known.index(b) if b in known else len(known), b)))
 
 
 def utility_meaning(benchmark: str) -> str:
     """What utility (and so recovery) means on a benchmark, in one phrase."""
-    b = BENCHMARKS.get(benchmark)
-    if b is None:
+    if benchmark not in benchmarks.names():
         return f"utility as the {benchmark} benchmark scores it"
-    if b.scoring == "tests":
-        return ("utility = pass@1 on the unit tests (greedy); U_weak and U_strong = the weak and strong models' own "
-                "pass rates")  # fmt: skip
-    return "utility = length-controlled judge winrate against the strong model's answers (U_strong = 0.5)"
+    return benchmarks.get(benchmark).utility_meaning()
 
 
 def scoring_sentence(benchmark: str) -> str:
     """How a benchmark is scored and what counts as canonical there, as one sentence for people."""
-    b = BENCHMARKS.get(benchmark)
-    if b is None:
+    if benchmark not in benchmarks.names():
         return f"{benchmark}: a benchmark this code does not know; its numbers are shown as recorded."
-    if b.scoring == "tests":
-        return (f"{b.description}. Each answer's code runs the problem's unit tests in a sandbox; there is no judge. "
-                "Utility is pass@1 (greedy decoding), U_weak and U_strong the weak and strong models' own pass rates, "
-                "and recovery = (U − U_weak) / (U_strong − U_weak). Canonical: all the problems, with a canonical "
-                "model pair and the default settings.")  # fmt: skip
-    return (f"{b.description}. Utility is the length-controlled winrate of the judge's preferences (U_strong = 0.5 "
-            "by definition) and recovery = (U − U_weak) / (0.5 − U_weak). Canonical: the canonical prompt set with "
-            "the canonical models, judge and settings.")  # fmt: skip
+    return benchmarks.get(benchmark).sentence()
 
 
 def _status(row: dict) -> str:

@@ -1,7 +1,7 @@
 """`cdw mcp`: the agents' interface, an MCP server whose tools are thin calls into the Python API (DESIGN.md §2).
 
 Tools: `get_baselines`, `get_findings`, `get_leaderboard`, `evaluate_policy`, `evaluate_generations`,
-`share_finding`. `get_baselines`, `evaluate_policy` and `get_leaderboard` take a `benchmark` (`workspace/benchmark.py`:
+`share_finding`. `get_baselines`, `evaluate_policy` and `get_leaderboard` take a `benchmark` (`workspace/benchmarks/`:
 alpaca_eval, the default, judged pairwise; humaneval, scored by unit tests), each run with that benchmark's own
 canonical settings. Nothing an agent sends becomes a number: evaluations run the engine and the judge here, and every
 number is recomputed from the evaluation records. Policy files load only from the workspace's policy folder
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import re
 import secrets
 import sys
@@ -35,17 +34,14 @@ from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
-from servers.presets import load_catalog
 from servers.settings import PROJECT_ROOT, mcp_token, paths
 
-from . import data, forum, leaderboard
+from . import benchmarks, forum, leaderboard
 from .agents.budget import Budget, BudgetError
-from .benchmark import BENCHMARKS, DEFAULT, Benchmark
+from .benchmarks import DEFAULT, DataError, resolve_prompts
 from .cache import CallCache
 from .client import ClientError, ClientSettings
-from .data import DataError, PromptSet
 from .endpoints import EndpointError
-from .engine import EngineSettings
 from .evaluate import EvalSettings, EvaluationError, Setup, ensure_baselines, evaluate, load_evaluation
 from .evaluate import evaluate_generations as judge_generations  # the tool of the same name wraps it
 from .fileio import atomic_write
@@ -72,9 +68,11 @@ answer is scored against the strong model's own. Goal: maximise f_weak (share of
 at recovery >= 0.98 on the canonical set. Read AGENTS.md in the project first. One turn: get_baselines,
 get_findings (what others learned), write a Policy class in policies/, evaluate_policy(policy, prompts=10), read the
 intervals, then prompts="canonical", and share_finding (results, negative results and refuted hypotheses alike).
-Benchmarks (the `benchmark` argument): alpaca_eval (default; a judge, utility = length-controlled winrate) and
-humaneval (unit tests, utility = pass@1). Each is ranked on its own; never compare numbers across benchmarks.
-"""
+Benchmarks (the `benchmark` argument): {benchmarks}. Each is ranked on its own; never compare numbers across
+benchmarks.
+""".format(benchmarks=" and ".join(
+    f"{b.name} ({'default; ' if b.name == DEFAULT else ''}{'a judge' if b.needs_judge else 'scored alone'}, utility = "
+    f"{b.utility})" for b in map(benchmarks.get, benchmarks.names())))  # fmt: skip
 
 
 # ---------------------------------------------------------------- argument checks (no I/O beyond the policy folder)
@@ -119,34 +117,11 @@ def recorded_spec(spec: str, folder: Path | None = None) -> str:
         return spec
 
 
-def get_benchmark(name: str | None) -> Benchmark:
-    """The benchmark an agent named (None: alpaca_eval); a DataError naming the known ones otherwise."""
-    bench = BENCHMARKS.get(DEFAULT if name is None else name.strip())
-    if bench is None:
-        raise DataError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
-    return bench
-
-
-def prompt_set(prompts: str | int, benchmark: str | None = None) -> PromptSet:
-    """alpaca_eval: `"canonical"`, `"confirmation"`, `"canonical:N"`, `"alpaca_eval:N"` or a number N (the first N
-    canonical prompts). A tests benchmark (humaneval): `"canonical"` or its own name (all its problems), N or
-    `"humaneval:N"` (its first N), `"humaneval:train"` / `"humaneval:test"` (its fixed halves: probes train on
-    the first, held-out evaluations run on the second). Files are not accepted: an agent cannot make the server
-    read a path."""
-    bench = get_benchmark(benchmark)
-    if bench.scoring == "tests":
-        whole = isinstance(prompts, str) and prompts.strip() in ("canonical", bench.canonical_set, bench.name)
-        return bench.prompts(None if whole else prompts, files=False)
-    return data.resolve(prompts, files=False)
-
-
 def eval_settings(benchmark: str | None = None) -> EvalSettings:
     """The canonical settings of a benchmark (its default answer budget, its scorer): agents cannot change what is
     measured."""
-    bench = get_benchmark(benchmark)
-    if bench.name == DEFAULT:
-        return EvalSettings()
-    return EvalSettings(EngineSettings(max_tokens=bench.max_tokens), benchmark=bench.name)
+    bench = benchmarks.get(benchmark)
+    return EvalSettings(bench.engine_settings(), benchmark=bench.name)
 
 
 @contextmanager
@@ -166,9 +141,9 @@ def _with_warnings(fn, *args, **kw) -> tuple[Any, list[str]]:
     return out, [str(w.message) for w in caught if issubclass(w.category, forum.FindingWarning)]
 
 
-BENCHMARK_HELP = (
-    "what the policy is measured on: 'alpaca_eval' (AlpacaEval instructions, judged pairwise; the default) or "
-    "'humaneval' (164 Python problems, scored by their unit tests: utility = pass@1)"
+BENCHMARK_HELP = "what the policy is measured on: " + " or ".join(
+    f"'{b.name}' ({b.description}: utility = {b.utility}{'; the default' if b.name == DEFAULT else ''})"
+    for b in map(benchmarks.get, benchmarks.names())
 )
 
 
@@ -176,15 +151,15 @@ BENCHMARK_HELP = (
 
 BASELINE_PHASES = ("reference", "weak", "weak_preference")
 EVALUATION_PHASES = ("generation", "preference")
-TEST_BASELINE_PHASES = ("reference", "weak", "reference_test", "weak_test")  # a tests benchmark: no judge
+TEST_BASELINE_PHASES = ("reference", "weak", "reference_test", "weak_test")  # answers scored alone: no judge
 TEST_EVALUATION_PHASES = ("generation", "test")
 
 
 def progress_phases(benchmark: str | None, evaluation: bool = True) -> tuple[str, ...]:
     """The progress phases of a baselines run, and of the evaluation after it, on one benchmark."""
-    if get_benchmark(benchmark).scoring == "tests":
-        return TEST_BASELINE_PHASES + (TEST_EVALUATION_PHASES if evaluation else ())
-    return BASELINE_PHASES + (EVALUATION_PHASES if evaluation else ())
+    if benchmarks.get(benchmark).needs_judge:
+        return BASELINE_PHASES + (EVALUATION_PHASES if evaluation else ())
+    return TEST_BASELINE_PHASES + (TEST_EVALUATION_PHASES if evaluation else ())
 
 
 async def _with_progress(ctx: Context, work: Callable[[Callable], Awaitable[T]], phases, n: int) -> T:
@@ -269,27 +244,22 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         humaneval), the gap, the certification bar, the models, the judge and the canonical set's hash. Computed
         once per benchmark, prompt set and servers (that first time takes a while), then read."""
         with _tool_errors():
-            bench = get_benchmark(benchmark)
-            ps, settings = prompt_set(prompts, bench.name), eval_settings(bench.name)
+            bench = benchmarks.get(benchmark)
+            ps, settings = resolve_prompts(bench, prompts, files=False), eval_settings(bench.name)  # never a file
             async with setup() as s:
                 base = await _with_progress(
                     ctx, lambda cb: ensure_baselines(ps, s, settings, progress=False, on_progress=cb),
                     progress_phases(bench.name, evaluation=False), len(ps),
                 )  # fmt: skip
-            if bench.scoring == "tests":
-                full = bench.prompts(files=False)
-                canonical = {"hash": full.hash, "n": len(full), "models": bench.canonical_models}
-            else:
-                doc = json.loads(data.CANONICAL_FILE.read_text())
-                canonical = {"hash": doc["hash"], "n": doc["n"], "models": load_catalog().canonical}
+            canonical = bench.canonical()
             return {
                 **base.to_json(),
                 "benchmark": bench.name,
                 "bar": BAR,
                 "floor": FLOOR,
-                "canonical_hash": canonical["hash"],
-                "canonical_n": canonical["n"],
-                "canonical_models": canonical["models"],
+                "canonical_hash": canonical.hash,
+                "canonical_n": canonical.n,
+                "canonical_models": canonical.models,
             }
 
     @mcp.tool()
@@ -316,7 +286,7 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         canonical ones below the bar and non-canonical ones, each with its benchmark and 95% intervals, all
         recomputed from the evaluation records. Ranks are within a benchmark."""
         with _tool_errors():
-            name = None if benchmark is None else get_benchmark(benchmark).name
+            name = None if benchmark is None else benchmarks.get(benchmark).name
             board, skipped = _with_warnings(leaderboard.get_leaderboard)
             if name is not None:
                 board = board.for_benchmark(name)
@@ -347,9 +317,9 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
         intervals, how many prompts were scored, errors, and whether it is certified. Resumes (and for a finished
         one, only reads) the record of the same policy, code, benchmark and prompts. Reports progress."""
         with _tool_errors():
-            bench = get_benchmark(benchmark)
+            bench = benchmarks.get(benchmark)
             pol = resolve_policy(policy, config.policies)
-            ps, settings = prompt_set(prompts, bench.name), eval_settings(bench.name)
+            ps, settings = resolve_prompts(bench, prompts, files=False), eval_settings(bench.name)  # never a file
             if config.budget is not None:
                 config.budget.spend(len(ps))
             async with setup() as s:

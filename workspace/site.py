@@ -27,8 +27,8 @@ from markupsafe import Markup
 
 from servers.settings import paths
 
-from . import data
-from .benchmark import BENCHMARKS, DEFAULT
+from . import benchmarks
+from .benchmarks import DEFAULT
 from .charts import frontier_chart, sota_chart
 from .format import interval, num
 from .forum import KINDS, Finding, scan_findings
@@ -103,11 +103,11 @@ def render_site(
     sections, charts = [], {}
     for name in board.benchmarks:
         suffix = "" if name == DEFAULT else f"-{name}"  # alpaca_eval keeps the page's original element ids
-        bench = BENCHMARKS.get(name)
+        bench = benchmarks.get(name) if name in benchmarks.names() else None  # None: a benchmark this code lacks
         sections.append({
             "name": name, "suffix": suffix, "board": board.for_benchmark(name), "best": board.best_for(name),
-            "sentence": scoring_sentence(name), "judged": bench is None or bench.scoring == "judge",
-            "utility": "pass@1" if bench is not None and bench.scoring == "tests" else "LC winrate",
+            "sentence": scoring_sentence(name), "judged": bench is None or bench.needs_judge,
+            "utility": bench.utility if bench is not None else benchmarks.get(DEFAULT).utility,
         })  # fmt: skip
         charts[f"frontier{suffix}"] = frontier_chart(board, benchmark=name)
         charts[f"sota{suffix}"] = sota_chart(board, now, benchmark=name)
@@ -121,7 +121,7 @@ def render_site(
         board=board,
         sections=sections,
         bar=board.bar,
-        canonical_n=json.loads(data.CANONICAL_FILE.read_text())["n"],
+        canonical_n=benchmarks.get(DEFAULT).canonical().n,
         findings=findings,
         skipped_findings=skipped_findings or [],
         kind_counts=[(k, kinds[k]) for k in KINDS if kinds[k]],

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .benchmark import DEFAULT
+from .benchmarks import DEFAULT
 from .engine import Decode, EngineSettings, Models, decode_many, pooled_f_weak
 from .evaluate import EvalSettings, Evaluation, Setup, ensure_baselines, evaluate, evaluation_id
 from .format import interval, num, with_interval
@@ -324,7 +324,7 @@ def show_evaluation(ev: Evaluation) -> Html:
     """One evaluation's numbers with their intervals, how many prompts were judged, and every error."""
     out = evaluations_html([ev])
     s, c = ev.summary, ev.certification
-    if s is not None and c is not None and ev.baselines.scored_by_tests:  # no judge: pass rates
+    if s is not None and c is not None and not ev.baselines.needs_judge:  # scored alone: pass rates
         out += (
             f"<div>{_e(ev.header.benchmark)}: pass@1 {with_interval(c.utility, c.ci.get('utility'))} · U_weak (weak "
             f"only) {with_interval(c.u_weak, c.ci.get('u_weak'))} · U_strong (strong only) "

@@ -76,9 +76,8 @@ def show_evaluation(ev) -> None:
     t = Table(title=f"evaluation {ev.id} · {ev.policy} · {ev.prompts} (n={ev.n})")
     t.add_column("quantity")
     t.add_column("value [95% CI]")
-    tests = ev.baselines.scored_by_tests
     t.add_row("f_weak", _ci(ev, "f_weak"))
-    if tests:
+    if not ev.baselines.needs_judge:
         t.add_row("utility (pass@1, unit tests)", _ci(ev, "utility"))
         t.add_row("U_weak (weak model's own pass rate)", _ci(ev, "u_weak"))
         t.add_row("U_strong (strong model's own pass rate)", _ci(ev, "u_strong"))
@@ -91,10 +90,10 @@ def show_evaluation(ev) -> None:
         num(c.recovery_lower if c else None)
         + (f" ({c.dropped} of {c.n_boot} resamples had no gap: counted as failures)" if c and c.dropped else ""),
     )
-    if not tests:
+    if ev.baselines.needs_judge:
         t.add_row("raw winrate (no length control)", num(s.raw_winrate if s else None))
         t.add_row("recovery with alpaca_eval's penalised LC", num(c.recovery_penalised if c else None))
-    t.add_row("tested" if tests else "judged", f"{s.n if s else 0} of {ev.n}")
+    t.add_row("judged" if ev.baselines.needs_judge else "tested", f"{s.n if s else 0} of {ev.n}")
     t.add_row("verified", "[green]yes[/]" if ev.verified else "[yellow]no[/] (why: below)")
     reasons = ev.reasons()
     t.add_row("certified", "[green]yes[/]" if not reasons else "[yellow]no[/] (why: below)")
@@ -202,7 +201,7 @@ def baselines(as_json: bool, **kw) -> None:
     t = Table(title=f"baselines {b.id} · {info['prompts']} (n={info['n']})")
     t.add_column("")
     t.add_column("")
-    if b.scored_by_tests:
+    if not b.needs_judge:
         t.add_row("U_weak (weak model's own pass@1)", num(info["u_weak"]))
         t.add_row("U_strong (strong model's own pass@1)", num(info["u_strong"]))
     else:

@@ -7,7 +7,8 @@ import json
 import click
 from rich.table import Table
 
-from ..benchmark import BENCHMARKS
+from ..benchmarks import get as get_benchmark
+from ..benchmarks import names
 from ..format import num, span
 from .evaluate import show_evaluation
 from .options import console, fail
@@ -112,7 +113,8 @@ def findings_add(title, kind, author, policy, evaluation, tags, body_file) -> No
 
 
 def _board_table(title: str, entries, ranked: bool = False, utility: str | None = None) -> Table:
-    """A leaderboard table; `utility` names a column showing each evaluation's utility (tests benchmarks: pass@1)."""
+    """A leaderboard table; `utility` names a column showing each evaluation's utility (benchmarks scored alone:
+    pass@1)."""
     t = Table(title=title, title_justify="left")
     if ranked:
         t.add_column("#")
@@ -138,7 +140,7 @@ def _board_table(title: str, entries, ranked: bool = False, utility: str | None 
 
 @click.command("leaderboard")
 @click.option("--json", "as_json", is_flag=True, help="print the leaderboard as JSON")
-@click.option("--benchmark", "benchmark", default=None, type=click.Choice(list(BENCHMARKS)),
+@click.option("--benchmark", "benchmark", default=None, type=click.Choice(list(names())),
               help="only this benchmark (default: every benchmark on record, one table each)")  # fmt: skip
 def leaderboard_cmd(as_json: bool, benchmark: str | None) -> None:
     """Certified policies ranked by f_weak (ties by recovery) within each benchmark, from the evaluation records;
@@ -153,7 +155,7 @@ def leaderboard_cmd(as_json: bool, benchmark: str | None) -> None:
         return
     for name in board.benchmarks:
         b = board.for_benchmark(name)
-        u = "pass@1" if name in BENCHMARKS and BENCHMARKS[name].scoring == "tests" else None
+        u = None if name not in names() or get_benchmark(name).needs_judge else get_benchmark(name).utility
         console.print(f"\n[bold]{name}[/] [dim]({utility_meaning(name)})[/]")
         console.print(_board_table(f"{name}: certified (canonical, recovery ≥ {b.bar})", b.certified + b.baselines,
                                    ranked=True, utility=u))  # fmt: skip

@@ -10,8 +10,8 @@ from rich.console import Console
 
 from servers.presets import ROLES
 
-from ..benchmark import BENCHMARKS
-from ..benchmark import get as get_benchmark
+from ..benchmarks import DEFAULT, names
+from ..benchmarks import get as get_benchmark
 
 console = Console(highlight=False, soft_wrap=True)
 
@@ -138,7 +138,7 @@ def take_slurm_options(kw: dict, slurm: bool):
     return options
 
 
-BENCHMARK_NAMES = list(BENCHMARKS)
+BENCHMARK_NAMES = list(names())
 
 
 def prompt_options(f):
@@ -149,38 +149,34 @@ def prompt_options(f):
     f = click.option("--confirm", is_flag=True,
                      help="the 300-prompt confirmation set (a certified result confirmed at n = 400)")(f)  # fmt: skip
     f = click.option("--max-tokens", type=int, default=None,
-                     help="answer length limit, in each author's tokens (default: the benchmark's, 256 for "
-                     "alpaca_eval, 512 for humaneval)")(f)  # fmt: skip
-    f = click.option("--benchmark", default="alpaca_eval", show_default=True, type=click.Choice(BENCHMARK_NAMES),
-                     help="what to evaluate on: alpaca_eval (judged) or humaneval (unit tests)")(f)  # fmt: skip
+                     help="answer length limit, in each author's tokens (default: the benchmark's, "
+                     + ", ".join(f"{get_benchmark(b).max_tokens} for {b}" for b in BENCHMARK_NAMES)
+                     + ")")(f)  # fmt: skip
+    f = click.option("--benchmark", default=DEFAULT, show_default=True, type=click.Choice(BENCHMARK_NAMES),
+                     help="what to evaluate on: " + " or ".join(
+                         f"{b} ({'judged' if get_benchmark(b).needs_judge else 'scored alone'})"
+                         for b in BENCHMARK_NAMES))(f)  # fmt: skip
     f = click.option("--no-cache", is_flag=True, help="do not answer repeated requests from the call cache")(f)
     f = click.option("--split", type=click.Choice(["train", "test"]), default=None,
-                     help="humaneval only: one fixed half of the problems (train: for traces and probes; test: "
-                     "held out)")(f)  # fmt: skip
+                     help="benchmarks with fixed halves (humaneval): one half of the problems (train: for traces "
+                     "and probes; test: held out)")(f)  # fmt: skip
     return f
 
 
 def prompt_set(kw: dict):
-    from ..data import DataError, resolve
+    """The prompt set the options name (`resolve_prompts` of the benchmark: the flags only say which spec)."""
+    from ..benchmarks import DataError, resolve_prompts
 
     canonical, n, path, confirm = kw.pop("canonical"), kw.pop("n"), kw.pop("prompts_file"), kw.pop("confirm")
     split = kw.pop("split")
     if sum(x is not None and x is not False for x in (n, path, split)) + canonical + confirm > 1:
         fail("choose one of --canonical, --confirm, --n N, --split HALF, --prompts FILE")
     bench = get_benchmark(kw["benchmark"])
-    if split and bench.scoring != "tests":
-        fail("--split is for --benchmark humaneval (its fixed halves)")
-    if bench.scoring == "tests":
-        if path or confirm:
-            fail(f"--benchmark {bench.name} runs on its own problems: use --n N, --split HALF or leave it out")
-        try:
-            return bench.prompts(f"{bench.name}:{split}" if split else n)
-        except DataError as e:
-            fail(str(e))
+    if split and f"{bench.name}:{split}" not in bench.sets():
+        fail(f"--split: {bench.name} has no fixed halves")
+    spec = "confirmation" if confirm else path if path else f"{bench.name}:{split}" if split else n
     try:
-        if confirm:
-            return resolve("confirmation")
-        return resolve(path) if path else resolve(n) if n is not None else resolve("canonical")
+        return resolve_prompts(bench, spec)
     except DataError as e:
         fail(str(e))
 
@@ -194,7 +190,8 @@ def eval_setup(kw: dict):
     cache = None if kw.pop("no_cache") else CallCache()
     bench = get_benchmark(kw.pop("benchmark"))
     max_tokens = kw.pop("max_tokens")
-    settings = EvalSettings(EngineSettings(max_tokens=max_tokens or bench.max_tokens), benchmark=bench.name)
+    engine = EngineSettings(max_tokens=max_tokens) if max_tokens else bench.engine_settings()
+    settings = EvalSettings(engine, benchmark=bench.name)
     try:
         return Setup.from_endpoints(urls(kw), cache), settings
     except EndpointError as e:

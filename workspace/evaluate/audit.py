@@ -34,7 +34,7 @@ class JudgeDrift:
 async def judge_check(baselines_id: str, judge_client, pairs: int = 20) -> JudgeDrift:
     """Re-judge the first `pairs` stored (weak answer, reference) pairs of a baselines record and compare."""
     base = read_baselines(baselines_id)
-    settings = EvalSettings.from_identity(base.header.settings).judge
+    settings = EvalSettings.from_identity(base.header.settings, base.header.benchmark).judge
     judge = Judge(judge_client, settings)
     now_id = await judge.id()
     changed = "" if now_id == base.header.judge else f"on record {base.header.judge}, now {now_id}"
@@ -78,9 +78,9 @@ async def replay(evaluation_id: str, setup: Setup, k: int = 3, seed: int = 0, to
     """Decode and judge `k` seeded prompts of an evaluation again (use a setup without a call cache) and compare
     the texts exactly and the preferences within `tolerance`."""
     ev = load_evaluation(evaluation_id)
-    settings = EvalSettings.from_identity(ev.header.settings)
-    tests = settings.scored_by_tests
-    names = await setup.names(judge=not tests)
+    settings = EvalSettings.from_identity(ev.header.settings, ev.header.benchmark)
+    judged = settings.needs_judge
+    names = await setup.names(judge=judged)
     if names != ev.header.models:
         raise EvaluationError(f"these servers serve {names}, the record was made with {ev.header.models}")
     done = [e for e in ev.examples if e.error is None]
@@ -88,6 +88,7 @@ async def replay(evaluation_id: str, setup: Setup, k: int = 3, seed: int = 0, to
     pol = load_policy(ev.policy)
     judge = Judge(setup.judge, settings.judge)
     same_text = same_verdict = 0
+    pool = None  # made once, at the first answer scored again
     mismatches = []
     for e in chosen:
         d = await decode(e.instruction, pol, setup.models, settings.engine)
@@ -95,11 +96,9 @@ async def replay(evaluation_id: str, setup: Setup, k: int = 3, seed: int = 0, to
             mismatches.append((e.prompt_id, d.error or "the candidate decodes to another text now"))
             continue
         same_text += 1
-        if tests:  # the tests run again in the sandbox: the same status
-            from .. import humaneval
-            from .phases import test_pool
-
-            o = await humaneval.run_tests(d.text, humaneval.problem(e.prompt_id), test_pool(settings))
+        if not judged:  # scored again (the tests run again in the sandbox): the same status
+            pool = settings.bench.pool() if pool is None else pool
+            o = await settings.bench.score(d.text, e.prompt_id, pool)
             if o.status != e.test.status:
                 mismatches.append((e.prompt_id, f"tests {o.status} now, {e.test.status} on record"))
                 continue

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from .. import data
+from ..benchmarks import Prompt, PromptSet
 from ..client import ClientError
 from ..judge import Judge
 from ..records.log import RecordWriter, read_record
@@ -26,32 +26,32 @@ from ..records.schema import (
     digest,
     to_fields,
 )
-from .phases import Progress, TestPhase, decode_phase, judge_phase, test_pool
+from .phases import Progress, TestPhase, decode_phase, judge_phase
 from .results import Baselines, latest, read_baselines, typed
 from .setup import EvalSettings, Setup, code_version, now
 
-NO_JUDGE = "none: unit tests"  # the header's judge for a benchmark scored by tests
+NO_JUDGE = "none: unit tests"  # the header's judge for a benchmark whose answers are scored alone
 
 
-async def baselines_header(prompts: data.PromptSet, setup: Setup, settings: EvalSettings) -> Header:
-    tests = settings.scored_by_tests
+async def baselines_header(prompts: PromptSet, setup: Setup, settings: EvalSettings) -> Header:
+    judged = settings.needs_judge
     return Header(
         kind="baselines",
-        models=await setup.names(judge=not tests),
-        judge=NO_JUDGE if tests else await Judge(setup.judge, settings.judge).id(),
+        models=await setup.names(judge=judged),
+        judge=await Judge(setup.judge, settings.judge).id() if judged else NO_JUDGE,
         prompts=PromptsRef(prompts.name, prompts.hash, [p.id for p in prompts]),
         settings=settings.identity(),
         benchmark=settings.benchmark,
     )
 
 
-async def baselines_id(prompts: data.PromptSet, setup: Setup, settings: EvalSettings | None = None) -> str:
+async def baselines_id(prompts: PromptSet, setup: Setup, settings: EvalSettings | None = None) -> str:
     """The id of the baselines record these prompts and servers have (whether it exists yet or not)."""
     return digest((await baselines_header(prompts, setup, settings or EvalSettings())).identity())
 
 
 async def ensure_baselines(
-    prompts: data.PromptSet, setup: Setup, settings: EvalSettings | None = None, progress: bool = True,
+    prompts: PromptSet, setup: Setup, settings: EvalSettings | None = None, progress: bool = True,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> Baselines:  # fmt: skip
     """Compute (or finish, or just read) the reference and weak-only baselines for a prompt set."""
@@ -73,13 +73,13 @@ async def ensure_baselines(
         refs = {k: v for k, v in latest(events, "reference").items() if v.error is None}
         weak = {k: v for k, v in latest(events, "weak").items() if v.decode.get("error") is None}
         ref_tests = weak_tests = None
-        if settings.scored_by_tests:
-            pool = test_pool(settings)
+        if not settings.needs_judge:
+            bench, pool = settings.bench, settings.bench.pool()
             tested = {t: {k for k, v in latest(events, t).items() if v.error is None}
                       for t in ("reference_test", "weak_test")}  # fmt: skip
             n_ref, n_weak = len(prompts) - len(tested["reference_test"]), len(prompts) - len(tested["weak_test"])
-            ref_tests = TestPhase(w, ReferenceTest, prog, "tests: reference", n_ref, pool)
-            weak_tests = TestPhase(w, WeakTest, prog, "tests: weak only", n_weak, pool)
+            ref_tests = TestPhase(w, ReferenceTest, prog, "tests: reference", n_ref, bench, pool)
+            weak_tests = TestPhase(w, WeakTest, prog, "tests: weak only", n_weak, bench, pool)
             for pid, r in refs.items():  # resuming: answers on record that were not tested yet
                 if pid not in tested["reference_test"]:
                     ref_tests.submit(pid, r.text)
@@ -92,7 +92,7 @@ async def ensure_baselines(
             step = prog.phase("reference", len(todo), "reference (strong model)")
             max_tokens = settings.engine.max_tokens
 
-            async def ref(p: data.Prompt) -> None:
+            async def ref(p: Prompt) -> None:
                 try:
                     out = await setup.strong.chat([{"role": "user", "content": p.instruction}], max_tokens=max_tokens)
                     ev = Reference(prompt_id=p.id, instruction=p.instruction, text=out.text,
@@ -111,7 +111,7 @@ async def ensure_baselines(
                                                   n=len(todo))))  # fmt: skip
         todo = [p for p in prompts if p.id not in weak]
         await decode_phase(w, WeakAnswer, "never", todo, setup, settings, prog, "weak only (never)", weak, weak_tests)
-        if settings.scored_by_tests:
+        if not settings.needs_judge:
             await ref_tests.finish()
             await weak_tests.finish()
             return read_baselines(bid, prompts)

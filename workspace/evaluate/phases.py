@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from tqdm.auto import tqdm
 
-from .. import data, sandbox
+from ..benchmarks import Prompt, TestedBenchmark
 from ..engine import Decode, decode_many
 from ..judge import Judge, Preference
 from ..policies import Policy
@@ -43,12 +43,12 @@ class Progress:
 
 
 class TestPhase:
-    """Unit tests of answers as they are written (tests benchmarks): each answer submitted runs at once in the
-    sandbox pool, beside the decoding that continues, and its result is appended to the record."""
+    """Answers scored alone as they are written (unit tests, say): each answer submitted is scored at once by the
+    benchmark (with its `pool`), beside the decoding that continues, and its result is appended to the record."""
 
     def __init__(self, w: RecordWriter, kind: type[_Test], progress: Progress, desc: str, total: int,
-                 pool: sandbox.Pool, reuse: dict[str, list[tuple[str, _Test]]] | None = None):  # fmt: skip
-        self.w, self.kind, self.pool, self.reuse = w, kind, pool, reuse or {}
+                 bench: TestedBenchmark, pool, reuse: dict[str, list[tuple[str, _Test]]] | None = None):  # fmt: skip
+        self.w, self.kind, self.bench, self.pool, self.reuse = w, kind, bench, pool, reuse or {}
         self.step = progress.phase(kind.__struct_config__.tag, total, desc) if total else (lambda: None)
         self.tasks: list[asyncio.Task] = []
         self.seconds, self.n = 0.0, 0
@@ -57,14 +57,12 @@ class TestPhase:
         self.tasks.append(asyncio.ensure_future(self._one(pid, text)))
 
     async def _one(self, pid: str, text: str) -> None:
-        from .. import humaneval
-
         # An answer already tested with exactly this text (never-defer is the weak baseline) keeps its result.
         same = next((t for known, t in self.reuse.get(pid, ()) if known == text and t.error is None), None)
         if same is not None:
             fields = {k: getattr(same, k) for k in ("status", "program", "seconds", "output")}
         else:
-            o = await humaneval.run_tests(text, humaneval.problem(pid), self.pool)
+            o = await self.bench.score(text, pid, self.pool)
             fields = {"status": o.status, "program": o.program, "seconds": o.seconds, "output": o.output}
             self.seconds += o.seconds
             self.n += 1
@@ -78,14 +76,6 @@ class TestPhase:
         await asyncio.gather(*self.tasks)
         phase = self.kind.__struct_config__.tag + "s"  # reference_tests, weak_tests, tests: apart in the timings
         self.w.append("timing", **to_fields(Timing(phase=phase, seconds=round(self.seconds, 3), n=self.n)))
-
-
-def test_pool(settings: EvalSettings) -> sandbox.Pool:
-    """The sandbox pool an evaluation tests with (checked once: a machine that cannot sandbox fails early)."""
-    from ..benchmark import get
-
-    sandbox.bwrap_path()
-    return sandbox.Pool(timeout_s=get(settings.benchmark).test_timeout_s)
 
 
 async def judge_phase(
@@ -109,7 +99,7 @@ async def judge_phase(
 
 
 async def decode_phase(
-    w: RecordWriter, kind: type[WeakAnswer] | type[Generation], policy: Policy | str, todo: list[data.Prompt],
+    w: RecordWriter, kind: type[WeakAnswer] | type[Generation], policy: Policy | str, todo: list[Prompt],
     setup: Setup, settings: EvalSettings, progress: Progress, desc: str, done: dict[str, WeakAnswer | Generation],
     tests: TestPhase | None = None,
 ) -> None:  # fmt: skip

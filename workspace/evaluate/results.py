@@ -4,19 +4,16 @@ not certified. Numbers come from the recorded generations and preferences only (
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cached_property
 
-from servers.presets import load_catalog
-
-from .. import data
-from ..benchmark import get as get_benchmark
-from ..engine import Decode, EngineSettings
+from ..benchmarks import Conditions, PromptSet
+from ..benchmarks import get as get_benchmark
+from ..engine import Decode
 from ..format import pair
-from ..judge import JudgeSettings, Preference
+from ..judge import Preference
 from ..records import verify
 from ..records.log import Record, StoreError, list_records, read_record
 from ..records.schema import Event, Header, SchemaError, _Test, event_of, header_of
@@ -37,11 +34,11 @@ class Example:
     weak_preference: Preference | None
     candidate: Decode | None = None
     preference: Preference | None = None
-    # Tests benchmarks: how each answer's unit tests ended (the preferences stay None).
+    # Benchmarks that score answers alone: how each answer's scoring ended (the preferences stay None).
     reference_test: _Test | None = None
     weak_test: _Test | None = None
     test: _Test | None = None
-    scoring: str = "judge"
+    judged: bool = True  # judged pairwise (else scored alone)
 
     @property
     def error(self) -> str | None:
@@ -53,7 +50,7 @@ class Example:
                 return f"no {what} decode"
             if d.error:
                 return f"{what} decode failed: {d.error}"
-        if self.scoring == "tests":
+        if not self.judged:
             for what, t in (("reference", self.reference_test), ("weak", self.weak_test), ("candidate", self.test)):
                 if t is None:
                     return f"{what} answer not tested"
@@ -69,7 +66,7 @@ class Example:
 
     def sample(self) -> PairedSample | PassSample:
         assert self.error is None and self.candidate and self.weak and self.reference is not None
-        if self.scoring == "tests":
+        if not self.judged:
             assert self.test and self.weak_test and self.reference_test
             return PassSample(weak_chars=self.candidate.weak_chars, strong_chars=self.candidate.strong_chars,
                               passed=self.test.passed, weak_passed=self.weak_test.passed,
@@ -123,14 +120,15 @@ class Baselines:
     timings: dict[str, float]
 
     @property
-    def scored_by_tests(self) -> bool:
-        return self.header.benchmark != "alpaca_eval" and get_benchmark(self.header.benchmark).scoring == "tests"
+    def needs_judge(self) -> bool:
+        """Whether its benchmark judges answers pairwise (else it scores them alone: pass rates, no judge)."""
+        return get_benchmark(self.header.benchmark).needs_judge
 
     @property
     def errors(self) -> list[tuple[str, str]]:
         out = []
         for e in self.examples:
-            if self.scored_by_tests:
+            if not self.needs_judge:
                 bad = e.reference is None or e.weak is None or e.weak.error or not e.reference_test or not e.weak_test
                 if bad or e.reference_test.error or e.weak_test.error:
                     out.append((e.prompt_id, e.error or "not tested"))
@@ -155,7 +153,7 @@ class Baselines:
         if not self.complete or len(self.examples) < 2:
             return None
         ex = self.examples
-        if self.scored_by_tests:
+        if not self.needs_judge:
             return sum(e.weak_test.passed for e in ex) / len(ex)
         return lc_winrate_mle(
             [e.weak_preference.preference for e in ex], [len(e.weak.text) for e in ex], [len(e.reference) for e in ex]
@@ -163,8 +161,8 @@ class Baselines:
 
     @property
     def u_strong(self) -> float | None:
-        """0.5 for a judge (the reference against itself); the strong model's own pass rate for tests."""
-        if not self.scored_by_tests:
+        """0.5 for a judge (the reference against itself); the strong model's own pass rate when scored alone."""
+        if self.needs_judge:
             return 0.5
         if not self.complete or not self.examples:
             return None
@@ -193,12 +191,12 @@ def read_existing(folder: str, record_id: str, missing: str) -> Record:
     return rec
 
 
-def read_baselines(record_id: str, prompts: data.PromptSet | None = None) -> Baselines:
+def read_baselines(record_id: str, prompts: PromptSet | None = None) -> Baselines:
     """A baselines record, typed; raises EvaluationError when it does not exist or does not fit the schema."""
     header, events = typed(read_existing("baselines", record_id, f"no baselines record {record_id}"))
     refs, weak, prefs = latest(events, "reference"), latest(events, "weak"), latest(events, "weak_preference")
     rtests, wtests = latest(events, "reference_test"), latest(events, "weak_test")
-    scoring = "judge" if header.benchmark == "alpaca_eval" else get_benchmark(header.benchmark).scoring
+    judged = get_benchmark(header.benchmark).needs_judge
     by_id = {p.id: p.instruction for p in prompts} if prompts else {}
     examples = []
     for pid in header.prompts.ids:
@@ -208,7 +206,7 @@ def read_baselines(record_id: str, prompts: data.PromptSet | None = None) -> Bas
         text = ref.text if ref is not None and ref.error is None else None
         pref = _preference(prefs[pid]) if pid in prefs else None
         examples.append(Example(pid, instr, text, w, pref, reference_test=rtests.get(pid), weak_test=wtests.get(pid),
-                                scoring=scoring))  # fmt: skip
+                                judged=judged))  # fmt: skip
     return Baselines(record_id, header, tuple(examples), timings(events))
 
 
@@ -261,25 +259,9 @@ class Evaluation:
     def canonical_problems(self) -> list[str]:
         """What keeps this evaluation off the canonical conditions (empty: canonical set, models, judge, settings).
         The confirmation set counts as canonical prompts too (it confirms a canonical result)."""
-        h, out = self.header, []
-        if self.baselines.scored_by_tests:
-            return _tests_canonical_problems(h)
-        canonical = json.loads(data.CANONICAL_FILE.read_text())
-        name = h.prompts.name
-        if name == CONFIRMATION:
-            doc = json.loads(data.CONFIRMATION_FILE.read_text())
-            if h.prompts.hash != doc["hash"]:
-                out.append("not the confirmation set's prompts")
-        elif name != "canonical" or h.prompts.hash != canonical["hash"]:
-            out.append(f"prompts {name!r} are not the canonical set")
-        wanted = load_catalog().canonical
-        if h.models != wanted:
-            out.append(f"models {h.models} are not the canonical {wanted}")
-        if h.settings["judge"]["digest"] != JudgeSettings().digest():
-            out.append("not the default judge prompt")
-        if h.settings["engine"] != asdict(EngineSettings()):
-            out.append("not the default decoding settings")
-        return out
+        h = self.header
+        return get_benchmark(h.benchmark).canonical_problems(Conditions(h.prompts.name, h.prompts.hash, h.models,
+                                                                        h.settings))  # fmt: skip
 
     @property
     def canonical(self) -> bool:
@@ -344,27 +326,6 @@ class Evaluation:
         }
 
 
-def _tests_canonical_problems(h: Header) -> list[str]:
-    """A tests benchmark's canonical conditions: all its problems, the models of a preset it names, its default
-    decoding settings and this code's scoring (instruction, extraction, timeout)."""
-    bench = get_benchmark(h.benchmark)
-    out = []
-    try:
-        full = bench.prompts()
-        if h.prompts.name != bench.canonical_set or h.prompts.hash != full.hash:
-            out.append(f"prompts {h.prompts.name!r} are not all {len(full)} {bench.name} problems")
-    except data.DataError as e:
-        out.append(f"cannot check the prompts: {e}")
-    if h.models not in bench.canonical_models.values():
-        named = ", ".join(f"{k}: {v}" for k, v in bench.canonical_models.items())
-        out.append(f"models {h.models} are not a canonical pair for {bench.name} ({named})")
-    if h.settings.get("engine") != asdict(EngineSettings(max_tokens=bench.max_tokens)):
-        out.append(f"not the default decoding settings for {bench.name} (max_tokens {bench.max_tokens})")
-    if h.settings.get("tests") != bench.identity():
-        out.append("not this code's scoring (instruction, extraction or test timeout differ)")
-    return out
-
-
 def build(eid: str, rec: Record, base: Baselines, settings: EvalSettings) -> Evaluation:
     header, events = typed(rec)
     gens, prefs, tests = latest(events, "generation"), latest(events, "preference"), latest(events, "test")
@@ -377,7 +338,7 @@ def build(eid: str, rec: Record, base: Baselines, settings: EvalSettings) -> Eva
     summary, note = None, ""
     if ok:
         try:
-            how = summarize_pass if base.scored_by_tests else summarize
+            how = summarize if base.needs_judge else summarize_pass
             summary = how(ok, n_boot=settings.n_boot, seed=settings.seed)
         except StatsError as e:  # e.g. one judged prompt: the record stays readable, without numbers
             note = str(e)

@@ -8,13 +8,13 @@ from collections.abc import Callable
 
 import msgspec
 
-from .. import data
+from ..benchmarks import Prompt, PromptSet
 from ..judge import Judge, Preference
 from ..policies import Policy, PolicyError, expand_spec, load_policy
 from ..records.log import RecordWriter, read_record
 from ..records.schema import Generation, Header, Test, Verdict, digest, to_fields
 from .baselines import baselines_header, ensure_baselines
-from .phases import Progress, TestPhase, decode_phase, judge_phase, test_pool
+from .phases import Progress, TestPhase, decode_phase, judge_phase
 from .results import Evaluation, build, latest, load_evaluation, read_baselines, read_existing, typed
 from .setup import EvalSettings, EvaluationError, Setup, code_version, now
 
@@ -36,7 +36,7 @@ def policy_identity(policy: Policy | str) -> tuple[Policy, str, str]:
     return pol, pol.describe(), pol.source_hash()
 
 
-async def evaluation_id(policy: Policy | str, prompts: data.PromptSet, setup: Setup, settings: EvalSettings) -> str:
+async def evaluation_id(policy: Policy | str, prompts: PromptSet, setup: Setup, settings: EvalSettings) -> str:
     """The id an evaluation of this policy on these prompts with these servers has (and resumes under)."""
     _, spec, source = policy_identity(policy)
     base = digest((await baselines_header(prompts, setup, settings)).identity())
@@ -45,7 +45,7 @@ async def evaluation_id(policy: Policy | str, prompts: data.PromptSet, setup: Se
 
 async def evaluate(
     policy: Policy | str,
-    prompts: data.PromptSet,
+    prompts: PromptSet,
     setup: Setup,
     settings: EvalSettings | None = None,
     progress: bool = True,
@@ -81,7 +81,7 @@ async def evaluate(
         events = typed(w.record)[1]
         gens = {k: v for k, v in latest(events, "generation").items() if v.decode.get("error") is None}
         todo = [p for p in prompts if p.id not in gens]
-        if settings.scored_by_tests:
+        if not settings.needs_judge:
             return await _decode_and_test(w, eid, pol, spec, prompts, todo, gens, base, setup, settings, prog, judge)
         await decode_phase(w, Generation, pol, todo, setup, settings, prog, f"decode {spec}", gens)
         if not judge:
@@ -104,10 +104,10 @@ async def evaluate(
 
 
 async def _decode_and_test(
-    w, eid: str, pol: Policy, spec: str, prompts: data.PromptSet, todo: list[data.Prompt], gens: dict, base,
+    w, eid: str, pol: Policy, spec: str, prompts: PromptSet, todo: list[Prompt], gens: dict, base,
     setup: Setup, settings: EvalSettings, prog: Progress, test: bool,
 ) -> Evaluation:  # fmt: skip
-    """A tests benchmark: decode, each answer tested in the sandbox as soon as it is written; reuses the
+    """A benchmark scored alone: decode, each answer scored as soon as it is written; reuses the
     baselines' result for an answer identical to the weak or the reference answer."""
     if not test:
         await decode_phase(w, Generation, pol, todo, setup, settings, prog, f"decode {spec}", gens)
@@ -116,7 +116,8 @@ async def _decode_and_test(
     reuse = {b.prompt_id: [(t, r) for t, r in ((b.weak.text if b.weak else None, b.weak_test),
                                                 (b.reference, b.reference_test)) if t is not None and r]
              for b in base.examples}  # fmt: skip
-    tests = TestPhase(w, Test, prog, "tests: candidate", len(prompts) - len(tested), test_pool(settings), reuse)
+    bench = settings.bench
+    tests = TestPhase(w, Test, prog, "tests: candidate", len(prompts) - len(tested), bench, bench.pool(), reuse)
     for pid, g in gens.items():  # resuming: generations on record not tested yet
         if pid not in tested:
             tests.submit(pid, g.decode["text"])
@@ -128,7 +129,7 @@ async def _decode_and_test(
 
 
 async def generate(
-    policy: Policy | str, prompts: data.PromptSet, setup: Setup, settings: EvalSettings | None = None,
+    policy: Policy | str, prompts: PromptSet, setup: Setup, settings: EvalSettings | None = None,
     progress: bool = True,
 ) -> str:  # fmt: skip
     """Decode a policy on a prompt set into an evaluation record without judging it; returns the run id.
@@ -141,7 +142,7 @@ async def generate(
 
 
 async def sweep(
-    spec: str, prompts: data.PromptSet, setup: Setup, settings: EvalSettings | None = None, progress: bool = True,
+    spec: str, prompts: PromptSet, setup: Setup, settings: EvalSettings | None = None, progress: bool = True,
     on_point: Callable[[Evaluation], None] | None = None, on_progress: OnProgress | None = None,
 ) -> list[Evaluation]:  # fmt: skip
     """Evaluate every point of a policy grid (`margin(tau=[0.02, 0.05])`) on the same prompts, one after another
@@ -177,10 +178,10 @@ async def evaluate_generations(
     h: Header = typed(rec)[0]
     base = read_baselines(h.baselines or "")
     # The instructions live in the baselines record; the header's hash proves they are the run's prompts.
-    prompts = data.PromptSet(h.prompts.name, [data.Prompt(e.prompt_id, e.instruction) for e in base.examples])
+    prompts = PromptSet(h.prompts.name, [Prompt(e.prompt_id, e.instruction) for e in base.examples])
     if prompts.hash != h.prompts.hash:
         raise EvaluationError(f"run {run_id}: its baselines {base.id} do not hold the instructions of its prompts")
-    settings = settings or EvalSettings.from_identity(h.settings)
+    settings = settings or EvalSettings.from_identity(h.settings, h.benchmark)
     pol = load_policy(h.policy if policy is None else policy)
     if pol.describe() != h.policy:
         raise EvaluationError(f"run {run_id} was made by policy {h.policy!r}, not {pol.describe()!r}")
@@ -195,7 +196,7 @@ async def evaluate_generations(
 
 def recorded_settings(header: dict, n_boot: int = 1000, seed: int = 0) -> EvalSettings:
     """The settings a record was made with, rebuilt from its header (engine settings, the judge's prompt)."""
-    return EvalSettings.from_identity(header["settings"], n_boot=n_boot, seed=seed)
+    return EvalSettings.from_identity(header["settings"], header.get("benchmark"), n_boot=n_boot, seed=seed)
 
 
 __all__ = ["Preference", "evaluate", "evaluate_generations", "evaluation_id", "generate", "policy_identity",

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 
 from servers.settings import PROJECT_ROOT
 
-from ..benchmark import get as get_benchmark
+from ..benchmarks import DEFAULT, Benchmark, DataError
+from ..benchmarks import get as get_benchmark
 from ..cache import CallCache
 from ..client import ClientSettings, ModelClient
 from ..endpoints import resolve_endpoint
@@ -30,36 +31,31 @@ class EvalSettings:
     judge: JudgeSettings = field(default_factory=JudgeSettings)
     n_boot: int = 1000  # bootstrap resamples (intervals only; not part of the identity)
     seed: int = 0
-    benchmark: str = "alpaca_eval"  # how answers are scored (workspace/benchmark.py)
+    benchmark: str = DEFAULT  # what answers are scored by (workspace/benchmarks/)
 
     @property
-    def scored_by_tests(self) -> bool:
-        return get_benchmark(self.benchmark).scoring == "tests"
+    def bench(self) -> Benchmark:
+        return get_benchmark(self.benchmark)
+
+    @property
+    def needs_judge(self) -> bool:
+        """Whether answers are judged pairwise (else scored alone, by the benchmark: no judge is asked)."""
+        return self.bench.needs_judge
 
     def identity(self) -> dict:
-        if self.scored_by_tests:  # no judge: the tests, the instruction and the extraction rules are the scorer
-            return {"engine": asdict(self.engine), "tests": get_benchmark(self.benchmark).identity()}
-        j = self.judge
-        judge = {"template": j.template, "labels": list(j.labels), "top_logprobs": j.top_logprobs,
-                 "system": j.system, "digest": j.digest()}  # fmt: skip
-        return {"engine": asdict(self.engine), "judge": judge}
+        return {"engine": asdict(self.engine), **self.bench.settings_identity(self.judge)}
 
     @classmethod
-    def from_identity(cls, identity: dict, n_boot: int = 1000, seed: int = 0) -> EvalSettings:
-        """The settings a record was made with, from its header (engine settings, the judge's whole prompt)."""
-        if "tests" in identity:
-            bench = identity["tests"]["benchmark"]
-            made = cls(EngineSettings(**identity["engine"]), n_boot=n_boot, seed=seed, benchmark=bench)
-            if made.identity() != identity:
-                raise EvaluationError(f"the {bench} scoring on record is not the one this code has "
-                                      f"({identity['tests']} vs {made.identity()['tests']})")  # fmt: skip
-            return made
-        j = identity["judge"]
-        judge = JudgeSettings(template=j["template"], labels=tuple(j["labels"]), top_logprobs=j["top_logprobs"],
-                              **({"system": j["system"]} if "system" in j else {}))  # fmt: skip
-        if judge.digest() != j["digest"]:
-            raise EvaluationError(f"the judge prompt on record ({j['digest']}) is not the one this code has")
-        return cls(EngineSettings(**identity["engine"]), judge, n_boot=n_boot, seed=seed)
+    def from_identity(cls, identity: dict, benchmark: str | None, n_boot: int = 1000, seed: int = 0) -> EvalSettings:
+        """The settings a record was made with, from its header's settings (engine settings, the scorer's identity)
+        and benchmark (None: a record made before benchmarks existed)."""
+        bench = get_benchmark(benchmark)
+        try:
+            judge = bench.judge_settings(identity)
+        except DataError as e:
+            raise EvaluationError(str(e)) from e
+        return cls(EngineSettings(**identity["engine"]), judge or JudgeSettings(), n_boot=n_boot, seed=seed,
+                   benchmark=bench.name)  # fmt: skip
 
 
 @dataclass

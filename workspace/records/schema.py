@@ -15,6 +15,10 @@ import msgspec
 
 from .log import StoreError
 
+# What a header that names no benchmark was measured on: records made before benchmarks existed name none, and
+# keep their ids (a header's identity names its benchmark only when it is another one).
+UNNAMED_BENCHMARK = "alpaca_eval"
+
 
 class PromptsRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str
@@ -46,14 +50,14 @@ class Header(_Line, tag="header"):
     created: str | None = None
     servers: dict[str, str] | None = None
     code: CodeVersion | None = None
-    benchmark: str = "alpaca_eval"  # how it is scored (workspace/benchmark.py)
+    benchmark: str = UNNAMED_BENCHMARK  # what it was measured on (workspace/benchmarks/)
 
     def identity(self) -> dict:
         """What the record's id is a hash of (when and where it was made are not part of what it is)."""
         if self.kind == "baselines":
             out = {"kind": "baselines", "models": self.models, "judge": self.judge,
                    "prompts": msgspec.to_builtins(self.prompts), "settings": self.settings}  # fmt: skip
-            if self.benchmark != "alpaca_eval":  # records made before benchmarks existed keep their ids
+            if self.benchmark != UNNAMED_BENCHMARK:  # records made before benchmarks existed keep their ids
                 out["benchmark"] = self.benchmark
             return out
         return {"policy": self.policy, "source": self.policy_source_hash, "baselines": self.baselines}

@@ -13,10 +13,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from ..benchmarks import STATUSES, DataError, Prompt, PromptSet
+from ..benchmarks import get as get_benchmark
 from ..judge import MIN_LABEL_MASS, pair_hash
 from . import signing
 from .log import Record, StoreError, read_record
@@ -90,19 +91,22 @@ def _verdict_problems(where: str, v: _Verdict, instruction: str, candidate: str 
     return out
 
 
-def _test_problems(where: str, t: _Test, pid: str, text: str | None) -> list[str]:
-    """A test line must be about the answer on record: its program hash is the one that answer's code gives."""
-    from .. import humaneval
-
-    if t.status not in ("passed", "failed", "timeout", "no_code", "error"):
+def _test_problems(where: str, t: _Test, pid: str, text: str | None, benchmark: str) -> list[str]:
+    """A test line must be about the answer on record: its program hash is the one the benchmark gives that answer."""
+    if t.status not in STATUSES:
         return [f"{where}: unknown test status {t.status!r}"]
     if text is None or t.status == "error":
         return []
     try:
-        prob = humaneval.problem(pid)
+        bench = get_benchmark(benchmark)
+    except DataError as e:
+        return [f"{where}: {e}"]
+    if bench.needs_judge:
+        return [f"{where}: a test result in a record of {benchmark}, whose answers are judged"]
+    try:
+        want = bench.scored_hash(text, pid)
     except KeyError:
-        return [f"{where}: {pid} is not a HumanEval problem"]
-    want = humaneval.program_hash(humaneval.program(text, prob))
+        return [f"{where}: {pid} is not a {benchmark} problem"]
     if t.program != want:
         return [f"{where}: the test result is not about the answer on record (program {t.program[:12]} != {want[:12]})"]
     if (t.status == "no_code") != (want == ""):
@@ -176,7 +180,7 @@ def check_baselines(record_id: str) -> Check:
                 text = refs[pid].text if pid in refs else None
             else:
                 text = answers[pid].decode.get("text") if pid in answers else None
-            problems += _test_problems(f"{type_} {pid}", t, pid, text)
+            problems += _test_problems(f"{type_} {pid}", t, pid, text, header.benchmark)
     for pid in header.prompts.ids:
         w = weak.get(pid)
         if w is not None:
@@ -190,27 +194,18 @@ def check_baselines(record_id: str) -> Check:
 
 
 def _prompt_problems(header: Header, refs: dict[str, Reference]) -> list[str]:
-    from .. import data
-
     ps = header.prompts
     out = []
     if set(refs) - set(ps.ids):
         out.append("references for prompts the header does not name")
     if len(refs) == len(ps.ids):
-        got = data.PromptSet(ps.name, tuple(data.Prompt(i, refs[i].instruction) for i in ps.ids))
+        got = PromptSet(ps.name, tuple(Prompt(i, refs[i].instruction) for i in ps.ids))
         if got.hash != ps.hash:
             out.append("its instructions do not hash to the prompt set its header names")
-    canonical = json.loads(data.CANONICAL_FILE.read_text())
-    if header.benchmark == "humaneval" and ps.name.split("[:")[0] == "humaneval":
-        from .. import humaneval
-
-        full = humaneval.prompt_set()
-        if ps.ids != list(full.ids[: len(ps.ids)]):
-            out.append(f"named {ps.name}, but not HumanEval's problems in order")
-    if ps.name == "canonical" and (ps.hash != canonical["hash"] or ps.ids != canonical["ids"]):
-        out.append(f"named canonical, but not the canonical {len(canonical['ids'])} prompts")
-    if ps.name.startswith("canonical[:") and ps.ids != canonical["ids"][: len(ps.ids)]:
-        out.append(f"named {ps.name}, but not the first {len(ps.ids)} canonical prompts")
+    try:
+        out += get_benchmark(header.benchmark).prompt_problems(ps.name, ps.ids, ps.hash)
+    except DataError as e:
+        out.append(str(e))
     return out
 
 
@@ -251,7 +246,7 @@ def check_evaluation(record_id: str) -> Check:
     problems += p
     for pid, t in tests.items():
         g = gens.get(pid)
-        problems += _test_problems(f"test {pid}", t, pid, g.decode.get("text") if g else None)
+        problems += _test_problems(f"test {pid}", t, pid, g.decode.get("text") if g else None, header.benchmark)
     for pid, v in prefs.items():
         g, ref = gens.get(pid), refs.get(pid)
         text = g.decode.get("text") if g else None

@@ -5,9 +5,10 @@
   code, indentation is meaning). R2R's "divergent token" label, without its continuation check.
 - `disagreement_words`: the same requests (answered by the call cache once `disagreement` ran), compared on the
   first word or symbol only: whitespace differences (one blank line or two) are not divergence.
-- `outcome` (faithful, `humaneval` only: a whole decode and a test run per label): hand the token's line to the
-  strong model (a `newline` span), let the weak model finish, run the unit tests. Harmful = the handoff makes
-  a failing weak answer pass. AutoJudge's mining of tokens whose replacement changes the final answer.
+- `outcome` (faithful, benchmarks that score answers alone such as `humaneval`: a whole decode and a test run per
+  label): hand the token's line to the strong model (a `newline` span), let the weak model finish, run the unit
+  tests. Harmful = the handoff makes a failing weak answer pass. AutoJudge's mining of tokens whose replacement
+  changes the final answer.
 
 Positions are sampled per problem across confidence strata (by the weak model's margin p1 − p2), not only where
 it hesitates: confident errors are where the hand-made gates fail. Every request goes through the client (its
@@ -27,6 +28,8 @@ from pathlib import Path
 import msgspec
 from tqdm.auto import tqdm
 
+from ..benchmarks import TestedBenchmark
+from ..benchmarks import get as get_benchmark
 from ..engine import EngineSettings, Models, decode
 from ..fileio import append_lines
 from ..policies import Action, Decision, Policy, SpanRule, TokenSignal
@@ -153,9 +156,11 @@ async def label(
     bench = traces.meta.get("benchmark")
     tests = None
     if source == "outcome":
-        if bench != "humaneval":
-            raise TraceError("outcome labels run unit tests: they need traces of --benchmark humaneval")
-        tests = _test_runner()
+        scorer = get_benchmark(bench)
+        if scorer.needs_judge:
+            raise TraceError(f"outcome labels score answers alone (unit tests): {scorer.name}'s are judged; "
+                             "they need traces of a benchmark such as humaneval")  # fmt: skip
+        tests = _test_runner(scorer)
     if settings is None:
         settings = EngineSettings(**traces.meta["engine"])
     have = {(r.problem, r.position) for r in read_labels(traces, source)}
@@ -201,19 +206,15 @@ async def label(
     return read_labels(traces, source)
 
 
-def _test_runner():
-    """Run a problem's tests on an answer; status only, one result per (problem, answer)."""
-    from .. import humaneval
-    from ..benchmark import get
-    from ..sandbox import Pool
-
-    pool = Pool(timeout_s=get("humaneval").test_timeout_s)
+def _test_runner(bench: TestedBenchmark):
+    """Score an answer to a problem (run its tests); status only, one result per (problem, answer)."""
+    pool = bench.pool()
     done: dict[tuple[str, str], asyncio.Future] = {}
 
     async def run(problem: str, answer: str) -> str:
         key = (problem, answer)
         if key not in done:
-            done[key] = asyncio.ensure_future(humaneval.run_tests(answer, humaneval.problem(problem), pool))
+            done[key] = asyncio.ensure_future(bench.score(answer, problem, pool))
         return (await done[key]).status
 
     return run

@@ -42,7 +42,7 @@ import msgspec
 
 from servers.settings import paths
 
-from ..data import PromptSet
+from ..benchmarks import DEFAULT, PromptSet
 from ..engine import Decode, EngineSettings, Models, decode_many
 from ..fileio import DamagedLineError, append_lines, parse_lines
 from ..policies import Policy, TokenSignal, load_policy
@@ -184,7 +184,7 @@ async def collect(
     *,
     policy: Policy | str = "never",
     settings: EngineSettings | None = None,
-    benchmark: str = "alpaca_eval",
+    benchmark: str = DEFAULT,
     model_names: dict[str, str] | None = None,
     progress: bool = True,
     on_problem: Callable[[str, Decode], None] | None = None,

@@ -1,4 +1,4 @@
-"""Prompt sets: which instructions an evaluation runs on.
+"""AlpacaEval: its instructions, the canonical and confirmation sets, and the benchmark that judges answers to them.
 
 - `alpaca_eval()` — the 805 AlpacaEval instructions. Sources, in order: the Hugging Face hub
   (`tatsu-lab/alpaca_eval`, `alpaca_eval.json`); else the PyPI source distribution of `alpaca-eval==0.6.6`,
@@ -8,12 +8,12 @@
 - `canonical()` — the canonical 100 (DESIGN.md §1): the 100 indices i of the 805 with the smallest
   sha256(f"20260101:{i}"), in that (pseudo-random) order, so the first n of it are themselves a random sample
   (the 805 are grouped by source dataset; an index-sorted subset's head would be all `helpful_base`).
-  The ids and the PromptSet hash are committed in `workspace/canonical.json`; loading re-derives both and
-  refuses a mismatch. Regenerate with `python -m workspace.data --write-canonical`.
-- `load_prompts(path)` — any JSONL file of `{"instruction": ..., "id"?: ..., "dataset"?: ...}` objects.
-- `resolve(spec)` — one entry point for the CLI, notebooks and agents (see its docstring).
-
-`PromptSet.hash` identifies a set in evaluation records: sha256 over the (id, instruction) pairs in order.
+  The ids and the PromptSet hash are committed in `workspace/benchmarks/canonical.json` (read only by
+  `definition`); loading re-derives both and refuses a mismatch. Regenerate with
+  `python -m workspace.benchmarks.alpaca_eval --write-canonical`.
+- `confirmation()` — 300 more, disjoint from the canonical 100 (`confirmation.json`), that confirm a result.
+- `AlpacaEval` — the benchmark: answers judged pairwise against the strong model's own answer; canonical: the
+  canonical 100 with the `[canonical]` models of `servers/presets.toml` and the default judge.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import socket
 import subprocess
@@ -30,16 +29,17 @@ import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlparse
 
+from servers.presets import load_catalog
 from servers.settings import paths
 
-from .fileio import atomic_write, sha256_file
-
-Log = Callable[[str], None] | None
+from ..fileio import atomic_write, sha256_file
+from ..judge import JudgeSettings
+from .base import Canonical, Conditions, JudgedBenchmark, register
+from .prompts import DataError, Log, Prompt, PromptSet, _canonical_json, _log
 
 HUB_REPO = "tatsu-lab/alpaca_eval"
 HUB_FILE = "alpaca_eval.json"
@@ -73,63 +73,6 @@ HUB_PROBE_TIMEOUT_S = 3.0
 PIP_TIMEOUT_S = 600
 
 
-class DataError(Exception):
-    """A prompt set could not be loaded: the message says what failed and what to do."""
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One instruction. `id` is stable across runs and machines (evaluation records key on it)."""
-
-    id: str
-    instruction: str
-    dataset: str = ""  # AlpacaEval's source dataset (helpful_base, koala, oasst, selfinstruct, vicuna)
-
-
-def _canonical_json(obj) -> bytes:
-    # Fixed separators, no ASCII escaping: the same bytes on every machine and Python version.
-    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-
-
-@dataclass(frozen=True)
-class PromptSet:
-    """An ordered, named tuple of prompts with distinct ids."""
-
-    name: str
-    prompts: tuple[Prompt, ...]
-
-    def __post_init__(self):
-        object.__setattr__(self, "prompts", tuple(self.prompts))
-        seen: set[str] = set()
-        for p in self.prompts:
-            if p.id in seen:
-                raise DataError(f"prompt set {self.name!r}: duplicate prompt id {p.id!r}; ids must be unique")
-            seen.add(p.id)
-
-    @property
-    def hash(self) -> str:
-        """sha256 (hex) over the (id, instruction) pairs in order, as canonical JSON: stable across machines."""
-        return hashlib.sha256(_canonical_json([[p.id, p.instruction] for p in self.prompts])).hexdigest()
-
-    @property
-    def ids(self) -> tuple[str, ...]:
-        return tuple(p.id for p in self.prompts)
-
-    def head(self, n: int) -> PromptSet:
-        """The first `n` prompts; the name records the cut (e.g. "canonical[:10]"). All of them: `self`."""
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(self.prompts):
-            raise DataError(f"{self.name}: cannot take the first {n!r} prompts; choose 1 to {len(self.prompts)}")
-        if n == len(self.prompts):
-            return self
-        return PromptSet(f"{self.name}[:{n}]", self.prompts[:n])
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def __iter__(self) -> Iterator[Prompt]:
-        return iter(self.prompts)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # AlpacaEval 805
 
@@ -148,11 +91,6 @@ def alpaca_eval(log: Log = None) -> PromptSet:
         _write_cache(cache, records, source, time.monotonic() - t0)
         _log(log, f"alpaca_eval: {len(records)} instructions cached at {cache} ({source})")
     return PromptSet("alpaca_eval", tuple(Prompt(i, text, ds) for i, text, ds in records))
-
-
-def _log(log: Log, msg: str) -> None:
-    if log is not None:
-        log(msg)
 
 
 def _records_sha256(records) -> str:
@@ -317,18 +255,32 @@ def canonical_indices(seed: int = CANONICAL_SEED, n: int = CANONICAL_N) -> list[
     return sorted(range(ALPACA_EVAL_N), key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).hexdigest())[:n]
 
 
+def definition(name: str, path: Path | None = None) -> dict:
+    """The committed definition of the canonical or the confirmation set (ids, seed, hash): the one reader of
+    canonical.json and confirmation.json."""
+    path = path or {"canonical": CANONICAL_FILE, "confirmation": CONFIRMATION_FILE}[name]
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read the {name} set definition {path}: {e}") from e
+    if not isinstance(doc, dict):
+        raise DataError(f"cannot read the {name} set definition {path}: not a JSON object")
+    return doc
+
+
 def _committed_set(name: str, path: Path, indices, method: str, flag: str, log: Log) -> PromptSet:
     """A prompt set defined by a committed file of ids and a hash, checked against what its seed selects
     (`indices(seed)`) and against its hash, so every evaluation on it provably ran on the same prompts."""
+    doc = definition(name, path)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
         ids, committed_hash, seed = list(doc["ids"]), doc["hash"], doc["seed"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise DataError(f"cannot read the {name} set definition {path}: {e}") from e
+    except (KeyError, TypeError) as e:
+        raise DataError(f"cannot read the {name} set definition {path}: {e!r}") from e
     if ids != [f"alpaca_eval/{i:03d}" for i in indices(seed)] or seed != CANONICAL_SEED:
         raise DataError(
             f"{path}: its ids are not the ones seed {CANONICAL_SEED} selects ({method}); "
-            f"the file was edited. Restore it from git, or regenerate it with `python -m workspace.data {flag}`."
+            "the file was edited. Restore it from git, or regenerate it with "
+            f"`python -m workspace.benchmarks.alpaca_eval {flag}`."
         )
     by_id = {p.id: p for p in alpaca_eval(log)}
     ps = PromptSet(name, tuple(by_id[i] for i in ids))
@@ -341,7 +293,7 @@ def _committed_set(name: str, path: Path, indices, method: str, flag: str, log: 
 
 
 def canonical(log: Log = None) -> PromptSet:
-    """The canonical 100 prompts, checked against `workspace/canonical.json` (ids, seed and hash).
+    """The canonical 100 prompts, checked against `workspace/benchmarks/canonical.json` (ids, seed and hash).
 
     Raises DataError if the committed file does not match what its seed selects or its hash, so every
     certified evaluation provably ran on the same prompts.
@@ -356,7 +308,7 @@ def confirmation_indices(seed: int = CANONICAL_SEED) -> list[int]:
 
 
 def confirmation(log: Log = None) -> PromptSet:
-    """The 300-prompt confirmation set, checked against `workspace/confirmation.json` as `canonical()` is."""
+    """The 300-prompt confirmation set, checked against `workspace/benchmarks/confirmation.json` as `canonical()` is."""
     return _committed_set("confirmation", CONFIRMATION_FILE, confirmation_indices, CONFIRMATION_METHOD,
                           "--write-confirmation", log)  # fmt: skip
 
@@ -400,99 +352,57 @@ def write_canonical(path: Path | None = None, log: Log = None) -> dict:
 # JSONL files and specs
 
 
-def load_prompts(path: str | Path) -> PromptSet:
-    """A prompt set from a JSONL file: one object per line with "instruction" (a non-empty string) and
-    optionally "id" (string or integer; default "<file stem>/<line number>") and "dataset". Blank lines are
-    skipped; other keys are ignored. The set is named after the file stem. Raises DataError naming the file
-    and line for a malformed line, and for an empty file or duplicate ids."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read prompts from {path}: {e}") from e
-    prompts = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {n}"
-        try:
-            obj = json.loads(line)
-        except ValueError as e:
-            raise DataError(f"{where}: not valid JSON ({e})") from e
-        if not isinstance(obj, dict):
-            raise DataError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-        instruction = obj.get("instruction")
-        if not isinstance(instruction, str) or not instruction.strip():
-            raise DataError(f'{where}: needs an "instruction" that is a non-empty string')
-        pid = obj.get("id", f"{path.stem}/{n}")
-        if isinstance(pid, bool) or not isinstance(pid, (str, int)) or not str(pid):
-            raise DataError(f'{where}: "id" must be a non-empty string or an integer')
-        dataset = obj.get("dataset", "")
-        if not isinstance(dataset, str):
-            raise DataError(f'{where}: "dataset" must be a string')
-        prompts.append(Prompt(str(pid), instruction, dataset))
-    if not prompts:
-        raise DataError(f"{path}: no prompts (the file is empty); expected one JSON object per line")
-    try:
-        return PromptSet(path.stem, tuple(prompts))
-    except DataError as e:
-        raise DataError(f"{path}: {e}") from e
+# ---------------------------------------------------------------------------------------------------------
+# The benchmark
 
 
-_NAMED = {"canonical": canonical, "confirmation": confirmation, "alpaca_eval": alpaca_eval}
-_NAMED_SPEC = re.compile(r"^(\d+|(canonical|confirmation|alpaca_eval)(:\d+)?)$")
+@register
+class AlpacaEval(JudgedBenchmark):
+    name = "alpaca_eval"
+    description = "AlpacaEval instructions, judged pairwise against the strong model's own answer"
+    max_tokens = 256
+    canonical_set = "canonical"
 
+    def sets(self):
+        return {"canonical": canonical, "confirmation": confirmation, "alpaca_eval": alpaca_eval}
 
-def resolve(spec: str | int | Path | PromptSet, log: Log = None, files: bool = True) -> PromptSet:
-    """Turn a user's choice of prompts into a PromptSet. Accepted forms:
+    def canonical(self) -> Canonical:
+        doc = definition("canonical")
+        return Canonical(doc["hash"], doc["n"], load_catalog().canonical)
 
-    - "canonical" or "alpaca_eval": the named set;
-    - "canonical:N" / "alpaca_eval:N": its first N prompts;
-    - an int N, or a string of digits: the first N of the canonical set;
-    - a Path, or a string ending in ".jsonl" or naming an existing file: `load_prompts(path)`;
-    - a PromptSet: returned as is.
+    def canonical_problems(self, c: Conditions) -> list[str]:
+        """Canonical: the canonical set (or the confirmation set, which confirms a canonical result), the
+        `[canonical]` models, the default judge prompt and the default decoding settings."""
+        out = []
+        if c.prompts == "confirmation":
+            if c.prompts_hash != definition("confirmation")["hash"]:
+                out.append("not the confirmation set's prompts")
+        elif c.prompts != "canonical" or c.prompts_hash != definition("canonical")["hash"]:
+            out.append(f"prompts {c.prompts!r} are not the canonical set")
+        wanted = load_catalog().canonical
+        if c.models != wanted:
+            out.append(f"models {c.models} are not the canonical {wanted}")
+        if c.settings["judge"]["digest"] != JudgeSettings().digest():
+            out.append("not the default judge prompt")
+        if c.settings["engine"] != asdict(self.engine_settings()):
+            out.append("not the default decoding settings")
+        return out
 
-    `files=False` refuses paths (for specs from agents: a server must not read a file it was named).
-    """
-    if not files and (isinstance(spec, Path) or (isinstance(spec, str) and not _NAMED_SPEC.match(spec.strip()))):
-        raise DataError(
-            f"prompts {spec!r}: use 'canonical' (the 100), 'confirmation' (300 more), a number N (the first N "
-            "canonical), 'canonical:N' or 'alpaca_eval:N'"
-        )
-    if isinstance(spec, bool):
-        raise DataError("prompts must be a set name or a number of prompts, not a boolean")
-    if isinstance(spec, PromptSet):
-        return spec
-    if isinstance(spec, int) and not isinstance(spec, bool):
-        return canonical(log).head(spec)
-    if isinstance(spec, Path):
-        return load_prompts(spec)
-    if not isinstance(spec, str):
-        raise DataError(f"cannot resolve a prompt set from {spec!r} ({type(spec).__name__})")
-    s = spec.strip()
-    if s.isdigit():
-        return canonical(log).head(int(s))
-    name, sep, count = s.partition(":")
-    if name in _NAMED:
-        ps = _NAMED[name](log)
-        if not sep:
-            return ps
-        if not count.isdigit():
-            raise DataError(f"prompt set {spec!r}: the part after ':' must be a number of prompts")
-        return ps.head(int(count))
-    if s.endswith(".jsonl") or Path(s).expanduser().is_file():
-        return load_prompts(Path(s).expanduser())
-    raise DataError(
-        f"unknown prompt set {spec!r}: use 'canonical', 'confirmation', 'alpaca_eval', 'canonical:N', 'alpaca_eval:N', "
-        "a number N (first N of canonical), or the path of a .jsonl file"
-    )
+    def prompt_problems(self, name: str, ids: list[str], hash_: str) -> list[str]:
+        doc = definition("canonical")
+        if name == "canonical" and (hash_ != doc["hash"] or ids != doc["ids"]):
+            return [f"named canonical, but not the canonical {len(doc['ids'])} prompts"]
+        if name.startswith("canonical[:") and ids != doc["ids"][: len(ids)]:
+            return [f"named {name}, but not the first {len(ids)} canonical prompts"]
+        return []
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m workspace.data [--write-canonical]`: fetch the sets and show (or regenerate) canonical.json."""
+    """`python -m workspace.benchmarks.alpaca_eval [--write-canonical]`: fetch the sets and show (or regenerate)
+    canonical.json."""
     import argparse
 
-    ap = argparse.ArgumentParser(prog="python -m workspace.data", description=main.__doc__)
+    ap = argparse.ArgumentParser(prog="python -m workspace.benchmarks.alpaca_eval", description=main.__doc__)
     ap.add_argument("--write-canonical", action="store_true", help=f"regenerate {CANONICAL_FILE.name} from the seed")
     ap.add_argument("--write-confirmation", action="store_true", help=f"regenerate {CONFIRMATION_FILE.name}")
     args = ap.parse_args(argv)

