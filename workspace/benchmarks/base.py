@@ -289,6 +289,6 @@ def resolve_prompts(
     forms = ", ".join(repr(n) for n in dict.fromkeys(["canonical", *sets]))
     files_too = ", or the path of a .jsonl file" if bench.takes_files and files else ""
     raise DataError(
-        f"{bench.name}: unknown prompt set {spec!r}: use {forms}, 'NAME:N' (its first N), or a number N (the first "
+        f"{bench.name}: unknown prompts {spec!r}: use {forms}, 'NAME:N' (its first N), or a number N (the first "
         f"N of {bench.canonical_set!r}){files_too}"
     )
