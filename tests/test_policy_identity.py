@@ -4,9 +4,16 @@ else — another family, a comment, a docstring, the file's place — keeps it; 
 from __future__ import annotations
 
 import importlib.util
+import json
+import shutil
 import sys
 from pathlib import Path
 
+import pytest
+from click.testing import CliRunner
+
+from tests.fakeserver import ToyModel
+from workspace.cli import main
 from workspace.policies import families, load_policy
 from workspace.policies.identity import code_identity
 
@@ -72,3 +79,58 @@ def test_arguments_inner_policies_and_weights_are_part_of_the_record_identity():
     assert wrapped.source_hash() != load_policy("hysteresis(margin(tau=0.1), k=2)").inner.source_hash()
     a = load_policy("probe(path='probes/humaneval-logistic.json')").source_hash()
     assert a != load_policy("probe(path='probes/humaneval-trees.json')").source_hash()
+
+
+# ---------------------------------------------------------------- the committed evaluations read back
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMITTED = sorted((ROOT / "records" / "evaluations").glob("*.jsonl"))
+
+
+def _header(path: Path) -> dict:
+    return json.loads(path.open().readline())
+
+
+@pytest.fixture
+def committed_records(tmp_path, monkeypatch):
+    """A copy of the project's records folder (the command may write nothing to it, but it must not be the real
+    one), trusted as the project trusts it."""
+    folder = tmp_path / "records"
+    shutil.copytree(ROOT / "records", folder)
+    monkeypatch.setenv("CDW_RECORDS_DIR", str(folder))
+    monkeypatch.setenv("CDW_TRUSTED_KEYS", str(ROOT / "records" / "trusted_keys.txt"))
+    return folder
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=[p.stem for p in COMMITTED])
+def test_the_commands_that_made_the_committed_evaluations_read_them_back(path, committed_records, start_toys,
+                                                                          monkeypatch):  # fmt: skip
+    """`cdw eval` as it made each committed evaluation, against servers that serve the same models: the record
+    is found again through records/aliases.json and read back; no model is asked anything."""
+    h = _header(path)
+    models = _header(ROOT / "records" / "baselines" / f"{h['baselines']}.jsonl")["models"]
+    toys = start_toys(weak=ToyModel(name=models["weak"]), strong=ToyModel(name=models["strong"], seed=2))
+    for k, v in toys.env.items():
+        monkeypatch.setenv(k, v)
+    split = h["prompts"]["name"].partition(":")[2]
+    args = ["eval", "--benchmark", h["benchmark"], "--policy", h["policy"], "--json", "--no-cache"]
+    result = CliRunner().invoke(main, args + (["--split", split] if split else []))
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["evaluation_id"] == path.stem and out["n"] == len(h["prompts"]["ids"])
+    asked = {p: n for s in toys.values() for p, n in s.hits.items() if "completions" in p}
+    assert not asked, f"the servers were asked to decode: {asked}"
+    assert sorted(p.name for p in (committed_records / "evaluations").iterdir()) == sorted(p.name for p in COMMITTED)
+
+
+def test_an_alias_cannot_point_at_another_policys_record(committed_records):
+    """An alias is followed only to a record of the same policy spec and baselines."""
+    from workspace.records import aliases
+    from workspace.records.log import StoreError
+
+    new, entry = next(iter(aliases.table().items()))
+    h = _header(committed_records / "evaluations" / f"{entry['id']}.jsonl")
+    assert aliases.resolve(new, h["policy"], h["baselines"]) == entry["id"]
+    assert aliases.resolve("0" * 16, h["policy"], h["baselines"]) == "0" * 16  # no alias: its own id
+    with pytest.raises(StoreError, match="not"):
+        aliases.resolve(new, "never", h["baselines"])

@@ -11,6 +11,7 @@ import msgspec
 from ..benchmarks import Prompt, PromptSet
 from ..judge import Judge, Preference
 from ..policies import Policy, PolicyError, expand_spec, load_policy
+from ..records import aliases
 from ..records.log import RecordWriter, read_record
 from ..records.schema import Generation, Header, Test, Verdict, digest, to_fields
 from .baselines import baselines_header, ensure_baselines
@@ -37,10 +38,11 @@ def policy_identity(policy: Policy | str) -> tuple[Policy, str, str]:
 
 
 async def evaluation_id(policy: Policy | str, prompts: PromptSet, setup: Setup, settings: EvalSettings) -> str:
-    """The id an evaluation of this policy on these prompts with these servers has (and resumes under)."""
+    """The id an evaluation of this policy on these prompts with these servers has (and resumes under): the hash
+    of what is evaluated, or the record an identity epoch's alias names for it (`records/aliases.py`)."""
     _, spec, source = policy_identity(policy)
     base = digest((await baselines_header(prompts, setup, settings)).identity())
-    return digest({"policy": spec, "source": source, "baselines": base})
+    return aliases.resolve(digest({"policy": spec, "source": source, "baselines": base}), spec, base)
 
 
 async def evaluate(
@@ -73,9 +75,10 @@ async def evaluate(
     header = msgspec.structs.replace(base.header, kind="evaluation", policy=spec, policy_source_hash=source,
                                      baselines=base.id, created=now(), servers=None, code=code_version())  # fmt: skip
     existing = read_record("evaluations", eid)
-    if existing is not None:  # resuming: when and by which code it was started stays as recorded
+    if existing is not None:  # resuming: when, by which code and (an alias) under which source hash it started
         old = typed(existing)[0]
-        header = msgspec.structs.replace(header, created=old.created, code=old.code)
+        header = msgspec.structs.replace(header, created=old.created, code=old.code,
+                                         policy_source_hash=old.policy_source_hash)  # fmt: skip
     by_base = {e.prompt_id: e for e in base.examples}
     with RecordWriter("evaluations", eid, {"type": "header", **to_fields(header)}) as w:
         events = typed(w.record)[1]

@@ -52,8 +52,14 @@ def _ours(obj, home_module: str) -> bool:
     return f is not None and f.is_relative_to(_PROJECT) and "site-packages" not in f.parts
 
 
+def _registers(node: ast.expr) -> bool:
+    """`@register("name")`: naming a family is not behaviour."""
+    f = node.func if isinstance(node, ast.Call) else None
+    return (isinstance(f, ast.Name) and f.id == "register") or (isinstance(f, ast.Attribute) and f.attr == "register")
+
+
 class _Strip(ast.NodeTransformer):
-    """Drop docstrings and annotations: they decide nothing."""
+    """Drop docstrings, annotations and registration decorators: they decide nothing."""
 
     def _body(self, node):
         self.generic_visit(node)
@@ -67,7 +73,11 @@ class _Strip(ast.NodeTransformer):
             node.body = b[1:] or [ast.Pass()]
         return node
 
-    visit_ClassDef = visit_FunctionDef = visit_AsyncFunctionDef = visit_Module = _body
+    visit_FunctionDef = visit_AsyncFunctionDef = visit_Module = _body
+
+    def visit_ClassDef(self, node):
+        node.decorator_list = [d for d in node.decorator_list if not _registers(d)]
+        return self._body(node)
 
     def visit_arg(self, node):
         node.annotation = None
