@@ -1,4 +1,4 @@
-"""Record logs and the call cache: append-only, torn lines survived, damage reported, one writer at a time."""
+"""Record logs (workspace/records/log.py): append-only, torn lines survived, damage reported, one writer at a time."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import os
 
 import pytest
 
-from workspace.cache import CallCache
 from workspace.records.log import RecordWriter, StoreError, list_records, read_record
 
 
@@ -84,13 +83,3 @@ def test_bad_record_ids_are_refused(records):
     for bad in ("../escape", "a/b", ""):
         with pytest.raises(StoreError):
             RecordWriter("evaluations", bad, {})
-
-
-def test_the_call_cache_persists_across_connections(tmp_path):
-    c = CallCache(tmp_path / "calls.sqlite")
-    assert c.get("k") is None
-    c.put("k", {"choices": [{"text": "hé"}]})
-    c.close()
-    c2 = CallCache(tmp_path / "calls.sqlite")
-    assert c2.get("k") == {"choices": [{"text": "hé"}]} and len(c2) == 1
-    c2.close()
