@@ -100,6 +100,18 @@ def cdw_env(request, session_env, tmp_path_factory, monkeypatch) -> Path:
     return root
 
 
+@pytest.fixture
+def records_dir(cdw_env) -> Path:
+    """This test's records folder (CDW_RECORDS_DIR; created by the first record written)."""
+    return cdw_env / "records"
+
+
+@pytest.fixture
+def findings_dir(cdw_env) -> Path:
+    """This test's findings folder (CDW_FINDINGS_DIR)."""
+    return cdw_env / "findings"
+
+
 @pytest.fixture(scope="session")
 def test_signing_key(session_env) -> str:
     return session_env.key

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 
 import pytest
 
-from tests.fakeserver import FakeServer, ToyModel, judge_outputs
 from workspace.benchmarks import Prompt, PromptSet
 from workspace.cache import CallCache
 from workspace.client import ClientSettings, ModelClient
@@ -24,42 +22,11 @@ MODEL_PATHS = ("/v1/completions", "/v1/chat/completions", "/tokenize", "/detoken
 PROMPTS = PromptSet("toy", tuple(Prompt(f"toy/{i}", f"Question {i}: explain something.") for i in range(8)))
 
 
-class ScriptedJudge:
-    """Knows the strong model's answers and likes what shares a long start with one of them, with a
-    first-position bias. So weak answers lose (U_weak < 0.5: a real gap) and partly strong answers do better."""
-
-    def __init__(self):
-        self.references: set[str] = set()
-
-    def score(self, text: str) -> float:
-        return max(len(os.path.commonprefix([text, r])) / max(len(r), 1) for r in self.references)
-
-    def __call__(self, prompt: str) -> float:
-        a, b = judge_outputs(prompt)
-        return 1 / (1 + math.exp(-4 * (self.score(a) - self.score(b)) - 0.2))
-
-
 @pytest.fixture
-def records(tmp_path, monkeypatch):
-    monkeypatch.setenv("CDW_RECORDS_DIR", str(tmp_path / "records"))
-    return tmp_path / "records"
-
-
-@pytest.fixture
-async def servers():
-    judge = ScriptedJudge()
-    weak = await FakeServer(ToyModel(name="weak", seed=1, eos_after=110)).start()
-    strong = await FakeServer(
-        ToyModel(name="strong", seed=2, reverse=True, eos_after=100, extra=(".\n\n", ":\n\n", ", ", "the "))
-    ).start()
-    jserver = await FakeServer(ToyModel(name="judge", seed=3), judge=judge).start()
-    async with ModelClient(Endpoint("strong", (strong.url,), "strong"), FAST) as c:
-        for p in PROMPTS:
-            out = await c.chat([{"role": "user", "content": p.instruction}], max_tokens=400)
-            judge.references.add(out.text)
-    yield {"weak": weak, "strong": strong, "judge": jserver}
-    for s in (weak, strong, jserver):
-        await s.stop()
+def servers(toys):
+    """The toy trio; the scripted judge knows the strong model's answers to PROMPTS."""
+    toys.learn_references([p.instruction for p in PROMPTS], max_tokens=400)
+    return toys
 
 
 def make_setup(servers, cache=None) -> Setup:
@@ -81,7 +48,7 @@ def numbers(ev) -> dict:
     return d
 
 
-async def test_always_defer_recovers_exactly_one_and_never_defer_exactly_zero(servers, records):
+async def test_always_defer_recovers_exactly_one_and_never_defer_exactly_zero(servers, records_dir):
     always = await run(servers, "always(span=sentence)")
     never = await run(servers, "never")
     assert always.complete and never.complete
@@ -93,7 +60,7 @@ async def test_always_defer_recovers_exactly_one_and_never_defer_exactly_zero(se
     assert not always.certified and not always.canonical  # toy prompts and toy models
 
 
-async def test_a_middle_policy_lands_between_and_has_intervals(servers, records):
+async def test_a_middle_policy_lands_between_and_has_intervals(servers, records_dir):
     ev = await run(servers, "top1(tau=0.3, span=punct)")
     s = ev.summary
     assert ev.complete and s.n == len(PROMPTS)
@@ -105,7 +72,7 @@ async def test_a_middle_policy_lands_between_and_has_intervals(servers, records)
     assert s.f_weak == weak / sum(len(e.candidate.text) for e in ev.examples)
 
 
-async def test_judge_outage_gives_an_uncertified_resumable_evaluation_never_a_silent_half(servers, records):
+async def test_judge_outage_gives_an_uncertified_resumable_evaluation_never_a_silent_half(servers, records_dir):
     async with make_setup(servers) as setup:  # the baselines first: the outage below hits the candidate's verdicts
         await ensure_baselines(PROMPTS, setup, SETTINGS, progress=False)
     servers["judge"].faults.down_after = 13  # enough for 6 of the 8 candidates, then an outage
@@ -124,13 +91,13 @@ async def test_judge_outage_gives_an_uncertified_resumable_evaluation_never_a_si
     resumed = await run(servers, "top1(tau=0.3, span=punct)")
     assert resumed.complete and resumed.id == broken.id
     assert servers["judge"].hits["/v1/chat/completions"] - before <= 2 * len(failed) + 2
-    os.environ["CDW_RECORDS_DIR"] = str(records.parent / "fresh")  # monkeypatch (in `records`) restores it
+    os.environ["CDW_RECORDS_DIR"] = str(records_dir.parent / "fresh")  # the conftest's monkeypatch restores it
     clean = await run(servers, "top1(tau=0.3, span=punct)")
     assert numbers(clean) == numbers(resumed)
 
 
 @pytest.mark.slow
-async def test_killing_and_resuming_gives_the_same_record_as_an_uninterrupted_run(servers, records, monkeypatch):
+async def test_killing_and_resuming_gives_the_same_record_as_an_uninterrupted_run(servers, records_dir, monkeypatch):
     policy = "top1(tau=0.3, span=punct)"
     servers["weak"].faults.delay = 0.02
     servers["strong"].faults.delay = 0.02
@@ -138,7 +105,7 @@ async def test_killing_and_resuming_gives_the_same_record_as_an_uninterrupted_ru
     path = None
     for _ in range(500):  # kill it once some candidate generations are on disk
         await asyncio.sleep(0.02)
-        files = list((records / "evaluations").glob("*.jsonl")) if (records / "evaluations").exists() else []
+        files = list((records_dir / "evaluations").glob("*.jsonl")) if (records_dir / "evaluations").exists() else []
         if files and sum('"generation"' in line for line in files[0].read_text().splitlines()) >= 2:
             path = files[0]
             break
@@ -151,13 +118,13 @@ async def test_killing_and_resuming_gives_the_same_record_as_an_uninterrupted_ru
     servers["weak"].faults.delay = servers["strong"].faults.delay = 0.0
     resumed = await run(servers, policy)
     assert resumed.complete
-    monkeypatch.setenv("CDW_RECORDS_DIR", str(records.parent / "fresh"))
+    monkeypatch.setenv("CDW_RECORDS_DIR", str(records_dir.parent / "fresh"))
     clean = await run(servers, policy)
     assert numbers(clean) == numbers(resumed)
     assert [e.candidate.text for e in clean.examples] == [e.candidate.text for e in resumed.examples]
 
 
-async def test_a_rerun_of_a_finished_evaluation_makes_no_server_calls(servers, records):
+async def test_a_rerun_of_a_finished_evaluation_makes_no_server_calls(servers, records_dir):
     first = await run(servers, "entropy(tau=1.0, span=words:2)")
     hits = {r: sum(s.hits.values()) for r, s in servers.items()}
     again = await run(servers, "entropy(tau=1.0, span=words:2)")
@@ -166,7 +133,7 @@ async def test_a_rerun_of_a_finished_evaluation_makes_no_server_calls(servers, r
 
 
 async def test_the_call_cache_answers_a_repeated_evaluation_without_the_servers(
-    servers, records, tmp_path, monkeypatch
+    servers, records_dir, tmp_path, monkeypatch
 ):
     def model_calls():  # a new record still asks each server its version (/health, /v1/models, /version)
         return {r: sum(n for p, n in s.hits.items() if p in MODEL_PATHS) for r, s in servers.items()}
@@ -182,9 +149,9 @@ async def test_the_call_cache_answers_a_repeated_evaluation_without_the_servers(
     cache.close()
 
 
-async def test_editing_a_stored_summary_does_not_change_what_is_read_back(servers, records):
+async def test_editing_a_stored_summary_does_not_change_what_is_read_back(servers, records_dir):
     ev = await run(servers, "top1(tau=0.3, span=punct)")
-    path = records / "evaluations" / f"{ev.id}.jsonl"
+    path = records_dir / "evaluations" / f"{ev.id}.jsonl"
     lines = path.read_text().splitlines()
     edited = []
     for line in lines:
@@ -198,7 +165,7 @@ async def test_editing_a_stored_summary_does_not_change_what_is_read_back(server
     assert back.summary.recovery != 1.0 and not back.certified
 
 
-async def test_too_few_prompts_for_length_control_is_readable_with_a_reason(servers, records):
+async def test_too_few_prompts_for_length_control_is_readable_with_a_reason(servers, records_dir):
     ev = await run(servers, "top1(tau=0.3, span=punct)", prompts=PROMPTS.head(3))
     assert ev.complete and ev.summary is None and "at least 5" in ev.note
     assert load_evaluation(ev.id, SETTINGS).note == ev.note

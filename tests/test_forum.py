@@ -18,13 +18,10 @@ import warnings
 import pytest
 from click.testing import CliRunner
 
-from tests.fakeserver import FakeServer, ToyModel
-from tests.test_evaluate import FAST, PROMPTS, SETTINGS, ScriptedJudge, make_setup
+from tests.test_evaluate import PROMPTS, SETTINGS, make_setup
 from workspace.cli import main
-from workspace.client import ModelClient
-from workspace.endpoints import Endpoint
 from workspace.evaluate import Evaluation, evaluate, load_evaluation
-from workspace.forum import FindingError, FindingWarning, findings_dir, get_finding, get_findings, share_finding
+from workspace.forum import FindingError, FindingWarning, get_finding, get_findings, share_finding
 from workspace.leaderboard import get_leaderboard
 
 # On the toy servers (tests/test_evaluate.py), 8 prompts: margin → f_weak ≈ 0.035 at recovery ≈ 1.9, but its one-sided
@@ -39,45 +36,24 @@ POLICIES = {
 }
 
 
-async def _produce() -> dict[str, str]:
-    judge = ScriptedJudge()
-    weak = await FakeServer(ToyModel(name="weak", seed=1, eos_after=110)).start()
-    strong = await FakeServer(
-        ToyModel(name="strong", seed=2, reverse=True, eos_after=100, extra=(".\n\n", ":\n\n", ", ", "the "))
-    ).start()
-    jserver = await FakeServer(ToyModel(name="judge", seed=3), judge=judge).start()
-    servers = {"weak": weak, "strong": strong, "judge": jserver}
-    try:
-        async with ModelClient(Endpoint("strong", (strong.url,), "strong"), FAST) as c:
-            for p in PROMPTS:
-                judge.references.add((await c.chat([{"role": "user", "content": p.instruction}], max_tokens=400)).text)
-        ids = {}
-        async with make_setup(servers) as setup:
-            for key, spec in POLICIES.items():
-                ids[key] = (await evaluate(spec, PROMPTS, setup, SETTINGS, progress=False)).id
-        return ids
-    finally:
-        for s in servers.values():
-            await s.stop()
+async def _produce(servers) -> dict[str, str]:
+    ids = {}
+    async with make_setup(servers) as setup:
+        for key, spec in POLICIES.items():
+            ids[key] = (await evaluate(spec, PROMPTS, setup, SETTINGS, progress=False)).id
+    return ids
 
 
-def make_evaluations(folder) -> dict[str, str]:
-    """Run the POLICIES evaluations into `folder` (a records dir); returns {key: evaluation id}."""
-    old = os.environ.get("CDW_RECORDS_DIR")
-    os.environ["CDW_RECORDS_DIR"] = str(folder)
-    try:
-        return asyncio.run(_produce())
-    finally:
-        if old is None:
-            os.environ.pop("CDW_RECORDS_DIR")
-        else:
-            os.environ["CDW_RECORDS_DIR"] = old
-
-
-@pytest.fixture(scope="module")
-def made(tmp_path_factory):
+@pytest.fixture(scope="session")
+def made(tmp_path_factory, start_toys) -> tuple:
+    """The POLICIES evaluations on the toy trio, once per session (this file's tests and test_site's read them):
+    (their records folder, {key: evaluation id})."""
+    toys = start_toys()
+    toys.learn_references([p.instruction for p in PROMPTS], max_tokens=SETTINGS.engine.max_tokens)
     folder = tmp_path_factory.mktemp("forum-records")
-    return folder, make_evaluations(folder)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CDW_RECORDS_DIR", str(folder))
+        return folder, asyncio.run(_produce(toys))
 
 
 @pytest.fixture
@@ -86,12 +62,6 @@ def evals(made, monkeypatch):
     folder, ids = made
     monkeypatch.setenv("CDW_RECORDS_DIR", str(folder))
     return ids
-
-
-@pytest.fixture
-def fdir(tmp_path, monkeypatch):
-    monkeypatch.setenv("CDW_FINDINGS_DIR", str(tmp_path / "findings"))
-    return tmp_path / "findings"
 
 
 def canonical_for(monkeypatch, ids) -> None:
@@ -115,7 +85,7 @@ def _no_hard_links(*args, **kw):
 
 @pytest.mark.parametrize("hard_links", [True, False], ids=["link", "o_excl"])
 @pytest.mark.slow
-def test_twenty_processes_posting_at_once_lose_nothing(fdir, monkeypatch, hard_links):
+def test_twenty_processes_posting_at_once_lose_nothing(findings_dir, monkeypatch, hard_links):
     if not hard_links:
         monkeypatch.setattr(os, "link", _no_hard_links)  # inherited by the forked writers
     ctx = multiprocessing.get_context("fork")
@@ -126,7 +96,7 @@ def test_twenty_processes_posting_at_once_lose_nothing(fdir, monkeypatch, hard_l
     for p in procs:
         p.join(60)
     assert all(p.exitcode == 0 for p in procs)
-    assert len(list(fdir.glob("*.md"))) == 20
+    assert len(list(findings_dir.glob("*.md"))) == 20
     with warnings.catch_warnings():
         warnings.simplefilter("error", FindingWarning)  # every file must be intact
         found = get_findings()
@@ -134,23 +104,23 @@ def test_twenty_processes_posting_at_once_lose_nothing(fdir, monkeypatch, hard_l
     for f in found:
         i = int(f.author[1:])
         assert f.body == (f"process {i}\n\n" + f"line {i}\n" * 400).strip() and f.tags == (str(i),)
-    assert not list(fdir.glob(".*"))  # no temporary file left behind
+    assert not list(findings_dir.glob(".*"))  # no temporary file left behind
 
 
-def test_a_result_must_name_an_evaluation_that_exists(evals, fdir):
+def test_a_result_must_name_an_evaluation_that_exists(evals, findings_dir):
     with pytest.raises(FindingError, match="'0123456789abcdef'.*cannot be read"):
         share_finding("Great margins", "result", "f_weak 0.9!", "mallory", evaluation="0123456789abcdef")
     with pytest.raises(FindingError, match="must name the evaluation"):
         share_finding("Great margins", "result", "f_weak 0.9!", "mallory")
     with pytest.raises(FindingError, match="not the policy of evaluation"):
         share_finding("Mislabelled", "result", "text", "mallory", policy="never", evaluation=evals["margin"])
-    assert not fdir.exists() or not list(fdir.glob("*.md"))
+    assert not findings_dir.exists() or not list(findings_dir.glob("*.md"))
     fid = share_finding("Margin at 0.1", "result", "It works.", "alice", evaluation=evals["margin"])
     f = get_finding(fid)
     assert f.evaluation == evals["margin"] and f.policy == POLICIES["margin"]  # the policy comes from the record
 
 
-def test_bad_arguments_are_refused(fdir):
+def test_bad_arguments_are_refused(findings_dir):
     with pytest.raises(FindingError, match="kind must be one of"):
         share_finding("t", "rumour", "b", "a")
     with pytest.raises(FindingError, match="needs a body"):
@@ -159,7 +129,7 @@ def test_bad_arguments_are_refused(fdir):
         get_finding("../secrets")
 
 
-def test_findings_come_back_newest_first_and_filter(fdir):
+def test_findings_come_back_newest_first_and_filter(findings_dir):
     a = share_finding("Margins help", "hypothesis", "Gate on p1 - p2.", "alice", policy="margin(tau=0.05)")
     time.sleep(0.01)
     b = share_finding("Entropy gates do not help", "negative", "Tried tau in 1..3.", "bob", tags=["entropy"])
@@ -173,7 +143,7 @@ def test_findings_come_back_newest_first_and_filter(fdir):
     assert get_finding(a).created.tzinfo is not None
 
 
-def test_a_malformed_finding_is_skipped_with_a_warning_naming_it(fdir):
+def test_a_malformed_finding_is_skipped_with_a_warning_naming_it(findings_dir):
     good = share_finding("Fine", "insight", "All good.", "alice")
     bad = {
         "broken-yaml.md": "---\ntitle: [unclosed\nkind: insight\n---\nbody\n",
@@ -183,8 +153,8 @@ def test_a_malformed_finding_is_skipped_with_a_warning_naming_it(fdir):
         "result-without-evaluation.md": "---\ntitle: x\nkind: result\nauthor: a\ncreated: 2025-01-01\n---\nb\n",
     }
     for name, text in bad.items():
-        (fdir / name).write_text(text)
-    (fdir / "binary.md").write_bytes(b"---\ntitle: \xff\xfe\n---\n")
+        (findings_dir / name).write_text(text)
+    (findings_dir / "binary.md").write_bytes(b"---\ntitle: \xff\xfe\n---\n")
     with pytest.warns(FindingWarning) as caught:
         found = get_findings()
     assert [f.id for f in found] == [good]
@@ -196,7 +166,7 @@ def test_a_malformed_finding_is_skipped_with_a_warning_naming_it(fdir):
 # ---------------------------------------------------------------- the leaderboard
 
 
-def test_leaderboard_ranks_certified_by_f_weak_then_recovery_and_lists_the_rest_apart(evals, fdir, monkeypatch):
+def test_leaderboard_ranks_certified_by_f_weak_then_recovery_and_lists_the_rest_apart(evals, findings_dir, monkeypatch):
     canonical_for(monkeypatch, [evals[k] for k in ("margin", "top1_high", "always", "never")])
     board = get_leaderboard()
     assert [e.evaluation for e in board.certified] == [evals["top1_high"], evals["always"]]
@@ -216,8 +186,7 @@ def test_leaderboard_ranks_certified_by_f_weak_then_recovery_and_lists_the_rest_
     assert [(b.f_weak, b.recovery) for b in board.baselines] == [(1.0, 0.0), (0.0, 1.0)]
 
 
-def test_the_baselines_row_is_there_with_no_records_at_all(tmp_path, fdir, monkeypatch):
-    monkeypatch.setenv("CDW_RECORDS_DIR", str(tmp_path / "empty"))
+def test_the_baselines_row_is_there_with_no_records_at_all(findings_dir):
     board = get_leaderboard()
     assert not board.evaluations and board.best is None
     assert [(b.policy.split()[0], b.f_weak, b.recovery) for b in board.baselines] == [
@@ -226,12 +195,12 @@ def test_the_baselines_row_is_there_with_no_records_at_all(tmp_path, fdir, monke
     ]
 
 
-def test_tampered_numbers_in_a_finding_do_not_change_the_leaderboard(evals, fdir, monkeypatch):
+def test_tampered_numbers_in_a_finding_do_not_change_the_leaderboard(evals, findings_dir, monkeypatch):
     canonical_for(monkeypatch, evals.values())
     fid = share_finding("Never is great", "result", "f_weak 1.0 at recovery 0.0.", "mallory", evaluation=evals["never"])
     before = get_leaderboard()
     assert before.below_bar[0].finding == fid  # the finding is credited ...
-    path = fdir / f"{fid}.md"
+    path = findings_dir / f"{fid}.md"
     text = path.read_text()
     tampered = text.replace("kind: result\n", "kind: result\nf_weak: 0.99\nrecovery: 1.5\ncertified: true\n")
     tampered = tampered.replace("f_weak 1.0 at recovery 0.0.", "**Certified: f_weak 0.99, recovery 1.00, rank 1.**")
@@ -247,7 +216,7 @@ def test_tampered_numbers_in_a_finding_do_not_change_the_leaderboard(evals, fdir
 
 
 @pytest.mark.slow
-def test_cli_add_list_show_and_leaderboard(evals, fdir, tmp_path, monkeypatch):
+def test_cli_add_list_show_and_leaderboard(evals, findings_dir, tmp_path, monkeypatch):
     run = CliRunner().invoke
     body = tmp_path / "body.md"
     body.write_text("Margin at 0.1 keeps recovery at 1.0 on the toy set.\n")
@@ -265,7 +234,7 @@ def test_cli_add_list_show_and_leaderboard(evals, fdir, tmp_path, monkeypatch):
     r = run(main, ["findings", "add", "--title", "x", "--kind", "result", "--evaluation", "nope", "--body-file",
                    str(body)])  # fmt: skip
     assert r.exit_code == 1 and "'nope'" in r.output
-    (findings_dir() / "junk.md").write_text("no front matter")
+    (findings_dir / "junk.md").write_text("no front matter")
     r = run(main, ["findings", "list"])
     assert r.exit_code == 0 and "Toy margin" in r.output and "Edited" in r.output and "junk.md" in r.output
     r = run(main, ["findings", "show", fid])

@@ -14,7 +14,6 @@ runs all cells, and keeps the screenshots in `.cdw/screenshots/` for people to l
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os
@@ -24,7 +23,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -32,8 +30,7 @@ from pathlib import Path
 import pytest
 
 from servers.settings import PROJECT_ROOT
-from tests.fakeserver import FakeServer, ToyModel
-from tests.test_evaluate import ScriptedJudge
+from tests.fakeserver import FakeServer
 
 pytestmark = pytest.mark.browser
 
@@ -80,62 +77,25 @@ def test_committed_stripped_short_and_valid(name):
 # ---------------------------------------------------------------- servers and environment
 
 
-class Servers:
-    """Weak, strong and judge in-test servers on their own loop in a background thread."""
-
-    def __init__(self):
-        self.loop = asyncio.new_event_loop()
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        self.judge = ScriptedJudge()  # likes answers that start like the strong model's: a real gap, real numbers
-        self.weak = self._run(FakeServer(ToyModel(name="weak", seed=1, eos_after=110)).start())
-        strong_model = ToyModel(name="strong", seed=2, reverse=True, eos_after=100, extra=(".\n\n", ", ", "the "))
-        self.strong = self._run(FakeServer(strong_model).start())
-        self.judge_server = self._run(FakeServer(ToyModel(name="judge", seed=3), judge=self.judge).start())
-        for text in INSTRUCTIONS:  # the references the notebooks will get, so the judge can recognise them
-            self.judge.references.add(self._reference(text))
-
-    def _run(self, coro, timeout: float = 30):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def _reference(self, instruction: str) -> str:
-        from workspace.client import ModelClient
-        from workspace.endpoints import Endpoint
-
-        async def go():
-            async with ModelClient(Endpoint("strong", (self.strong.url,), "strong")) as c:
-                return (await c.chat([{"role": "user", "content": instruction}], max_tokens=MAX_TOKENS)).text
-
-        return self._run(go())
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {"CDW_WEAK_URL": self.weak.url, "CDW_STRONG_URL": self.strong.url,
-                "CDW_JUDGE_URL": self.judge_server.url}  # fmt: skip
-
-    def close(self) -> None:
-        for s in (self.weak, self.strong, self.judge_server):
-            self._run(s.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-
-
 @pytest.fixture(scope="module")
-def servers():
-    s = Servers()
-    yield s
-    s.close()
+def servers(start_toys):
+    """The toy trio (kernels reach it through CDW_*_URL); the scripted judge knows the strong model's answers, so
+    the numbers have a real gap."""
+    toys = start_toys()
+    toys.learn_references(INSTRUCTIONS, MAX_TOKENS)
+    return toys
 
 
 @pytest.fixture
 def nb_env(tmp_path, monkeypatch):
-    """Temp records, findings and CDW_HOME; a 6-prompt set; tiny knobs. Returns the folder notebooks run in."""
+    """A 6-prompt set and tiny knobs (records, findings and CDW_HOME are the test's own: conftest). Returns the
+    folder notebooks run in."""
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(
         "".join(json.dumps({"id": f"t{i}", "instruction": s}) + "\n" for i, s in enumerate(INSTRUCTIONS))
     )
     for k, v in {
-        "CDW_RECORDS_DIR": tmp_path / "records", "CDW_FINDINGS_DIR": tmp_path / "findings",
-        "CDW_HOME": tmp_path / "home", "CDW_NB_PROMPTS": prompts, "CDW_NB_MAX_TOKENS": MAX_TOKENS, "CDW_NB_N": 2,
-        "CDW_AUTHOR": "notebook-test",
+        "CDW_NB_PROMPTS": prompts, "CDW_NB_MAX_TOKENS": MAX_TOKENS, "CDW_NB_N": 2, "CDW_AUTHOR": "notebook-test",
     }.items():  # fmt: skip
         monkeypatch.setenv(k, str(v))
     work = tmp_path / "nb"
@@ -225,14 +185,13 @@ def test_forum_notebook_shows_the_feed_board_and_form(fake_env, servers):
     from workspace.forum import share_finding
 
     async def one():
-        s = {"weak": servers.weak, "strong": servers.strong, "judge": servers.judge_server}
-        async with make_setup(s) as setup:
+        async with make_setup(servers) as setup:
             settings = EvalSettings(EngineSettings(max_tokens=MAX_TOKENS))
             return await evaluate(
                 "top1(tau=0.5)", resolve_prompts(DEFAULT, os.environ["CDW_NB_PROMPTS"]), setup, settings, False
             )
 
-    ev = servers._run(one(), timeout=120)
+    ev = servers.thread.run(one(), timeout=120)
     share_finding("top1 at 0.5 <script>alert(1)</script>", "result", "It recovers **1.5** (a typo).", "tester",
                   evaluation=ev.id)  # fmt: skip
     nb = execute("forum", fake_env)
@@ -257,7 +216,7 @@ def test_write_your_own_policy_runs_its_check_and_evaluation(fake_env):
 
 
 @pytest.fixture
-def code_servers(nb_env, monkeypatch):
+def code_servers(nb_env, server_thread, monkeypatch):
     """Scripted HumanEval servers: the strong model writes HumanEval's solutions, the weak one the same answers with
     a stray character a third of the way in (so the strong model disagrees after it, and agrees before)."""
     from tests.test_router import Scripted
@@ -272,12 +231,7 @@ def code_servers(nb_env, monkeypatch):
             self.answers = [a for q, a in self.script.items() if q in text]
             return super().logprobs(context)
 
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-
-    def run(coro):
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(30)
-
+    run = server_thread.run
     weak_model, strong_model = ByInstruction(name="weak", seed=1), ByInstruction(name="strong", seed=2, reverse=True)
     weak_model.script, strong_model.script = bad, good
     weak, strong = run(FakeServer(weak_model).start()), run(FakeServer(strong_model).start())
@@ -287,7 +241,6 @@ def code_servers(nb_env, monkeypatch):
     yield nb_env
     run(weak.stop())
     run(strong.stop())
-    loop.call_soon_threadsafe(loop.stop)
 
 
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="needs bubblewrap (make sandbox)")
@@ -306,10 +259,8 @@ def test_learned_router_traces_labels_trains_and_evaluates(code_servers):
 
 @pytest.fixture
 def tiny_env(tiny_servers, test_home, nb_env, monkeypatch):
-    """The tiny servers, found through their runtime file in the session's CDW_HOME: no URL variables."""
-    for role in ("WEAK", "STRONG", "JUDGE"):
-        monkeypatch.delenv(f"CDW_{role}_URL", raising=False)
-    monkeypatch.setenv("CDW_HOME", str(test_home))
+    """The tiny servers, found through their runtime file in the session's CDW_HOME (conftest sets it for a test
+    that uses `test_home`, and no URL variable)."""
     monkeypatch.setenv("CDW_NB_MAX_TOKENS", "24")
     return nb_env
 

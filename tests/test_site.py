@@ -16,7 +16,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from tests.test_forum import POLICIES, canonical_for, make_evaluations
+from tests.test_forum import POLICIES, canonical_for, made  # noqa: F401 (made: a fixture, shared)
 from workspace.charts import frontier_chart, save_chart, sota_chart, sota_rows, use_offline_renderer
 from workspace.cli import main
 from workspace.evaluate import load_evaluation
@@ -27,26 +27,14 @@ from workspace.site import render_site
 SCRIPT_TITLE = "<script>window.__pwned = 1</script> Entropy gates <b>fail</b>"
 
 
-@pytest.fixture(scope="module")
-def made(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("site-records")
-    return folder, make_evaluations(folder)
-
-
 @pytest.fixture
-def evals(made, fdir, monkeypatch):
+def evals(made, findings_dir, monkeypatch):  # noqa: F811 (the imported fixture)
     """Records on disk; margin, top1(0.5), always and never count as canonical (two are certified: margin's lower
     bound is below the floor on 8 prompts)."""
     folder, ids = made
     monkeypatch.setenv("CDW_RECORDS_DIR", str(folder))
     canonical_for(monkeypatch, [ids[k] for k in ("margin", "top1_high", "always", "never")])
     return ids
-
-
-@pytest.fixture
-def fdir(tmp_path, monkeypatch):
-    monkeypatch.setenv("CDW_FINDINGS_DIR", str(tmp_path / "findings"))
-    return tmp_path / "findings"
 
 
 def post_findings(evals) -> list[str]:
@@ -146,7 +134,7 @@ def test_charts_display_in_a_notebook_without_network():
 # ---------------------------------------------------------------- the page
 
 
-def test_the_page_is_self_contained_and_escapes_findings(evals, fdir):
+def test_the_page_is_self_contained_and_escapes_findings(evals, findings_dir):
     post_findings(evals)
     html = render_site()
     head, _, body = html.rpartition("</head>")  # the bundle itself mentions </head>
@@ -167,7 +155,7 @@ def _chromium() -> str:
 
 
 @pytest.mark.browser
-def test_the_page_renders_offline_in_headless_chromium(evals, fdir, tmp_path):
+def test_the_page_renders_offline_in_headless_chromium(evals, findings_dir, tmp_path):
     from playwright.sync_api import sync_playwright
 
     titles = post_findings(evals)

@@ -9,8 +9,7 @@ from importlib.util import find_spec
 
 import pytest
 
-from tests.fakeserver import FakeServer, ToyModel
-from tests.test_evaluate import FAST, ScriptedJudge, make_setup
+from tests.test_evaluate import FAST, make_setup
 from workspace import widgets
 from workspace.benchmarks import Prompt, PromptSet
 from workspace.client import ModelClient
@@ -144,15 +143,11 @@ def test_spec_strings_round_slider_floats_and_name_only_what_differs():
 
 
 @pytest.fixture
-async def models():
-    weak = await FakeServer(ToyModel(name="weak", seed=1, eos_after=110)).start()
-    strong = await FakeServer(ToyModel(name="strong", seed=2, reverse=True, eos_after=100)).start()
-    m = Models(ModelClient(Endpoint("weak", (weak.url,), "weak"), FAST),
-               ModelClient(Endpoint("strong", (strong.url,), "strong"), FAST))  # fmt: skip
-    yield m, weak, strong
+async def models(toys):
+    m = Models(ModelClient(Endpoint("weak", (toys.weak.url,), "weak"), FAST),
+               ModelClient(Endpoint("strong", (toys.strong.url,), "strong"), FAST))  # fmt: skip
+    yield m, toys.weak, toys.strong
     await m.close()
-    await weak.stop()
-    await strong.stop()
 
 
 INSTR = ["Task 0: do it.", "Task 1: do it."]
@@ -225,28 +220,15 @@ def test_make_signal_builds_what_a_policy_reads():
 
 
 @pytest.fixture
-def records(tmp_path, monkeypatch):
-    monkeypatch.setenv("CDW_RECORDS_DIR", str(tmp_path / "records"))
-    monkeypatch.setenv("CDW_HOME", str(tmp_path / "home"))
-
-
-@pytest.fixture
-async def servers():
-    judge = ScriptedJudge()
-    weak = await FakeServer(ToyModel(name="weak", seed=1, eos_after=110)).start()
-    strong = await FakeServer(ToyModel(name="strong", seed=2, reverse=True, eos_after=100, extra=(".\n\n",))).start()
-    jserver = await FakeServer(ToyModel(name="judge", seed=3), judge=judge).start()
-    async with ModelClient(Endpoint("strong", (strong.url,), "strong"), FAST) as c:
-        for p in PROMPTS:
-            judge.references.add((await c.chat([{"role": "user", "content": p.instruction}], max_tokens=80)).text)
-    yield {"weak": weak, "strong": strong, "judge": jserver}
-    for s in (weak, strong, jserver):
-        await s.stop()
+def servers(toys):
+    """The toy trio; the scripted judge knows the strong model's answers to PROMPTS."""
+    toys.learn_references([p.instruction for p in PROMPTS], max_tokens=SETTINGS.engine.max_tokens)
+    return toys
 
 
 @pytest.mark.slow
 @NEEDS_IPYWIDGETS
-async def test_sweep_progress_moves_live_and_a_failing_point_is_shown(servers, records):
+async def test_sweep_progress_moves_live_and_a_failing_point_is_shown(servers):
     async with make_setup(servers) as setup:
         sweep = widgets.Sweep(["margin(tau=[0.05, 0.2])", "nosuch(tau=1)", "margin(tau=[0.1"], PROMPTS, setup, SETTINGS,
                               poll=0.01)  # fmt: skip
@@ -268,7 +250,7 @@ async def test_sweep_progress_moves_live_and_a_failing_point_is_shown(servers, r
 
 
 @NEEDS_IPYWIDGETS
-async def test_judge_failures_are_listed_not_hidden(servers, records):
+async def test_judge_failures_are_listed_not_hidden(servers):
     servers["judge"].judge = lambda prompt: None  # the judge answers neither label
     async with make_setup(servers) as setup:
         ev = await evaluate("margin(tau=0.1)", PROMPTS, setup, SETTINGS, progress=False)
@@ -336,8 +318,7 @@ def test_leaderboard_html_ranks_certified_and_escapes():
 
 
 @NEEDS_IPYWIDGETS
-def test_finding_form_posts_through_share_finding_and_shows_refusals(tmp_path, monkeypatch):
-    monkeypatch.setenv("CDW_FINDINGS_DIR", str(tmp_path / "findings"))
+def test_finding_form_posts_through_share_finding_and_shows_refusals():
     form = widgets.finding_form(author="tester")
     form.title.value = "Short spans help"
     assert form.post() is None and "needs a body" in form.message.value and form.title.value == "Short spans help"
@@ -351,11 +332,8 @@ def test_finding_form_posts_through_share_finding_and_shows_refusals(tmp_path, m
     assert "posted" in form.message.value and form.title.value == "" and form.body.value == ""
 
 
-async def test_server_status_says_how_to_start_missing_servers(tmp_path, monkeypatch, models):
+async def test_server_status_says_how_to_start_missing_servers(monkeypatch, models):
     _, weak, strong = models
-    monkeypatch.setenv("CDW_HOME", str(tmp_path))
-    for role in ("WEAK", "STRONG", "JUDGE"):
-        monkeypatch.delenv(f"CDW_{role}_URL", raising=False)
     markup = (await widgets.server_status())._repr_html_()
     assert markup.count("no server") == 3 and "cdw serve" in markup
     monkeypatch.setenv("CDW_WEAK_URL", weak.url)
