@@ -19,7 +19,7 @@ from workspace.leaderboard import get_leaderboard
 from workspace.records import signing
 from workspace.records.verify import check
 
-servers, records = test_evaluate.servers, test_evaluate.records  # the in-test servers and a records folder
+servers = test_evaluate.servers  # the toy trio, its judge knowing the strong answers
 
 
 def lines(path) -> list[dict]:
@@ -44,13 +44,13 @@ def verify_cli(eid: str) -> tuple[int, str]:
 
 
 @pytest.fixture
-async def evaluation(servers, records):
+async def evaluation(servers, records_dir):
     ev = await run(servers, "top1(tau=0.3, span=punct)")
     assert ev.complete
     return ev
 
 
-async def test_an_untouched_record_verifies(evaluation, records):
+async def test_an_untouched_record_verifies(evaluation, records_dir):
     c = check("evaluation", evaluation.id)
     assert c.valid and c.verified and c.trusted_by == "the test suite", c.reason
     code, out = verify_cli(evaluation.id)
@@ -80,8 +80,8 @@ def _forge_text(objs):
 
 @pytest.mark.parametrize("forge", [_forge_preference, _forge_author, _forge_text])
 @pytest.mark.parametrize("resign", [False, True], ids=["edited", "edited-and-re-signed"])
-async def test_a_forged_record_is_refused_and_shown_unverified(evaluation, records, forge, resign):
-    path = records / "evaluations" / f"{evaluation.id}.jsonl"
+async def test_a_forged_record_is_refused_and_shown_unverified(evaluation, records_dir, forge, resign):
+    path = records_dir / "evaluations" / f"{evaluation.id}.jsonl"
     objs = lines(path)
     what = forge(objs)
     rewrite(path, objs, Ed25519PrivateKey.generate() if resign else None)
@@ -101,9 +101,9 @@ async def test_a_forged_record_is_refused_and_shown_unverified(evaluation, recor
     assert entry.to_json()["verified"] is False and entry not in board.certified
 
 
-async def test_content_checks_catch_each_forgery_without_the_signature(evaluation, records, monkeypatch):
+async def test_content_checks_catch_each_forgery_without_the_signature(evaluation, records_dir, monkeypatch):
     """With the signature checks aside, the offline checks still refuse a forged preference and a forged text."""
-    path = records / "evaluations" / f"{evaluation.id}.jsonl"
+    path = records_dir / "evaluations" / f"{evaluation.id}.jsonl"
     original = lines(path)
     for forge, expect in ((_forge_preference, "mean of its two one-order verdicts"),
                           (_forge_text, "not its segments joined")):  # fmt: skip
@@ -116,10 +116,10 @@ async def test_content_checks_catch_each_forgery_without_the_signature(evaluatio
     assert check("evaluation", evaluation.id).verified
 
 
-async def test_a_hand_written_record_is_not_certified(evaluation, records):
+async def test_a_hand_written_record_is_not_certified(evaluation, records_dir):
     """The issue's case: strong text credited to the weak model and every preference 0.5, written by hand (no
     signature) next to real baselines. It is read, numbers and all, but it is never verified or certified."""
-    path = records / "evaluations" / f"{evaluation.id}.jsonl"
+    path = records_dir / "evaluations" / f"{evaluation.id}.jsonl"
     objs = [o for o in lines(path) if o["type"] != "signature"]
     for o in objs:
         if o["type"] == "generation":
@@ -134,14 +134,14 @@ async def test_a_hand_written_record_is_not_certified(evaluation, records):
     assert "unsigned" in ev.check.reason or "signature" in ev.check.reason
 
 
-async def test_a_record_moved_under_another_id_is_refused(evaluation, records):
-    src = records / "evaluations" / f"{evaluation.id}.jsonl"
-    dst = records / "evaluations" / "0123456789abcdef.jsonl"
+async def test_a_record_moved_under_another_id_is_refused(evaluation, records_dir):
+    src = records_dir / "evaluations" / f"{evaluation.id}.jsonl"
+    dst = records_dir / "evaluations" / "0123456789abcdef.jsonl"
     dst.write_bytes(src.read_bytes())
     assert any("its id is not the hash" in p for p in check("evaluation", "0123456789abcdef").problems)
 
 
-async def test_records_as_data_frames(evaluation, records):
+async def test_records_as_data_frames(evaluation, records_dir):
     from workspace.frames import evaluations_frame, examples_frame
 
     ev = load_evaluation(evaluation.id)
