@@ -175,8 +175,8 @@ def test_two_agents_research_a_hostile_call_fails_and_a_hung_agent_is_ended(mode
     site = cdw(agent_env, "site", "--out", tmp_path / "site")
     assert site.returncode == 0, site.stderr
     assert (tmp_path / "site" / "index.html").read_text().count(f"agent run <code>{run_id}</code>") == 2
-    feed = subprocess.run([sys.executable, "-c", "from workspace import forum, widgets; "
-                           "print(widgets.feed_markdown(forum.get_findings()))"], env=agent_env, cwd=PROJECT_ROOT,
+    feed = subprocess.run([sys.executable, "-c", "from workspace import forum; from workspace.notebook import html; "
+                           "print(html.feed_markdown(forum.get_findings()))"], env=agent_env, cwd=PROJECT_ROOT,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert feed.stdout.count(f"agent run `{run_id}`") == 2, feed.stderr
 

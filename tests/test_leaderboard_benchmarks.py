@@ -13,7 +13,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from workspace import benchmarks, mcp_server, widgets
+from workspace import benchmarks, mcp_server
 from workspace.benchmarks import DataError, resolve_prompts
 from workspace.charts import frontier_chart, sota_chart, sota_rows
 from workspace.cli import main
@@ -23,6 +23,7 @@ from workspace.evaluate.results import Baselines, Example
 from workspace.frames import evaluations_frame, examples_frame
 from workspace.judge import Preference
 from workspace.leaderboard import BASELINE, NOT_CANONICAL, build_leaderboard
+from workspace.notebook import frontier, html
 from workspace.records.schema import Header, PromptsRef, ReferenceTest, WeakTest
 from workspace.records.schema import Test as CandidateTest  # a name pytest does not collect
 from workspace.records.verify import Check
@@ -242,14 +243,14 @@ def test_the_page_has_a_section_per_benchmark(board):
 
 
 def test_widgets_group_the_leaderboard_by_benchmark(board):
-    markup = widgets.leaderboard_html(board)
+    markup = html.leaderboard_html(board)
     he = markup.index("<h3>humaneval</h3>")
     # ae_top under alpaca_eval's heading, he_top under humaneval's
     assert markup.index("<h3>alpaca_eval</h3>") < markup.index("margin(tau=0.2)") < he < markup.index("margin(tau=0.1)")
     assert "pass@1" in markup[he:]
-    only = widgets.leaderboard_html(board, benchmark="humaneval")
+    only = html.leaderboard_html(board, benchmark="humaneval")
     assert "margin(tau=0.2)" not in only and "margin(tau=0.1)" in only and "<h3>alpaca_eval</h3>" not in only
-    ringed = widgets.frontier_with(["he_mid"], board).to_dict()
+    ringed = frontier.frontier_with(["he_mid"], board).to_dict()
     title = json.dumps(ringed.get("title", ""))
     assert "humaneval" in title
     pts = [v for x in ringed["layer"] if x["mark"]["type"] == "point" for v in x["data"]["values"]]
@@ -257,10 +258,10 @@ def test_widgets_group_the_leaderboard_by_benchmark(board):
 
 
 def test_show_evaluation_reports_pass_rates_for_a_tests_benchmark(canonical):
-    markup = widgets.show_evaluation(canonical["he_top"])._repr_html_()
+    markup = html.show_evaluation(canonical["he_top"])._repr_html_()
     assert "pass@1 0.833" in markup and "U_strong (strong only) 0.833" in markup and "raw winrate" not in markup
     assert "<td>humaneval</td>" in markup
-    assert "raw winrate" in widgets.show_evaluation(canonical["ae_top"])._repr_html_()
+    assert "raw winrate" in html.show_evaluation(canonical["ae_top"])._repr_html_()
 
 
 # ---------------------------------------------------------------- the MCP server's argument checks

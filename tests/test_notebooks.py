@@ -43,8 +43,8 @@ NAMES = ("quickstart", "policy_explorer", "sweep_and_frontier", "forum", "write_
 MAX_TOKENS = 80
 INSTRUCTIONS = [f"Task {i}: explain something useful." for i in range(6)]
 SCREENSHOTS = PROJECT_ROOT / ".cdw" / "screenshots"
-STRONG_RGB = (0xFF, 0xD8, 0xA8)  # widgets.STRONG_BACKGROUND
-HIGHLIGHT_RGB = (0xD6, 0x33, 0x6C)  # widgets.HIGHLIGHT
+STRONG_RGB = (0xFF, 0xD8, 0xA8)  # notebook.html.STRONG_BACKGROUND
+HIGHLIGHT_RGB = (0xD6, 0x33, 0x6C)  # notebook.html.HIGHLIGHT
 
 
 def _load(name: str) -> nbformat.NotebookNode:

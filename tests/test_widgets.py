@@ -1,4 +1,4 @@
-"""workspace/widgets.py: the displays the notebooks call (HTML escaping, colours, controls, live runs, forms)."""
+"""workspace/notebook/: the displays the notebooks call (HTML escaping, colours, controls, live runs, forms)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,17 @@ from importlib.util import find_spec
 import pytest
 
 from tests.test_evaluate import FAST, make_setup
-from workspace import widgets
 from workspace.benchmarks import Prompt, PromptSet
 from workspace.client import ModelClient
 from workspace.endpoints import Endpoint
 from workspace.engine import Decode, EngineSettings, Models, Segment, decode_many
 from workspace.evaluate import EvalSettings, evaluate, list_evaluations
 from workspace.forum import Finding, get_findings
+from workspace.health import status
 from workspace.leaderboard import BASELINES, CERTIFIED, NOT_CANONICAL, Leaderboard, LeaderboardEntry
+from workspace.notebook import frontier, html, signals, widgets
 from workspace.policies import Action, load_policy, registry
+from workspace.policies.params import param_specs, spec_string
 from workspace.stats import Interval
 
 SCRIPT = "<script>alert(1)</script>"
@@ -61,7 +63,7 @@ def a_decode(error: str | None = None) -> Decode:
 
 
 def test_decode_html_escapes_every_text_and_colours_strong_spans_only():
-    markup = widgets.decode_html(a_decode())
+    markup = html.decode_html(a_decode())
     parsed = Tags(markup)
     assert "<script>" not in markup and "&lt;script&gt;" in markup
     assert not any("onmouseover" in attrs for _, attrs in parsed.tags)  # the quote did not break out
@@ -69,7 +71,7 @@ def test_decode_html_escapes_every_text_and_colours_strong_spans_only():
     (strong,) = parsed.spans("cdw-strong")
     weak = parsed.spans("cdw-weak")
     assert len(weak) == 2 and all("style" not in a for a in weak)  # weak text stays plain
-    assert widgets.STRONG_BACKGROUND in strong["style"]
+    assert html.STRONG_BACKGROUND in strong["style"]
     assert strong["title"] == "strong model · handoff score 0.03125 · 4 tokens"
     assert weak[1]["title"] == "weak model · 1 token"
     assert f'Hello {SCRIPT} world" onmouseover="alert(2) & bye' in parsed.text  # shown exactly, as text
@@ -79,22 +81,22 @@ def test_decode_html_escapes_every_text_and_colours_strong_spans_only():
 
 
 def test_author_colours():
-    assert widgets.author_style("weak") == ""
-    assert widgets.STRONG_BACKGROUND in widgets.author_style("strong")
-    assert widgets.author_style("strong") != widgets.author_style("weak")
+    assert html.author_style("weak") == ""
+    assert html.STRONG_BACKGROUND in html.author_style("strong")
+    assert html.author_style("strong") != html.author_style("weak")
 
 
 def test_a_failed_decode_shows_its_error():
-    markup = widgets.decode_html(a_decode(error=f"ServerUnavailable: {SCRIPT}"))
+    markup = html.decode_html(a_decode(error=f"ServerUnavailable: {SCRIPT}"))
     assert 'class="cdw-error"' in markup and "ServerUnavailable: &lt;script&gt;" in markup
-    assert widgets.show_decode(a_decode())._repr_html_() == widgets.decode_html(a_decode())
+    assert html.show_decode(a_decode())._repr_html_() == html.decode_html(a_decode())
     empty = Decode("q", "never", "", (), "error", error="boom")
-    assert "(no text)" in widgets.decode_html(empty) and "boom" in widgets.decode_html(empty)
+    assert "(no text)" in html.decode_html(empty) and "boom" in html.decode_html(empty)
 
 
 def test_decodes_table_has_f_weak_per_instruction_and_pooled():
     d = a_decode()
-    markup = widgets.decodes_table([d, Decode("q2", "never", "abc", (Segment("weak", "abc", 3, (0, 3)),), "weak_eos")])
+    markup = html.decodes_table([d, Decode("q2", "never", "abc", (Segment("weak", "abc", 3, (0, 3)),), "weak_eos")])
     cells = Tags(markup)
     assert "Say &lt;b&gt;hi&lt;/b&gt;" in markup
     assert f"{d.f_weak:.2f}" in cells.text and "1.00" in cells.text
@@ -106,37 +108,37 @@ def test_decodes_table_has_f_weak_per_instruction_and_pooled():
 
 
 def test_slider_specs_come_from_each_family_constructor():
-    margin = {p.name: p for p in widgets.param_specs("margin")}
+    margin = {p.name: p for p in param_specs("margin")}
     assert list(margin) == ["tau", "span", "max_span"]
     assert (margin["tau"].kind, margin["tau"].min, margin["tau"].max, margin["tau"].default) == ("float", 0, 1, 0.1)
     assert margin["tau"].required and "sentence" in margin["span"].options and margin["max_span"].kind == "int"
-    assert widgets.param_specs("entropy")[0].max > 1  # nats, not a probability
-    hyst = {p.name: p for p in widgets.param_specs("hysteresis")}
+    assert param_specs("entropy")[0].max > 1  # nats, not a probability
+    hyst = {p.name: p for p in param_specs("hysteresis")}
     assert hyst["inner"].kind == "policy" and (hyst["k"].kind, hyst["k"].default) == ("int", 2)
-    assert widgets.param_specs("never") == [] and widgets.param_specs("cascade")[0].default == 0.7
+    assert param_specs("never") == [] and param_specs("cascade")[0].default == 0.7
 
     class Mine(registry.family("margin")):
         def __init__(self, alpha: float = 0.25, runs: int = 3, mode: str = "fast"):
             super().__init__(alpha)
 
-    mine = {p.name: (p.kind, p.default) for p in widgets.param_specs(Mine)}
+    mine = {p.name: (p.kind, p.default) for p in param_specs(Mine)}
     assert mine == {"alpha": ("float", 0.25), "runs": ("int", 3), "mode": ("choice", "fast")}
 
 
 @pytest.mark.parametrize("family", list(registry.families()))
 def test_every_family_gives_loadable_specs_at_its_defaults_and_extremes(family):
-    params = widgets.param_specs(family)
+    params = param_specs(family)
     for values in ({}, {p.name: p.max for p in params if p.kind in ("int", "float")}):
-        spec = widgets.spec_string(family, values, params)
+        spec = spec_string(family, values, params)
         assert load_policy(spec).describe() == spec
 
 
 def test_spec_strings_round_slider_floats_and_name_only_what_differs():
-    assert widgets.spec_string("margin", {"tau": 0.1 + 0.2}) == "margin(tau=0.3)"
-    assert widgets.spec_string("margin", {"tau": 0.1, "span": "punct"}) == "margin(tau=0.1, span=punct)"
-    assert widgets.spec_string("margin", {"tau": 0.1, "span": "words:3"}) == "margin(tau=0.1, span=words:3)"
-    assert widgets.spec_string("hysteresis", {"inner": "entropy(tau=2)", "k": 3}) == "hysteresis(entropy(tau=2), k=3)"
-    assert widgets.spec_string("never", {}) == "never"
+    assert spec_string("margin", {"tau": 0.1 + 0.2}) == "margin(tau=0.3)"
+    assert spec_string("margin", {"tau": 0.1, "span": "punct"}) == "margin(tau=0.1, span=punct)"
+    assert spec_string("margin", {"tau": 0.1, "span": "words:3"}) == "margin(tau=0.1, span=words:3)"
+    assert spec_string("hysteresis", {"inner": "entropy(tau=2)", "k": 3}) == "hysteresis(entropy(tau=2), k=3)"
+    assert spec_string("never", {}) == "never"
 
 
 # ---------------------------------------------------------------- the explorer
@@ -210,13 +212,13 @@ async def test_explorer_family_switch_rebuilds_controls_and_a_bad_spec_is_shown_
 
 
 def test_make_signal_builds_what_a_policy_reads():
-    s = widgets.make_signal([0.6, 0.3], since_handoff=7)
+    s = signals.make_signal([0.6, 0.3], since_handoff=7)
     assert s.p1 == pytest.approx(0.6) and s.p2 == pytest.approx(0.3) and s.since_handoff == 7
     assert load_policy("margin(tau=0.5)").decide(s).action is Action.DEFER
     assert load_policy("margin(tau=0.2)").decide(s).action is Action.CONTINUE
     for bad in ([], [0.0], [0.7, 0.6], [1.5]):
         with pytest.raises(ValueError):
-            widgets.make_signal(bad)
+            signals.make_signal(bad)
 
 
 @pytest.fixture
@@ -257,7 +259,7 @@ async def test_judge_failures_are_listed_not_hidden(servers):
         # Incomplete baselines: every point retries them, so the points must not run at once (one writer per record).
         sweep = widgets.Sweep("margin(tau=[0.1, 0.2])", PROMPTS, setup, SETTINGS)
         await sweep.run()
-    markup = widgets.show_evaluation(ev)._repr_html_()
+    markup = html.show_evaluation(ev)._repr_html_()
     assert len(ev.errors) == 6 and "examples without numbers" in markup and markup.count("<li>") == 6
     assert "judge failed" in markup and "0/6" in markup
     assert [p.error for p in sweep.points] == [None, None] and len(sweep.evaluations) == 2
@@ -286,12 +288,12 @@ def _layers(chart) -> list[dict]:
 
 
 def test_frontier_rings_only_the_new_points():
-    layers = _layers(widgets.frontier_with(["n2", "missing"], BOARD))
-    rings = [x for x in layers if x["mark"].get("color") == widgets.HIGHLIGHT]
+    layers = _layers(frontier.frontier_with(["n2", "missing"], BOARD))
+    rings = [x for x in layers if x["mark"].get("color") == html.HIGHLIGHT]
     assert len(rings) == 2  # the ring and its label
     assert all([v["evaluation"] for v in x["data"]["values"]] == ["n2"] for x in rings)
-    plain = _layers(widgets.frontier_with([], BOARD))
-    assert not any(x["mark"].get("color") == widgets.HIGHLIGHT for x in plain)
+    plain = _layers(frontier.frontier_with([], BOARD))
+    assert not any(x["mark"].get("color") == html.HIGHLIGHT for x in plain)
 
 
 def test_feed_markdown_escapes_titles_and_reads_numbers_from_the_record():
@@ -301,17 +303,17 @@ def test_feed_markdown_escapes_titles_and_reads_numbers_from_the_record():
         Finding("b", "Margin certifies", "result", "bob", now, "We got f_weak 0.99!", "margin(tau=0.1)", "c1"),
         Finding("c", "Gone", "result", "cy", now, "…", evaluation="zzz"),
     ]
-    md = widgets.feed_markdown(findings, BOARD)
+    md = html.feed_markdown(findings, BOARD)
     assert SCRIPT not in md and "&lt;script&gt;alert(1)&lt;/script&gt;" in md and "ann &lt;x&gt;" in md
     assert "f_weak **0.450** [0.400, 0.500]" in md and "recovery **0.990**" in md
     assert "Entropy gates *fail*." in md and "evaluation `zzz`: not on record here" in md
     assert md.index("Why") < md.index("Margin certifies") < md.index("Gone")  # the order given: newest first
-    assert "No findings yet" in widgets.feed_markdown([], BOARD)
-    assert widgets.show_feed(findings, BOARD)._repr_markdown_() == md
+    assert "No findings yet" in html.feed_markdown([], BOARD)
+    assert html.show_feed(findings, BOARD)._repr_markdown_() == md
 
 
 def test_leaderboard_html_ranks_certified_and_escapes():
-    markup = widgets.show_leaderboard(BOARD)._repr_html_()
+    markup = html.show_leaderboard(BOARD)._repr_html_()
     assert "<b>tau" not in markup and "top1(&lt;b&gt;tau&lt;/b&gt;=0.3)" in markup
     assert markup.index("Certified") < markup.index("margin(tau=0.1)") < markup.index("Not canonical")
     assert "Margin certifies" in markup and "0.450 [0.400, 0.500]" in markup and "<td>1</td>" in markup
@@ -334,9 +336,9 @@ def test_finding_form_posts_through_share_finding_and_shows_refusals():
 
 async def test_server_status_says_how_to_start_missing_servers(monkeypatch, models):
     _, weak, strong = models
-    markup = (await widgets.server_status())._repr_html_()
+    markup = html.show_status(await status())._repr_html_()
     assert markup.count("no server") == 3 and "cdw serve" in markup
     monkeypatch.setenv("CDW_WEAK_URL", weak.url)
     monkeypatch.setenv("CDW_STRONG_URL", strong.url)
-    markup = (await widgets.server_status())._repr_html_()
+    markup = html.show_status(await status())._repr_html_()
     assert markup.count(">healthy<") == 2 and "No healthy server for judge." in markup
