@@ -11,8 +11,8 @@ import re
 import pytest
 
 from tests.fakeserver import FakeServer
-from tests.test_evaluate_humaneval import ScriptedModel, make_setup, records_dir  # noqa: F401 (a fixture)
-from workspace import benchmarks, widgets
+from tests.test_evaluate_humaneval import ScriptedModel, make_setup
+from workspace import benchmarks
 from workspace.benchmarks import (
     DataError,
     Outcome,
@@ -29,6 +29,7 @@ from workspace.engine import EngineSettings
 from workspace.evaluate import EvalSettings, evaluate, load_evaluation
 from workspace.frames import evaluations_frame, examples_frame
 from workspace.leaderboard import build_leaderboard, scoring_sentence, utility_meaning
+from workspace.notebook.html import leaderboard_html
 from workspace.records.schema import digest
 
 # ---------------------------------------------------------------- a third benchmark, in one class
@@ -92,7 +93,7 @@ async def servers():
         await s.stop()
 
 
-@pytest.mark.usefixtures("records_dir")  # records in a temporary folder
+@pytest.mark.usefixtures("records_dir")  # the conftest's: records in a temporary folder
 async def test_a_third_benchmark_runs_end_to_end_and_is_shown(arith, servers):
     settings = EvalSettings(arith.engine_settings(), n_boot=200, benchmark="arith")
     prompts = resolve_prompts("arith", None)
@@ -119,7 +120,7 @@ async def test_a_third_benchmark_runs_end_to_end_and_is_shown(arith, servers):
     assert {e.evaluation: e.utility for e in mine.evaluations} == {never.id: 3 / 5, always.id: 1.0}
     assert utility_meaning("arith").startswith("utility = pass@1")
     assert scoring_sentence("arith").startswith(Arith.description) and Arith.how_scored in scoring_sentence("arith")
-    assert "<h3>arith</h3>" in widgets.leaderboard_html(board)
+    assert "<h3>arith</h3>" in leaderboard_html(board)
     evs = evaluations_frame([never, always])
     assert evs["benchmark"].to_list() == ["arith", "arith"] and evs["recovery"].to_list() == [0.0, 1.0]
     ex = examples_frame([never])
