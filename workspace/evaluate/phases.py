@@ -14,7 +14,7 @@ from ..engine import Decode, decode_many
 from ..judge import Judge, Preference
 from ..policies import Policy
 from ..records.log import RecordWriter
-from ..records.schema import Generation, Timing, Verdict, WeakAnswer, WeakVerdict, _Test, to_fields
+from ..records.schema import Generation, TestRun, Timing, Verdict, WeakAnswer, WeakVerdict, to_fields
 from .setup import EvalSettings, Setup
 
 
@@ -46,8 +46,8 @@ class TestPhase:
     """Answers scored alone as they are written (unit tests, say): each answer submitted is scored at once by the
     benchmark (with its `pool`), beside the decoding that continues, and its result is appended to the record."""
 
-    def __init__(self, w: RecordWriter, kind: type[_Test], progress: Progress, desc: str, total: int,
-                 bench: TestedBenchmark, pool, reuse: dict[str, list[tuple[str, _Test]]] | None = None):  # fmt: skip
+    def __init__(self, w: RecordWriter, kind: type[TestRun], progress: Progress, desc: str, total: int,
+                 bench: TestedBenchmark, pool, reuse: dict[str, list[tuple[str, TestRun]]] | None = None):  # fmt: skip
         self.w, self.kind, self.bench, self.pool, self.reuse = w, kind, bench, pool, reuse or {}
         self.step = progress.phase(kind.__struct_config__.tag, total, desc) if total else (lambda: None)
         self.tasks: list[asyncio.Task] = []

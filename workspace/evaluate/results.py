@@ -16,7 +16,7 @@ from ..format import pair
 from ..judge import Preference
 from ..records import verify
 from ..records.log import Record, StoreError, list_records, read_record
-from ..records.schema import Event, Header, SchemaError, _Test, event_of, header_of
+from ..records.schema import Event, Header, SchemaError, TestRun, event_of, header_of
 from ..stats import Certification, PairedSample, PassSample, StatsError, Summary, summarize, summarize_pass
 from .setup import EvalSettings, EvaluationError
 
@@ -35,9 +35,9 @@ class Example:
     candidate: Decode | None = None
     preference: Preference | None = None
     # Benchmarks that score answers alone: how each answer's scoring ended (the preferences stay None).
-    reference_test: _Test | None = None
-    weak_test: _Test | None = None
-    test: _Test | None = None
+    reference_test: TestRun | None = None
+    weak_test: TestRun | None = None
+    test: TestRun | None = None
     judged: bool = True  # judged pairwise (else scored alone)
 
     @property

@@ -84,7 +84,9 @@ class Generation(_Decoded, tag="generation"):
     pass
 
 
-class _Verdict(_Line):
+class Judgement(_Line):
+    """One judge verdict line: how a candidate's (or the weak model's) answer compared with the reference."""
+
     prompt_id: str
     preference: float | None
     candidate_first: float | None = None
@@ -95,15 +97,15 @@ class _Verdict(_Line):
     pair: str = ""
 
 
-class WeakVerdict(_Verdict, tag="weak_preference"):
+class WeakVerdict(Judgement, tag="weak_preference"):
     pass
 
 
-class Verdict(_Verdict, tag="preference"):
+class Verdict(Judgement, tag="preference"):
     pass
 
 
-class _Test(_Line):
+class TestRun(_Line):
     """A unit-test run of one answer's code (tests benchmarks): how it ended, bound to the program it ran."""
 
     prompt_id: str
@@ -122,15 +124,15 @@ class _Test(_Line):
         return f"sandbox error: {self.output[-300:]}" if self.status == "error" else None
 
 
-class ReferenceTest(_Test, tag="reference_test"):
+class ReferenceTest(TestRun, tag="reference_test"):
     pass
 
 
-class WeakTest(_Test, tag="weak_test"):
+class WeakTest(TestRun, tag="weak_test"):
     pass
 
 
-class Test(_Test, tag="test"):
+class Test(TestRun, tag="test"):
     pass
 
 

@@ -21,7 +21,7 @@ from ..benchmarks import get as get_benchmark
 from ..judge import MIN_LABEL_MASS, pair_hash
 from . import signing
 from .log import Record, StoreError, read_record
-from .schema import Header, Reference, SchemaError, _Test, _Verdict, digest, event_of, header_of
+from .schema import Header, Judgement, Reference, SchemaError, TestRun, digest, event_of, header_of
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def _decode_problems(where: str, d: dict) -> list[str]:
     return out
 
 
-def _verdict_problems(where: str, v: _Verdict, instruction: str, candidate: str | None, reference: str | None) -> list:
+def _verdict_problems(where: str, v: Judgement, instruction: str, candidate: str | None, reference: str | None) -> list:
     out = []
     if candidate is not None and reference is not None and v.pair != pair_hash(instruction, candidate, reference):
         out.append(f"{where}: the verdict is not about the texts on record")
@@ -91,7 +91,7 @@ def _verdict_problems(where: str, v: _Verdict, instruction: str, candidate: str 
     return out
 
 
-def _test_problems(where: str, t: _Test, pid: str, text: str | None, benchmark: str) -> list[str]:
+def _test_problems(where: str, t: TestRun, pid: str, text: str | None, benchmark: str) -> list[str]:
     """A test line must be about the answer on record: its program hash is the one the benchmark gives that answer."""
     if t.status not in STATUSES:
         return [f"{where}: unknown test status {t.status!r}"]
