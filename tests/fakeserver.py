@@ -414,6 +414,10 @@ class ServerThread:
         the servers do not need the test's loop)."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
+    async def call(self, coro):
+        """Await `coro` on the thread's loop from another running loop, without blocking that one."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
@@ -466,9 +470,9 @@ class Toys:
 
         self.thread.run(go())
 
-    def stop(self, role: str) -> None:
-        """Stop one server (a server that dies mid-run)."""
-        self.thread.run(self[role].stop())
+    async def stop(self, role: str) -> None:
+        """Stop one server while a run is in flight on the test's loop (a server that dies mid-run)."""
+        await self.thread.call(self[role].stop())
 
     def close(self) -> None:
         for s in self.values():

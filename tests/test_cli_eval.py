@@ -2,41 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 
 import pytest
 from click.testing import CliRunner
 
-from tests.fakeserver import FakeServer, ToyModel, prefers_longer
+from tests.fakeserver import prefers_longer
 from workspace.cli import main
 
 
 @pytest.fixture(scope="module")
-def urls():
-    """Weak, strong and judge servers on their own event loop (the CLI runs its own with asyncio.run)."""
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-
-    def start(server):
-        return asyncio.run_coroutine_threadsafe(server.start(), loop).result(10)
-
-    servers = [
-        start(FakeServer(ToyModel(name="weak", seed=1, eos_after=110))),
-        start(FakeServer(ToyModel(name="strong", seed=2, reverse=True, eos_after=100, extra=(".\n\n", ", ")))),
-        start(FakeServer(ToyModel(name="judge", seed=3), judge=prefers_longer)),
-    ]
-    yield [f"--{r}-url={s.url}" for r, s in zip(("weak", "strong", "judge"), servers, strict=True)], servers
-    for s in servers:
-        asyncio.run_coroutine_threadsafe(s.stop(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
+def urls(start_toys):
+    """The toy trio with a length-biased judge, as --weak-url/--strong-url/--judge-url flags (and the servers)."""
+    toys = start_toys(judge=prefers_longer)
+    return [f"--{role}-url={url}" for role, url in toys.urls.items()], toys
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    monkeypatch.setenv("CDW_RECORDS_DIR", str(tmp_path / "records"))
-    monkeypatch.setenv("CDW_HOME", str(tmp_path / "home"))
+def env(tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"instruction": f"Task {i}: do it."}) + "\n" for i in range(6)))
     return prompts

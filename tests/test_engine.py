@@ -8,7 +8,6 @@ import dataclasses
 
 import pytest
 
-from tests.fakeserver import FakeServer, ToyModel
 from workspace import engine
 from workspace.client import ClientSettings, ModelClient
 from workspace.endpoints import Endpoint
@@ -21,14 +20,9 @@ INSTRUCTIONS = [f"Instruction number {i}: write something." for i in range(6)]
 
 
 @pytest.fixture
-async def servers():
-    weak = await FakeServer(ToyModel(name="weak", seed=1, eos_after=110)).start()
-    strong = await FakeServer(
-        ToyModel(name="strong", seed=2, reverse=True, eos_after=100, extra=(".\n\n", ":\n\n", ", ", "the "))
-    ).start()
-    yield weak, strong
-    await weak.stop()
-    await strong.stop()
+def servers(toys):
+    """The toy weak and strong servers (a cross-tokenizer pair)."""
+    return toys.weak, toys.strong
 
 
 @pytest.fixture
@@ -150,12 +144,11 @@ async def test_a_policy_that_raises_fails_only_its_instruction(models):
     assert all("ZeroDivisionError" in d.error for d in ds)
 
 
-async def test_server_dying_mid_batch_is_a_per_instruction_error(models, servers):
-    _, strong = servers
-    strong.faults.delay = 0.05
+async def test_server_dying_mid_batch_is_a_per_instruction_error(models, toys):
+    toys.strong.faults.delay = 0.05
     task = asyncio.create_task(decode_many(INSTRUCTIONS * 3, "always(span=words:1)", models, SETTINGS, progress=False))
     await asyncio.sleep(0.6)
-    await strong.stop()
+    await toys.stop("strong")
     ds = await task
     failed = [d for d in ds if d.error]
     assert failed, "the strong server's death must show up as errors"

@@ -51,12 +51,6 @@ class ScriptedModel(ToyModel):
 
 
 @pytest.fixture
-def records_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("CDW_RECORDS_DIR", str(tmp_path / "records"))
-    return tmp_path / "records"
-
-
-@pytest.fixture
 async def servers():
     probs = humaneval.problems()[:N]
     # The strong model writes HumanEval's own solutions; the weak one gets the first two problems wrong.

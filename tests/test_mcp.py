@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -27,8 +25,7 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
-from servers.settings import paths
-from tests.fakeserver import FakeServer, ToyModel, judge_outputs
+from tests.fakeserver import STRONG_EXTRA, ToyModel
 from workspace import charts, forum, leaderboard
 from workspace.benchmarks import alpaca_eval
 from workspace.client import ModelClient
@@ -68,27 +65,12 @@ class AnswerToy(ToyModel):
             self.eos_after = saved
 
 
-class ScriptedJudge:
-    """Likes answers that share a long start with one of the strong model's answers (as in test_evaluate), so the
-    weak model loses (a real gap) and partly strong answers do better."""
-
-    def __init__(self):
-        self.references: set[str] = set()
-
-    def score(self, text: str) -> float:
-        return max(len(os.path.commonprefix([text, r])) / max(len(r), 1) for r in self.references)
-
-    def __call__(self, prompt: str) -> float:
-        a, b = judge_outputs(prompt)
-        return 1 / (1 + math.exp(-4 * (self.score(a) - self.score(b)) - 0.2))
-
-
 @pytest.fixture(scope="module")
-def alpaca_cache(tmp_path_factory) -> Path:
+def alpaca_cache(tmp_path_factory, session_env) -> Path:
     """The AlpacaEval cache file (copied from this machine's, else fetched once into a temp home)."""
     home = tmp_path_factory.mktemp("alpaca-home")
     (home / "data").mkdir()
-    mine = paths().data / alpaca_eval.CACHE_NAME
+    mine = session_env.data / alpaca_eval.CACHE_NAME
     if mine.is_file():
         shutil.copy(mine, home / "data" / alpaca_eval.CACHE_NAME)
     with pytest.MonkeyPatch.context() as mp:
@@ -105,58 +87,27 @@ def prompts(alpaca_cache):
 
 
 @pytest.fixture(scope="module")
-def servers(prompts):
-    """Weak, strong and judge servers on their own loop, so a subprocess and the test's loop can both reach them."""
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-    judge = ScriptedJudge()
-
-    def on_loop(coro, timeout=60):
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout)
-
-    weak = on_loop(FakeServer(AnswerToy(name="weak", seed=1, eos_after=90)).start())
-    strong = on_loop(FakeServer(AnswerToy(name="strong", seed=2, reverse=True, eos_after=80,
-                                          extra=(".\n\n", ", ", "the "))).start())  # fmt: skip
-    jserver = on_loop(FakeServer(ToyModel(name="judge", seed=3), judge=judge).start())
-
-    async def references():  # what the evaluation will take as the reference answers (max_tokens as by default)
-        async with ModelClient(Endpoint("strong", (strong.url,), "strong")) as c:
-            for p in prompts:
-                out = await c.chat([{"role": "user", "content": p.instruction}], max_tokens=EngineSettings().max_tokens)
-                judge.references.add(out.text)
-
-    on_loop(references())
-    yield {"weak": weak, "strong": strong, "judge": jserver}
-    for s in (weak, strong, jserver):
-        on_loop(s.stop())
-    loop.call_soon_threadsafe(loop.stop)
+def servers(prompts, start_toys):
+    """The toy trio with answer-length toys (a subprocess and the test's loop both reach it); the scripted judge
+    knows the strong model's answers at the default max_tokens, as the evaluations will make them."""
+    strong = AnswerToy(name="strong", seed=2, reverse=True, eos_after=80, extra=STRONG_EXTRA)
+    toys = start_toys(weak=AnswerToy(name="weak", seed=1, eos_after=90), strong=strong)
+    toys.learn_references([p.instruction for p in prompts], EngineSettings().max_tokens)
+    return toys
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch, servers, alpaca_cache) -> dict[str, str]:
-    """The server subprocess's environment; this process gets the same folders, to read what the server wrote."""
-    home = tmp_path / "home"
-    (home / "data").mkdir(parents=True)
-    shutil.copy(alpaca_cache, home / "data" / alpaca_eval.CACHE_NAME)
-    folder = tmp_path / "policies"
-    folder.mkdir()
-    shutil.copy(ROOT / "policies" / "template.py", folder / "template.py")
-    env = {
-        "CDW_HOME": str(home),
-        "CDW_RECORDS_DIR": str(tmp_path / "records"),
-        "CDW_FINDINGS_DIR": str(tmp_path / "findings"),
-        "CDW_POLICIES_DIR": str(folder),
-        "CDW_AUTHOR": "agent-under-test",
-        # the same workspace key as this process (conftest): records it starts, the server may finish
-        "CDW_KEYS_DIR": os.environ["CDW_KEYS_DIR"],
-        "CDW_TRUSTED_KEYS": os.environ["CDW_TRUSTED_KEYS"],
-        **{f"CDW_{role.upper()}_URL": s.url for role, s in servers.items()},
-    }
-    for k, v in env.items():
+def env(cdw_env, monkeypatch, servers, alpaca_cache) -> dict[str, str]:
+    """The server subprocess's CDW_* variables: this test's folders (conftest) and the suite's key, so records it
+    starts this process may finish; the policy folder holds the template."""
+    data_dir = cdw_env / "home" / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(alpaca_cache, data_dir / alpaca_eval.CACHE_NAME)
+    shutil.copy(ROOT / "policies" / "template.py", cdw_env / "policies" / "template.py")
+    monkeypatch.setenv("CDW_AUTHOR", "agent-under-test")
+    for k, v in servers.env.items():
         monkeypatch.setenv(k, v)
-    for role in ("WEAK", "STRONG", "JUDGE"):
-        monkeypatch.delenv(f"CDW_{role}_MODEL", raising=False)
-    return env
+    return {k: v for k, v in os.environ.items() if k.startswith("CDW_")}
 
 
 @asynccontextmanager

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakeserver import FakeServer, ToyModel
 from workspace.client import ClientSettings, ModelClient
 from workspace.endpoints import Endpoint
 from workspace.engine import EngineSettings, Models, decode
@@ -57,16 +56,11 @@ def test_it_defers_on_a_small_margin_except_just_after_a_handoff():
 
 
 @pytest.fixture
-async def models():
-    weak = await FakeServer(ToyModel(name="weak", seed=1, eos_after=110)).start()
-    toy = ToyModel(name="strong", seed=2, reverse=True, eos_after=100, extra=(".\n\n", ", "))
-    strong = await FakeServer(toy).start()
-    m = Models(ModelClient(Endpoint("weak", (weak.url,), "weak"), FAST),
-               ModelClient(Endpoint("strong", (strong.url,), "strong"), FAST))  # fmt: skip
+async def models(toys):
+    m = Models(ModelClient(Endpoint("weak", (toys.weak.url,), "weak"), FAST),
+               ModelClient(Endpoint("strong", (toys.strong.url,), "strong"), FAST))  # fmt: skip
     yield m
     await m.close()
-    await weak.stop()
-    await strong.stop()
 
 
 async def test_with_no_gap_it_decodes_exactly_like_the_builtin_margin_gate(models):

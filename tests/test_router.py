@@ -358,14 +358,13 @@ def bpe_thread():
     loop.call_soon_threadsafe(loop.stop)
 
 
-def test_cli_collect_label_show_train(bpe_thread, tmp_path, monkeypatch):
+def test_cli_collect_label_show_train(bpe_thread, tmp_path, cdw_env):
     """`cdw traces collect|label|show` and `cdw probe train`, as a user runs them (CliRunner, in-test servers)."""
     from click.testing import CliRunner
 
     from workspace.cli import main
 
     ws, ss = bpe_thread
-    monkeypatch.setenv("CDW_HOME", str(tmp_path / "home"))
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"id": p.id, "instruction": p.instruction}) + "\n" for p in PROMPTS.prompts))
     urls = [f"--weak-url={ws.url}", f"--strong-url={ss.url}", f"--judge-url={ss.url}"]
@@ -375,7 +374,7 @@ def test_cli_collect_label_show_train(bpe_thread, tmp_path, monkeypatch):
 
     r = cdw("traces", "collect", "--prompts", prompts, "--max-tokens", 60, *urls)
     assert r.exit_code == 0, r.output
-    folder = tmp_path / "home" / "traces" / "alpaca_eval-p"
+    folder = cdw_env / "home" / "traces" / "alpaca_eval-p"
     assert "5 problems" in r.output and (folder / "tokens.jsonl").is_file()
     from workspace.cli.router import SOURCES
 

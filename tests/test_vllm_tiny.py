@@ -165,7 +165,7 @@ async def test_engine_mixed_policy_segments_add_up_on_vllm(tiny_servers):
         await m.close()
 
 
-async def test_evaluation_end_to_end_on_vllm(tiny_servers, tmp_path, monkeypatch):
+async def test_evaluation_end_to_end_on_vllm(tiny_servers, tmp_path, records_dir):
     """A real evaluation on the tiny servers: records written, the strong-only policy is exactly the reference
     (now at the length limit too: one length rule), and every example is judged."""
     from workspace.benchmarks import Prompt, PromptSet
@@ -173,7 +173,6 @@ async def test_evaluation_end_to_end_on_vllm(tiny_servers, tmp_path, monkeypatch
     from workspace.engine import EngineSettings
     from workspace.evaluate import EvalSettings, Setup, evaluate
 
-    monkeypatch.setenv("CDW_RECORDS_DIR", str(tmp_path / "records"))
     prompts = PromptSet("vllm-toy", tuple(Prompt(f"t/{i}", f"Tell me about the number {i}.") for i in range(5)))
     settings = EvalSettings(EngineSettings(max_tokens=48, max_span_tokens=48, max_deferrals=48), n_boot=100)
     cache = CallCache(tmp_path / "calls.sqlite")
@@ -184,7 +183,7 @@ async def test_evaluation_end_to_end_on_vllm(tiny_servers, tmp_path, monkeypatch
         # Read back: no decoding again; only judge calls that failed at the server are asked again.
         assert (setup.weak.calls, setup.strong.calls) == before[:2]
         assert setup.judge.calls - before[2] <= 2 * len(ev.errors)
-    assert (tmp_path / "records" / "evaluations" / f"{ev.id}.jsonl").exists()
+    assert (records_dir / "evaluations" / f"{ev.id}.jsonl").exists()
     assert again.to_json()["f_weak"] == ev.to_json()["f_weak"]
     assert ev.complete, ev.errors
     for e in ev.examples:
@@ -208,7 +207,7 @@ async def test_the_judge_with_gemma2s_template_refuses_a_system_message_and_stil
     assert pref.error is None and 0.0 <= pref.preference <= 1.0 and min(pref.label_mass) >= 0.5
 
 
-def test_cdw_eval_on_the_tiny_preset_judges_every_example(tiny_servers, tmp_path, monkeypatch):
+def test_cdw_eval_on_the_tiny_preset_judges_every_example(tiny_servers):
     """The whole pipeline on real vLLM: `cdw eval --n 5` (canonical prompts) ends with every example judged."""
     import json
 
@@ -216,7 +215,6 @@ def test_cdw_eval_on_the_tiny_preset_judges_every_example(tiny_servers, tmp_path
 
     from workspace.cli import main
 
-    monkeypatch.setenv("CDW_RECORDS_DIR", str(tmp_path / "records"))
     r = CliRunner().invoke(main, ["eval", "--policy", "margin(tau=0.3, span=words:2)", "--n", "5",
                                   "--max-tokens", "48", "--no-cache", "--json"])  # fmt: skip
     out = json.loads(r.output[r.output.index("{") :])
@@ -229,7 +227,7 @@ def test_cdw_eval_on_the_tiny_preset_judges_every_example(tiny_servers, tmp_path
         assert out["recovery"] is None and "gap" in " ".join(out["reasons"])
 
 
-def test_cdw_eval_humaneval_on_the_tiny_preset_tests_every_answer(tiny_servers, tmp_path, monkeypatch):
+def test_cdw_eval_humaneval_on_the_tiny_preset_tests_every_answer(tiny_servers):
     """The code track on real vLLM: `cdw eval --benchmark humaneval --n 3` tests every answer in the sandbox and
     reports pass rates with no errors (tiny models write no code: every answer fails, which is a result)."""
     import json
@@ -238,7 +236,6 @@ def test_cdw_eval_humaneval_on_the_tiny_preset_tests_every_answer(tiny_servers, 
 
     from workspace.cli import main
 
-    monkeypatch.setenv("CDW_RECORDS_DIR", str(tmp_path / "records"))
     r = CliRunner().invoke(main, ["eval", "--benchmark", "humaneval", "--policy", "never", "--n", "3",
                                   "--max-tokens", "48", "--no-cache", "--json"])  # fmt: skip
     assert r.exit_code == 0, r.output
