@@ -98,3 +98,14 @@ def check_lengths(lengths: Sequence[int], n: int, what: str) -> np.ndarray:
         i = int(np.flatnonzero(bad)[0])
         raise StatsError(f"{what} must be non-negative character counts; item {i} is {x[i]!r}")
     return x
+
+
+def pooled_f_weak(wchars: np.ndarray, schars: np.ndarray, idx: np.ndarray) -> tuple[float | None, np.ndarray, int]:
+    """f_weak pooled over prompts (sum of weak characters / sum of all; None when nothing was written), its value on
+    each bootstrap resample (the rows of prompt indices ``idx``) that has characters, and how many resamples have none.
+    """
+    total = wchars.sum() + schars.sum()
+    point = float(wchars.sum() / total) if total > 0 else None
+    b_w, b_all = wchars[idx].sum(axis=1), (wchars[idx] + schars[idx]).sum(axis=1)
+    has_chars = b_all > 0
+    return point, b_w[has_chars] / b_all[has_chars], int(idx.shape[0] - has_chars.sum())

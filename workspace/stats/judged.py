@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Certification, Interval, StatsError, Summary, check_lengths, check_preferences
+from .base import Certification, StatsError, Summary, check_lengths, check_preferences, pooled_f_weak
 from .glm import lc_winrates, mle_glm
 from .rule import BAR, FLOOR, boot_recovery, check_rule_args, intervals, recovery, rule_reasons
 
@@ -88,31 +88,17 @@ def summarize(samples: Sequence[PairedSample], *, n_boot: int = 1000, seed: int 
     # bit-identical outputs (never-defer => recovery exactly 0.0).
     utility = float(lc_winrates(pref[None, :], d_cand[None, :])[0])
     u_weak = float(lc_winrates(wpref[None, :], d_weak[None, :])[0])
-    total = wchars.sum() + schars.sum()
-    f_weak = float(wchars.sum() / total) if total > 0 else None
     rec = recovery(utility, u_weak) if 0.5 - u_weak > 0 else None
 
     idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
     b_utility = lc_winrates(pref[idx], d_cand[idx], groups=idx)
     b_u_weak = lc_winrates(wpref[idx], d_weak[idx], groups=idx)
-    b_w, b_all = wchars[idx].sum(axis=1), (wchars[idx] + schars[idx]).sum(axis=1)
-    has_chars = b_all > 0
-    b_f_weak = b_w[has_chars] / b_all[has_chars]
+    f_weak, b_f_weak, f_weak_dropped = pooled_f_weak(wchars, schars, idx)
     b_gap = 0.5 - b_u_weak
     has_gap = b_gap > 0
     b_recovery = (b_utility[has_gap] - b_u_weak[has_gap]) / b_gap[has_gap]
 
-    q = ((1 - level) / 2, (1 + level) / 2)
-
-    def interval(values: np.ndarray) -> Interval:
-        low, high = np.quantile(values, q)
-        return Interval(float(low), float(high), level)
-
-    ci = {"utility": interval(b_utility), "u_weak": interval(b_u_weak)}
-    if b_f_weak.size:
-        ci["f_weak"] = interval(b_f_weak)
-    if b_recovery.size:
-        ci["recovery"] = interval(b_recovery)
+    boots = (("f_weak", b_f_weak), ("utility", b_utility), ("u_weak", b_u_weak), ("recovery", b_recovery))
     return Summary(
         n=n,
         f_weak=f_weak,
@@ -120,10 +106,10 @@ def summarize(samples: Sequence[PairedSample], *, n_boot: int = 1000, seed: int 
         u_weak=u_weak,
         recovery=rec,
         raw_winrate=float(np.mean(pref)),
-        ci={k: ci[k] for k in ("f_weak", "utility", "u_weak", "recovery") if k in ci},
+        ci=intervals(boots, level),  # a value never defined (no resample with characters, or with a gap) gets none
         n_boot=n_boot,
         recovery_dropped=int(n_boot - has_gap.sum()),
-        f_weak_dropped=int(n_boot - has_chars.sum()),
+        f_weak_dropped=f_weak_dropped,
         certification=certify(pref, wpref, cand, wlen, ref, seed=seed, n_boot=n_boot) if n >= 2 else None,
     )
 

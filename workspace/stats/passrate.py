@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .base import Certification, Interval, StatsError, Summary
+from .base import Certification, StatsError, Summary, pooled_f_weak
 from .rule import BAR, FLOOR, boot_recovery, check_rule_args, intervals, rule_reasons
 
 
@@ -81,8 +81,6 @@ def summarize_pass(samples: Sequence[PassSample], *, n_boot: int = 1000, seed: i
     n = len(samples)
     wchars = np.array([s.weak_chars for s in samples], dtype=float)
     schars = np.array([s.strong_chars for s in samples], dtype=float)
-    total = wchars.sum() + schars.sum()
-    f_weak = float(wchars.sum() / total) if total > 0 else None
     cert = None
     if n >= 2:
         cert = certify_pass([s.passed for s in samples], [s.weak_passed for s in samples],
@@ -92,15 +90,11 @@ def summarize_pass(samples: Sequence[PassSample], *, n_boot: int = 1000, seed: i
     u_strong = float(np.mean([s.strong_passed for s in samples]))
     rec = (utility - u_weak) / (u_strong - u_weak) if u_strong > u_weak else None
     idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    b_w, b_all = wchars[idx].sum(axis=1), (wchars[idx] + schars[idx]).sum(axis=1)
-    has_chars = b_all > 0
-    ci = dict(cert.ci) if cert else {}
-    if has_chars.any():
-        low, high = np.quantile(b_w[has_chars] / b_all[has_chars], ((1 - level) / 2, (1 + level) / 2))
-        ci["f_weak"] = Interval(float(low), float(high), level)
+    f_weak, b_f_weak, f_weak_dropped = pooled_f_weak(wchars, schars, idx)
+    ci = {**(cert.ci if cert else {}), **intervals((("f_weak", b_f_weak),), level)}
     order = ("f_weak", "utility", "u_weak", "u_strong", "recovery")
     return Summary(
         n=n, f_weak=f_weak, utility=utility, u_weak=u_weak, recovery=rec, raw_winrate=utility,
         ci={k: ci[k] for k in order if k in ci}, n_boot=n_boot, recovery_dropped=cert.dropped if cert else 0,
-        f_weak_dropped=int(n_boot - has_chars.sum()), certification=cert,
+        f_weak_dropped=f_weak_dropped, certification=cert,
     )  # fmt: skip
