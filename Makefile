@@ -44,7 +44,7 @@ browser:
 	@test -x /usr/bin/chromium || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y chromium; }
 
-# HumanEval answers run in a bubblewrap sandbox (workspace/benchmarks/sandbox.py): Debian's `bubblewrap` package.
+# HumanEval answers run in a bubblewrap sandbox (workspace/sandbox.py): Debian's `bubblewrap` package.
 sandbox:
 	@command -v bwrap >/dev/null || { SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 		$$SUDO apt-get update && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y bubblewrap; }

@@ -11,7 +11,8 @@ import msgspec
 import pytest
 
 from tests.fakeserver import FakeServer, ToyModel
-from workspace.benchmarks import humaneval, sandbox
+from workspace import sandbox
+from workspace.benchmarks import humaneval
 from workspace.client import ClientSettings, ModelClient
 from workspace.endpoints import Endpoint
 from workspace.engine import EngineSettings

@@ -18,7 +18,8 @@ import zipfile
 import pytest
 
 from servers.settings import paths
-from workspace.benchmarks import DataError, humaneval, sandbox
+from workspace import sandbox
+from workspace.benchmarks import DataError, humaneval
 
 needs_bwrap = pytest.mark.skipif(
     shutil.which("bwrap") is None, reason="the code sandbox needs bubblewrap (`bwrap`): run `make sandbox`"

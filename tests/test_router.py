@@ -16,7 +16,8 @@ import pytest
 
 from tests.bytetoy import ByteToy
 from tests.fakeserver import FakeServer, ToyModel
-from workspace.benchmarks import Prompt, PromptSet, humaneval, sandbox
+from workspace import sandbox
+from workspace.benchmarks import Prompt, PromptSet, humaneval
 from workspace.cache import CallCache
 from workspace.client import ClientSettings, ModelClient
 from workspace.endpoints import Endpoint

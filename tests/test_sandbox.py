@@ -1,4 +1,4 @@
-"""The code sandbox (`workspace/benchmarks/sandbox.py`): hostile programs end as failures, in bounded time, leaving
+"""The code sandbox (`workspace/sandbox.py`): hostile programs end as failures, in bounded time, leaving
 nothing.
 
 Each hostile program is run for real in bubblewrap. CI installs it (`make sandbox`); without `bwrap` the module
@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from servers.settings import PROJECT_ROOT
-from workspace.benchmarks import sandbox
-from workspace.benchmarks.sandbox import Limits, Pool, SandboxError, run_python
+from workspace import sandbox
+from workspace.sandbox import Limits, Pool, SandboxError, run_python
 
 pytestmark = pytest.mark.skipif(
     shutil.which("bwrap") is None, reason="the code sandbox needs bubblewrap (`bwrap`): run `make sandbox`"
@@ -165,7 +165,7 @@ def test_endless_output_is_bounded():
     # at the fork, which under a full test run is ~1 GB and failed this test on CI for the wrong reason.
     code = textwrap.dedent("""\
         import sys, time
-        from workspace.benchmarks.sandbox import run_python
+        from workspace.sandbox import run_python
         t0 = time.monotonic()
         r = run_python("import sys\\nb = 'x' * (1 << 20)\\nwhile True:\\n    sys.stdout.write(b)", timeout_s=3)
         hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
@@ -319,6 +319,6 @@ def test_a_program_cannot_pass_itself_off_as_a_sandbox_failure():
 
 def test_a_real_sandbox_failure_is_an_error(monkeypatch):
     real = sandbox._command
-    monkeypatch.setattr(sandbox, "_command", lambda limits: [real(limits)[0], "--no-such-bwrap-option"])
+    monkeypatch.setattr(sandbox, "_command", lambda *a: [real(*a)[0], "--no-such-bwrap-option"])
     r = run_python("print('never runs')", timeout_s=10)
     assert r.status == "error" and "never runs" not in r.output

@@ -35,8 +35,8 @@ from pathlib import Path
 
 from servers.settings import paths
 
+from .. import sandbox
 from ..fileio import atomic_write, sha256_file
-from . import sandbox
 from .base import Outcome, TestedBenchmark, register
 from .prompts import DataError, Log, Prompt, PromptSet, _log
 
