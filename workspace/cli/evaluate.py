@@ -123,7 +123,7 @@ def _run_evaluations(spec: str, kw: dict, grid: bool = False):
     async def run():
         try:
             if grid:
-                return await sweep(spec, prompts, setup, settings)
+                return [p.evaluation for p in await sweep(spec, prompts, setup, settings)]
             return [await evaluate(spec, prompts, setup, settings)]
         finally:
             await setup.close()

@@ -11,8 +11,8 @@ Phases, each fully concurrent and each appended to a record as it goes:
    rule (`stats.certify`), the offline checks of the record (`records.verify.check`) and why it is not certified.
 
 `phases.py` runs one phase (decode, unit tests, judge) over a prompt set and appends its events, for baselines
-and candidate runs alike; `setup.py` holds the settings and the servers; `audit.py` asks the servers again (judge
-drift, replay).
+and candidate runs alike; `sweeps.py` evaluates every point of a policy grid (the CLI's and the notebook's one sweep
+loop); `setup.py` holds the settings and the servers; `audit.py` asks the servers again (judge drift, replay).
 """
 
 from ..engine import EngineSettings
@@ -20,12 +20,13 @@ from .audit import JudgeDrift, Replay, judge_check, replay
 from .baselines import baselines_id, ensure_baselines
 from .phases import Progress
 from .results import CONFIRMATION, Baselines, Evaluation, Example, list_evaluations, load_evaluation, read_baselines
-from .runs import evaluate, evaluate_generations, evaluation_id, generate, policy_identity, recorded_settings, sweep
+from .runs import evaluate, evaluate_generations, evaluation_id, generate, policy_identity, recorded_settings
 from .setup import EvalSettings, EvaluationError, Setup
+from .sweeps import SweepPoint, sweep, sweep_points
 
 __all__ = [
     "CONFIRMATION", "Baselines", "EngineSettings", "EvalSettings", "Evaluation", "EvaluationError", "Example",
-    "JudgeDrift", "Progress", "Replay", "Setup", "baselines_id", "ensure_baselines", "evaluate",
+    "JudgeDrift", "Progress", "Replay", "Setup", "SweepPoint", "baselines_id", "ensure_baselines", "evaluate",
     "evaluate_generations", "evaluation_id", "generate", "judge_check", "list_evaluations", "load_evaluation",
-    "policy_identity", "read_baselines", "recorded_settings", "replay", "sweep",
+    "policy_identity", "read_baselines", "recorded_settings", "replay", "sweep", "sweep_points",
 ]  # fmt: skip

@@ -1,5 +1,5 @@
 """Candidate runs: decode a policy on a prompt set, judge it against the reference, append both to the record;
-sweeps of a policy grid; engine runs judged later. Record ids are hashes of what is evaluated, so running the
+engine runs judged later. Record ids are hashes of what is evaluated, so running the
 same evaluation again resumes its record (a finished one is only read)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import msgspec
 
 from ..benchmarks import Prompt, PromptSet
 from ..judge import Judge, Preference
-from ..policies import Policy, PolicyError, expand_spec, load_policy
+from ..policies import Policy, PolicyError, load_policy
 from ..records import aliases
 from ..records.log import RecordWriter, read_record
 from ..records.schema import Generation, Header, Test, Verdict, digest, to_fields
@@ -144,23 +144,6 @@ async def generate(
     return (await evaluate(policy, prompts, setup, settings, progress, judge=False)).id
 
 
-async def sweep(
-    spec: str, prompts: PromptSet, setup: Setup, settings: EvalSettings | None = None, progress: bool = True,
-    on_point: Callable[[Evaluation], None] | None = None, on_progress: OnProgress | None = None,
-) -> list[Evaluation]:  # fmt: skip
-    """Evaluate every point of a policy grid (`margin(tau=[0.02, 0.05])`) on the same prompts, one after another
-    (the baselines are made once and shared); `on_point` is called with each finished evaluation."""
-    specs = expand_spec(spec)
-    policies = [load_policy(s) for s in specs]  # every point must load before any runs
-    out = []
-    for pol in policies:
-        ev = await evaluate(pol, prompts, setup, settings, progress, on_progress=on_progress)
-        out.append(ev)
-        if on_point:
-            on_point(ev)
-    return out
-
-
 async def evaluate_generations(
     run_id: str,
     setup: Setup,
@@ -203,4 +186,4 @@ def recorded_settings(header: dict, n_boot: int = 1000, seed: int = 0) -> EvalSe
 
 
 __all__ = ["Preference", "evaluate", "evaluate_generations", "evaluation_id", "generate", "policy_identity",
-           "recorded_settings", "sweep"]  # fmt: skip
+           "recorded_settings"]  # fmt: skip

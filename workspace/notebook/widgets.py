@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from ..engine import Decode, EngineSettings, Models, decode_many
-from ..evaluate import EvalSettings, Evaluation, Setup, ensure_baselines, evaluate, evaluation_id
+from ..evaluate import Baselines, EvalSettings, Evaluation, Setup, sweep, sweep_points
 from ..format import num
 from ..forum import KINDS, FindingError, default_author, share_finding
-from ..policies import PolicyError, expand_spec, load_policy, registry
+from ..policies import PolicyError, load_policy, registry
 from ..policies.params import param_specs, spec_string
 from ..records.log import StoreError, read_record
 from .html import ERROR_COLOR, decodes_table, error_box, escape, evaluations_html
@@ -156,21 +155,13 @@ class PolicyExplorer:
 # ---------------------------------------------------------------- sweeps
 
 
-@dataclass
-class SweepPoint:
-    spec: str
-    evaluation: Evaluation | None = None
-    error: str | None = None
-    id: str | None = None  # the evaluation's record id, known before it runs
-
-
 class Sweep:
     """Evaluate every point of a spec grid concurrently (`margin(tau=[0.05, 0.1])`), with a live progress widget.
 
-    The baselines are computed once first; then all points run at once (one after another while some baseline
-    examples failed: each evaluation retries them), and the bar counts each point's decoded and judged prompts as
-    its record grows. A point that fails (a bad spec, a server error) shows its error and
-    never stops the others. Display the object, then `await sweep.run()`.
+    The sweep itself is `workspace.evaluate.sweep` (baselines once first, then the points at once; one after
+    another while some baseline examples failed). The bar counts each point's decoded and judged prompts as its
+    record grows. A point that fails (a bad spec, a server error) shows its error and never stops the others.
+    Display the object, then `await sweep.run()`.
     """
 
     def __init__(
@@ -183,13 +174,7 @@ class Sweep:
     ):
         import ipywidgets as w
 
-        specs = [spec] if isinstance(spec, str) else list(spec)
-        self.points: list[SweepPoint] = []
-        for s in specs:
-            try:
-                self.points += [SweepPoint(x) for x in expand_spec(s)]
-            except PolicyError as e:
-                self.points.append(SweepPoint(s, error=str(e)))
+        self.points = sweep_points(spec, strict=False)
         self.prompts, self.setup, self.settings, self.poll = prompts, setup, settings or EvalSettings(), poll
         n = len(prompts)
         self.bar = w.IntProgress(value=0, min=0, max=max(1, 2 * n * len(self.points)), description="sweep",
@@ -198,6 +183,7 @@ class Sweep:
         self.table = w.HTML()
         self.widget = w.VBox([w.HBox([self.bar, self.label]), self.table])
         self._progress: dict[str, str] = {}
+        self._poller: asyncio.Task | None = None  # redraws the bar while the points run
 
     def _repr_mimebundle_(self, **kw):
         return self.widget._repr_mimebundle_(**kw)
@@ -242,17 +228,18 @@ class Sweep:
             evaluations_html(done, failed) if done or failed else ""
         )
 
-    async def _one(self, p: SweepPoint) -> None:
-        try:
-            p.evaluation = await evaluate(p.spec, self.prompts, self.setup, self.settings, progress=False)
-        except Exception as e:  # shown on the point's row: one failing point never stops the sweep
-            p.error = f"{type(e).__name__}: {e}"
-        self._show()
-
     async def _poll(self) -> None:
         while True:
             await asyncio.sleep(self.poll)
             self._show()
+
+    def _baselines_ready(self, base: Baselines) -> None:
+        note = ""
+        if base.errors:  # the points still run: their own rows say which examples have no numbers
+            first = escape(base.errors[0][1])
+            note = f" · <span style='color:{ERROR_COLOR}'>{len(base.errors)} baseline error(s): {first}</span>"
+        self.label.value = f"baselines ready (U_weak {num(base.u_weak)}){note} · {len(self.points)} point(s) running …"
+        self._poller = asyncio.get_running_loop().create_task(self._poll())
 
     async def run(self) -> list[Evaluation]:
         """Run the sweep (points already on record are read back, not recomputed); returns the evaluations."""
@@ -260,32 +247,15 @@ class Sweep:
         self.bar.bar_style = "info"
         self.label.value = "baselines (reference and weak-only answers, judged once for every point) …"
         try:
-            base = await ensure_baselines(self.prompts, self.setup, self.settings, progress=False)
-        except Exception as e:
+            await sweep(self.points, self.prompts, self.setup, self.settings, progress=False, concurrent=True,
+                        strict=False, on_baselines=self._baselines_ready, on_point=lambda p: self._show())  # fmt: skip
+        except Exception as e:  # only the baselines' failure reaches here: a point's stays on its row
             self.bar.bar_style = "danger"
             self.label.value = error_box(f"baselines failed: {type(e).__name__}: {e}")
             return []
-        note = ""
-        if base.errors:  # the points still run: their own rows say which examples have no numbers
-            first = escape(base.errors[0][1])
-            note = f" · <span style='color:{ERROR_COLOR}'>{len(base.errors)} baseline error(s): {first}</span>"
-        self.label.value = f"baselines ready (U_weak {num(base.u_weak)}){note} · {len(self.points)} point(s) running …"
-        todo = [p for p in self.points if p.error is None]
-        for p in todo:
-            try:
-                p.id = await evaluation_id(load_policy(p.spec), self.prompts, self.setup, self.settings)
-            except Exception as e:
-                p.error = f"{type(e).__name__}: {e}"
-        poller = asyncio.get_running_loop().create_task(self._poll())
-        try:
-            if base.complete:
-                await asyncio.gather(*(self._one(p) for p in todo if p.error is None))
-            else:  # each evaluation retries the failed baseline examples, and one record has one writer at a time
-                for p in todo:
-                    if p.error is None:
-                        await self._one(p)
         finally:
-            poller.cancel()
+            if self._poller is not None:
+                self._poller.cancel()
         self._show()
         failed = sum(1 for p in self.points if p.error or (p.evaluation and p.evaluation.errors))
         self.bar.value = self.bar.max
