@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from tests.fakeserver import prefers_longer
+from tests.test_cli_width import assert_fits
 from workspace.cli import main
 
 
@@ -57,6 +58,21 @@ def test_sweep_evaluates_each_point(urls, env):
     points = json.loads(r.stdout)
     assert [p["policy"] for p in points] == ["top1(tau=0.1)", "top1(tau=0.3)"]
     assert points[0]["evaluation_id"] != points[1]["evaluation_id"]
+
+
+@pytest.mark.parametrize("width", (80, 160))
+def test_eval_sweep_and_baselines_tables_fit_the_terminal(urls, env, width):
+    flags, _ = urls
+    common = ("--prompts", env, "--max-tokens", 120, *flags)
+    margins = ["margin(tau=0.05, span=sentence)", "margin(tau=0.1, span=sentence)"]
+    for args, whole in (
+        (("sweep", "--policy", "margin(tau=[0.05,0.1], span=sentence)"), margins),
+        (("eval", "--policy", margins[0]), [margins[0], "recovery, one-sided 95% lower bound"]),
+        (("baselines",), ["U_weak (weak only vs reference)", "U_strong (reference vs itself)"]),
+    ):
+        r = CliRunner().invoke(main, [str(a) for a in (*args, *common)], env={"COLUMNS": str(width)})
+        assert r.exit_code == 0, r.output
+        assert_fits(r.stdout, width, whole)  # stderr: the progress bars, redrawn in place
 
 
 def test_baselines_and_judge_check(urls, env):

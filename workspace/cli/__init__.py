@@ -5,11 +5,13 @@ from __future__ import annotations
 import click
 
 from . import agents, evaluate, forum, mcp, records, router, serve
+from .options import fit_to_terminal
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Collaborative Decoding Workspace: a weak model writes, a policy hands spans to a strong model."""
+    fit_to_terminal()
 
 
 for command in (

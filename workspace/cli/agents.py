@@ -6,11 +6,11 @@ import json
 import time
 
 import click
-from rich.console import Console
+from rich.console import Group
 from rich.live import Live
-from rich.table import Table
 
-from .options import fail, slurm_options, take_slurm_options
+from .options import console, fail, slurm_options, take_slurm_options
+from .tables import Column, table
 
 
 @click.group("agents")
@@ -18,16 +18,17 @@ def agents_group() -> None:
     """Launch a team of research agents, watch them, stop them (AGENTS.md)."""
 
 
-def _table(run, rows) -> Table:
-    tab = Table(title=f"agents run {run.id} · {run.config.backend} · {run.config.model}")
-    for col in ("agent", "state", "turns", "tool calls", "refused", "evals", "findings", "left", "last action"):
-        tab.add_column(col, overflow="fold")
+def _table(run, rows) -> Group:
+    """Per agent: state, counts, budget left and last action, at the terminal's width."""
+    counts = [Column(c, wrap=False) for c in ("turns", "tool calls", "refused", "evals", "findings")]
+    cells = []
     for r in rows:
         b = r.budget_left
         left = f"{b.get('evaluations')} ev · {b.get('prompts')} pr · {b.get('minutes')} min"
-        tab.add_row(r.author, r.state, str(r.turns), str(r.tool_calls), str(r.tool_errors), str(r.evaluations),
-                    str(r.findings), left, r.last)  # fmt: skip
-    return tab
+        cells.append([r.author, r.state, str(r.turns), str(r.tool_calls), str(r.tool_errors), str(r.evaluations),
+                      str(r.findings), left, r.last])  # fmt: skip
+    return table(f"agents run {run.id} · {run.config.backend} · {run.config.model}",
+                 ["agent", "state", *counts, "left", "last action"], cells, console.width)  # fmt: skip
 
 
 @agents_group.command("run")
@@ -89,9 +90,9 @@ def agents_run(backend, model, model_url, api_key_env, n, max_turns, directions,
     if quiet:
         run = supervise(run)
     else:
-        with Live(_table(run, status(run)), refresh_per_second=1, transient=False) as live:
+        with Live(_table(run, status(run)), console=console, refresh_per_second=1, transient=False) as live:
             run = supervise(run, on_tick=lambda r: live.update(_table(r, status(r))), tick_s=2.0)
-    Console().print(_table(run, status(run)))
+    console.print(_table(run, status(run)))
 
 
 @agents_group.command("status")
@@ -112,9 +113,9 @@ def agents_status(run_id: str | None, as_json: bool, watch: bool) -> None:
         click.echo(json.dumps({"run": run.id, "agents": [asdict(r) for r in status(run)]}, indent=2))
         return
     if not watch:
-        Console().print(_table(run, status(run)))
+        console.print(_table(run, status(run)))
         return
-    with Live(_table(run, status(run)), refresh_per_second=1) as live:
+    with Live(_table(run, status(run)), console=console, refresh_per_second=1) as live:
         while any(r.state in ("running", "starting", "queued") for r in status(run)):
             time.sleep(2)
             live.update(_table(run, status(run)))
@@ -131,4 +132,4 @@ def agents_stop(run_id: str | None) -> None:
     except AgentsError as e:
         fail(str(e))
     stop(run)
-    Console().print(_table(run, status(run)))
+    console.print(_table(run, status(run)))

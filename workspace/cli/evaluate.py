@@ -7,7 +7,6 @@ import json
 import sys
 
 import click
-from rich.table import Table
 
 from ..format import num, with_interval
 from .options import (
@@ -22,6 +21,7 @@ from .options import (
     url_options,
     urls,
 )
+from .tables import Column, say, show
 
 
 @click.command("decode")
@@ -73,43 +73,38 @@ def _ci(ev, key: str) -> str:
 
 def show_evaluation(ev) -> None:
     s, c = ev.summary, ev.certification
-    t = Table(title=f"evaluation {ev.id} · {ev.policy} · {ev.prompts} (n={ev.n})")
-    t.add_column("quantity")
-    t.add_column("value [95% CI]")
-    t.add_row("f_weak", _ci(ev, "f_weak"))
-    if not ev.baselines.needs_judge:
-        t.add_row("utility (pass@1, unit tests)", _ci(ev, "utility"))
-        t.add_row("U_weak (weak model's own pass rate)", _ci(ev, "u_weak"))
-        t.add_row("U_strong (strong model's own pass rate)", _ci(ev, "u_strong"))
+    judged = ev.baselines.needs_judge
+    rows = [("f_weak", _ci(ev, "f_weak"))]
+    if not judged:
+        rows.append(("utility (pass@1, unit tests)", _ci(ev, "utility")))
+        rows.append(("U_weak (weak model's own pass rate)", _ci(ev, "u_weak")))
+        rows.append(("U_strong (strong model's own pass rate)", _ci(ev, "u_strong")))
     else:
-        t.add_row("utility (length-controlled winrate vs reference)", _ci(ev, "utility"))
-        t.add_row("U_weak", _ci(ev, "u_weak"))
-    t.add_row("recovery", _ci(ev, "recovery"))
-    t.add_row(
-        "recovery, one-sided 95% lower bound",
-        num(c.recovery_lower if c else None)
-        + (f" ({c.dropped} of {c.n_boot} resamples had no gap: counted as failures)" if c and c.dropped else ""),
-    )
-    if ev.baselines.needs_judge:
-        t.add_row("raw winrate (no length control)", num(s.raw_winrate if s else None))
-        t.add_row("recovery with alpaca_eval's penalised LC", num(c.recovery_penalised if c else None))
-    t.add_row("judged" if ev.baselines.needs_judge else "tested", f"{s.n if s else 0} of {ev.n}")
-    t.add_row("verified", "[green]yes[/]" if ev.verified else "[yellow]no[/] (why: below)")
+        rows.append(("utility (length-controlled winrate vs reference)", _ci(ev, "utility")))
+        rows.append(("U_weak", _ci(ev, "u_weak")))
+    rows.append(("recovery", _ci(ev, "recovery")))
+    dropped = f" ({c.dropped} of {c.n_boot} resamples had no gap: counted as failures)" if c and c.dropped else ""
+    rows.append(("recovery, one-sided 95% lower bound", num(c.recovery_lower if c else None) + dropped))
+    if judged:
+        rows.append(("raw winrate (no length control)", num(s.raw_winrate if s else None)))
+        rows.append(("recovery with alpaca_eval's penalised LC", num(c.recovery_penalised if c else None)))
+    rows.append(("judged" if judged else "tested", f"{s.n if s else 0} of {ev.n}"))
+    rows.append(("verified", "[green]yes[/]" if ev.verified else "[yellow]no[/] (why: below)"))
     reasons = ev.reasons()
-    t.add_row("certified", "[green]yes[/]" if not reasons else "[yellow]no[/] (why: below)")
-    console.print(t)
+    rows.append(("certified", "[green]yes[/]" if not reasons else "[yellow]no[/] (why: below)"))
+    show(console, f"evaluation {ev.id} · {ev.policy} · {ev.prompts} (n={ev.n})", ["quantity", "value [95% CI]"], rows)
     if reasons:
         console.print("[yellow]not certified:[/]")
         for r in reasons:
-            console.print(f"  - {r}", markup=False)
+            console.print(f"  - {r}", markup=False, soft_wrap=False)
     if ev.note:
-        console.print(f"[yellow]no numbers: {ev.note}[/]")
+        console.print(f"[yellow]no numbers: {ev.note}[/]", soft_wrap=False)
     for pid, err in ev.errors[:10]:
-        console.print(f"[red]  {pid}:[/] {err}")
+        console.print(f"[red]  {pid}:[/] {err}", soft_wrap=False)
     if len(ev.errors) > 10:
         console.print(f"[red]  … and {len(ev.errors) - 10} more[/]")
-    timings = " · ".join(f"{k} {v:.0f} s" for k, v in ev.timings.items())
-    console.print(f"[dim]{timings} · record records/evaluations/{ev.id}.jsonl[/]")
+    timings = [f"{k} {v:.0f} s" for k, v in ev.timings.items()]
+    say(console, [*timings, f"record records/evaluations/{ev.id}.jsonl"], style="dim")
 
 
 def _run_evaluations(spec: str, kw: dict, grid: bool = False):
@@ -172,14 +167,14 @@ def sweep(spec: str, as_json: bool, **kw) -> None:
     if as_json:
         click.echo(json.dumps([e.to_json() for e in evs], ensure_ascii=False, indent=2))
         return
-    t = Table(title=f"sweep {spec} · {evs[0].prompts} (n={evs[0].n})")
-    for col in ("policy", "f_weak", "recovery", "utility", "judged", "certified", "id"):
-        t.add_column(col)
+    rows = []
     for e in evs:
         judged = f"{e.summary.n if e.summary else 0}/{e.n}"
         cert = "[green]yes[/]" if e.certified else "no"
-        t.add_row(e.policy, _ci(e, "f_weak"), _ci(e, "recovery"), _ci(e, "utility"), judged, cert, e.id)
-    console.print(t)
+        rows.append([e.policy, _ci(e, "f_weak"), _ci(e, "recovery"), _ci(e, "utility"), judged, cert, e.id])
+    numbers = [Column(c, wrap=False) for c in ("f_weak", "recovery", "utility", "judged")]
+    show(console, f"sweep {spec} · {evs[0].prompts} (n={evs[0].n})",
+         ["policy", *numbers, "certified", Column("id", wrap=False)], rows)  # fmt: skip
 
 
 @click.command()
@@ -198,21 +193,19 @@ def baselines(as_json: bool, **kw) -> None:
     if as_json:
         click.echo(json.dumps(info, ensure_ascii=False, indent=2))
         return
-    t = Table(title=f"baselines {b.id} · {info['prompts']} (n={info['n']})")
-    t.add_column("")
-    t.add_column("")
+    rows = []
     if not b.needs_judge:
-        t.add_row("U_weak (weak model's own pass@1)", num(info["u_weak"]))
-        t.add_row("U_strong (strong model's own pass@1)", num(info["u_strong"]))
+        rows.append(("U_weak (weak model's own pass@1)", num(info["u_weak"])))
+        rows.append(("U_strong (strong model's own pass@1)", num(info["u_strong"])))
     else:
-        t.add_row("U_weak (weak only vs reference)", num(info["u_weak"]))
-        t.add_row("U_strong (reference vs itself)", "0.500")
-    t.add_row("gap", num(info["gap"]))
+        rows.append(("U_weak (weak only vs reference)", num(info["u_weak"])))
+        rows.append(("U_strong (reference vs itself)", "0.500"))
+    rows.append(("gap", num(info["gap"])))
     for role, name in info["models"].items():
-        t.add_row(f"{role} model", name)
-    t.add_row("judge", info["judge"])
-    t.add_row("computed", f"{info['created']} ({', '.join(f'{k} {v:.0f} s' for k, v in info['timings'].items())})")
-    console.print(t)
+        rows.append((f"{role} model", name))
+    rows.append(("judge", info["judge"]))
+    rows.append(("computed", f"{info['created']} ({', '.join(f'{k} {v:.0f} s' for k, v in info['timings'].items())})"))
+    show(console, f"baselines {b.id} · {info['prompts']} (n={info['n']})", ["", ""], rows)
     for pid, err in b.errors[:10]:
         console.print(f"[red]  {pid}:[/] {err}")
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import click
-from rich.table import Table
 
 from ..benchmarks import get as get_benchmark
 from ..benchmarks import names
 from ..format import num, span
 from .evaluate import show_evaluation
 from .options import console, fail
+from .tables import Column, say, show
 
 _EDITOR_NOTE = "<!-- Write the finding in markdown below this line (it is removed). See findings/README.md. -->\n"
 
@@ -53,11 +53,12 @@ def findings_list(kind, policy, since, text, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([f.to_json() for f in found], ensure_ascii=False, indent=2))
         return
-    t = Table("created (UTC)", "kind", "title", "author", "policy / evaluation", "id")
+    rows = []
     for f in found:
         cite = " · ".join(x for x in (f.policy, f.evaluation) if x)
-        t.add_row(f"{f.created:%Y-%m-%d %H:%M}", f.kind, f.title, f.author, cite, f.id)
-    console.print(t)
+        rows.append([f"{f.created:%Y-%m-%d %H:%M}", f.kind, f.title, f.author, cite, f.id])
+    show(console, None, [Column("created (UTC)", wrap=False), "kind", "title", "author",
+         Column("policy / evaluation", wrap=False), Column("id", wrap=False)], rows, key=2)  # fmt: skip
     if not found:
         console.print("[dim]no findings (see findings/README.md to write one: `cdw findings add`)[/]")
 
@@ -75,15 +76,15 @@ def findings_show(finding_id: str) -> None:
         f = get_finding(finding_id)
     except FindingError as e:
         fail(str(e))
-    console.print(f"[bold]{f.title}[/]  [dim]({f.kind})[/]", markup=True, highlight=False)
+    console.print(f"[bold]{f.title}[/]  [dim]({f.kind})[/]", markup=True, highlight=False, soft_wrap=False)
     meta = [f.author, f"{f.created:%Y-%m-%d %H:%M} UTC", f.policy or "", " ".join(f"#{t}" for t in f.tags)]
-    console.print(" · ".join(m for m in meta if m), style="dim", markup=False)
+    say(console, [m for m in meta if m], style="dim")
     if f.evaluation:
         try:
             show_evaluation(load_evaluation(f.evaluation))
         except EvaluationError as e:
             console.print(f"[red]evaluation {f.evaluation} cannot be read: {e}[/]")
-    console.print(Markdown(f.body))
+    console.print(Markdown(f.body), soft_wrap=False)
 
 
 @findings_group.command("add")
@@ -112,17 +113,12 @@ def findings_add(title, kind, author, policy, evaluation, tags, body_file) -> No
     console.print(f"[green]✓[/] posted {fid}")
 
 
-def _board_table(title: str, entries, ranked: bool = False, utility: str | None = None) -> Table:
+def _show_board(title: str, entries, ranked: bool = False, utility: str | None = None) -> None:
     """A leaderboard table; `utility` names a column showing each evaluation's utility (benchmarks scored alone:
     pass@1)."""
-    t = Table(title=title, title_justify="left")
-    if ranked:
-        t.add_column("#")
-    t.add_column("policy", overflow="fold")
-    for col in ("f_weak", "recovery", *([utility] if utility else []), "n", "when"):
-        t.add_column(col, no_wrap=True)
-    t.add_column("finding / note")
-    t.add_column("evaluation", no_wrap=True)
+    numbers = [Column(c, wrap=False) for c in ("f_weak", "recovery", *([utility] if utility else []), "n", "when")]
+    columns = [*(["#"] if ranked else []), "policy", *numbers, "finding / note", Column("evaluation", wrap=False)]
+    rows = []
 
     def num_over_span(v, iv) -> str:  # the point, and its 95% interval below it
         return num(v, missing="—") + (f"\n[dim]{span(iv)}[/]" if v is not None and iv else "")
@@ -134,8 +130,8 @@ def _board_table(title: str, entries, ranked: bool = False, utility: str | None 
         row += [num(e.utility, missing="—") if e.evaluation else ""] if utility else []
         row += [f"{e.judged}/{e.n}" if e.evaluation else ""]
         row += [(e.created or "")[:10], notes, e.evaluation or ""]
-        t.add_row(*row)
-    return t
+        rows.append(row)
+    show(console, title, columns, rows, key=1 if ranked else 0)
 
 
 @click.command("leaderboard")
@@ -156,18 +152,17 @@ def leaderboard_cmd(as_json: bool, benchmark: str | None) -> None:
     for name in board.benchmarks:
         b = board.for_benchmark(name)
         u = None if name not in names() or get_benchmark(name).needs_judge else get_benchmark(name).utility
-        console.print(f"\n[bold]{name}[/] [dim]({utility_meaning(name)})[/]")
-        console.print(_board_table(f"{name}: certified (canonical, recovery ≥ {b.bar})", b.certified + b.baselines,
-                                   ranked=True, utility=u))  # fmt: skip
+        console.print(f"\n[bold]{name}[/] [dim]({utility_meaning(name)})[/]", soft_wrap=False)
+        _show_board(f"{name}: certified (canonical, recovery ≥ {b.bar})", b.certified + b.baselines, ranked=True,
+                    utility=u)  # fmt: skip
         if b.below_bar:
-            console.print(_board_table(f"{name}: canonical, below the bar", b.below_bar, utility=u))
+            _show_board(f"{name}: canonical, below the bar", b.below_bar, utility=u)
         if b.non_canonical:
-            console.print(_board_table(f"{name}: not canonical", b.non_canonical, utility=u))
+            _show_board(f"{name}: not canonical", b.non_canonical, utility=u)
         if b.unverified:
-            console.print(_board_table(f"{name}: unverified (not certified whatever their numbers)", b.unverified,
-                                       utility=u))  # fmt: skip
+            _show_board(f"{name}: unverified (not certified whatever their numbers)", b.unverified, utility=u)
     for rid, why in board.skipped:
-        console.print(f"[yellow]warning: evaluation {rid} cannot be read: {why}[/]")
+        console.print(f"[yellow]warning: evaluation {rid} cannot be read: {why}[/]", soft_wrap=False)
 
 
 @click.command("site")

@@ -16,6 +16,11 @@ from ..benchmarks import get as get_benchmark
 console = Console(highlight=False, soft_wrap=True)
 
 
+def fit_to_terminal() -> None:
+    """Size the shared console to the terminal (or $COLUMNS) as it is now, not as it was when this was imported."""
+    console.width = Console().width
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print `message` as an error and exit with `code`."""
     console.print(f"[bold red]error:[/] {message}")

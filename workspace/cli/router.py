@@ -8,10 +8,9 @@ import json
 from pathlib import Path
 
 import click
-from rich.console import Console
-from rich.table import Table
 
-from .options import eval_setup, fail, prompt_options, prompt_set, url_options, urls
+from .options import console, eval_setup, fail, prompt_options, prompt_set, url_options, urls
+from .tables import say, show
 
 SOURCES = ("disagreement", "disagreement_words", "outcome")  # workspace.router.labels.SOURCES (not imported: startup)
 
@@ -102,8 +101,9 @@ def traces_show(path: str) -> None:
     except TraceError as e:
         fail(str(e))
     m = t.meta
-    click.echo(f"{path}: {m.get('prompts')} under {m.get('policy')} · {len(t.decodes)} problems · "
-               f"{len(t.tokens)} token rows · top-{m.get('top_k')} logprobs · models {m.get('models')}")  # fmt: skip
+    head = [f"{path}: {m.get('prompts')} under {m.get('policy')}", f"{len(t.decodes)} problems",
+            f"{len(t.tokens)} token rows", f"top-{m.get('top_k')} logprobs", f"models {m.get('models')}"]  # fmt: skip
+    say(console, head)
     for s in SOURCES:
         labs = read_labels(t, s)
         if labs:
@@ -143,13 +143,10 @@ def probe_train(path: str, source: str, kind: str, holdout: float, seed: int, ou
     if as_json:
         click.echo(json.dumps({"weights": out, **report.to_json()}, indent=2))
         return
-    tab = Table(title=f"held-out problems: {report.test_problems} ({kind}, {source} labels, "
-                f"{report.train_rows} training rows, {report.positive_rate:.1%} harmful)")  # fmt: skip
-    for col in ("scorer", "ROC-AUC", "PR-AUC", "rows", "harmful"):
-        tab.add_column(col)
-    for name, s in report.held_out.items():
-        tab.add_row(name, str(s.roc_auc), str(s.pr_auc), str(s.n), str(s.positives))
-    Console().print(tab)
+    title = (f"held-out problems: {report.test_problems} ({kind}, {source} labels, {report.train_rows} training "
+             f"rows, {report.positive_rate:.1%} harmful)")  # fmt: skip
+    rows = [[name, str(s.roc_auc), str(s.pr_auc), str(s.n), str(s.positives)] for name, s in report.held_out.items()]
+    show(console, title, ["scorer", "ROC-AUC", "PR-AUC", "rows", "harmful"], rows)
     click.echo("top features: " + ", ".join(f"{n} {v:.3f}" for n, v in report.importances[:6]))
     rates = ", ".join(f"{r}: {t}" for r, t in report.tau_for_rate.items())
     click.echo(f"probe τ by share of tokens it defers at: {rates}")

@@ -8,7 +8,6 @@ import sys
 import time
 
 import click
-from rich.table import Table
 
 from servers import control, provision
 from servers.presets import PresetError, load_catalog
@@ -16,6 +15,7 @@ from servers.provision import ProvisionError
 
 from .. import health
 from .options import console, fail, slurm_options, take_slurm_options, url_options, urls
+from .tables import Column, show
 
 DEFAULT_PRESET = "cpu"
 
@@ -41,13 +41,13 @@ def models_fetch(preset: str) -> None:
 def models_list() -> None:
     """Show every model of every preset and whether it is in the cache."""
     cat = load_catalog()
-    t = Table("model", "source", "cached", "used by")
+    rows = []
     for name, spec in cat.models.items():
         prov = provision.load_provenance(spec)
         users = [f"{p.name}/{r.role}" for p in cat.presets.values() for r in p.own_servers() if r.model == name]
         src = spec.hub or "built locally"
-        t.add_row(name, src, prov["source"] if prov else "[dim]no[/]", ", ".join(users))
-    console.print(t)
+        rows.append([name, src, prov["source"] if prov else "[dim]no[/]", ", ".join(users)])
+    show(console, None, ["model", "source", "cached", "used by"], rows)
 
 
 def _pairs(values: tuple[str, ...], what: str) -> dict[str, int]:
@@ -197,36 +197,34 @@ def status(as_json: bool, **kw) -> None:
         ]  # fmt: skip
         click.echo(json.dumps(out, indent=2))
         return
-    t = Table("role", "url", "model", "health", "vLLM", "from")
-    for col in t.columns[:3]:
-        col.no_wrap = True
-    notes = []
+    table, notes = [], []
     for s in rows:
         if s.endpoint is None:
-            t.add_row(s.role, "—", "—", "[red]no server[/]", "", s.error or "")
+            table.append([s.role, "—", "—", "[red]no server[/]", "", s.error or ""])
             continue
         for r in s.replicas:
             state = "[green]healthy[/]" if r.healthy else f"[red]down[/] {r.error or ''}"
-            t.add_row(s.role, r.url, ", ".join(r.models) or "?", state, r.version or "", s.endpoint.origin)
+            table.append([s.role, r.url, ", ".join(r.models) or "?", state, r.version or "", s.endpoint.origin])
         if s.endpoint.note:
             notes.append(f"[yellow]{s.role}: {s.endpoint.note}[/]")
-    console.print(t)
+    show(console, None, ["role", Column("url", wrap=False), Column("model", wrap=False), "health", "vLLM", "from"],
+         table)  # fmt: skip
     for n in notes:
-        console.print(n)
+        console.print(n, soft_wrap=False)
     if jobs:
-        jt = Table("SLURM job", "name", "state", "node", "serves", "log", title="SLURM jobs (cdw serve --slurm)")
-        for col in jt.columns[:4]:
-            col.no_wrap = True
+        job_rows = []
         for j in jobs:
             colour = "green" if j.state.state == "RUNNING" else "yellow" if j.state.active else "red"
             serves = ", ".join(f"{'+'.join(r.serves)} {r.url}" for r in j.servers) or "+".join(j.job.roles)
-            jt.add_row(j.job.job_id, j.job.name, f"[{colour}]{j.state.state}[/]", j.state.node, serves, j.job.log)
-        console.print(jt)
+            job_rows.append([j.job.job_id, j.job.name, f"[{colour}]{j.state.state}[/]", j.state.node, serves,
+                             j.job.log])  # fmt: skip
+        show(console, "SLURM jobs (cdw serve --slurm)", [Column("SLURM job", wrap=False), "name",
+             Column("state", wrap=False), Column("node", wrap=False), "serves", "log"], job_rows, key=1)  # fmt: skip
         for j in jobs:
             if not j.state.active:
                 console.print(f"[red]job {j.job.job_id} ({j.job.name}) ended: {j.state.describe()}[/]; "
-                              "`cdw serve --slurm --resume` submits a replacement")  # fmt: skip
-                console.print(j.log, markup=False)
+                              "`cdw serve --slurm --resume` submits a replacement", soft_wrap=False)  # fmt: skip
+                console.print(j.log, markup=False, soft_wrap=False)
     if not all(s.healthy for s in rows) or any(not j.state.active for j in jobs):
         sys.exit(1)
 
