@@ -34,6 +34,7 @@ from .alignment import Alignment, align
 from .client import ChatCompletion, ClientError, ClientSettings, Completion, ModelClient, TokenLogprob
 from .endpoints import resolve_endpoint
 from .policies import Action, Decision, Policy, SpanRule, TokenSignal, as_decision, load_policy
+from .policies.remote import WorkerPolicy
 
 
 @dataclass(frozen=True)
@@ -322,6 +323,9 @@ class _Engine:
             finish, error = "error", f"{type(e).__name__}: {e}"
         except Exception as e:  # a policy's own bug must not stop the batch
             finish, error = "error", f"policy or engine raised {type(e).__name__}: {e}"
+        finally:
+            if isinstance(pol, WorkerPolicy):
+                pol.release()
         return Decode(instruction, policy.describe(), st.text, tuple(st.segments), finish, tuple(st.calls),
                       time.monotonic() - t0, error, self.s.max_tokens)  # fmt: skip
 
@@ -333,16 +337,11 @@ class _Engine:
                 return "length"
             want = min(chunk, st.left)
             dr = await self._draft(st, st.ids, want, _top_k(s, pol))
-            defer_at, decision = None, Decision(Action.CONTINUE)
-            for i, tok in enumerate(dr.out.tokens):
-                sig = _signal(tok, st.answer_tokens + i, st.text + dr.text_before(i), st.since_handoff + i,
-                              st.prompt_len)  # fmt: skip
-                if on_signal is not None:
-                    on_signal(sig)
-                decision = as_decision(pol.decide(sig))
-                if not decision.fires or st.num_deferrals() >= s.max_deferrals:
-                    continue
+            defer_at, decision, i = None, Decision(Action.CONTINUE), 0
+            while (found := await self._scan(st, pol, dr, i, on_signal)) is not None:
+                i, decision = found
                 if decision.action is Action.PEEK and not await self._peek_disagrees(st, dr, i):
+                    i += 1
                     continue
                 defer_at = i
                 break
@@ -371,6 +370,36 @@ class _Engine:
             if not await self._span(st, decision.span or pol.span, decision.score):
                 return "strong_eos"
             chunk = min(s.first_chunk, s.chunk_tokens)
+
+    async def _scan(
+        self, st: _State, pol: Policy, dr: _Draft, start: int, on_signal: Callable[[TokenSignal], None] | None
+    ) -> tuple[int, Decision] | None:
+        """The first draft token from `start` at which the policy fires and may defer (after `max_deferrals`
+        spans it still sees every token, but may not), with its decision."""
+        may_defer = st.num_deferrals() < self.s.max_deferrals
+
+        def signal(i: int) -> TokenSignal:
+            return _signal(dr.out.tokens[i], st.answer_tokens + i, st.text + dr.text_before(i), st.since_handoff + i,
+                           st.prompt_len)  # fmt: skip
+
+        if isinstance(pol, WorkerPolicy):  # the whole draft in one message (remote.py)
+            tokens = [[t.token_id, t.text, t.logprob, [a.logprob for a in t.top], dr.al.offset(i)]
+                      for i, t in enumerate(dr.out.tokens[start:], start)]  # fmt: skip
+            found = await pol.scan({"base": st.text, "draft": dr.al.text, "pos": st.answer_tokens + start,
+                                    "since": st.since_handoff + start, "prompt": st.prompt_len,
+                                    "defer": may_defer, "tok": tokens}, len(tokens))  # fmt: skip
+            found = None if found is None else (start + found[0], found[1])
+            for i in range(start, dr.n if found is None else found[0] + 1) if on_signal is not None else ():
+                on_signal(signal(i))
+            return found
+        for i in range(start, dr.n):
+            sig = signal(i)
+            if on_signal is not None:
+                on_signal(sig)
+            decision = as_decision(pol.decide(sig))
+            if decision.fires and may_defer:
+                return i, decision
+        return None
 
     async def _span(self, st: _State, rule: SpanRule, score: float | None) -> bool:
         """Let the strong model write one span; returns False when the strong model ended the answer."""
@@ -439,7 +468,7 @@ class _Engine:
         signals: list[TokenSignal] = []
         weak_only = _State(st.instruction, pol, st.settings, list(st.ids), st.prompt_len, calls=st.calls)
         finish = await self._loop(weak_only, _NeverDefers(pol), on_signal=signals.append)
-        if pol.keep_weak(signals):
+        if await pol.keep(signals) if isinstance(pol, WorkerPolicy) else pol.keep_weak(signals):
             st.text, st.segments, st.ids, st.spent = weak_only.text, weak_only.segments, weak_only.ids, weak_only.spent
             return finish
         out = await self._strong(st, self.s.max_tokens, [], "span")

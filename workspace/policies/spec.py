@@ -5,14 +5,13 @@ A list value marks a sweep axis: `expand_spec` turns one spec into the grid of s
 
 A spec naming a file (`path/to/file.py:Class(args)`) is recorded with the file's path relative to the project
 (absolute outside it), however it was typed, so the CLI, notebooks and the MCP server give one policy one name.
-`load_policy(spec, folder=F)` is the sandbox for specs from agents: only `.py` files inside F, no modules.
+`load_policy(spec, folder=F)` keeps specs from agents to `.py` files inside F (no modules). A class from a file
+or a module never runs in this process: it is loaded into a sandboxed worker (`remote.py`).
 """
 
 from __future__ import annotations
 
 import ast
-import importlib
-import importlib.util
 import itertools
 import re
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from servers.settings import PROJECT_ROOT
 
-from . import registry
+from . import registry, remote
 from .protocol import Policy
 
 
@@ -80,29 +79,46 @@ def _instantiate(cls: type, args: list, kwargs: dict, spec: str) -> Policy:
     return policy
 
 
-def _load_class(target: str, spec: str) -> type:
-    where, _, name = target.rpartition(":")
+def _source_file(where: str) -> Path:
+    """The file a `path.py` or `module` target names, found without importing anything."""
     if where.endswith(".py") or "/" in where:
         path = Path(where).expanduser().resolve()
         if not path.is_file():
             raise PolicyError(f"policy file {where!r} not found")
-        mod_name = f"cdw_user_policy_{abs(hash(str(path)))}"
-        module_spec = importlib.util.spec_from_file_location(mod_name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[mod_name] = module
-        try:
-            module_spec.loader.exec_module(module)
-        except Exception as e:
-            raise PolicyError(f"importing {where!r} failed: {type(e).__name__}: {e}") from e
-    else:
-        try:
-            module = importlib.import_module(where)
-        except ImportError as e:
-            raise PolicyError(f"cannot import module {where!r}: {e}") from e
-    cls = getattr(module, name, None)
-    if cls is None:
-        raise PolicyError(f"{where!r} has no {name!r}")
-    return cls
+        return path
+    for entry in sys.path:
+        base = Path(entry or ".").joinpath(*where.split("."))
+        for path in (base.with_suffix(".py"), base / "__init__.py"):
+            if path.is_file():
+                return path.resolve()
+    raise PolicyError(f"cannot import module {where!r}: no such module file on the path")
+
+
+def _plain(value) -> bool:
+    if isinstance(value, list | tuple):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    return value is None or isinstance(value, bool | int | float | str)
+
+
+def _sandboxed(where: str, name: str, args: list, kwargs: dict, spec: str) -> Policy:
+    """A class from a file, made in a sandboxed worker (`remote.py`): its code never runs in this process."""
+    file = _source_file(where)
+    if any(isinstance(v, list) for v in [*args, *kwargs.values()]):
+        raise PolicyError(f"{spec!r} has a list value (a sweep): expand it with expand_spec / `cdw sweep` first")
+    if not all(_plain(v) for v in [*args, *kwargs.values()]):
+        raise PolicyError(f"{spec!r}: a policy from a file takes plain values (numbers, strings), not policies")
+    try:
+        return remote.load(file, name, args, kwargs)
+    except remote.LoadRefused as e:
+        raise PolicyError({
+            "missing": f"{where!r} has no {name!r}",
+            "class": f"{spec!r}: {name} is not a subclass of workspace.policies.Policy",
+            "arguments": f"{spec!r}: {e}",
+        }.get(e.kind, f"importing {where!r} failed: {e}")) from None  # fmt: skip
+    except remote.PolicyWorkerError as e:
+        raise PolicyError(f"{spec!r}: {e}") from None
 
 
 def policy_file(where: str, folder: Path) -> Path:
@@ -179,11 +195,10 @@ def load_policy(spec: str | Policy, folder: Path | None = None) -> Policy:
         where, _, name = head.rpartition(":")
         if where.endswith(".py") and not Path(where).is_absolute():
             where = str(PROJECT_ROOT / where)
-        cls = _load_class(f"{where}:{name}", spec)
         call = _parse(f"X({rest}" if paren else "X()")
         args = [_value(a, spec) for a in call.args]
         kwargs = {k.arg: _value(k.value, spec) for k in call.keywords}
-        policy = _instantiate(cls, args, kwargs, spec)
+        policy = _sandboxed(where, name, args, kwargs, spec)
         policy._spec = recorded
     else:
         policy = _build(_parse(spec), spec)

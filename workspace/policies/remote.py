@@ -1,0 +1,484 @@
+"""Policies from files, run out of process: a sandboxed worker per decode, one round trip per draft.
+
+Every policy that is not a built-in family (a `.py` file, an agent's `write_policy`, a `module:Class`) is loaded
+into `worker.py` inside a bubblewrap sandbox: no network, no environment, no view of the project, the keys, the
+records or the cache; a bare interpreter that can import the standard library and the policy protocol only, and
+a read-only copy of the policy's file taken when it was loaded. Nothing the file does can reach the evaluator:
+the evaluator never imports it (even its identity, `source_hash()`, is computed in the worker).
+
+`WorkerPolicy` is the evaluator's handle. The engine asks it for a whole draft at once (`scan`); each decode
+(`fresh()`) has its own worker process while it runs, so a policy that crashes, hangs past `MESSAGE_TIMEOUT_S`,
+floods (a reply over `MAX_REPLY_BYTES`) or answers nonsense (replies are schema-checked) costs that decode only,
+as a `PolicyWorkerError`; idle workers are reused. Called directly (`decide`, `keep_weak`, as a notebook's unit
+check does), a handle asks an idle worker, a token at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import functools
+import itertools
+import os
+import resource
+import selectors
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import weakref
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from .protocol import Action, Decision, Policy, SpanRule, TokenSignal
+
+MESSAGE_TIMEOUT_S = 10.0  # the longest a policy may take over one message (a draft) before its decode fails
+LOAD_TIMEOUT_S = 60.0  # starting the sandbox and loading the file
+MAX_REPLY_BYTES = 1 << 20
+MEMORY_BYTES = 2 << 30  # address space of the sandbox's processes
+INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`; Fedora: `dnf install bubblewrap`)"
+_HEADER = struct.Struct(">I")
+_NOBODY = 65534
+_IDS = itertools.count(1)
+_ENCODE = msgspec.json.Encoder().encode
+# The policy API the sandbox can import: the protocol's modules, copied (never the rest of the project).
+_API_FILES = ("protocol.py", "registry.py", "identity.py", "worker.py")
+_API_INIT = (
+    '"""The policy API inside the policy sandbox."""\n\n'
+    "from .protocol import Action, Decision, Policy, SpanRule, TokenSignal, as_decision, parse_span\n"
+)
+_BOOT = "import sys; sys.path.insert(0, '/cdw/api'); from workspace.policies.worker import main; main()"
+
+
+class PolicyWorkerError(RuntimeError):
+    """A sandboxed policy failed: it raised, crashed, hung, flooded or answered nonsense (or no sandbox)."""
+
+
+class _Reply(msgspec.Struct, forbid_unknown_fields=True):
+    """What a worker may answer; anything else is nonsense."""
+
+    error: str | None = None
+    kind: Literal["missing", "class", "arguments"] | None = None
+    identity: str | None = None
+    top_k: int | None = None
+    prompt_level: bool = False
+    span: tuple[str, int, int] | None = None
+    attrs: dict[str, bool | int | float | str | None] = {}
+    i: int | None = None
+    a: Literal["defer", "peek"] | None = None
+    s: int | float | None = None
+    keep: bool | None = None
+
+
+_DECODE = msgspec.json.Decoder(_Reply).decode
+
+
+def _reply(body: bytes) -> _Reply:
+    try:
+        return _DECODE(body)
+    except msgspec.MsgspecError as e:
+        raise PolicyWorkerError(f"the policy worker answered nonsense ({e}): {body[:200]!r}") from None
+
+
+def _span(value: tuple[str, int, int]) -> SpanRule:
+    try:
+        return SpanRule(*value)
+    except (TypeError, ValueError) as e:
+        raise PolicyWorkerError(f"the policy worker answered nonsense: span {value!r}: {e}") from None
+
+
+# ---------------------------------------------------------------- the sandbox
+
+
+@functools.cache
+def _api_dir() -> Path:
+    """A read-only package holding the policy API only, made once per process."""
+    root = Path(tempfile.mkdtemp(prefix="cdw-policy-api-"))
+    atexit.register(shutil.rmtree, root, True)
+    pkg = root / "workspace" / "policies"
+    pkg.mkdir(parents=True)
+    (root / "workspace" / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text(_API_INIT)
+    for name in _API_FILES:
+        shutil.copyfile(Path(__file__).with_name(name), pkg / name)
+    _readable(root)
+    return root
+
+
+def _readable(root: Path) -> None:
+    """World-readable: the sandbox runs as an unprivileged user."""
+    for p in [root, *root.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+
+
+def _python() -> tuple[str, list[str]]:
+    """The interpreter the worker runs on (the system's, which every user can read) and the folders it needs."""
+    exe = os.path.realpath(shutil.which("python3", path="/usr/bin:/bin:/usr/local/bin") or sys.executable)
+    need = {"/usr", "/bin", "/lib", "/lib64", "/sbin", str(Path(exe).parent.parent)}
+    return exe, sorted(p for p in need if os.path.exists(p))
+
+
+def _limits() -> None:  # in the child, before exec
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_REPLY_BYTES, MAX_REPLY_BYTES))
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_BYTES, MEMORY_BYTES))
+    if os.getuid() == 0:  # never root inside: the sandbox's user is nobody
+        os.setgroups([])
+        os.setgid(_NOBODY)
+        os.setuid(_NOBODY)
+
+
+def _launch(policy_dir: Path) -> tuple[subprocess.Popen, int]:
+    """Start a policy worker in a fresh sandbox, talking on its stdin and stdout; its stderr goes to an unnamed
+    temp file (the returned descriptor), read back for error messages."""
+    bwrap = shutil.which("bwrap")
+    if bwrap is None:
+        raise PolicyWorkerError(f"policies from files run in a sandbox, which needs bubblewrap: {INSTALL_HINT}")
+    exe, folders = _python()
+    cmd = [bwrap, "--die-with-parent", "--new-session", "--unshare-all", "--hostname", "policy", "--clearenv",
+           "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp"]  # fmt: skip
+    for f in folders:
+        cmd += ["--symlink", os.readlink(f), f] if os.path.islink(f) else ["--ro-bind", f, f]
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(16 << 20), "--tmpfs", "/tmp",
+            "--ro-bind", str(_api_dir()), "/cdw/api", "--ro-bind", str(policy_dir), "/cdw/policy",
+            "--remount-ro", "/", "--chdir", "/tmp", "--", exe, "-I", "-S", "-B", "-c", _BOOT]  # fmt: skip
+    with tempfile.TemporaryFile() as err:
+        popen = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                 env={"PATH": "/usr/bin:/bin"}, preexec_fn=_limits, start_new_session=True)  # fmt: skip
+        return popen, os.dup(err.fileno())
+
+
+# ---------------------------------------------------------------- one worker process
+
+
+class _Proc:
+    """One worker process and its framed channel (one request in flight at a time)."""
+
+    def __init__(self, popen: subprocess.Popen, err: int):
+        self.popen, self.err = popen, err
+        self.w, self.r = popen.stdin.fileno(), popen.stdout.fileno()
+        os.set_blocking(self.w, False)
+        os.set_blocking(self.r, False)
+        self.buf = bytearray()
+
+    def _stderr(self) -> str:
+        try:
+            size = os.lseek(self.err, 0, os.SEEK_END)
+            tail = os.pread(self.err, 4096, max(0, size - 4096)).decode(errors="replace").strip()[-600:]
+        except OSError:
+            return ""
+        return f"; its stderr: {tail}" if tail else ""
+
+    def _gone(self) -> PolicyWorkerError:
+        try:
+            code = self.popen.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            code = None
+        return PolicyWorkerError(f"the policy worker exited (status {code}) without answering{self._stderr()}")
+
+    def _frame(self) -> bytes | None:
+        if len(self.buf) < _HEADER.size:
+            return None
+        n = _HEADER.unpack_from(self.buf)[0]
+        if n > MAX_REPLY_BYTES:
+            raise PolicyWorkerError(f"the policy worker flooded: a {n}-byte answer (the cap is {MAX_REPLY_BYTES})")
+        if len(self.buf) < _HEADER.size + n:
+            return None
+        body = bytes(self.buf[_HEADER.size : _HEADER.size + n])
+        del self.buf[: _HEADER.size + n]
+        return body
+
+    def _read(self) -> bytes | None:
+        try:
+            chunk = os.read(self.r, 1 << 20)
+        except BlockingIOError:
+            return None
+        except OSError:
+            chunk = b""
+        if not chunk:
+            raise self._gone()
+        self.buf += chunk
+        return self._frame()
+
+    def _write(self, out: memoryview) -> memoryview:
+        try:
+            return out[os.write(self.w, out) :]
+        except BlockingIOError:
+            return out
+        except OSError:
+            raise self._gone() from None
+
+    def send(self, msg: dict) -> None:
+        """A request without a reply (best effort: a full pipe drops it)."""
+        data = _ENCODE(msg)
+        with contextlib.suppress(OSError):
+            os.write(self.w, _HEADER.pack(len(data)) + data)
+
+    def ask_sync(self, msg: dict, timeout: float) -> _Reply:
+        data = _ENCODE(msg)
+        out = self._write(memoryview(_HEADER.pack(len(data)) + data))
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.r, selectors.EVENT_READ)
+            if out:
+                sel.register(self.w, selectors.EVENT_WRITE)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PolicyWorkerError(f"the policy did not answer within {timeout:g} s")
+                for key, _ in sel.select(left):
+                    if key.fd == self.w:
+                        out = self._write(out)
+                        if not out:
+                            sel.unregister(self.w)
+                    elif (body := self._read()) is not None:
+                        return _reply(body)
+
+    async def ask(self, msg: dict, timeout: float) -> _Reply:
+        data = _ENCODE(msg)
+        out = self._write(memoryview(_HEADER.pack(len(data)) + data))
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bytes] = loop.create_future()
+
+        def finish(result: bytes | None = None, error: Exception | None = None) -> None:
+            if not done.done():
+                done.set_exception(error) if error else done.set_result(result)
+
+        def writable() -> None:
+            nonlocal out
+            try:
+                out = self._write(out)
+            except PolicyWorkerError as e:
+                return finish(error=e)
+            if not out:
+                loop.remove_writer(self.w)
+
+        def readable() -> None:
+            try:
+                body = self._read()
+            except PolicyWorkerError as e:
+                return finish(error=e)
+            if body is not None:
+                finish(body)
+
+        if out:
+            loop.add_writer(self.w, writable)
+        loop.add_reader(self.r, readable)
+        try:
+            body = await asyncio.wait_for(done, timeout)
+        except TimeoutError:
+            raise PolicyWorkerError(f"the policy did not answer within {timeout:g} s") from None
+        finally:
+            loop.remove_reader(self.r)
+            loop.remove_writer(self.w)
+        return _reply(body)
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            os.killpg(self.popen.pid, 9)
+        self.popen.kill()
+        self.popen.wait()
+        for f in (self.popen.stdin, self.popen.stdout):
+            f.close()
+        os.close(self.err)
+
+
+# ---------------------------------------------------------------- one loaded policy
+
+
+def _close_all(procs: set[_Proc], folder: Path) -> None:
+    for p in list(procs):
+        p.kill()
+    procs.clear()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+class _Pool:
+    """The workers of one loaded policy: idle ones reused, each busy one serving one decode."""
+
+    def __init__(self, file: Path, cls: str, args: list, kwargs: dict):
+        self.folder = Path(tempfile.mkdtemp(prefix="cdw-policy-"))
+        shutil.copyfile(file, self.folder / file.name)  # a snapshot: every decode runs the code that was loaded
+        _readable(self.folder)
+        self.load = {"op": "load", "file": f"/cdw/policy/{file.name}", "cls": cls, "args": args, "kwargs": kwargs}
+        self.procs: set[_Proc] = set()
+        self.idle: list[_Proc] = []
+        weakref.finalize(self, _close_all, self.procs, self.folder)
+
+    def spawn(self) -> _Proc:
+        proc = _Proc(*_launch(self.folder))
+        self.procs.add(proc)
+        return proc
+
+    def kill(self, proc: _Proc) -> None:
+        self.procs.discard(proc)
+        proc.kill()
+
+    def first(self) -> _Reply:
+        """Start a worker and load the policy: what it is (its identity, span rule, top-k). The worker then
+        waits for the first decode."""
+        proc = self.spawn()
+        try:
+            reply = proc.ask_sync(self.load, LOAD_TIMEOUT_S)
+        except PolicyWorkerError:
+            self.kill(proc)
+            raise
+        self.idle.append(proc)
+        return reply
+
+    def ask_direct(self, msg: dict, home: _Proc | None) -> tuple[_Reply, _Proc]:
+        """A direct call, on the idle worker `home` (where the caller's state is) if it still can."""
+        if not self.idle:
+            self._checked(self.first())
+        proc = home if home in self.idle else self.idle[-1]
+        self.idle.remove(proc)
+        try:
+            reply = proc.ask_sync(msg, MESSAGE_TIMEOUT_S)
+        except PolicyWorkerError:
+            self.kill(proc)
+            raise
+        self.idle.append(proc)
+        return reply, proc
+
+    async def take(self) -> _Proc:
+        if self.idle:
+            return self.idle.pop()
+        proc = self.spawn()
+        try:
+            self._checked(await proc.ask(self.load, LOAD_TIMEOUT_S))
+        except PolicyWorkerError:
+            self.kill(proc)
+            raise
+        return proc
+
+    @staticmethod
+    def _checked(reply: _Reply) -> _Reply:
+        if reply.error is not None or reply.identity is None or reply.span is None:
+            raise PolicyWorkerError(f"the policy no longer loads: {reply.error or 'no identity'}")
+        return reply
+
+
+class WorkerPolicy(Policy):
+    """The evaluator's handle on a policy that runs in the sandbox. `fresh()` is a new decode (its state lives in
+    the worker); the engine uses `scan`, `keep` and `release`; `decide`, `on_handoff` and `keep_weak` work as
+    for any policy, a message each."""
+
+    def __init__(self, pool: _Pool, info: _Reply):
+        self._pool, self._info = pool, info
+        self.span, self.top_k, self.prompt_level = _span(info.span), info.top_k, info.prompt_level
+        for k, v in info.attrs.items():  # the policy's plain parameters, readable as before (a copy)
+            if not hasattr(WorkerPolicy, k) and k not in ("span", "top_k", "prompt_level"):
+                setattr(self, k, v)
+        self._decode = next(_IDS)
+        self._handoffs: list[str] = []
+        self._proc: _Proc | None = None  # this decode's worker while the engine runs it
+        self._home: _Proc | None = None  # where direct calls left this decode's state
+
+    def fresh(self) -> WorkerPolicy:
+        new = WorkerPolicy(self._pool, self._info)
+        new._spec = getattr(self, "_spec", None)
+        return new
+
+    def __deepcopy__(self, memo) -> WorkerPolicy:  # wrappers deep-copy their inner policies: a new decode
+        return self.fresh()
+
+    def source_hash(self) -> str:
+        return self._info.identity
+
+    def on_handoff(self, strong_text: str) -> None:
+        self._handoffs.append(strong_text)  # sent with the next message
+
+    def _message(self, op: str, **fields) -> dict:
+        msg = {"op": op, "d": self._decode, "h": self._handoffs, **fields}
+        self._handoffs = []
+        return msg
+
+    @staticmethod
+    def _answer(reply: _Reply, n: int) -> tuple[int, Decision] | None:
+        if reply.error is not None:
+            raise PolicyWorkerError(f"the policy raised {reply.error[:1000]}")
+        if reply.i is None:
+            return None
+        if not 0 <= reply.i < n or reply.a is None or reply.span is None:
+            raise PolicyWorkerError(f"the policy worker answered nonsense: token {reply.i} of {n}, {reply.a!r}")
+        return reply.i, Decision(Action(reply.a), reply.s, _span(reply.span))
+
+    @staticmethod
+    def _kept(reply: _Reply) -> bool:
+        if reply.error is not None:
+            raise PolicyWorkerError(f"the policy raised {reply.error[:1000]}")
+        if reply.keep is None:
+            raise PolicyWorkerError("the policy worker answered nonsense: no keep_weak answer")
+        return reply.keep
+
+    # ------------------------------------------------------------ the engine's calls (its own worker per decode)
+
+    async def _ask(self, msg: dict) -> _Reply:
+        if self._proc is None:
+            self._proc = await self._pool.take()
+        try:
+            return await self._proc.ask(msg, MESSAGE_TIMEOUT_S)
+        except BaseException:  # failed, or cancelled mid-message: its answer may still come, so it cannot serve on
+            self._pool.kill(self._proc)
+            self._proc = None
+            raise
+
+    async def scan(self, draft: dict, n: int) -> tuple[int, Decision] | None:
+        """The first of a draft's `n` tokens at which the policy fires (`worker.py` says what `draft` holds)."""
+        return self._answer(await self._ask(self._message("scan", **draft)), n)
+
+    async def keep(self, signals: list[TokenSignal]) -> bool:
+        return self._kept(await self._ask(self._message("keep", sig=[_signal_row(s) for s in signals])))
+
+    def release(self) -> None:
+        """The decode is over: its worker forgets it and serves the next one."""
+        if self._proc is not None:
+            self._proc.send({"op": "end", "d": self._decode})
+            self._pool.idle.append(self._proc)
+            self._proc = None
+
+    # ------------------------------------------------------------ direct calls (on an idle worker)
+
+    def _direct(self, msg: dict) -> _Reply:
+        reply, self._home = self._pool.ask_direct(msg, self._home)
+        return reply
+
+    def decide(self, s: TokenSignal) -> Decision:
+        token = [s.token_id, s.text, s.logprob, list(s.top), 0]
+        draft = {"base": s.text_so_far, "draft": "", "pos": s.position, "since": s.since_handoff,
+                 "prompt": s.prompt_tokens, "defer": True, "tok": [token]}  # fmt: skip
+        found = self._answer(self._direct(self._message("scan", **draft)), 1)
+        return found[1] if found else Decision(Action.CONTINUE)
+
+    def keep_weak(self, signals: list[TokenSignal]) -> bool:
+        return self._kept(self._direct(self._message("keep", sig=[_signal_row(s) for s in signals])))
+
+
+def _signal_row(s: TokenSignal) -> list:
+    return [s.token_id, s.text, s.logprob, list(s.top), s.position, s.text_so_far, s.since_handoff, s.prompt_tokens]
+
+
+def load(file: Path, cls: str, args: list, kwargs: dict) -> WorkerPolicy:
+    """Load class `cls` of `file` with these arguments (plain data) into a sandboxed worker.
+
+    Raises PolicyWorkerError when there is no sandbox or the worker fails, and returns the worker's refusal as
+    `LoadRefused` (no such class, not a Policy, arguments it rejects, a file that does not import)."""
+    pool = _Pool(file, cls, args, kwargs)
+    reply = pool.first()
+    if reply.error is not None:
+        raise LoadRefused(reply.error, reply.kind)
+    return WorkerPolicy(pool, _Pool._checked(reply))
+
+
+class LoadRefused(Exception):
+    """The worker could not make the policy: `kind` is missing (no such class), class (not a Policy), arguments
+    (its constructor refused them) or None (the file raised while importing)."""
+
+    def __init__(self, message: str, kind: str | None):
+        super().__init__(message)
+        self.kind = kind

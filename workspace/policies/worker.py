@@ -1,0 +1,147 @@
+"""The policy worker: loads one policy class from its file and answers the engine's batches, inside the sandbox.
+
+It runs under a bare interpreter (`python -I -S`) that can import the standard library and the policy protocol
+only (`remote.py` copies `protocol.py`, `registry.py`, `identity.py` and this file into the sandbox). Messages are
+frames of a 4-byte big-endian length and a JSON object, on the process's stdin and stdout, one reply per request
+(`end` has none). What the policy prints goes to stderr, never into the channel.
+
+Requests (every one but `load` names a decode `d`; its state is a `fresh()` copy made on its first message):
+- `load`: `file`, `cls`, `args`, `kwargs` → the policy's `identity` (`source_hash()`, computed here so the
+  evaluator never imports the file), `top_k`, `prompt_level`, `span` and its plain attributes (`attrs`).
+- `scan`: strong texts handed off since the last message (`h`: `on_handoff` each, in order), then a draft's tokens
+  (`tok`: `[token_id, text, logprob, top, offset]`; the text before token j is `base + draft[:offset]`, its position
+  `pos + j`, its `since_handoff` `since + j`). `decide` runs on each in turn; the reply is the first that fires
+  (`i`, action `a`, score `s`, span rule `span`), or `i: null` when none does (or `defer` is false: the engine
+  no longer lets it defer, but its state still sees every token).
+- `keep`: handoffs, then whole signals (`sig`) for a prompt-level policy's `keep_weak` → `keep`.
+- `end`: forget decode `d`.
+A policy that raises answers `{"error": ...}`; the evaluator decides what that costs.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import struct
+import sys
+
+from workspace.policies.protocol import Policy, SpanRule, TokenSignal, as_decision
+
+_HEADER = struct.Struct(">I")
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _float(x) -> float:
+    # JSON has no infinities: the evaluator's encoder writes a -inf logprob as null.
+    return -math.inf if x is None else x
+
+
+def _span(rule: SpanRule) -> list:
+    return [rule.kind, rule.n, rule.max_tokens]
+
+
+def _number(x):
+    """A score as JSON can carry it: a finite int or float, else null (records write non-finite floats as null)."""
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        x = float(x) if x is not None else None
+    return x if x is None or math.isfinite(x) else None
+
+
+class _Worker:
+    def __init__(self):
+        self.proto: Policy | None = None
+        self.decodes: dict[int, Policy] = {}
+
+    def load(self, m: dict) -> dict:
+        spec = importlib.util.spec_from_file_location("cdw_policy", m["file"])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["cdw_policy"] = module
+        spec.loader.exec_module(module)
+        cls = getattr(module, m["cls"], None)
+        if cls is None:
+            return {"error": f"no class {m['cls']!r} in the policy file", "kind": "missing"}
+        if not (isinstance(cls, type) and issubclass(cls, Policy)):
+            return {"error": f"{m['cls']} is not a subclass of workspace.policies.Policy", "kind": "class"}
+        try:
+            self.proto = cls(*m["args"], **m["kwargs"])
+        except (TypeError, ValueError) as e:
+            return {"error": f"{e}", "kind": "arguments"}
+        p = self.proto
+        attrs = {k: v for k, v in vars(p).items() if not k.startswith("_") and isinstance(v, _PLAIN)}
+        return {"identity": p.source_hash(), "top_k": p.top_k, "prompt_level": bool(p.prompt_level),
+                "span": _span(p.span), "attrs": attrs}  # fmt: skip
+
+    def _decode(self, m: dict) -> Policy:
+        pol = self.decodes.get(m["d"])
+        if pol is None:
+            pol = self.decodes[m["d"]] = self.proto.fresh()
+        for text in m.get("h", ()):
+            pol.on_handoff(text)
+        return pol
+
+    def scan(self, m: dict) -> dict:
+        pol = self._decode(m)
+        base, draft, pos, since, prompt, defer = m["base"], m["draft"], m["pos"], m["since"], m["prompt"], m["defer"]
+        for j, (token_id, text, logprob, top, off) in enumerate(m["tok"]):
+            sig = TokenSignal(token_id, text, _float(logprob), tuple(_float(x) for x in top), pos + j,
+                              base + draft[:off], since + j, prompt)  # fmt: skip
+            d = as_decision(pol.decide(sig))
+            if d.fires and defer:
+                return {"i": j, "a": d.action.value, "s": _number(d.score), "span": _span(d.span or pol.span)}
+        return {"i": None}
+
+    def keep(self, m: dict) -> dict:
+        pol = self._decode(m)
+        sigs = [TokenSignal(t, x, _float(lp), tuple(_float(v) for v in top), p, so_far, since, prompt)
+                for t, x, lp, top, p, so_far, since, prompt in m["sig"]]  # fmt: skip
+        return {"keep": bool(pol.keep_weak(sigs))}
+
+    def handle(self, m: dict) -> dict | None:
+        op = m.get("op")
+        if op == "end":
+            self.decodes.pop(m["d"], None)
+            return None
+        if op == "load":
+            return self.load(m)
+        if self.proto is None:
+            return {"error": "no policy loaded"}
+        if op in ("scan", "keep"):
+            return getattr(self, op)(m)
+        return {"error": f"unknown request {op!r}"}
+
+
+def _read(stream, n: int) -> bytes | None:
+    data = b""
+    while len(data) < n:
+        chunk = stream.read(n - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def main() -> None:
+    """Serve requests until the evaluator closes the channel."""
+    channel_in = os.fdopen(os.dup(0), "rb", buffering=0)
+    channel_out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    os.dup2(2, 1)  # the policy's prints go to stderr, not into the channel
+    sys.stdout = sys.stderr
+    worker = _Worker()
+    while True:
+        head = _read(channel_in, _HEADER.size)
+        body = head and _read(channel_in, _HEADER.unpack(head)[0])
+        if body is None:
+            return
+        try:
+            reply = worker.handle(json.loads(body))
+        except BaseException as e:  # noqa: BLE001 - a policy's bug (or its sys.exit) is an answer, not the end
+            reply = {"error": f"{type(e).__name__}: {e}"[:2000]}
+        if reply is not None:
+            try:
+                data = json.dumps(reply, allow_nan=False).encode()
+            except (TypeError, ValueError) as e:
+                data = json.dumps({"error": f"the policy's answer cannot be sent: {e}"}).encode()
+            channel_out.write(_HEADER.pack(len(data)) + data)
