@@ -24,6 +24,7 @@ import os
 import resource
 import selectors
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -179,6 +180,8 @@ class _Proc:
             code = self.popen.wait(timeout=1)
         except subprocess.TimeoutExpired:
             code = None
+        if code == -signal.SIGXFSZ:
+            return PolicyWorkerError(f"the policy flooded its output (over {MAX_REPLY_BYTES} bytes) and was stopped")
         return PolicyWorkerError(f"the policy worker exited (status {code}) without answering{self._stderr()}")
 
     def _frame(self) -> bytes | None:
