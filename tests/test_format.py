@@ -1,6 +1,6 @@
 """workspace/format.py: the one spelling of numbers and 95% intervals."""
 
-from workspace.format import interval, num, pair, span, with_interval
+from workspace.format import interval, num, pair, span, threshold, with_interval
 from workspace.stats import Interval
 
 
@@ -13,3 +13,4 @@ def test_numbers_and_intervals_are_spelled_one_way():
     assert with_interval(None, iv) == "n/a"  # an interval without its point is not printed
     assert span(iv) == "0.41–0.50" and span(None) == ""
     assert pair(iv) == [0.41234, 0.5] and pair(None) is None
+    assert threshold(0.98) == "0.98" and threshold(0.8) == "0.80" and threshold(0.975) == "0.975"

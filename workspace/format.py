@@ -20,6 +20,11 @@ def num(v: float | None, digits: int = 3, missing: str = "n/a") -> str:
     return missing if v is None else f"{v:.{digits}f}"
 
 
+def threshold(x: float) -> str:
+    """A threshold as it was set: two decimals when it has at most two (0.98, 0.80), else as written (0.975)."""
+    return f"{x:.2f}" if abs(100 * x - round(100 * x)) < 1e-9 else f"{x:g}"
+
+
 def interval(iv: Bounds | None, digits: int = 3, missing: str = "", lead: str = "") -> str:
     """A 95% interval as `[low, high]` (after `lead`, e.g. a space), or `missing` when there is none."""
     return missing if iv is None else f"{lead}[{iv.low:.{digits}f}, {iv.high:.{digits}f}]"

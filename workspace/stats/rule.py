@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 
+from ..format import threshold
 from .base import Interval, StatsError
 
 BAR = 0.98  # point recovery a certified result must reach (DESIGN.md §1)
@@ -70,14 +71,15 @@ def rule_reasons(
     if rec is None:
         reasons.append(no_gap)
     elif not rec >= bar:
-        reasons.append(f"recovery {rec:.3f} is below the bar {_fmt(bar)}")
+        reasons.append(f"recovery {rec:.3f} is below the bar {threshold(bar)}")
     if lower == -np.inf:
         reasons.append(
             f"the one-sided {pct} lower bound of recovery is undefined: {dropped} of {n_boot} bootstrap resamples had "
             f"no gap{why_no_gap}, more than the {100 * (1 - level):g}% the bound can absorb"
         )
     elif not lower >= floor:
-        reasons.append(f"the one-sided {pct} lower bound of recovery, {lower:.3f}, is below the floor {_fmt(floor)}")
+        floor_text = threshold(floor)
+        reasons.append(f"the one-sided {pct} lower bound of recovery, {lower:.3f}, is below the floor {floor_text}")
     return reasons
 
 
@@ -90,7 +92,3 @@ def lower_quantile(values: np.ndarray, alpha: float) -> float:
     if v[lo] == -np.inf:
         return -math.inf
     return float(v[lo] + (h - lo) * (v[hi] - v[lo]))
-
-
-def _fmt(x: float) -> str:
-    return f"{x:.2f}" if abs(100 * x - round(100 * x)) < 1e-9 else f"{x:g}"
