@@ -4,10 +4,12 @@ records hash (pinned), and a third benchmark defined here, in one class, run end
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
 
+import msgspec
 import pytest
 
 from tests.fakeserver import FakeServer
@@ -27,6 +29,7 @@ from workspace.benchmarks import (
 )
 from workspace.engine import EngineSettings
 from workspace.evaluate import EvalSettings, evaluate, load_evaluation
+from workspace.evaluate.results import confirmation_of
 from workspace.frames import evaluations_frame, examples_frame
 from workspace.leaderboard import build_leaderboard, scoring_sentence, utility_meaning
 from workspace.notebook.html import leaderboard_html
@@ -206,3 +209,24 @@ def test_a_record_made_before_benchmarks_reads_as_alpaca_eval():
     assert EvalSettings.from_identity(s.identity(), None) == s
     with pytest.raises(Exception, match="scoring on record"):
         EvalSettings.from_identity({**s.identity(), "tests": {"benchmark": "humaneval"}}, "humaneval")
+
+
+def test_confirmation_pools_with_the_benchmarks_own_confirmation_set():
+    from tests.test_leaderboard_benchmarks import N, alpaca_eval, humaneval_eval
+
+    prefs = [0.55 + 0.02 * (i % 6) for i in range(N)]
+    ev = alpaca_eval("ae", "margin(tau=0.2)", prefs, 20, "2026-01-01T00:00:00+00:00")
+    other = alpaca_eval("ae_conf", "margin(tau=0.2)", prefs, 20, "2026-01-02T00:00:00+00:00")
+
+    def on(name: str):
+        prompts = msgspec.structs.replace(other.header.prompts, name=name)
+        moved = dataclasses.replace(other, header=msgspec.structs.replace(other.header, prompts=prompts))
+        moved.__dict__["check"] = other.check  # verified, as the builder made it
+        return moved
+
+    assert get("alpaca_eval").confirmation_set == "confirmation" and get("humaneval").confirmation_set is None
+    pooled = confirmation_of(ev, [on("confirmation")])
+    assert pooled is not None and pooled.n == 2 * N
+    assert confirmation_of(ev, [on("canonical")]) is None  # not the confirmation set
+    he = humaneval_eval("he", "never", [True] * N, [True] * N, [True] * N, 20, "2026-01-01T00:00:00+00:00")
+    assert confirmation_of(he, [he]) is None  # humaneval has no confirmation set

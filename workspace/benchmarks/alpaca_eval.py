@@ -362,6 +362,7 @@ class AlpacaEval(JudgedBenchmark):
     description = "AlpacaEval instructions, judged pairwise against the strong model's own answer"
     max_tokens = 256
     canonical_set = "canonical"
+    confirmation_set = "confirmation"
 
     def sets(self):
         return {"canonical": canonical, "confirmation": confirmation, "alpaca_eval": alpaca_eval}
@@ -374,7 +375,7 @@ class AlpacaEval(JudgedBenchmark):
         """Canonical: the canonical set (or the confirmation set, which confirms a canonical result), the
         `[canonical]` models, the default judge prompt and the default decoding settings."""
         out = []
-        if c.prompts == "confirmation":
+        if c.prompts == self.confirmation_set:
             if c.prompts_hash != definition("confirmation")["hash"]:
                 out.append("not the confirmation set's prompts")
         elif c.prompts != "canonical" or c.prompts_hash != definition("canonical")["hash"]:

@@ -73,6 +73,9 @@ class Benchmark(ABC):
     max_tokens: ClassVar[int]  # the default answer budget
     canonical_set: ClassVar[str]  # the name of the prompt set an evaluation must run on to count
     takes_files: ClassVar[bool] = False  # whether a JSONL file of instructions is a prompt set of this benchmark
+    # A set disjoint from the canonical one whose evaluation, pooled with a certified canonical one, confirms it
+    # (judged benchmarks; None: no confirmation).
+    confirmation_set: ClassVar[str | None] = None
 
     @property
     def needs_judge(self) -> bool:

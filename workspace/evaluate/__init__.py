@@ -19,13 +19,13 @@ from ..engine import EngineSettings
 from .audit import JudgeDrift, Replay, judge_check, replay
 from .baselines import baselines_id, ensure_baselines
 from .phases import Progress
-from .results import CONFIRMATION, Baselines, Evaluation, Example, list_evaluations, load_evaluation, read_baselines
+from .results import Baselines, Evaluation, Example, list_evaluations, load_evaluation, read_baselines
 from .runs import evaluate, evaluate_generations, evaluation_id, generate, policy_identity, recorded_settings
 from .setup import EvalSettings, EvaluationError, Setup
 from .sweeps import SweepPoint, sweep, sweep_points
 
 __all__ = [
-    "CONFIRMATION", "Baselines", "EngineSettings", "EvalSettings", "Evaluation", "EvaluationError", "Example",
+    "Baselines", "EngineSettings", "EvalSettings", "Evaluation", "EvaluationError", "Example",
     "JudgeDrift", "Progress", "Replay", "Setup", "SweepPoint", "baselines_id", "ensure_baselines", "evaluate",
     "evaluate_generations", "evaluation_id", "generate", "judge_check", "list_evaluations", "load_evaluation",
     "policy_identity", "read_baselines", "recorded_settings", "replay", "sweep", "sweep_points",

@@ -20,8 +20,6 @@ from ..records.schema import Event, Header, SchemaError, TestRun, event_of, head
 from ..stats import Certification, PairedSample, PassSample, StatsError, Summary, summarize, summarize_pass
 from .setup import EvalSettings, EvaluationError
 
-CONFIRMATION = "confirmation"  # the prompt set that confirms a certified result (300 more prompts)
-
 
 @dataclass(frozen=True)
 class Example:
@@ -359,17 +357,20 @@ def list_evaluations(settings: EvalSettings | None = None) -> list[Evaluation]:
 
 
 def confirmation_of(ev: Evaluation, others: Iterable[Evaluation]) -> Certification | None:
-    """A certified canonical result confirmed at n = 400: the certification rule on its examples pooled with a
-    verified, complete evaluation of the same policy (spec and code), models, judge and settings on the
-    confirmation set. None when there is no such evaluation."""
+    """A certified canonical result confirmed (alpaca_eval: at n = 400): the certification rule on its examples
+    pooled with a verified, complete evaluation of the same policy (spec and code), models, judge and settings on
+    its benchmark's confirmation set. None when there is no such evaluation (or no such set)."""
     from ..stats import certify
 
     h = ev.header
+    bench = get_benchmark(h.benchmark)
+    if bench.confirmation_set is None or not bench.needs_judge:
+        return None
     for o in others:
         oh = o.header
-        same = (oh.policy, oh.policy_source_hash, oh.models, oh.judge, oh.settings) == (
-            h.policy, h.policy_source_hash, h.models, h.judge, h.settings)  # fmt: skip
-        if not (same and oh.prompts.name == CONFIRMATION and o.complete and o.verified and ev.complete):
+        same = (oh.benchmark, oh.policy, oh.policy_source_hash, oh.models, oh.judge, oh.settings) == (
+            h.benchmark, h.policy, h.policy_source_hash, h.models, h.judge, h.settings)  # fmt: skip
+        if not (same and oh.prompts.name == bench.confirmation_set and o.complete and o.verified and ev.complete):
             continue
         samples = [e.sample() for e in (*ev.examples, *o.examples)]
         return certify([s.preference for s in samples], [s.weak_preference for s in samples],
