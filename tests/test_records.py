@@ -3,23 +3,22 @@ a text, a hand-written record — are refused by `cdw verify` and shown as unver
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+import shutil
 
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from tests import test_evaluate
-from tests.test_evaluate import run
+from tests.test_evaluate import PROMPTS, SETTINGS, run
 from workspace.cli import main
 from workspace.evaluate import load_evaluation
 from workspace.leaderboard import get_leaderboard
 from workspace.records import signing
 from workspace.records.verify import check
-
-servers = test_evaluate.servers  # the toy trio, its judge knowing the strong answers
 
 
 def lines(path) -> list[dict]:
@@ -43,10 +42,24 @@ def verify_cli(eid: str) -> tuple[int, str]:
     return r.exit_code, r.output
 
 
-@pytest.fixture
-async def evaluation(servers, records_dir):
-    ev = await run(servers, "top1(tau=0.3, span=punct)")
+@pytest.fixture(scope="module")
+def made(start_toys, tmp_path_factory) -> tuple:
+    """One evaluation on the toy trio, made once: (its records folder, the evaluation)."""
+    toys = start_toys()
+    toys.learn_references([p.instruction for p in PROMPTS], max_tokens=SETTINGS.engine.max_tokens)
+    folder = tmp_path_factory.mktemp("records")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CDW_RECORDS_DIR", str(folder))
+        ev = asyncio.run(run(toys, "top1(tau=0.3, span=punct)"))
     assert ev.complete
+    return folder, ev
+
+
+@pytest.fixture
+def evaluation(made, records_dir):
+    """The evaluation, its records (and baselines) copied into this test's records folder, which it may forge."""
+    folder, ev = made
+    shutil.copytree(folder, records_dir)
     return ev
 
 
