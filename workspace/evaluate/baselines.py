@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 import msgspec
 
@@ -26,7 +25,7 @@ from ..records.schema import (
     digest,
     to_fields,
 )
-from .phases import Progress, TestPhase, decode_phase, judge_phase
+from .phases import OnProgress, Progress, TestPhase, decode_phase, judge_phase
 from .results import Baselines, latest, read_baselines, typed
 from .setup import EvalSettings, Setup, code_version, now
 
@@ -52,7 +51,7 @@ async def baselines_id(prompts: PromptSet, setup: Setup, settings: EvalSettings 
 
 async def ensure_baselines(
     prompts: PromptSet, setup: Setup, settings: EvalSettings | None = None, progress: bool = True,
-    on_progress: Callable[[str, int, int], None] | None = None,
+    on_progress: OnProgress | None = None,
 ) -> Baselines:  # fmt: skip
     """Compute (or finish, or just read) the reference and weak-only baselines for a prompt set."""
     settings = settings or EvalSettings()

@@ -17,11 +17,13 @@ from ..records.log import RecordWriter
 from ..records.schema import Generation, TestRun, Timing, Verdict, WeakAnswer, WeakVerdict, to_fields
 from .setup import EvalSettings, Setup
 
+OnProgress = Callable[[str, int, int], None]  # (phase, done, total): a phase's work recorded so far
+
 
 class Progress:
     """Counts of work done per phase, passed to an `on_progress(phase, done, total)` callback as they change."""
 
-    def __init__(self, on_progress: Callable[[str, int, int], None] | None, progress_bars: bool):
+    def __init__(self, on_progress: OnProgress | None, progress_bars: bool):
         self.on_progress, self.bars = on_progress, progress_bars
 
     def phase(self, name: str, total: int, desc: str) -> Callable[[], None]:

@@ -4,8 +4,6 @@ same evaluation again resumes its record (a finished one is only read)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import msgspec
 
 from ..benchmarks import Prompt, PromptSet
@@ -15,11 +13,9 @@ from ..records import aliases
 from ..records.log import RecordWriter, read_record
 from ..records.schema import Generation, Header, Test, Verdict, digest, to_fields
 from .baselines import baselines_header, ensure_baselines
-from .phases import Progress, TestPhase, decode_phase, judge_phase
+from .phases import OnProgress, Progress, TestPhase, decode_phase, judge_phase
 from .results import Evaluation, build, latest, load_evaluation, read_baselines, read_existing, typed
 from .setup import EvalSettings, EvaluationError, Setup, code_version, now
-
-OnProgress = Callable[[str, int, int], None]
 
 
 def policy_identity(policy: Policy | str) -> tuple[Policy, str, str]:

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from ..benchmarks import PromptSet
 from ..policies import Policy, PolicyError, expand_spec, load_policy
 from .baselines import ensure_baselines
+from .phases import OnProgress
 from .results import Baselines, Evaluation
-from .runs import OnProgress, evaluate, evaluation_id
+from .runs import evaluate, evaluation_id
 from .setup import EvalSettings, Setup
 
 
