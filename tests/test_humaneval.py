@@ -18,8 +18,7 @@ import zipfile
 import pytest
 
 from servers.settings import paths
-from workspace import sandbox
-from workspace.benchmarks import DataError, humaneval
+from workspace.benchmarks import DataError, harness, humaneval
 
 needs_bwrap = pytest.mark.skipif(
     shutil.which("bwrap") is None, reason="the code sandbox needs bubblewrap (`bwrap`): run `make sandbox`"
@@ -39,7 +38,7 @@ def p0(problems):
 
 def run(answer: str, p: humaneval.Problem, timeout_s: float = 20) -> humaneval.Outcome:
     """One answer's tests in the sandbox (a pool of its own: each call has its own event loop)."""
-    return asyncio.run(humaneval.run_tests(answer, p, sandbox.Pool(workers=1, timeout_s=timeout_s)))
+    return asyncio.run(humaneval.run_tests(answer, p, harness.Pool(workers=1, timeout_s=timeout_s)))
 
 
 BODY0 = """\
@@ -157,7 +156,7 @@ def test_canonical_solutions_pass(problems, every):
     all 164 in the slow one (about 10-20 s)."""
 
     async def main():
-        pool = sandbox.Pool(workers=4, timeout_s=30)
+        pool = harness.Pool(workers=4, timeout_s=30)
         return await asyncio.gather(*(humaneval.run_tests(humaneval.canonical_answer(p), p, pool) for p in ps))
 
     ps = list(problems.values()) if every else list(problems.values())[::8]

@@ -322,3 +322,135 @@ def test_a_real_sandbox_failure_is_an_error(monkeypatch):
     monkeypatch.setattr(sandbox, "_command", lambda *a: [real(*a)[0], "--no-such-bwrap-option"])
     r = run_python("print('never runs')", timeout_s=10)
     assert r.status == "error" and "never runs" not in r.output
+
+
+# ---------------------------------------------------------------- nothing of the host
+
+
+def test_a_canary_in_the_evaluators_environment_is_invisible(monkeypatch):
+    """Not in os.environ, nor in any /proc/N/environ the sandbox shows (bwrap itself starts with an empty one)."""
+    canary = uuid.uuid4().hex
+    monkeypatch.setenv("CDW_SANDBOX_CANARY", canary)
+    src = textwrap.dedent("""\
+        import os
+        print(dict(os.environ))
+        for pid in [p for p in os.listdir('/proc') if p.isdigit()] + ['1', 'self']:
+            try:
+                print(pid, open(f'/proc/{pid}/environ', 'rb').read())
+            except OSError as e:
+                print(pid, e)
+    """)
+    r = run_python(src, timeout_s=20)
+    assert r.passed, r
+    assert "1 b'PATH=" in r.output  # /proc/1/environ was read: the program's own, cleared environment
+    assert canary not in r.output and "CDW_SANDBOX_CANARY" not in r.output
+
+
+def test_no_new_user_namespace():
+    src = "import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\nprint(libc.unshare(0x10000000))"  # CLONE_NEWUSER
+    r = run_python(src, timeout_s=20)
+    assert r.passed and r.output.strip() == "-1", r
+
+
+def test_dev_is_minimal_and_read_only_and_shm_is_small():
+    src = textwrap.dedent("""\
+        import os
+        print(sorted(os.listdir('/dev')))
+        try:
+            open('/dev/new', 'w')
+        except OSError as e:
+            print('dev', e.errno)
+        n = 0
+        try:
+            with open('/dev/shm/big', 'wb') as f:
+                for _ in range(64):
+                    f.write(b'x' * (1 << 20))
+                    n += 1
+        except OSError as e:
+            print('shm', n, e.errno)
+    """)
+    r = run_python(src, timeout_s=20, limits=Limits(file_mb=64, shm_mb=8))
+    assert r.passed, r
+    devices = eval(r.output.splitlines()[0])
+    assert set(devices) <= {"null", "zero", "full", "random", "urandom", "tty", "shm", "pts", "ptmx", "fd", "stdin",
+                            "stdout", "stderr", "core"}, devices  # fmt: skip
+    assert "dev 30" in r.output  # EROFS
+    assert "shm 8 28" in r.output  # ENOSPC after 8 MiB
+
+
+# ---------------------------------------------------------------- memory: the whole tree
+
+
+GIB = 1 << 30
+HOLD_MEMFD = textwrap.dedent("""\
+    import os
+    held, fds = 0, []
+    while held < 1536 << 20:
+        fd = os.memfd_create('x')
+        for _ in range(15):
+            os.write(fd, b'x' * (1 << 20))
+        fds.append(fd)
+        held += 15 << 20
+    print('held', held >> 20)
+""")
+HOLD_SHM = textwrap.dedent("""\
+    with open('/dev/shm/x', 'wb') as f:
+        for _ in range(1536):
+            f.write(b'x' * (1 << 20))
+    print('held 1536')
+""")
+HOLD_ANON = "b = bytearray(1536 << 20)\nfor i in range(0, len(b), 4096):\n    b[i] = 1\nprint('held 1536')"
+HOLD_TREE = textwrap.dedent("""\
+    import os, time
+    kids = []
+    for _ in range(4):
+        pid = os.fork()
+        if pid == 0:
+            b = bytearray(400 << 20)
+            for i in range(0, len(b), 4096):
+                b[i] = 1
+            time.sleep(1)
+            os._exit(0)
+        kids.append(pid)
+    if all(os.waitpid(k, 0)[1] == 0 for k in kids):
+        print('held 1600')
+""")
+
+
+@pytest.mark.parametrize("source", [HOLD_MEMFD, HOLD_SHM, HOLD_ANON], ids=["memfd", "dev-shm", "anonymous"])
+def test_an_answer_cannot_hold_more_than_1_gib(source):
+    r = run_python(source, timeout_s=20)
+    assert r.status == "failed" and "held" not in r.output, r
+
+
+@pytest.mark.skipif(sandbox.memory_backend() == "rlimits", reason="no memory cgroup for this evaluator")
+def test_a_process_tree_cannot_hold_more_than_1_gib_between_its_processes():
+    """Four processes of 400 MiB, each under the address-space limit: the tree's cgroup stops them."""
+    p = sandbox.start(HOLD_TREE, limits=Limits(cpu_s=20))
+    with p:
+        p.stdin.close()
+        out = p.stdout.read()
+        p.proc.wait(20)
+        peak = p.peak_memory_bytes()
+    assert b"held" not in out, out
+    assert peak is not None and peak <= GIB, peak
+
+
+def test_a_worker_talks_over_pipes_and_reads_only_its_binds(host_path):
+    """`start`: a long-lived program, a folder bound read-only for it, and the end of it when killed."""
+    folder = host_path("bind")
+    folder.mkdir()
+    (folder / "helper.py").write_text("def double(x):\n    return 2 * x\n")
+    src = textwrap.dedent(f"""\
+        import sys
+        sys.path.insert(0, {str(folder)!r})
+        import helper
+        for line in sys.stdin:
+            print(helper.double(int(line)), flush=True)
+    """)
+    with sandbox.start(src, binds=[folder]) as p:
+        assert p.wait_started(20)
+        p.stdin.write(b"21\n")
+        assert p.stdout.readline() == b"42\n"
+        p.kill()
+        assert p.proc.poll() is not None

@@ -18,10 +18,10 @@ holds the other end of). Nothing else of the host is there.
 
 What a sandboxed process sees and may use:
 - its own user, pid, network, IPC, UTS and cgroup namespaces, and no new user namespace (`--disable-userns`): no
-  network at all (not even the host's 127.0.0.1); when it ends every process in it ends (pid namespace,
-  `--die-with-parent`, its process group killed, and its cgroup emptied);
-- no variable of the evaluator: bwrap itself starts with an empty environment, so not even `/proc/1/environ` (the
-  sandbox's init is bwrap) shows one; the program gets PATH, HOME and PYTHONDONTWRITEBYTECODE only;
+  network at all (not even the host's 127.0.0.1); the program is the sandbox's pid 1, and when it ends every process
+  in it ends (pid namespace, `--die-with-parent`, its process group killed, and its cgroup emptied);
+- no variable of the evaluator: bwrap itself starts with an empty environment and the program gets PATH, HOME and
+  PYTHONDONTWRITEBYTECODE only, so no process in the sandbox sees one (`/proc/1/environ` included);
 - a read-only view of the system's programs and libraries (no /home, /root, project or keys) plus `binds`, a
   minimal read-only /dev (null, zero, full, random, urandom, tty) with a small /dev/shm, and a fresh size-limited
   tmpfs as its working folder and /tmp, gone afterwards;
@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import queue
 import resource
@@ -138,14 +139,17 @@ def _command(limits: Limits, source_fd: int, args: Sequence[str], binds: Sequenc
             cmd += ["--symlink", os.readlink(f), f]
         else:
             cmd += ["--ro-bind", f, f]
-    for b in binds:
-        real = os.path.realpath(b)
-        cmd += ["--ro-bind", real, real]
     size, shm = str(limits.tmpfs_mb << 20), str(limits.shm_mb << 20)
     cmd += ["--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--size", shm, "--tmpfs", "/dev/shm",
             "--remount-ro", "/dev", "--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", "/sandbox",
-            "--ro-bind-data", str(source_fd), MAIN, "--remount-ro", "/", "--chdir", "/sandbox"]  # fmt: skip
-    cmd += ["--", exe, "-I", "-S", "-B", "-c", _PRELUDE, MAIN, *args]
+            "--ro-bind-data", str(source_fd), MAIN]  # fmt: skip
+    for b in binds:  # after the tmpfs folders, so that a bind under /tmp is not hidden by the sandbox's own /tmp
+        real = os.path.realpath(b)
+        cmd += ["--ro-bind", real, real]
+    cmd += ["--remount-ro", "/", "--chdir", "/sandbox"]
+    # --as-pid-1: the program is the sandbox's init, so no bwrap process inside holds the fds passed in (a program's
+    # children cannot reach them through /proc/1/fd), and /proc/1/environ is the program's own, cleared environment.
+    cmd += ["--as-pid-1", "--", exe, "-I", "-S", "-B", "-c", _PRELUDE, MAIN, *args]
     return cmd
 
 
@@ -276,13 +280,55 @@ def _kill_uid(uid: int) -> None:
             pass
 
 
+SLOT_LOCKS = Path("/run/cdw-sandbox-slots")  # as root: a lock file per slot, held while a sandbox uses its uid
+
+
 class _Slots:
-    """Concurrent sandboxes, each with its own uid when running as root."""
+    """Concurrent sandboxes, each with its own uid when running as root. A slot is this machine's, not only this
+    process's: every evaluator (a `cdw eval`, the MCP server, a test run) takes a slot's lock file before using its
+    uid, so one evaluator's clean-up never kills another's sandbox and a uid's process limit is one sandbox's."""
 
     def __init__(self, n: int = 64):
+        self.n = n
         self.free: queue.SimpleQueue[int] = queue.SimpleQueue()
         for i in range(n):
             self.free.put(i)
+        self.locks: dict[int, int] = {}
+
+    def get(self) -> int:
+        if os.geteuid() != 0:
+            return self.free.get()
+        while True:
+            tried = [self.free.get()]
+            while True:
+                slot = tried[-1]
+                if self._lock(slot):
+                    for other in tried[:-1]:
+                        self.free.put(other)
+                    return slot
+                if len(tried) == self.n:
+                    break
+                tried.append(self.free.get())  # blocks while this process's other slots are all in use
+            for other in tried:
+                self.free.put(other)
+            time.sleep(0.05)  # every slot is another evaluator's now
+
+    def _lock(self, slot: int) -> bool:
+        SLOT_LOCKS.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(SLOT_LOCKS / f"{slot}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self.locks[slot] = fd
+        return True
+
+    def put(self, slot: int) -> None:
+        fd = self.locks.pop(slot, None)
+        if fd is not None:
+            os.close(fd)  # releases the lock
+        self.free.put(slot)
 
 
 _SLOTS = _Slots()
@@ -296,7 +342,7 @@ class Process:
     def __init__(self, source: str, args: Sequence[str], limits: Limits, binds: Sequence[str],
                  pass_fds: Sequence[int], stderr: int | None):  # fmt: skip
         self.limits = limits
-        self.slot = _SLOTS.free.get()
+        self.slot = _SLOTS.get()
         root = os.geteuid() == 0
         self.uid = SLOT_UID_BASE + self.slot if root else os.geteuid()
         self.root, self.proc, self.cgroup, self._closed = root, None, None, False
@@ -385,7 +431,7 @@ class Process:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     self.proc.wait(5)
         finally:
-            _SLOTS.free.put(self.slot)
+            _SLOTS.put(self.slot)
 
     def __enter__(self) -> Process:
         return self
@@ -533,9 +579,13 @@ class Pool:
         self.timeout_s, self.limits = timeout_s, limits
         self._sem = asyncio.Semaphore(self.workers)
 
-    async def run(self, source: str) -> RunResult:
+    async def submit(self, fn, *args, **kwargs):
+        """Call a blocking `fn` (one that runs a sandbox) in a thread, when one of the pool's workers is free."""
         async with self._sem:
-            return await asyncio.to_thread(run_python, source, timeout_s=self.timeout_s, limits=self.limits)
+            return await asyncio.to_thread(fn, *args, **kwargs)
+
+    async def run(self, source: str) -> RunResult:
+        return await self.submit(run_python, source, timeout_s=self.timeout_s, limits=self.limits)
 
 
 def check_available() -> None:

@@ -11,8 +11,10 @@ the benchmark that scores answers by those tests in the sandbox (`sandbox.py`).
   definitions and assignments dropped (a model's `print(f(...))` demo must not run; nor `result = f(...)`: an
   assignment that calls something stays only when the definitions use it), and a body without its signature
   completed by the prompt.
-- `program(answer, problem)` — what the sandbox runs: the prompt's imports and helper definitions, the extracted
-  code, HumanEval's `check` and `check(entry_point)`. None when no code could be extracted (a failed test).
+- `program(answer, problem)` — the test program: the prompt's imports and helper definitions, the extracted code,
+  HumanEval's `check` and `check(entry_point)`. None when no code could be extracted (a failed test). It runs split
+  in two (`test_job`): the answer's code in a process of its own, the tests in the harness's checker, which alone can
+  prove a pass (`harness.py`).
 - `HumanEval` — the benchmark: pass@1 (greedy) of the unit tests, no judge; canonical: all 164 problems, with the
   models of the `cpu` preset (on a CPU) or of the `paper` preset (GPU). Fixed halves `humaneval:train|test`.
 """
@@ -37,6 +39,7 @@ from servers.settings import paths
 
 from .. import sandbox
 from ..fileio import atomic_write, sha256_file
+from . import harness
 from .base import Outcome, TestedBenchmark, register
 from .prompts import DataError, Log, Prompt, PromptSet, _log
 
@@ -326,12 +329,22 @@ def _hoist_future(code: str) -> tuple[str, str]:
 
 
 def program(answer: str, p: Problem) -> str | None:
-    """The test program for an answer: prompt context, the extracted code, HumanEval's tests and the call."""
+    """The test program for an answer: prompt context, the extracted code, HumanEval's tests and the call. Its text
+    is what a test result's hash is of (and what `cdw score` shows); it runs split in two, as `test_job` says."""
+    job = test_job(answer, p)
+    return None if job is None else f"{job.answer}\n\n{p.test}\n\ncheck({p.entry_point})\n"
+
+
+def test_job(answer: str, p: Problem) -> harness.TestJob | None:
+    """The program in the harness's two parts: the answer's module (prompt context and the extracted code), run in
+    a process of its own, and the tests' module (prompt context and HumanEval's `check`), run by the checker with
+    a stand-in for the entry point. None when no code could be extracted."""
     code = extract(answer, p)
     if code is None:
         return None
     future, code = _hoist_future(code)
-    return f"{future}{_prompt_context(p)}\n\n{code}\n\n{p.test}\n\ncheck({p.entry_point})\n"
+    context = _prompt_context(p)
+    return harness.TestJob(f"{future}{context}\n\n{code}", f"{context}\n\n{p.test}\n", p.entry_point)
 
 
 def canonical_answer(p: Problem) -> str:
@@ -346,14 +359,15 @@ def program_hash(source: str | None) -> str:
     return "" if source is None else hashlib.sha256(source.encode("utf-8")).hexdigest()
 
 
-async def run_tests(answer: str, p: Problem, pool) -> Outcome:
-    """Extract the answer's code and run HumanEval's tests on it in the sandbox pool (`sandbox.Pool`). Code that
-    cannot be extracted is `no_code`: a failed test, not an error of the run."""
-    source = program(answer, p)
-    if source is None:
+async def run_tests(answer: str, p: Problem, pool: harness.Pool) -> Outcome:
+    """Extract the answer's code and run HumanEval's tests on it in the sandbox (`harness.Pool`: a pass is proven
+    by the checker, never inferred from how the program ended). Code that cannot be extracted is `no_code`: a failed
+    test, not an error of the run."""
+    job = test_job(answer, p)
+    if job is None:
         return Outcome("no_code", "", 0.0, "no parsable code defining " + p.entry_point)
-    r = await pool.run(source)
-    return Outcome(r.status, program_hash(source), r.seconds, r.output[-500:])
+    r = await pool.run(job)
+    return Outcome(r.status, program_hash(program(answer, p)), r.seconds, r.output[-500:])
 
 
 # ---------------------------------------------------------------- the benchmark
@@ -378,11 +392,11 @@ class HumanEval(TestedBenchmark):
     def scorer_identity(self) -> dict:
         return {**super().scorer_identity(), "extraction": EXTRACTION, "instruction": INSTRUCTION}
 
-    def pool(self) -> sandbox.Pool:
+    def pool(self) -> harness.Pool:
         sandbox.bwrap_path()  # a machine that cannot sandbox fails before any decoding
-        return sandbox.Pool(timeout_s=self.test_timeout_s)
+        return harness.Pool(timeout_s=self.test_timeout_s)
 
-    async def score(self, answer: str, prompt_id: str, pool: sandbox.Pool) -> Outcome:
+    async def score(self, answer: str, prompt_id: str, pool: harness.Pool) -> Outcome:
         return await run_tests(answer, problem(prompt_id), pool)
 
     def scored_hash(self, answer: str, prompt_id: str) -> str:
