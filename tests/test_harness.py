@@ -112,3 +112,42 @@ def test_results_cross_as_plain_data():
 def test_a_hang_is_a_timeout():
     o = score(SIG + "    while True:\n        pass\n", timeout_s=2)
     assert o.status == "timeout", o
+
+
+# ---------------------------------------------------------------- cdw score
+
+
+def cdw_score(tmp_path, text: str, *args: str):
+    from click.testing import CliRunner
+
+    from workspace.cli import main
+
+    f = tmp_path / "answer.md"
+    f.write_text(text)
+    return CliRunner().invoke(main, ["score", *args, str(f)])
+
+
+def test_cdw_score_shows_status_program_and_output(tmp_path):
+    import json
+
+    p = humaneval.problem("HumanEval/0")
+    r = cdw_score(tmp_path, f"```python\n{CHEATS['os._exit in the function']}```", "--benchmark", "humaneval",
+                  "--problem", "HumanEval/0", "--json")  # fmt: skip
+    assert r.exit_code == 1, r.output
+    out = json.loads(r.output)
+    assert (
+        out["status"] == "failed" and "os._exit(0)" in out["program"] and "check(has_close_elements)" in out["program"]
+    )
+    assert "line 12 of the tests" in out["output"], out["output"]
+    r = cdw_score(tmp_path, humaneval.canonical_answer(p), "--benchmark", "humaneval", "--problem", "HumanEval/0")
+    assert r.exit_code == 0 and r.output.startswith("passed humaneval HumanEval/0"), r.output
+    r = cdw_score(tmp_path, "no code here", "--benchmark", "humaneval", "--problem", "HumanEval/0", "--json")
+    assert json.loads(r.output) == {"status": "no_code", "program": "",
+                                    "output": "no parsable code defining has_close_elements"}  # fmt: skip
+
+
+def test_cdw_score_refuses_what_it_cannot_score(tmp_path):
+    r = cdw_score(tmp_path, "x", "--benchmark", "humaneval", "--problem", "HumanEval/999")
+    assert r.exit_code == 1 and "not one of humaneval's problems" in r.output, r.output
+    r = cdw_score(tmp_path, "x", "--benchmark", "alpaca_eval", "--problem", "1")
+    assert r.exit_code == 1 and "judged against a reference" in r.output, r.output

@@ -182,6 +182,11 @@ class TestedBenchmark(Benchmark):
     async def score(self, answer: str, prompt_id: str, pool: Any) -> Outcome:
         """Score one answer to one problem (`no_code` when nothing in it can be scored: a failure, not an error)."""
 
+    def scored_text(self, answer: str, prompt_id: str) -> str:
+        """What is scored for this answer, for people asking why it failed (`cdw score`): the program run, say
+        ("" when nothing is scorable). Defaults to the answer itself."""
+        return answer
+
     @abstractmethod
     def scored_hash(self, answer: str, prompt_id: str) -> str:
         """The `program` an Outcome for this answer must carry ("" when nothing is scorable); KeyError when the

@@ -89,6 +89,12 @@ def _main():  # noqa: C901 (the harness is one closure on purpose: see the docst
                 return iter([decode(i, d) for i in v])
         raise ValueError("not plain data")
 
+    def lines(source, name):
+        """Tracebacks show the lines of `<answer>` and `<tests>` (code compiled from a string has none)."""
+        import linecache
+
+        linecache.cache[name] = (len(source), None, source.splitlines(True), name)
+
     def send(fd, message):
         data = (json.dumps(message) + "\n").encode()
         view = memoryview(data)
@@ -101,6 +107,7 @@ def _main():  # noqa: C901 (the harness is one closure on purpose: see the docst
         job = json.loads(requests.readline())
         g = sys.modules["__main__"].__dict__
         g["sys"] = sys  # as when the program ran whole after `import sys`
+        lines(job["answer"], "<answer>")
         try:
             exec(compile(job["answer"], "<answer>", "exec"), g)
             fn = g[job["entry_point"]]
@@ -141,8 +148,10 @@ def _main():  # noqa: C901 (the harness is one closure on purpose: see the docst
         def reply():
             sys.stdout.flush()
             line = replies.readline(max_message + 1)
+            if not line:
+                raise CandidateError("the answer's process ended without replying (it exited, or hit a limit)")
             if not line.endswith(b"\n"):
-                raise CandidateError("the answer's process ended or sent an oversized reply")
+                raise CandidateError("the answer's process sent an oversized reply")
             msg = json.loads(line)
             if type(msg) is not dict:
                 raise CandidateError("the answer's process sent nonsense")
@@ -161,9 +170,17 @@ def _main():  # noqa: C901 (the harness is one closure on purpose: see the docst
             return decode(msg["value"])
 
         tests = {"__name__": "__main__", "__builtins__": builtins}
+        lines(job["tests"], "<tests>")
         exec(compile(job["tests"], "<tests>", "exec"), tests)
         tests[job["entry_point"]] = candidate  # tests that call the function by its name call the answer too
-        tests["check"](candidate)
+        try:
+            tests["check"](candidate)
+        except BaseException as e:  # noqa: BLE001 (said briefly: the line of the tests, and why)
+            at = [f for f in traceback.extract_tb(e.__traceback__) if f.filename == "<tests>"]
+            where = f"line {at[-1].lineno} of the tests: {at[-1].line}\n" if at else ""
+            sys.stdout.flush()
+            sys.stderr.write(f"{where}{type(e).__name__}: {e}\n".replace(": \n", "\n"))
+            raise SystemExit(1) from None
         # check returned: only now is the secret read, and reported on an fd the answer's process never had
         secret = os.read(secret_fd, 4096)
         os.close(secret_fd)

@@ -399,6 +399,9 @@ class HumanEval(TestedBenchmark):
     async def score(self, answer: str, prompt_id: str, pool: harness.Pool) -> Outcome:
         return await run_tests(answer, problem(prompt_id), pool)
 
+    def scored_text(self, answer: str, prompt_id: str) -> str:
+        return program(answer, problem(prompt_id)) or ""
+
     def scored_hash(self, answer: str, prompt_id: str) -> str:
         return program_hash(program(answer, problem(prompt_id)))
 
