@@ -43,8 +43,7 @@ def _column_widths(columns: Sequence[Column], rows: Sequence[Sequence[str]], key
     widest, least = [], []
     for i, c in enumerate(columns):
         cells = [r[i] for r in rows]
-        top = max([_width(x) for x in cells] + [_longest_word(c.header), 1])
-        widest.append(max(top, _width(c.header)))
+        widest.append(max([_width(x) for x in cells] + [_width(c.header), 1]))
         if i == key or not c.wrap:  # never wrapped: as wide as its widest cell and its header
             least.append(widest[-1])
         else:
