@@ -36,16 +36,21 @@ def write_test_presets(dest: Path, **replacements: str) -> Path:
 
 # ---------------------------------------------------------------- test placement
 
-# Files whose tests run programs in the code sandbox: its slots are uids 60000+, per process, so two processes at
-# once kill and count each other's programs. Under pytest-xdist (tests/tiers.py) they share one worker.
-SANDBOX_FILES = {"test_sandbox.py", "test_humaneval.py", "test_evaluate_humaneval.py", "test_router.py",
-                 "test_benchmarks.py", "test_leaderboard_benchmarks.py", "test_mcp.py"}  # fmt: skip
+# Files whose tests must share one pytest-xdist worker (tests/tiers.py runs fast and slow on two):
+# - sandbox: the code sandbox's slots are uids 60000+, per process, so two processes at once kill and count each
+#   other's programs;
+# - fetch: test_data's session fixture really downloads AlpacaEval; once is enough.
+XDIST_GROUPS = {
+    **dict.fromkeys(("test_sandbox.py", "test_humaneval.py", "test_evaluate_humaneval.py", "test_router.py",
+                     "test_benchmarks.py", "test_leaderboard_benchmarks.py", "test_mcp.py"), "sandbox"),
+    "test_data.py": "fetch",
+}  # fmt: skip
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.path.name in SANDBOX_FILES:
-            item.add_marker(pytest.mark.xdist_group("sandbox"))
+        if item.path.name in XDIST_GROUPS:
+            item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS[item.path.name]))
 
 
 # ---------------------------------------------------------------- a clean environment for every test

@@ -69,7 +69,8 @@ def project_records(tmp_path, monkeypatch):
     monkeypatch.setenv("CDW_TRUSTED_KEYS", str(tmp_path / "records" / "trusted_keys.txt"))
 
 
-@pytest.mark.parametrize("width", WIDTHS)
+# Every committed record is loaded and checked per command: 80 columns (the rule) in the fast tier, wider in slow.
+@pytest.mark.parametrize("width", [w if w == 80 else pytest.param(w, marks=pytest.mark.slow) for w in WIDTHS])
 def test_leaderboard_and_findings_fit_with_every_policy_whole(project_records, width):
     from workspace.forum import get_findings
     from workspace.leaderboard import get_leaderboard
