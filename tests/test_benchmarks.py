@@ -33,7 +33,10 @@ from workspace.evaluate.results import confirmation_of
 from workspace.frames import evaluations_frame, examples_frame
 from workspace.leaderboard import build_leaderboard, scoring_sentence, utility_meaning
 from workspace.notebook.html import leaderboard_html
-from workspace.records.schema import digest
+from workspace.records.schema import UNNAMED_BENCHMARK, digest, header_of
+
+LEGACY_HEADER = {"type": "header", "kind": "baselines", "models": {"weak": "w", "strong": "s"}, "judge": "j",
+                 "prompts": {"name": "canonical", "hash": "h", "ids": []}, "settings": {}}  # fmt: skip
 
 # ---------------------------------------------------------------- a third benchmark, in one class
 
@@ -205,6 +208,8 @@ def test_settings_identity_is_pinned(name, max_tokens):
 
 
 def test_a_record_made_before_benchmarks_reads_as_alpaca_eval():
+    assert header_of(LEGACY_HEADER).benchmark == UNNAMED_BENCHMARK == "alpaca_eval" and UNNAMED_BENCHMARK in names()
+    assert "benchmark" not in header_of(LEGACY_HEADER).identity()  # its id stays what it was
     s = EvalSettings()
     assert EvalSettings.from_identity(s.identity(), None) == s
     with pytest.raises(Exception, match="scoring on record"):
