@@ -91,12 +91,27 @@ def _port_claims():
 
 
 def _command(spec: RoleSpec, model_dir: str, served_name: str, host: str = HOST) -> list[str]:
+    # `--generation-config vllm`: vLLM's neutral sampling defaults, not the model's generation_config.json (which
+    # `auto`, the default, applies to whatever a request leaves out); the client states its decoding anyway.
     return [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", model_dir, "--served-model-name", served_name,
         "--host", host, "--port", str(spec.port),
+        "--generation-config", "vllm",
         *spec.flags,
     ]  # fmt: skip
+
+
+def engine_facts(command: list[str], env: dict[str, str]) -> dict[str, str]:
+    """How a server started with `command` and `env` decodes, as records say it: its generation config (the last
+    `--generation-config` wins, as in vLLM's parser) and whether batch-invariant kernels were asked for."""
+    config = "auto"  # vLLM's default
+    for i, arg in enumerate(command):
+        if arg == "--generation-config" and i + 1 < len(command):
+            config = command[i + 1]
+        elif arg.startswith("--generation-config="):
+            config = arg.partition("=")[2]
+    return {"generation_config": config, "batch_invariant": "on" if env.get("VLLM_BATCH_INVARIANT") == "1" else "off"}
 
 
 def _environment(preset: Preset, spec: RoleSpec) -> dict[str, str]:
@@ -157,11 +172,10 @@ def _spawn(preset: Preset, spec: RoleSpec, prov: dict, catalog: Catalog, host: s
     from .provision import model_path
 
     model_dir = str(model_path(catalog.model(spec.model)))
+    command, env = _command(spec, model_dir, prov["served_name"], host), _environment(preset, spec)
     with log.open("w") as f:
         proc = subprocess.Popen(
-            _command(spec, model_dir, prov["served_name"], host),
-            stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=_environment(preset, spec), start_new_session=True,
+            command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
         )  # fmt: skip
     serves = tuple(r.role for r in preset.roles.values() if r.role == spec.role or r.served_by == spec.role)
     notes = {r.role: r.note for r in preset.roles.values() if spec.role in (r.role, r.served_by) and r.note}
@@ -169,7 +183,7 @@ def _spawn(preset: Preset, spec: RoleSpec, prov: dict, catalog: Catalog, host: s
         preset=preset.name, role=spec.role, serves=serves, url=f"http://{host}:{spec.port}",
         model=prov["served_name"], model_path=model_dir, source=prov["source"], pid=proc.pid,
         create_time=psutil.Process(proc.pid).create_time(), log=str(log), started_at=time.time(), notes=notes,
-        max_in_flight=spec.max_in_flight, request_timeout=spec.request_timeout,
+        max_in_flight=spec.max_in_flight, request_timeout=spec.request_timeout, engine=engine_facts(command, env),
     )  # fmt: skip
 
 

@@ -36,6 +36,9 @@ class ServerRecord:
     request_timeout: float | None = None  # the preset's time limit for one request to this server
     job_id: str | None = None  # the SLURM job running it (`cdw serve --slurm`); its pid is then on `node`
     node: str = ""
+    # How the server decodes, as the launcher started it (`launcher.engine_facts`): generation config, batch
+    # invariance, vLLM platform and version. Records say it (`Header.decoding`).
+    engine: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,26 @@ def greedy(model, prompt: list[int], max_tokens: int, stop: list[str] | None):
 
 
 @dataclass
+class Penalised:
+    """A model under a repetition penalty, as vLLM applies one (HF's rule): a token already in the context has its
+    logit divided by the penalty when positive and multiplied when negative. The toy's scores are log-probabilities
+    (all negative), so a seen token always loses ground and greedy choices change."""
+
+    model: ToyModel
+    penalty: float
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def logprobs(self, context: list[int]) -> list[float]:
+        seen = set(context)
+        return [x * self.penalty if i in seen else x for i, x in enumerate(self.model.logprobs(context))]
+
+    def generate(self, prompt: list[int], max_tokens: int, stop: list[str] | None):
+        return greedy(self, prompt, max_tokens, stop)
+
+
+@dataclass
 class Faults:
     statuses: list[int] = field(default_factory=list)  # answer the next requests with these codes
     delay: float = 0.0  # seconds before answering
@@ -165,6 +185,11 @@ class FakeServer:
         self.judge = judge
         self.judge_mass = 0.9  # the labels' share of the judge's probability
         self.refuses_system = False  # answer a system message with 400, as Gemma-2's chat template makes vLLM do
+        # A model's generation_config.json, as vLLM's `--generation-config auto` (its default) applies it: each
+        # sampling parameter a request leaves out is taken from here. Only `repetition_penalty` changes the toy's
+        # (always greedy) answers; `applied` lists, per generation request, what was filled in.
+        self.generation_defaults: dict[str, float] = {}
+        self.applied: list[dict[str, float]] = []
         self.faults = Faults()
         self.hits: dict[str, int] = {}
         self.active = 0  # requests being handled now, and the most seen at once
@@ -240,6 +265,13 @@ class FakeServer:
             )
         return body
 
+    def _decoder(self, b: dict):
+        """The model as this request decodes with it: under the generation defaults the request is silent on."""
+        filled = {k: v for k, v in self.generation_defaults.items() if b.get(k) is None}
+        self.applied.append(filled)
+        penalty = filled.get("repetition_penalty", b.get("repetition_penalty") or 1.0)
+        return self.model if penalty == 1.0 else Penalised(self.model, penalty)
+
     async def _health(self, request):
         return web.Response(text="")
 
@@ -251,7 +283,7 @@ class FakeServer:
 
     async def _completions(self, request):
         b = await self._body(request)
-        m = self.model
+        m = self._decoder(b)
         prompt = b["prompt"] if isinstance(b["prompt"], list) else m.encode(b["prompt"])
         ids, rows, text, finish, stop_reason = m.generate(prompt, b["max_tokens"], b.get("stop"))
         choice = {"index": 0, "text": text, "finish_reason": finish, "stop_reason": stop_reason}
@@ -316,7 +348,7 @@ class FakeServer:
     async def _chat(self, request):
         b = await self._body(request)
         self._refuse_system(b)
-        m = self.model
+        m = self._decoder(b)
         if self.judge is not None and b.get("max_tokens") == 1:
             return self._judge_answer(b)
         text = m.render(b["messages"], b.get("add_generation_prompt", True), b.get("continue_final_message", False))

@@ -180,3 +180,36 @@ def test_a_presets_capacity_and_time_limit_reach_the_client():
     mine = ModelClient(Endpoint("weak", ("http://127.0.0.1:1",), "m", max_in_flight=64, request_timeout=60),
                        ClientSettings(max_in_flight=8, request_timeout=120))  # fmt: skip
     assert mine.settings.max_in_flight == 8 and mine.settings.request_timeout == 120
+
+
+async def test_every_generation_request_states_greedy_so_a_models_own_defaults_never_apply():
+    """vLLM's default `--generation-config auto` fills what a request leaves out from the model's
+    generation_config.json (Qwen2.5-7B-Instruct: repetition_penalty 1.05). A server that does so answers a silent
+    greedy request differently; every request of ours states its decoding, so ours answers as a neutral server."""
+    import aiohttp
+
+    from workspace.client import GREEDY
+
+    neutral = await FakeServer(ToyModel(name="toy")).start()
+    biased = await FakeServer(ToyModel(name="toy")).start()
+    biased.generation_defaults = {"repetition_penalty": 1.3, "top_p": 0.8, "top_k": 20}
+    try:
+        prompt = ToyModel().encode("Tell me a story about a cat.")
+        silent = {"model": "toy", "prompt": prompt, "max_tokens": 60, "temperature": 0, "return_token_ids": True}
+        async with aiohttp.ClientSession() as s, s.post(f"{biased.url}/v1/completions", json=silent) as r:
+            silent_ids = (await r.json())["choices"][0]["token_ids"]
+        assert biased.applied[-1]["repetition_penalty"] == 1.3
+        msgs = [{"role": "user", "content": "Tell me a story about a cat."}]
+        answers = []
+        for server in (neutral, biased):
+            async with client(server.url) as c:
+                answers.append((await c.complete(prompt, max_tokens=60, logprobs=2),
+                                await c.chat(msgs, max_tokens=60), await c.prompt_ranks(prompt)))  # fmt: skip
+        assert list(answers[0][0].token_ids) != silent_ids  # the silent request was changed by the defaults
+        assert answers[1] == answers[0]  # ours were not
+        assert biased.applied[-3:] == [{}, {}, {}]
+        for req in biased.requests[-3:]:
+            assert {k: req[k] for k in GREEDY} == GREEDY
+    finally:
+        await neutral.stop()
+        await biased.stop()

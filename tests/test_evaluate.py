@@ -169,3 +169,22 @@ async def test_too_few_prompts_for_length_control_is_readable_with_a_reason(serv
     ev = await run(servers, "top1(tau=0.3, span=punct)", prompts=PROMPTS.head(3))
     assert ev.complete and ev.summary is None and "at least 5" in ev.note
     assert load_evaluation(ev.id, SETTINGS).note == ev.note
+
+
+async def test_model_generation_defaults_never_reach_an_evaluation_and_the_record_says_how_it_decoded(servers, records):
+    """Servers that would apply a model's sampling defaults to silent requests (as vLLM's `--generation-config auto`
+    does): every request of a whole evaluation (references, drafts, spans, rankings, verdicts) states greedy decoding,
+    so nothing is filled in, and both records' headers carry the decoding."""
+    from workspace.client import GREEDY
+    from workspace.records.log import read_record
+
+    for s in servers.values():
+        s.generation_defaults = {"repetition_penalty": 1.05, "temperature": 0.7, "top_p": 0.8}
+    ev = await run(servers, "top1(tau=0.3, span=punct)")
+    assert ev.complete
+    generating = [r for s in servers.values() for r in s.requests if r["path"] in ("/v1/completions",
+                                                                                   "/v1/chat/completions")]  # fmt: skip
+    assert generating and all({k: r[k] for k in GREEDY} == GREEDY for r in generating)
+    assert all(a == {} for s in servers.values() for a in s.applied)
+    for kind, rid in (("evaluations", ev.id), ("baselines", ev.header.baselines)):
+        assert read_record(kind, rid).header["decoding"]["request"] == GREEDY

@@ -140,3 +140,14 @@ def test_model_without_offline_source_says_what_to_do(home, monkeypatch):
     monkeypatch.setattr(provision, "_from_hub", lambda spec, out, log: None)  # as if the hub is unreachable
     with pytest.raises(provision.ProvisionError, match="cannot be reached and this model has no offline source"):
         provision.fetch_model(cat.model("qwen2.5-7b-instruct"), log=lambda s: None)
+
+
+def test_servers_start_with_vllms_neutral_generation_config_and_records_say_so():
+    """`--generation-config vllm` on every server (not the model's generation_config.json); the facts a record
+    carries follow the command line as vLLM reads it (the last flag wins) and the environment."""
+    spec = load_catalog().preset("tiny").roles["weak"]
+    cmd = launcher._command(spec, "/m", "tiny-weak")
+    assert cmd[cmd.index("--generation-config") + 1] == "vllm"
+    assert launcher.engine_facts(cmd, {}) == {"generation_config": "vllm", "batch_invariant": "off"}
+    assert launcher.engine_facts([*cmd, "--generation-config=auto"], {"VLLM_BATCH_INVARIANT": "1"}) == {
+        "generation_config": "auto", "batch_invariant": "on"}  # fmt: skip

@@ -194,6 +194,17 @@ class CallCache(Protocol):
     def put(self, key: str, body: Any) -> None: ...
 
 
+# Greedy decoding, stated in full on every generation request. vLLM fills what a request leaves out from the
+# model's generation_config.json when started with `--generation-config auto` (its default): Qwen2.5-7B-Instruct's
+# repetition_penalty 1.05 would shape every reference answer. The launcher also starts servers with
+# `--generation-config vllm`; saying it here keeps servers started elsewhere greedy too. top_k 0 is "off" in vLLM
+# 0.32 (the tested `gpu` extra); a seed is not needed for greedy decoding.
+GREEDY: dict[str, float | int] = {
+    "temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0,
+    "repetition_penalty": 1.0, "frequency_penalty": 0.0, "presence_penalty": 0.0,
+}  # fmt: skip
+
+
 def _cache_key(path: str, payload: dict) -> str:
     blob = json.dumps([path, payload], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -364,6 +375,7 @@ class ModelClient:
             "model": await self.model(),
             "prompt": list(prompt_ids),
             "max_tokens": max_tokens,
+            **GREEDY,
             "temperature": temperature,
             "return_token_ids": True,
             **({"logprobs": logprobs} if logprobs else {}),
@@ -376,7 +388,7 @@ class ModelClient:
         """The rank of each prompt token from index `start` on among the model's predictions given the tokens
         before it (1: the model's greedy choice). One request; vLLM's `prompt_logprobs` extension, so only for a
         white-box (vLLM) server."""
-        payload = {"model": await self.model(), "prompt": list(prompt_ids), "max_tokens": 1, "temperature": 0.0,
+        payload = {"model": await self.model(), "prompt": list(prompt_ids), "max_tokens": 1, **GREEDY,
                    "prompt_logprobs": 1}  # fmt: skip
         start = max(1, start)  # the first prompt token has no prediction
 
@@ -408,6 +420,7 @@ class ModelClient:
             "model": await self.model(),
             "messages": messages,
             "max_tokens": max_tokens,
+            **GREEDY,
             "temperature": temperature,
             **({"continue_final_message": True, "add_generation_prompt": False} if continue_final else {}),
             **({"stop": stop, "include_stop_str_in_output": include_stop} if stop else {}),

@@ -8,7 +8,7 @@ a server hosts several; otherwise the client asks the server.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from servers.presets import ROLES
 from servers.runtime import read_state
@@ -28,6 +28,7 @@ class Endpoint:
     note: str = ""  # e.g. "plumbing only" when the strong server also answers the judge role
     max_in_flight: int | None = None  # the preset's cap on concurrent requests (small CPU servers thrash above it)
     request_timeout: float | None = None  # the preset's time limit for one request (slow CPU servers need more)
+    engine: dict[str, str] = field(default_factory=dict)  # how the server decodes, as `cdw serve` started it
 
 
 def _split(urls: str) -> tuple[str, ...]:
@@ -69,6 +70,7 @@ def resolve_endpoint(role: str, url: str | None = None, preset: str | None = Non
         note=recs[0].notes.get(role, ""),
         max_in_flight=recs[0].max_in_flight,
         request_timeout=recs[0].request_timeout,
+        engine=recs[0].engine,
     )
 
 

@@ -69,11 +69,12 @@ async def evaluate(
     base = await ensure_baselines(prompts, setup, settings, progress, on_progress)
     prog = Progress(on_progress, progress)
     header = msgspec.structs.replace(base.header, kind="evaluation", policy=spec, policy_source_hash=source,
-                                     baselines=base.id, created=now(), servers=None, code=code_version())  # fmt: skip
+                                     baselines=base.id, created=now(), servers=None, code=code_version(),
+                                     decoding=setup.decoding(judge=settings.needs_judge))  # fmt: skip
     existing = read_record("evaluations", eid)
     if existing is not None:  # resuming: when, by which code and (an alias) under which source hash it started
         old = typed(existing)[0]
-        header = msgspec.structs.replace(header, created=old.created, code=old.code,
+        header = msgspec.structs.replace(header, created=old.created, code=old.code, decoding=old.decoding,
                                          policy_source_hash=old.policy_source_hash)  # fmt: skip
     by_base = {e.prompt_id: e for e in base.examples}
     with RecordWriter("evaluations", eid, {"type": "header", **to_fields(header)}) as w:

@@ -12,7 +12,7 @@ from servers.settings import PROJECT_ROOT
 from ..benchmarks import DEFAULT, Benchmark, DataError
 from ..benchmarks import get as get_benchmark
 from ..cache import CallCache
-from ..client import ClientSettings, ModelClient
+from ..client import GREEDY, ClientSettings, ModelClient
 from ..endpoints import resolve_endpoint
 from ..engine import EngineSettings, Models
 from ..judge import JudgeSettings
@@ -87,6 +87,13 @@ class Setup:
         clients = (self.weak, self.strong, self.judge)[: 3 if judge else 2]
         got = await asyncio.gather(*(c.model() for c in clients))
         return dict(zip(("weak", "strong", "judge"), got, strict=False))
+
+    def decoding(self, judge: bool = True) -> dict:
+        """How this setup decodes, for the record's header: the sampling every request states, and what `cdw serve`
+        recorded of each server's engine (nothing for a server given by URL)."""
+        roles = (("weak", self.weak), ("strong", self.strong), ("judge", self.judge))[: 3 if judge else 2]
+        return {"request": dict(GREEDY),
+                "servers": {role: dict(c.endpoint.engine) for role, c in roles if c.endpoint.engine}}  # fmt: skip
 
     async def servers(self, judge: bool = True) -> dict[str, str]:
         """Server version per role, for the record (best effort)."""

@@ -206,5 +206,5 @@ class RecordWriter:
 
 
 def _comparable(header: dict) -> dict:
-    # When a record was created (with which server versions, by which code) is not part of what it is.
-    return {k: v for k, v in header.items() if k not in ("created", "servers", "code")}
+    # When a record was created (with which server versions and decoding, by which code) is not part of what it is.
+    return {k: v for k, v in header.items() if k not in ("created", "servers", "code", "decoding")}

@@ -51,6 +51,10 @@ class Header(_Line, tag="header"):
     servers: dict[str, str] | None = None
     code: CodeVersion | None = None
     benchmark: str = UNNAMED_BENCHMARK  # what it was measured on (workspace/benchmarks/)
+    # How answers were decoded (`Setup.decoding()`): the sampling every request stated, the chat template's fixed
+    # arguments, and what each server said of its engine (platform, vLLM build, generation config, batch
+    # invariance). Like `servers`, not part of the identity: records made before it existed keep their ids.
+    decoding: dict[str, Any] | None = None
 
     def identity(self) -> dict:
         """What the record's id is a hash of (when and where it was made are not part of what it is)."""
