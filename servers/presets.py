@@ -6,6 +6,7 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from .settings import ROLES, paths
 
@@ -33,6 +34,13 @@ class ModelSpec:
     build: str | None = None  # "tiny" (character-level) | "tiny-bpe" (byte-level BPE): generated locally
     seed: int = 0
     alphabet: str = ""
+    # Fixed arguments for the model's chat template, sent with every request that renders it (chat, /tokenize):
+    # a template that writes today's date (Llama-3.2's `date_string`) would otherwise change the prompt daily.
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def served_names(self) -> set[str]:
+        """Every name a server of this model may announce (its hub id, its fallback's name, its own name)."""
+        return {n for n in (self.hub, self.fallback.served_name if self.fallback else None, self.name) if n}
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,13 @@ class Catalog:
         except KeyError:
             raise PresetError(f"unknown preset {name!r}; known: {', '.join(sorted(self.presets))}") from None
 
+    def template_kwargs(self, served_name: str) -> dict[str, Any]:
+        """The fixed chat-template arguments of the model a server announces as `served_name` ({} if none)."""
+        for spec in self.models.values():
+            if served_name in spec.served_names():
+                return dict(spec.chat_template_kwargs)
+        return {}
+
     def model(self, name: str) -> ModelSpec:
         try:
             return self.models[name]
@@ -107,6 +122,7 @@ def _model(name: str, raw: dict) -> ModelSpec:
         build=raw.get("build"),
         seed=int(raw.get("seed", 0)),
         alphabet=raw.get("alphabet", ""),
+        chat_template_kwargs=dict(raw.get("chat_template_kwargs", {})),
     )
 
 

@@ -102,7 +102,8 @@ class ByteToy:
     def detokenize(self, ids: list[int]) -> str:
         return self.decode(ids, skip_special=False)  # like /detokenize: special tokens kept
 
-    def render(self, messages: list[dict], add_generation_prompt: bool, continue_final: bool) -> str:
+    def render(self, messages: list[dict], add_generation_prompt: bool, continue_final: bool,
+               template_kwargs: dict | None = None) -> str:  # fmt: skip
         parts = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
         if continue_final:
             parts[-1] = f"<|im_start|>{messages[-1]['role']}\n{messages[-1]['content']}"

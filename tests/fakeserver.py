@@ -22,7 +22,9 @@ import string
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 
+import jinja2.sandbox
 from aiohttp import web
 
 CHARS = [c for c in string.printable if c not in "\x0b\x0c\r"]
@@ -33,6 +35,25 @@ CHARS = [c for c in string.printable if c not in "\x0b\x0c\r"]
 QUIET = logging.getLogger("tests.fakeserver")
 QUIET.setLevel(logging.CRITICAL + 1)
 QUIET.propagate = False
+
+# The date-dependent part of Llama-3.2-Instruct's chat template, as meta-llama ships it: without a `date_string`
+# argument it writes today's date (transformers' `strftime_now`, which vLLM's renderer provides) into the prompt.
+LLAMA32_DATED_TEMPLATE = (
+    "{%- if not date_string is defined %}{%- if strftime_now is defined %}"
+    "{%- set date_string = strftime_now('%d %b %Y') %}{%- else %}{%- set date_string = '26 Jul 2024' %}"
+    "{%- endif %}{%- endif %}"
+    "<s>system\nCutting Knowledge Date: December 2023\nToday Date: {{ date_string }}\n\n</s>\n"
+    "{%- for m in messages %}<s>{{ m['role'] }}\n{{ m['content'] }}</s>\n{%- endfor %}"
+    "{%- if add_generation_prompt %}<s>assistant\n{%- endif %}"
+)
+
+
+def render_template(template: str, messages: list[dict], add_generation_prompt: bool, **kwargs) -> str:
+    """Render a chat template as transformers does for vLLM: a sandboxed jinja environment with `strftime_now`
+    (today, from `datetime.now()`), the request's `chat_template_kwargs` as variables."""
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **kwargs)
 
 
 @dataclass
@@ -45,6 +66,7 @@ class ToyModel:
     eos: str = "</s>"
     extra: tuple[str, ...] = ()  # multi-character tokens (encoded longest-first), e.g. ".\n\n"
     empty_spans: bool = False  # chat answers come back empty with finish_reason "length"
+    template: str | None = None  # a jinja chat template (e.g. LLAMA32_DATED_TEMPLATE) instead of the built-in one
 
     def __post_init__(self):
         chars = list(reversed(CHARS)) if self.reverse else CHARS
@@ -78,7 +100,15 @@ class ToyModel:
     def chat_piece_bytes(self, i: int, piece: str) -> list[int]:
         return list(piece.encode())
 
-    def render(self, messages: list[dict], add_generation_prompt: bool, continue_final: bool) -> str:
+    def render(self, messages: list[dict], add_generation_prompt: bool, continue_final: bool,
+               template_kwargs: dict | None = None) -> str:  # fmt: skip
+        if self.template is not None:
+            text = render_template(self.template, messages, add_generation_prompt and not continue_final,
+                                   **(template_kwargs or {}))  # fmt: skip
+            # As vLLM continues a final message: the text up to the end of its content.
+            return (
+                text[: text.rindex(messages[-1]["content"]) + len(messages[-1]["content"])] if continue_final else text
+            )
         parts = [f"<s>{m['role']}\n{m['content']}</s>\n" for m in messages]
         if continue_final:
             last = messages[-1]
@@ -351,7 +381,8 @@ class FakeServer:
         m = self._decoder(b)
         if self.judge is not None and b.get("max_tokens") == 1:
             return self._judge_answer(b)
-        text = m.render(b["messages"], b.get("add_generation_prompt", True), b.get("continue_final_message", False))
+        text = m.render(b["messages"], b.get("add_generation_prompt", True), b.get("continue_final_message", False),
+                        b.get("chat_template_kwargs"))  # fmt: skip
         ids, rows, out, finish, stop_reason = m.generate(m.encode(text), b["max_tokens"], b.get("stop"))
         if m.empty_spans:
             ids, rows, out, finish, stop_reason = [], [], "", "length", None
@@ -383,9 +414,8 @@ class FakeServer:
         m = self.model
         self._refuse_system(b)
         if "messages" in b:
-            text = m.render(
-                b["messages"], b.get("add_generation_prompt", False), b.get("continue_final_message", False)
-            )
+            text = m.render(b["messages"], b.get("add_generation_prompt", False),
+                            b.get("continue_final_message", False), b.get("chat_template_kwargs"))  # fmt: skip
         else:
             text = b["prompt"]
         toks = m.encode(text)

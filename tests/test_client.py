@@ -7,6 +7,7 @@ import socket
 
 import pytest
 
+from servers.presets import load_catalog
 from tests.fakeserver import FakeServer, ToyModel
 from workspace.client import (
     ClientSettings,
@@ -213,3 +214,41 @@ async def test_every_generation_request_states_greedy_so_a_models_own_defaults_n
     finally:
         await neutral.stop()
         await biased.stop()
+
+
+async def test_a_dated_chat_template_renders_the_same_prompt_on_any_day(monkeypatch, fake):
+    """Llama-3.2's chat template writes today's date into the prompt unless given `date_string`. The presets
+    catalog fixes it for that model and the client sends it on every path that renders the template (chat and
+    /tokenize with messages), so the weak prompt's ids and the answer are the same on two different days."""
+    import datetime as dt
+
+    import aiohttp
+
+    from tests import fakeserver
+
+    name = load_catalog().model("llama-3.2-1b-instruct").hub
+    server = await FakeServer(ToyModel(name=name, template=fakeserver.LLAMA32_DATED_TEMPLATE)).start()
+    msgs = [{"role": "user", "content": "Hi"}]
+    seen = []
+    try:
+        for day in (dt.datetime(2026, 12, 2), dt.datetime(2027, 3, 1)):
+            monkeypatch.setattr(fakeserver, "datetime", type("Frozen", (), {"now": staticmethod(lambda d=day: d)}))
+            silent = {"model": name, "messages": msgs, "add_generation_prompt": True}
+            async with aiohttp.ClientSession() as s, s.post(f"{server.url}/tokenize", json=silent) as r:
+                silent_ids = (await r.json())["tokens"]
+            async with client(server.url) as c:  # no arguments on the endpoint: the catalog's for the served name
+                ids = await c.tokenize(messages=msgs, add_generation_prompt=True)
+                out = await c.chat(msgs, max_tokens=20)
+            seen.append((silent_ids, ids, out.text))
+    finally:
+        await server.stop()
+    assert seen[0][0] != seen[1][0]  # the template does write the day
+    assert seen[0][1:] == seen[1][1:]
+    assert "Today Date: 26 Jul 2024" in ToyModel().decode(seen[0][1])
+    mine = [r for r in server.requests if r["path"] in ("/tokenize", "/v1/chat/completions")
+            and r != {"path": "/tokenize", **silent}]  # fmt: skip
+    assert len(mine) == 4 and all(r["chat_template_kwargs"] == {"date_string": "26 Jul 2024"} for r in mine)
+    async with client(fake.url) as c:  # a model without fixed arguments: its payloads (cache keys) as before
+        await c.chat(msgs, max_tokens=4)
+        await c.tokenize(messages=msgs)
+    assert not any("chat_template_kwargs" in r for r in fake.requests)

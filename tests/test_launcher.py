@@ -151,3 +151,9 @@ def test_servers_start_with_vllms_neutral_generation_config_and_records_say_so()
     assert launcher.engine_facts(cmd, {}) == {"generation_config": "vllm", "batch_invariant": "off"}
     assert launcher.engine_facts([*cmd, "--generation-config=auto"], {"VLLM_BATCH_INVARIANT": "1"}) == {
         "generation_config": "auto", "batch_invariant": "on"}  # fmt: skip
+
+
+def test_the_catalog_fixes_dated_chat_templates_by_served_name():
+    cat = load_catalog()
+    assert cat.template_kwargs("meta-llama/Llama-3.2-1B-Instruct") == {"date_string": "26 Jul 2024"}
+    assert cat.template_kwargs("Qwen/Qwen2.5-7B-Instruct") == {} and cat.template_kwargs("unknown") == {}

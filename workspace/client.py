@@ -31,6 +31,8 @@ import orjson
 from asyncio_throttle import Throttler
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
+from servers.presets import load_catalog
+
 from .endpoints import Endpoint
 
 
@@ -229,6 +231,7 @@ class ModelClient:
             self.settings = dataclasses.replace(self.settings, request_timeout=endpoint.request_timeout)
         self._replicas = [_Replica(u, self.settings) for u in endpoint.urls]
         self._model: str | None = endpoint.model
+        self._template_kwargs: dict | None = endpoint.chat_template_kwargs
         self._model_lock = asyncio.Lock()
         self.calls = 0  # requests sent (retries included): benchmarks and cache tests read this
         self.cache = cache
@@ -351,6 +354,17 @@ class ModelClient:
                     self._model = names[0]
         return self._model
 
+    async def template_kwargs(self) -> dict:
+        """Fixed arguments for the served model's chat template (the endpoint's, else the presets catalog's for
+        the served model's name), sent with every request that renders it: chat and /tokenize with messages."""
+        if self._template_kwargs is None:
+            self._template_kwargs = load_catalog().template_kwargs(await self.model())
+        return self._template_kwargs
+
+    async def _template_args(self) -> dict:
+        kw = await self.template_kwargs()
+        return {"chat_template_kwargs": kw} if kw else {}  # a model without any: the payload (a cache key) as before
+
     # ------------------------------------------------------------ API calls
 
     async def models(self) -> list[str]:
@@ -419,6 +433,7 @@ class ModelClient:
         payload = {
             "model": await self.model(),
             "messages": messages,
+            **await self._template_args(),
             "max_tokens": max_tokens,
             **GREEDY,
             "temperature": temperature,
@@ -447,6 +462,7 @@ class ModelClient:
             payload["add_special_tokens"] = bool(add_special_tokens)
         else:
             payload["messages"] = messages
+            payload.update(await self._template_args())
             payload["add_generation_prompt"] = add_generation_prompt
             payload["continue_final_message"] = continue_final_message
             if add_special_tokens is not None:

@@ -29,6 +29,8 @@ class Endpoint:
     max_in_flight: int | None = None  # the preset's cap on concurrent requests (small CPU servers thrash above it)
     request_timeout: float | None = None  # the preset's time limit for one request (slow CPU servers need more)
     engine: dict[str, str] = field(default_factory=dict)  # how the server decodes, as `cdw serve` started it
+    # Fixed chat-template arguments (None: the presets catalog's for the served model, `Catalog.template_kwargs`).
+    chat_template_kwargs: dict | None = None
 
 
 def _split(urls: str) -> tuple[str, ...]:

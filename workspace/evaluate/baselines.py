@@ -68,7 +68,7 @@ async def ensure_baselines(
                                          decoding=old.decoding)  # fmt: skip
     else:  # a new record says when, against which servers, decoding how and by which code it was made
         header = msgspec.structs.replace(header, created=now(), servers=await setup.servers(), code=code_version(),
-                                         decoding=setup.decoding(judge=settings.needs_judge))  # fmt: skip
+                                         decoding=await setup.decoding(judge=settings.needs_judge))  # fmt: skip
     with RecordWriter("baselines", bid, {"type": "header", **to_fields(header)}) as w:
         events = typed(w.record)[1]
         refs = {k: v for k, v in latest(events, "reference").items() if v.error is None}

@@ -70,7 +70,7 @@ async def evaluate(
     prog = Progress(on_progress, progress)
     header = msgspec.structs.replace(base.header, kind="evaluation", policy=spec, policy_source_hash=source,
                                      baselines=base.id, created=now(), servers=None, code=code_version(),
-                                     decoding=setup.decoding(judge=settings.needs_judge))  # fmt: skip
+                                     decoding=await setup.decoding(judge=settings.needs_judge))  # fmt: skip
     existing = read_record("evaluations", eid)
     if existing is not None:  # resuming: when, by which code and (an alias) under which source hash it started
         old = typed(existing)[0]

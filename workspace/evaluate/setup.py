@@ -88,11 +88,14 @@ class Setup:
         got = await asyncio.gather(*(c.model() for c in clients))
         return dict(zip(("weak", "strong", "judge"), got, strict=False))
 
-    def decoding(self, judge: bool = True) -> dict:
-        """How this setup decodes, for the record's header: the sampling every request states, and what `cdw serve`
-        recorded of each server's engine (nothing for a server given by URL)."""
+    async def decoding(self, judge: bool = True) -> dict:
+        """How this setup decodes, for the record's header: the sampling every request states, each role's fixed
+        chat-template arguments, and what `cdw serve` recorded of each server's engine (nothing for a server given
+        by URL)."""
         roles = (("weak", self.weak), ("strong", self.strong), ("judge", self.judge))[: 3 if judge else 2]
+        kwargs = await asyncio.gather(*(c.template_kwargs() for _, c in roles))
         return {"request": dict(GREEDY),
+                "chat_template_kwargs": {role: kw for (role, _), kw in zip(roles, kwargs, strict=True) if kw},
                 "servers": {role: dict(c.endpoint.engine) for role, c in roles if c.endpoint.engine}}  # fmt: skip
 
     async def servers(self, judge: bool = True) -> dict[str, str]:
