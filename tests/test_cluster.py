@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import textwrap
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -254,13 +253,28 @@ def test_sweep_and_agents_accept_slurm_options():
         assert "--slurm" in out and "--partition" in out and "--sbatch-arg" in out, args
 
 
-def test_foreground_in_a_job_ignores_the_presets_gpu_pinning(monkeypatch):
-    spec = replace(catalog().preset("paper-multi-gpu").roles["strong"])
+def test_gpu_pinning_is_the_presets_except_in_a_server_job_of_ours(monkeypatch):
+    """A shell: the preset's GPUs. An interactive allocation (`salloc`: SLURM_JOB_ID set, SLURM's
+    CUDA_VISIBLE_DEVICES naming the allocated GPUs): the preset's indexes among the allocated GPUs, so the three
+    roles of paper-multi-gpu get three GPUs, not all the first. A server job `cdw serve --slurm` submitted (its
+    script sets CDW_SERVER_JOB): SLURM gave the job its own GPUs and the server inherits them."""
     preset = catalog().preset("paper-multi-gpu")
-    assert launcher._environment(preset, spec)["CUDA_VISIBLE_DEVICES"] == "1"
-    monkeypatch.setenv("SLURM_JOB_ID", "5")
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # what SLURM allocated
-    assert launcher._environment(preset, spec)["CUDA_VISIBLE_DEVICES"] == "0"
+    strong, judge = preset.roles["strong"], preset.roles["judge"]
+    assert launcher._environment(preset, strong)["CUDA_VISIBLE_DEVICES"] == "1"
+    monkeypatch.setenv("SLURM_JOB_ID", "5")  # salloc --gres=gpu:3
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
+    assert [launcher._environment(preset, preset.roles[r])["CUDA_VISIBLE_DEVICES"]
+            for r in ("weak", "strong", "judge")] == ["4", "5", "6"]  # fmt: skip
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")  # salloc --gres=gpu:2
+    with pytest.raises(LaunchError, match="pinned to GPU 2 .* only 2 GPU"):
+        launcher._environment(preset, judge)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")  # an allocation without GPUs named: the preset's
+    assert launcher._environment(preset, judge)["CUDA_VISIBLE_DEVICES"] == "2"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # a server job of ours, given one GPU by SLURM
+    monkeypatch.setenv("CDW_SERVER_JOB", "5")
+    assert "CUDA_VISIBLE_DEVICES" not in launcher._environment(preset, strong)
+    script = cluster.scripts("paper-multi-gpu", ["strong"])[0][1]
+    assert 'export CDW_SERVER_JOB="$SLURM_JOB_ID"' in script
 
 
 def test_local_cluster_script_is_valid_bash():

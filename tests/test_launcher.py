@@ -157,3 +157,18 @@ def test_the_catalog_fixes_dated_chat_templates_by_served_name():
     cat = load_catalog()
     assert cat.template_kwargs("meta-llama/Llama-3.2-1B-Instruct") == {"date_string": "26 Jul 2024"}
     assert cat.template_kwargs("Qwen/Qwen2.5-7B-Instruct") == {} and cat.template_kwargs("unknown") == {}
+
+
+def test_dry_run_prints_each_servers_command_and_environment_and_starts_nothing(home):
+    from click.testing import CliRunner
+
+    from workspace.cli import main
+
+    r = CliRunner().invoke(main, ["serve", "--preset", "paper-multi-gpu", "--dry-run", "--roles", "strong,judge"])
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert [ln.split()[2] for ln in lines if ln.startswith("# ----")] == ["strong", "judge"]
+    assert "export CUDA_VISIBLE_DEVICES=1" in lines and "export HF_HUB_OFFLINE=1" in lines
+    cmd = next(ln for ln in lines if "--port 8002" in ln)
+    assert "--served-model-name Qwen/Qwen2.5-7B-Instruct" in cmd and "--generation-config vllm" in cmd
+    assert read_state().servers == () and not (home / "home" / "logs").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shlex
 import sys
 import time
 
@@ -81,7 +82,9 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, int]:
               help="with --slurm: GPUs per server job (default 1 on GPU presets, 0 on CPU ones)")  # fmt: skip
 @click.option("--cpus-per-role", type=int, default=None,
               help="with --slurm: CPUs per server job (default 1 on CPU presets, 4 on GPU ones)")  # fmt: skip
-@click.option("--dry-run", is_flag=True, help="with --slurm: print each job's batch script, submit nothing")
+@click.option("--dry-run", is_flag=True,
+              help="print each server's command line and environment (with --slurm: each job's batch script); "
+              "start nothing")  # fmt: skip
 @click.option("--foreground", is_flag=True,
               help="serve --roles here until SIGTERM or Ctrl-C (the body of a SLURM server job)")  # fmt: skip
 @click.option("--host", default=None,
@@ -124,8 +127,18 @@ def serve(preset: str, roles: str | None, stop: bool, timeout: float, slurm: boo
         except (LaunchError, PresetError) as e:
             fail(str(e))
         sys.exit(code)
-    if not slurm and (resume or replicas or dry_run or gpus_per_role is not None):
-        fail("--resume, --replicas, --dry-run and --gpus-per-role need --slurm")
+    if not slurm and (resume or replicas or gpus_per_role is not None):
+        fail("--resume, --replicas and --gpus-per-role need --slurm")
+    if dry_run and not slurm:
+        try:
+            plans = launcher.plan(preset, role_list, host=host or launcher.HOST, data_parallel=dp)
+        except (LaunchError, PresetError) as e:
+            fail(str(e))
+        for p in plans:
+            click.echo(f"# ---- {p.role} server (answers {', '.join(p.serves)}): model {p.model}, log {p.log}")
+            click.echo("\n".join(f"export {k}={shlex.quote(v)}" for k, v in sorted(p.env.items())))
+            click.echo(shlex.join(p.command))
+        return
     if dry_run:
         try:
             jobs = cluster.scripts(preset, role_list, options=slurm_opts, host=host, timeout=timeout,
