@@ -171,7 +171,9 @@ async def test_too_few_prompts_for_length_control_is_readable_with_a_reason(serv
     assert load_evaluation(ev.id, SETTINGS).note == ev.note
 
 
-async def test_model_generation_defaults_never_reach_an_evaluation_and_the_record_says_how_it_decoded(servers, records):
+async def test_model_generation_defaults_never_reach_an_evaluation_and_the_record_says_how_it_decoded(
+    servers, records_dir
+):
     """Servers that would apply a model's sampling defaults to silent requests (as vLLM's `--generation-config auto`
     does): every request of a whole evaluation (references, drafts, spans, rankings, verdicts) states greedy decoding,
     so nothing is filled in, and both records' headers carry the decoding."""
