@@ -1,5 +1,6 @@
 """Are the engine's endpoints exact on real models? never-defer vs the weak model's own answer, always-defer
-(every span rule) vs the strong model's own answer, both with the same `max_tokens` (DESIGN.md §4).
+(every span rule) vs the strong model's own answer, both with the same `max_tokens` (ARCHITECTURE.md “The engine's
+invariants”).
 
     cdw serve --preset cpu && python benchmarks/exactness.py                 # 20 canonical + 3 hand-picked
     python benchmarks/exactness.py --n 20 --max-tokens 256 --spans default   # the rate at 256 tokens only

@@ -1,4 +1,5 @@
-"""How often does the strong model's text re-tokenise to the ids it generated? (DESIGN.md §4)
+"""How often does the strong model's text re-tokenise to the ids it generated? (ARCHITECTURE.md “The engine's
+invariants”)
 
 Exactness across consecutive strong spans needs each span's text to re-tokenise to the generated ids, since
 text is the only interface to the strong model. This asks the strong server for greedy answers to a few

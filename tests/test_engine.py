@@ -1,4 +1,5 @@
-"""Engine invariants (DESIGN.md §4) against in-test servers: a weak and a strong toy model whose tokenizers
+"""Engine invariants (ARCHITECTURE.md “The engine's invariants”) against in-test servers: a weak and a strong toy
+model whose tokenizers
 differ (and the strong one has multi-character tokens, so stop strings cut inside tokens)."""
 
 from __future__ import annotations

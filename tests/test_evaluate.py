@@ -1,4 +1,5 @@
-"""Evaluations end to end against in-test servers: weak, strong and a scripted judge (DESIGN.md §1, §6)."""
+"""Evaluations end to end against in-test servers: weak, strong and a scripted judge (ARCHITECTURE.md “What is
+measured”, “Records and findings”)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Findings and the leaderboard (workspace/forum.py, workspace/leaderboard.py; DESIGN.md §6).
+"""Findings and the leaderboard (workspace/forum.py, workspace/leaderboard.py; ARCHITECTURE.md “Records and findings”).
 
 Evaluation records are real: `evaluate(...)` runs against the in-test servers of tests/test_evaluate.py. Fake
 servers cannot be the canonical models and prompt set, so tests that need certified entries patch

@@ -1,4 +1,5 @@
-"""Statistics of an evaluation (DESIGN.md §1): LC winrate against alpaca_eval's own fit, recovery, bootstrap."""
+"""Statistics of an evaluation (ARCHITECTURE.md “What is measured”): LC winrate against alpaca_eval's own fit,
+recovery, bootstrap."""
 
 from __future__ import annotations
 

@@ -59,7 +59,8 @@ class Alignment:
         return self.bounds[self.safe_at_or_before(i)]  # type: ignore[return-value]
 
     def heal(self, cut: int) -> int:
-        """How many tokens to keep for a cut at character `cut` (DESIGN.md §4): the last token boundary at or
+        """How many tokens to keep for a cut at character `cut` (ARCHITECTURE.md “The engine's invariants”): the last
+        token boundary at or
         before the cut, so the kept text is a prefix of the model's own tokens; when the first token itself
         straddles the cut (nothing would be kept), the first known boundary after it instead."""
         best = 0

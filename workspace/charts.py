@@ -1,4 +1,5 @@
-"""Altair charts of the leaderboard: the frontier and the certified state of the art over time (DESIGN.md §3).
+"""Altair charts of the leaderboard: the frontier and the certified state of the art over time (ARCHITECTURE.md
+“Layers”).
 
 Charts are built from a `Leaderboard` (itself built from evaluation records), so a chart never shows a number that
 was typed in. A chart shows one benchmark (`benchmark=`, default alpaca_eval): recovery on a judge and recovery on

@@ -1,6 +1,6 @@
 """Collaborative decoding: the weak model drafts, a policy scans, the strong model writes single spans.
 
-Per instruction (DESIGN.md §4):
+Per instruction (ARCHITECTURE.md “The engine's invariants”):
 1. The weak model drafts a chunk of tokens from its own token ids, with top-k logprobs. Drafts are short
    right after a handoff (the policy often fires again soon) and double while the policy stays quiet.
 2. The policy scans the draft token by token; at the first deferral the rest of the draft is discarded.
@@ -145,7 +145,7 @@ class Decode:
 
 
 def pooled_f_weak(decodes: Sequence[Decode]) -> float | None:
-    """sum(weak chars) / sum(all chars) over a batch (DESIGN.md §1)."""
+    """sum(weak chars) / sum(all chars) over a batch (ARCHITECTURE.md “What is measured”)."""
     weak = sum(d.weak_chars for d in decodes)
     total = weak + sum(d.strong_chars for d in decodes)
     return weak / total if total else None

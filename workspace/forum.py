@@ -1,4 +1,5 @@
-"""The research forum: findings as markdown files with YAML front matter in `findings/` (DESIGN.md §6).
+"""The research forum: findings as markdown files with YAML front matter in `findings/` (ARCHITECTURE.md “Records and
+findings”).
 
 A finding is `findings/<UTC timestamp>-<slug>.md`. Its front matter says what it is (`title`, `kind`, `author`,
 `created`, `policy`, `evaluation`, `tags`); its body is self-contained markdown. Writers never overwrite each

@@ -1,4 +1,5 @@
-"""The pairwise judge: soft preferences between a candidate answer and the reference (DESIGN.md §1).
+"""The pairwise judge: soft preferences between a candidate answer and the reference (ARCHITECTURE.md “What is
+measured”).
 
 AlpacaEval 2.0's protocol: the judge sees the instruction and two outputs labelled "m" and "M", answers with
 one token, and we read the top logprobs. P(first output wins) is the probability of the first label
@@ -7,7 +8,8 @@ per example. Identical outputs score 0.5 without a call.
 
 A failed call, an answer whose two labels hold less than half of the probability (`MIN_LABEL_MASS`: the
 judge was not answering the question), or an empty answer to judge is an **error** on that example: it is
-never turned into 0.5 (that is U_strong, and would pull every policy toward parity; DESIGN.md §7). Each verdict
+never turned into 0.5 (that is U_strong, and would pull every policy toward parity; ARCHITECTURE.md “What this design
+fixes”). Each verdict
 records its label mass and a hash of the texts it judged, so a record can be checked against its texts.
 
 Some chat templates refuse a system message (Gemma-2's, the `paper` judge's, raises "System role not

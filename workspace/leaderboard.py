@@ -1,4 +1,5 @@
-"""The leaderboard: computed from evaluation records only, never from a number someone typed (DESIGN.md §1, §6).
+"""The leaderboard: computed from evaluation records only, never from a number someone typed (ARCHITECTURE.md “What is
+measured”, “Records and findings”).
 
 Every entry belongs to one benchmark (`workspace/benchmarks/`): alpaca_eval (utility = the judge's
 length-controlled winrate, U_strong = 0.5) or humaneval (utility = pass@1 on the unit tests, U_weak and U_strong
@@ -127,7 +128,8 @@ class Leaderboard:
         }
 
 
-# The endpoints hold by definition (DESIGN.md §1), on every benchmark: weak only writes everything and recovers
+# The endpoints hold by definition (ARCHITECTURE.md “What is measured”), on every benchmark: weak only writes
+# everything and recovers
 # nothing; strong only writes nothing and is the reference itself.
 BASELINES = (
     LeaderboardEntry(BASELINE, "weak only (never defer)", None, 1.0, 0.0, note="by definition", verified=True),

@@ -1,4 +1,4 @@
-"""`cdw mcp`: the agents' interface, an MCP server whose tools are thin calls into the Python API (DESIGN.md §2).
+"""`cdw mcp`: the agents' interface, an MCP server whose tools are thin calls into the Python API (AGENTS.md).
 
 Tools: `get_baselines`, `get_findings`, `get_leaderboard`, `evaluate_policy`, `evaluate_generations`,
 `share_finding`. `get_baselines`, `evaluate_policy` and `get_leaderboard` take a `benchmark` (`workspace/benchmarks/`:

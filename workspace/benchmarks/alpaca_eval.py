@@ -5,7 +5,7 @@
   whose `example/outputs.json` carries the same 805 instructions (sha256-pinned). Either way the result must
   match a pinned content hash, and it is cached once under `paths().data` (atomic write: a half-written
   cache cannot look complete; a corrupt one is detected and fetched again).
-- `canonical()` — the canonical 100 (DESIGN.md §1): the 100 indices i of the 805 with the smallest
+- `canonical()` — the canonical 100 (ARCHITECTURE.md “What is measured”): the 100 indices i of the 805 with the smallest
   sha256(f"20260101:{i}"), in that (pseudo-random) order, so the first n of it are themselves a random sample
   (the 805 are grouped by source dataset; an index-sorted subset's head would be all `helpful_base`).
   The ids and the PromptSet hash are committed in `workspace/benchmarks/canonical.json` (read only by
@@ -61,7 +61,7 @@ CANONICAL_METHOD = (
     "in that order"
 )
 # The confirmation set: 300 more prompts, disjoint from the canonical 100, that confirm a certified result at
-# n = 400 (DESIGN.md §5b). The same ordering, continued.
+# n = 400 (ARCHITECTURE.md “Benchmarks and certification”). The same ordering, continued.
 CONFIRMATION_FILE = Path(__file__).with_name("confirmation.json")
 CONFIRMATION_N = 300
 CONFIRMATION_METHOD = (
@@ -319,7 +319,8 @@ def write_confirmation(path: Path | None = None, log: Log = None) -> dict:
     full = alpaca_eval(log)
     ps = PromptSet("confirmation", tuple(full.prompts[i] for i in confirmation_indices()))
     doc = {
-        "description": "The confirmation set (DESIGN.md §5b): 300 AlpacaEval instructions disjoint from the canonical.",
+        "description": "The confirmation set (ARCHITECTURE.md, Benchmarks and certification): "
+                       "300 AlpacaEval instructions disjoint from the canonical.",
         "seed": CANONICAL_SEED, "method": CONFIRMATION_METHOD, "n": len(ps), "hash": ps.hash,
         "hash_method": "sha256 of JSON [[id, instruction], ...] in order, separators (',', ':'), UTF-8",
         "ids": list(ps.ids),
@@ -334,7 +335,8 @@ def write_canonical(path: Path | None = None, log: Log = None) -> dict:
     full = alpaca_eval(log)
     ps = PromptSet("canonical", tuple(full.prompts[i] for i in canonical_indices()))
     doc = {
-        "description": "The canonical evaluation set (DESIGN.md §1): 100 of the 805 AlpacaEval instructions.",
+        "description": "The canonical evaluation set (ARCHITECTURE.md, What is measured): "
+        "100 of the 805 AlpacaEval instructions.",
         "source": f"alpaca_eval: hub {HUB_REPO}/{HUB_FILE}, or PyPI {SDIST} sdist {SDIST_MEMBER}",
         "source_sha256": ALPACA_EVAL_SHA256,
         "seed": CANONICAL_SEED,

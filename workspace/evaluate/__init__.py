@@ -1,4 +1,5 @@
-"""Evaluations: a policy on a prompt set → decodes → judge → a record → f_weak, utility, recovery (DESIGN.md §1, §6).
+"""Evaluations: a policy on a prompt set → decodes → judge → a record → f_weak, utility, recovery (ARCHITECTURE.md
+“What is measured”, “Records and findings”).
 
 Phases, each fully concurrent and each appended to a record as it goes:
 1. **Baselines** (`baselines.py`; once per models, judge, prompt set and decoding settings; `records/baselines/`):

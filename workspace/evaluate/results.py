@@ -1,5 +1,6 @@
 """Reading evaluations back: typed examples, recomputed numbers, the certification rule and why an evaluation is
-not certified. Numbers come from the recorded generations and preferences only (DESIGN.md §6)."""
+not certified. Numbers come from the recorded generations and preferences only (ARCHITECTURE.md “Records and
+findings”)."""
 
 from __future__ import annotations
 

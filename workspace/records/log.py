@@ -5,7 +5,7 @@ the first line is the header (what was evaluated, with what), every later line o
 preference, a timing). Lines are appended and fsynced as the run progresses, so a killed run loses at most
 the line it was writing; reopening drops a torn last line and carries on. A record is written by one process
 at a time (an exclusive lock); readers never need the lock. Numbers are never read from a record: readers
-recompute them from the events (DESIGN.md §6).
+recompute them from the events (ARCHITECTURE.md “Records and findings”).
 
 Every writer session ends with a **signature** line: this workspace's Ed25519 signature over every byte before
 it (`workspace/records/signing.py`). An edit anywhere in the file breaks it; `Record.signature` says who signed what.

@@ -1,4 +1,5 @@
-"""The offline checks of a record: everything that can be checked without a server (DESIGN.md §6).
+"""The offline checks of a record: everything that can be checked without a server (ARCHITECTURE.md “Records and
+findings”).
 
 `check(kind, id)`:
 - the id is recomputed from the header (a record cannot be moved under another id);

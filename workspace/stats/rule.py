@@ -10,8 +10,8 @@ import numpy as np
 from ..format import threshold
 from .base import Interval, StatsError
 
-BAR = 0.98  # point recovery a certified result must reach (DESIGN.md §1)
-FLOOR = 0.80  # and the one-sided 95% lower bound of its recovery (DESIGN.md §5b)
+BAR = 0.98  # point recovery a certified result must reach (ARCHITECTURE.md “What is measured”)
+FLOOR = 0.80  # and the one-sided 95% lower bound of its recovery (ARCHITECTURE.md “Benchmarks and certification”)
 
 
 def recovery(utility: float, u_weak: float, u_strong: float = 0.5) -> float:
