@@ -55,7 +55,7 @@ class Paths:
     findings: Path  # the findings agents and people share
     policies: Path  # policy files agents load and write
     keys: Path  # this workspace's private signing key
-    trusted_keys: Path  # the committed list of public keys the group trusts
+    trusted_keys: Path  # the committed list of public keys the group trusts (never from CDW_RECORDS_DIR)
     presets: Path | None  # a presets file replacing the packaged `servers/presets.toml` (None: the packaged one)
 
     @property
@@ -95,7 +95,10 @@ def paths() -> Paths:
         findings=_path("CDW_FINDINGS_DIR") or PROJECT_ROOT / "findings",
         policies=_path("CDW_POLICIES_DIR") or PROJECT_ROOT / "policies",
         keys=_path("CDW_KEYS_DIR") or home / "keys",
-        trusted_keys=_path("CDW_TRUSTED_KEYS") or records / "trusted_keys.txt",
+        # The project's own list (or a wheel's user's), never one inside a records folder CDW_RECORDS_DIR names:
+        # a folder of records must not bring the keys that make them trusted.
+        trusted_keys=_path("CDW_TRUSTED_KEYS")
+        or (PROJECT_ROOT / "records" if in_checkout() else home) / "trusted_keys.txt",
         presets=_path("CDW_PRESETS"),
     )
 

@@ -169,3 +169,50 @@ async def test_records_as_data_frames(evaluation, records_dir):
         e = by_id[r["prompt_id"]]
         assert r["candidate"] == e.candidate.text and r["preference"] == e.preference.preference
         assert "".join(s["text"] for s in r["segments"]) == r["candidate"]
+
+
+def _signed(objs: list[dict]) -> bytes:
+    """The lines, with a signature (this workspace's key: the suite's, trusted) after each None in `objs`."""
+    data = b""
+    for o in objs:
+        if o is None:
+            key, sig = signing.sign(data)
+            o = {"type": "signature", "key": key, "sha256": signing.digest(data), "signature": sig}
+        data += json.dumps(o, ensure_ascii=False).encode() + b"\n"
+    return data
+
+
+async def test_a_record_cut_at_an_earlier_sessions_signature_is_reported_incomplete(evaluation, records_dir):
+    """Written in two sessions, then cut after the first one's signature: every signature left holds, and
+    `cdw verify` says how many prompts are left and which sessions, and fails."""
+    path = records_dir / "evaluations" / f"{evaluation.id}.jsonl"
+    objs = [o for o in lines(path) if o["type"] != "signature"]
+    scored = [i for i, o in enumerate(objs) if o["type"] in ("preference", "test")]
+    cut = scored[1] + 1  # the first session ends after two prompts were scored
+    path.write_bytes(_signed([*objs[:cut], None, *objs[cut:], None]))
+    c = check("evaluation", evaluation.id)
+    assert c.verified and c.coverage.complete and c.coverage.sessions == (cut - 1, len(objs) - cut), c.coverage
+    assert verify_cli(evaluation.id)[0] == 0
+    path.write_bytes(_signed([*objs[:cut], None]))  # the second session's lines are gone
+    c = check("evaluation", evaluation.id)
+    assert c.valid and c.verified, c.reason  # the signatures alone cannot tell
+    assert not c.coverage.complete and c.coverage.sessions == (cut - 1,)
+    assert c.coverage.scored + c.coverage.errors == 2 and c.coverage.prompts == len(PROMPTS)
+    code, out = verify_cli(evaluation.id)
+    assert code == 1 and f"incomplete: 2 of {len(PROMPTS)} prompts have results" in out and "1 writer session" in out
+    r = CliRunner().invoke(main, ["verify", evaluation.id, "--json"])
+    assert r.exit_code == 1 and json.loads(r.output)["coverage"]["missing"] == len(PROMPTS) - 2
+
+
+async def test_a_records_folder_does_not_bring_its_own_trusted_keys(evaluation, records_dir, monkeypatch):
+    """A folder CDW_RECORDS_DIR points at, with a trusted_keys.txt naming the key that signed its records: that
+    list is never read; the trusted list is the project's (or CDW_TRUSTED_KEYS)."""
+    path = records_dir / "evaluations" / f"{evaluation.id}.jsonl"
+    forger = Ed25519PrivateKey.generate()
+    rewrite(path, lines(path), forger)
+    raw = forger.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    (records_dir / "trusted_keys.txt").write_text(f"{signing.PREFIX}{base64.b64encode(raw).decode()} the forger\n")
+    monkeypatch.delenv("CDW_TRUSTED_KEYS")
+    c = check("evaluation", evaluation.id)
+    assert c.signed_by and c.trusted_by is None and not c.verified
+    assert signing.trusted_keys_file() != records_dir / "trusted_keys.txt"

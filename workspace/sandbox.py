@@ -183,6 +183,8 @@ def _hierarchy() -> _Hierarchy | None:
     for mount, fstype, options in _mounts():
         try:
             if fstype == "cgroup2" and "memory" in (Path(mount) / "cgroup.controllers").read_text().split():
+                with contextlib.suppress(OSError):  # the root cgroup may enable it for its children itself
+                    (Path(mount) / "cgroup.subtree_control").write_text("+memory")
                 base = Path(mount) / CGROUP_NAME
                 base.mkdir(exist_ok=True)
                 (base / "cgroup.subtree_control").write_text("+memory")

@@ -19,13 +19,16 @@ from .options import console, fail, run_closing, url_options, urls
 @url_options
 def verify(evaluation_id: str, replay_k: int, as_json: bool, **kw) -> None:
     """Check an evaluation record offline: ids, signatures and trusted key, texts vs segments, verdicts vs the
-    texts they judged, baselines. Exit 0 when it verifies, 1 with the reasons when it does not."""
+    texts they judged, baselines, and how many of its prompts it holds (and its writer sessions). Exit 0 when it
+    verifies and is complete, 1 with the reasons when it does not."""
     from ..records.verify import check
 
     c = check("evaluation", evaluation_id)
     out = {"evaluation_id": evaluation_id, "valid": c.valid, "verified": c.verified, "reason": c.reason,
-           "problems": list(c.problems), "signed_by": c.signed_by, "trusted_by": c.trusted_by}  # fmt: skip
-    ok = c.verified
+           "problems": list(c.problems), "signed_by": c.signed_by, "trusted_by": c.trusted_by,
+           "coverage": c.coverage.to_json() if c.coverage else None}  # fmt: skip
+    complete = c.coverage is not None and c.coverage.complete
+    ok = c.verified and complete
     if replay_k:
         from ..endpoints import EndpointError
         from ..evaluate import EvaluationError, Setup, replay
@@ -46,6 +49,9 @@ def verify(evaluation_id: str, replay_k: int, as_json: bool, **kw) -> None:
             console.print(f"[red]✗[/] {evaluation_id} does not verify: {c.reason}")
             for p in c.problems[:20]:
                 console.print(f"  [red]-[/] {p}")
+        if c.coverage is not None:
+            mark = "[green]✓[/]" if complete else "[red]✗[/]"
+            console.print(f"{mark} {c.coverage.describe()}")
         if "replay" in out:
             r = out["replay"]
             console.print(f"replay of {len(r['prompt_ids'])} prompts: {r['same_text']} same text, "

@@ -64,6 +64,9 @@ class Record:
     events: tuple[dict, ...]
     path: Path
     signature: SignatureCheck = SignatureCheck(None, "not read")
+    # Events written in each writer session, in order (a session ends with its signature line; a last count
+    # after the last signature is of lines no session signed).
+    sessions: tuple[int, ...] = ()
 
     def of_type(self, type_: str) -> Iterator[dict]:
         return (e for e in self.events if e.get("type") == type_)
@@ -109,7 +112,19 @@ def read_record(kind: str, record_id: str) -> Record | None:
         raise StoreError(f"{path}: no header line; the record cannot be read")
     sig = _check_signatures(data[:good], objs, starts)
     events = tuple(o for o in objs[1:] if o.get("type") != "signature")
-    return Record(kind, record_id, objs[0], events, path, sig)
+    return Record(kind, record_id, objs[0], events, path, sig, _sessions(objs))
+
+
+def _sessions(objs: list[dict]) -> tuple[int, ...]:
+    """Events per writer session: each signature line closes one."""
+    out, n = [], 0
+    for o in objs[1:]:
+        if o.get("type") == "signature":
+            out.append(n)
+            n = 0
+        else:
+            n += 1
+    return (*out, n) if n else tuple(out)
 
 
 def list_records(kind: str) -> list[str]:

@@ -2,10 +2,10 @@
 
 Each workspace has its own key (`.cdw/keys/ed25519.pem`, created on first use, never committed). A record's
 writer appends a signature line over every byte before it whenever it closes the record. The public keys a
-group trusts are listed in a committed file (`records/trusted_keys.txt`; `CDW_TRUSTED_KEYS` moves it), one per
-line: `ed25519:<base64 public key> <who>`. The leaderboard certifies only records signed by a trusted key, so
-a hand-written or edited record, or one signed by a stranger, is shown as unverified (ARCHITECTURE.md “Benchmarks and
-certification”).
+group trusts are listed in the project's committed file (`records/trusted_keys.txt` of the checkout, never one in
+a folder `CDW_RECORDS_DIR` points at; `CDW_TRUSTED_KEYS` moves it), one per line: `ed25519:<base64 public key>
+<who>`. The leaderboard certifies only records signed by a trusted key, so a hand-written or edited record, or one
+signed by a stranger, is shown as unverified (ARCHITECTURE.md “Benchmarks and certification”).
 
 `cdw keys` shows this workspace's public key line, to add to the trusted list by a commit the group reviews.
 """

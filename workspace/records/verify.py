@@ -26,6 +26,64 @@ from .schema import Header, Judgement, Reference, SchemaError, TestRun, digest, 
 
 
 @dataclass(frozen=True)
+class Coverage:
+    """How much of its prompt set a record holds, and the writer sessions it was written in. Signatures cannot
+    show that a record was cut after one of its sessions' signatures (every byte left is signed): this can."""
+
+    prompts: int  # the prompts its header names
+    scored: int  # with a result (a test status, a verdict)
+    errors: int  # whose last result is an error (retried by a later run)
+    sessions: tuple[int, ...]  # events written in each writer session, in order
+
+    @property
+    def missing(self) -> int:
+        return self.prompts - self.scored - self.errors
+
+    @property
+    def complete(self) -> bool:
+        return self.missing == 0
+
+    def describe(self) -> str:
+        """One line: "incomplete: 40 of 164 prompts have results (2 errors); written in 1 session (120 events)"."""
+        state = "complete" if self.complete else "incomplete"
+        errors = f" ({self.errors} errors)" if self.errors else ""
+        n = len(self.sessions)
+        sessions = f"{n} writer session{'s' if n != 1 else ''} ({' + '.join(map(str, self.sessions)) or 0} events)"
+        return f"{state}: {self.scored + self.errors} of {self.prompts} prompts have results{errors}; {sessions}"
+
+    def to_json(self) -> dict:
+        return {"complete": self.complete, "prompts": self.prompts, "scored": self.scored, "errors": self.errors,
+                "missing": self.missing, "sessions": list(self.sessions)}  # fmt: skip
+
+
+def _coverage(ids: list[str], parts: list[dict[str, Any]], sessions: tuple[int, ...]) -> Coverage:
+    """Parts in the order a prompt goes through them (its answer, then its score...): a prompt is scored when every
+    part has a last event without an error, an error when a part is an error and every part before it is there
+    (an answer that failed is never scored), missing otherwise."""
+    scored = errors = 0
+    for pid in ids:
+        for part in parts:
+            e = part.get(pid)
+            if e is None:
+                break
+            if _is_error(e):
+                errors += 1
+                break
+        else:
+            scored += 1
+    return Coverage(len(ids), scored, errors, sessions)
+
+
+def _is_error(e) -> bool:
+    if isinstance(e, TestRun):
+        return e.status == "error"
+    decode = getattr(e, "decode", None)
+    if isinstance(decode, dict):
+        return decode.get("error") is not None
+    return getattr(e, "error", None) is not None
+
+
+@dataclass(frozen=True)
 class Check:
     """The verdict of the offline checks on one record (and, for an evaluation, on its baselines)."""
 
@@ -34,6 +92,7 @@ class Check:
     problems: tuple[str, ...]  # empty: the record is internally consistent and properly signed
     signed_by: str | None = None
     trusted_by: str | None = None  # who the trusted-keys file names for the signing key (None: not trusted)
+    coverage: Coverage | None = None  # how many of its prompts have results (None: the record could not be read)
 
     @property
     def valid(self) -> bool:
@@ -144,8 +203,9 @@ def _typed(rec: Record) -> tuple[Header, list, list[str]]:
     return header, events, problems
 
 
-def _open(folder: str, record_id: str) -> tuple[Header, list, list[str], str | None, str | None] | None:
-    """(header, events, problems so far, signing key, who the trusted list names for it); None: no such record."""
+def _open(folder: str, record_id: str) -> tuple[Header, list, list[str], str | None, str | None, tuple] | None:
+    """(header, events, problems so far, signing key, who the trusted list names for it, events per writer
+    session); None: no such record."""
     rec = read_record(folder, record_id)
     if rec is None:
         return None
@@ -154,14 +214,21 @@ def _open(folder: str, record_id: str) -> tuple[Header, list, list[str], str | N
     if sig.problem is not None:
         problems.append(sig.problem)
     trusted = signing.trusted_keys().get(sig.key) if sig.key else None
-    return header, events, problems, sig.key, trusted.who if trusted else None
+    return header, events, problems, sig.key, trusted.who if trusted else None, rec.sessions
+
+
+def _judged(benchmark: str) -> bool:
+    try:
+        return get_benchmark(benchmark).needs_judge
+    except DataError:
+        return True
 
 
 def check_baselines(record_id: str) -> Check:
     opened = _open("baselines", record_id)
     if opened is None:
         return Check("baselines", record_id, ("no such record",))
-    header, events, problems, key, who = opened
+    header, events, problems, key, who, sessions = opened
     if header.kind != "baselines":
         problems.append(f"a {header.kind} header in a baselines record")
     if digest(header.identity()) != record_id:
@@ -173,9 +240,12 @@ def check_baselines(record_id: str) -> Check:
     prefs, p = _latest_ok(events, "weak_preference", lambda e: e.error is None)
     problems += p
     problems += _prompt_problems(header, refs)
+    scores: list[dict[str, Any]] = [prefs] if _judged(header.benchmark) else []
     for type_, answers in (("reference_test", None), ("weak_test", weak)):
         tests, p = _latest_ok(events, type_, lambda e: e.error is None)
         problems += p
+        if not _judged(header.benchmark):
+            scores.append(tests)
         for pid, t in tests.items():
             if answers is None:
                 text = refs[pid].text if pid in refs else None
@@ -191,7 +261,8 @@ def check_baselines(record_id: str) -> Check:
             ref, instr = refs.get(pid), refs[pid].instruction if pid in refs else ""
             problems += _verdict_problems(f"weak preference {pid}", v, instr, w.decode.get("text") if w else None,
                                           ref.text if ref else None)  # fmt: skip
-    return Check("baselines", record_id, tuple(problems), key, who)
+    coverage = _coverage(list(header.prompts.ids), [refs, weak, *scores], sessions)
+    return Check("baselines", record_id, tuple(problems), key, who, coverage)
 
 
 def _prompt_problems(header: Header, refs: dict[str, Reference]) -> list[str]:
@@ -214,7 +285,7 @@ def check_evaluation(record_id: str) -> Check:
     opened = _open("evaluations", record_id)
     if opened is None:
         return Check("evaluation", record_id, ("no such record",))
-    header, events, problems, key, who = opened
+    header, events, problems, key, who, sessions = opened
     if header.kind != "evaluation" or not header.baselines or not header.policy:
         return Check("evaluation", record_id, (*problems, "not an evaluation header"), key, who)
     if digest(header.identity()) != record_id:
@@ -253,7 +324,9 @@ def check_evaluation(record_id: str) -> Check:
         text = g.decode.get("text") if g else None
         problems += _verdict_problems(f"preference {pid}", v, ref.instruction if ref else "", text,
                                       ref.text if ref else None)  # fmt: skip
-    return Check("evaluation", record_id, tuple(problems), key, who)
+    scores = prefs if _judged(header.benchmark) else tests
+    coverage = _coverage(list(header.prompts.ids), [gens, scores], sessions)
+    return Check("evaluation", record_id, tuple(problems), key, who, coverage)
 
 
 def check(kind: str, record_id: str) -> Check:
