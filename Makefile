@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_POLICY := margin(tau=0.1, span=sentence)
 
-.PHONY: install demo test test-fast lint stop browser sandbox slurm
+.PHONY: install install-gpu demo test test-fast lint stop browser sandbox slurm
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,19 @@ $(STAMP): pyproject.toml
 	touch $@
 
 install: $(STAMP)
+
+# The CUDA build of vLLM for the GPU presets (`paper`, `paper-multi-gpu`), in a venv of its own: it cannot share one
+# with the CPU build. It downloads several GB (vLLM and a CUDA torch); run it where the servers will run (or on a
+# login node whose nodes share this checkout). Then use .venv-gpu/bin/cdw, or `cdw serve --slurm --python
+# .venv-gpu/bin/python` (README: On a GPU).
+GPU_VENV := .venv-gpu
+$(GPU_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/pip install --upgrade pip
+	$(GPU_VENV)/bin/pip install -e ".[gpu,models]"
+	touch $@
+
+install-gpu: $(GPU_VENV)/.installed
 
 demo: install sandbox
 	$(BIN)/cdw models fetch cpu

@@ -20,6 +20,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import sbatch
+from .build import check as check_build
+from .build import probe as probe_build
 from .presets import Catalog, Preset, load_catalog
 from .runtime import JobRecord, ServerRecord, locked_state, read_state
 from .sbatch import JobState, SlurmError, SlurmOptions
@@ -97,10 +99,13 @@ def _job_files(name: str) -> tuple[Path, Path]:
     return folder / f"{name}.sbatch", folder / f"{name}-%j.log"
 
 
-def server_script(job: JobPlan, preset: Preset, options: SlurmOptions, host: str | None, timeout: float) -> str:
-    """The batch script of one server job: `cdw serve --foreground` for its roles, in its own runtime folder."""
+def server_script(job: JobPlan, preset: Preset, options: SlurmOptions, host: str | None, timeout: float,
+                  python: str | None = None) -> str:  # fmt: skip
+    """The batch script of one server job: `cdw serve --foreground` for its roles, in its own runtime folder, run by
+    `python` (default: this one; a GPU node may need another venv's, e.g. .venv-gpu/bin/python). The job asks for
+    the preset's memory (`mem`) unless the options name some."""
     _, log = _job_files(job.name)
-    command = [sys.executable, "-m", "workspace.cli", "serve", "--foreground", "--preset", preset.name,
+    command = [python or sys.executable, "-m", "workspace.cli", "serve", "--foreground", "--preset", preset.name,
                "--roles", ",".join(job.roles), "--timeout", str(int(timeout))]  # fmt: skip
     if host:
         command += ["--host", host]
@@ -108,7 +113,7 @@ def server_script(job: JobPlan, preset: Preset, options: SlurmOptions, host: str
         command += ["--data-parallel", f"{role}={n}"]
     run_dir = shlex.quote(str(paths().slurm.resolve())) + '/"$SLURM_JOB_ID"'
     setup = [*job_runtime_setup(run_dir), 'echo "job $SLURM_JOB_ID on $(hostname): $(date -Is)"']
-    opts = replace(options, gpus=job.gpus, cpus=job.cpus)
+    opts = replace(options, gpus=job.gpus, cpus=job.cpus, mem=options.mem or preset.mem)
     return sbatch.render(job.name, command, opts, log=log.resolve(), workdir=PROJECT_ROOT, env=job_environment(),
                          setup=setup)  # fmt: skip
 
@@ -121,11 +126,12 @@ def scripts(
     host: str | None = None,
     timeout: float = 900.0,
     catalog: Catalog | None = None,
+    python: str | None = None,
     **plan_args,
 ) -> list[tuple[JobPlan, str]]:
     """Each job `serve_slurm` would submit, with its batch script, submitting nothing (`cdw serve --dry-run`)."""
     preset = (catalog or load_catalog()).preset(preset_name)
-    return [(j, server_script(j, preset, options or SlurmOptions(), host, timeout))
+    return [(j, server_script(j, preset, options or SlurmOptions(), host, timeout, python))
             for j in plan(preset, roles, **plan_args)]  # fmt: skip
 
 
@@ -142,12 +148,12 @@ def _ended_message(job: JobRecord, st: JobState) -> str:
 
 
 def submit_servers(preset: Preset, plans: list[JobPlan], options: SlurmOptions, host: str | None,
-                   timeout: float) -> list[JobRecord]:  # fmt: skip
+                   timeout: float, python: str | None = None) -> list[JobRecord]:  # fmt: skip
     """Submit each planned job, recording it in the runtime file as soon as SLURM accepts it."""
     out = []
     for job in plans:
         script, log = _job_files(job.name)
-        job_id = sbatch.submit(script, server_script(job, preset, options, host, timeout))
+        job_id = sbatch.submit(script, server_script(job, preset, options, host, timeout, python))
         rec = JobRecord(job_id=job_id, name=job.name, preset=preset.name, roles=job.roles, replica=job.replica,
                         script=str(script), log=str(log).replace("%j", job_id),
                         run_dir=str(paths().slurm.resolve() / job_id), submitted_at=time.time(),
@@ -197,7 +203,11 @@ def report(preset: str | None = None) -> list[JobReport]:
     ]
 
 
-def _wait(preset: Preset, jobs: list[JobRecord], timeout: float, on_event: Callable[[StartEvent], None]) -> None:
+def _wait(preset: Preset, jobs: list[JobRecord], timeout: float, on_event: Callable[[StartEvent], None],
+          queue_timeout: float | None = None) -> None:  # fmt: skip
+    """Wait until every job's servers are healthy: `queue_timeout` seconds at most (None: no limit) for a job to
+    start, then `timeout` seconds from its start for its servers to be healthy. A job queued for 45 minutes is not
+    a server that failed to start."""
     t0 = time.monotonic()
     pending = {j.job_id: j for j in jobs}
     started: dict[str, float] = {}
@@ -212,6 +222,9 @@ def _wait(preset: Preset, jobs: list[JobRecord], timeout: float, on_event: Calla
                 raise LaunchError(_ended_message(job, s))
             if s.state != "RUNNING":
                 on_event(StartEvent(names[jid], "queued", elapsed, s.describe()))
+                if queue_timeout is not None and elapsed > queue_timeout:
+                    raise LaunchError(f"job {jid} ({names[jid]}) still queued after {elapsed:.0f} s ({s.describe()}); "
+                                      "raise --queue-timeout, or ask for less (--time, --partition)")  # fmt: skip
                 continue
             started.setdefault(jid, elapsed)
             recs = [r for r in read_state(Path(job.run_dir) / "servers.json").servers if r.role in job.roles]
@@ -234,10 +247,10 @@ def _wait(preset: Preset, jobs: list[JobRecord], timeout: float, on_event: Calla
                 del pending[jid]
             else:
                 on_event(StartEvent(names[jid], "starting", elapsed, f"job {jid} on {s.node}"))
-        if pending and time.monotonic() - t0 > timeout:
-            job = next(iter(pending.values()))
-            raise LaunchError(f"{', '.join(names[j] for j in pending)} not healthy after {timeout:.0f} s (raise "
-                              f"--timeout?).\n{job_log(job)}")  # fmt: skip
+        late = [j for j in pending if j in started and time.monotonic() - t0 - started[j] > timeout]
+        if late:
+            raise LaunchError(f"{', '.join(names[j] for j in late)} not healthy {timeout:.0f} s after the job started "
+                              f"(raise --timeout?).\n{job_log(pending[late[0]])}")  # fmt: skip
         if pending:
             time.sleep(2.0)
 
@@ -254,10 +267,15 @@ def serve_slurm(
     host: str | None = None,
     resume: bool = False,
     timeout: float = 900.0,
+    queue_timeout: float | None = None,
+    python: str | None = None,
     on_event: Callable[[StartEvent], None] = lambda e: None,
     catalog: Catalog | None = None,
 ) -> list[ServerRecord]:
     """Start a preset's servers as SLURM jobs and wait until every one is healthy; returns their records.
+
+    `timeout` counts from each job's start, `queue_timeout` (None: no limit) the time it may wait in the queue.
+    `python` runs the jobs (default: this interpreter); its vLLM must be a build the preset can run on.
 
     Jobs already running for the preset are kept. A recorded job that has ended (failed, pre-empted, out of time)
     is reported with its log's tail; with `resume`, a replacement is submitted instead. On any failure or Ctrl-C,
@@ -267,6 +285,8 @@ def serve_slurm(
     options = options or SlurmOptions()
     catalog = catalog or load_catalog()
     preset = catalog.preset(preset_name)
+    # Here (a login node, perhaps without a GPU) only the build is checked; each job checks its platform too.
+    check_build(preset, probe_build(python), here=False)
     plans = plan(preset, roles, replicas=replicas, gpus_per_role=gpus_per_role, cpus_per_role=cpus_per_role,
                  data_parallel=data_parallel)  # fmt: skip
     state = read_state()
@@ -307,12 +327,12 @@ def serve_slurm(
         to_submit += [p for p, _ in ended]
     submitted: list[JobRecord] = []
     try:
-        submitted = submit_servers(preset, to_submit, options, host, timeout)
+        submitted = submit_servers(preset, to_submit, options, host, timeout, python)
         with locked_state() as box:
             box[0] = replace(box[0], active=preset.name)
         # A one-job preset that starts its servers one after another (a shared GPU) gets the time for each of them.
         sequential = max((len(p.roles) for p in plans), default=1) if not preset.parallel_start else 1
-        _wait(preset, waiting + submitted, timeout * sequential, on_event)
+        _wait(preset, waiting + submitted, timeout * sequential, on_event, queue_timeout)
     except BaseException:
         if submitted:
             cancel_jobs(submitted, wait_s=60.0)

@@ -29,8 +29,8 @@ def start(
     **job_args,
 ) -> list[ServerRecord]:
     """Start `roles` of `preset` (all by default) here, or with `slurm` as SLURM jobs, and wait until every server
-    is healthy; returns their records. `job_args` (options, replicas, gpus_per_role, cpus_per_role, resume) are
-    `cluster.serve_slurm`'s and need `slurm`."""
+    is healthy; returns their records. `job_args` (options, replicas, gpus_per_role, cpus_per_role, resume,
+    queue_timeout, python) are `cluster.serve_slurm`'s and need `slurm`."""
     common = dict(data_parallel=data_parallel, timeout=timeout, on_event=on_event, catalog=catalog)
     if slurm:
         return cluster.serve_slurm(preset, roles, host=host, **common, **job_args)

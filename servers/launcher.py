@@ -25,6 +25,8 @@ from pathlib import Path
 
 import psutil
 
+from .build import check as check_build
+from .build import probe as probe_build
 from .presets import Catalog, Preset, RoleSpec, load_catalog
 from .provision import load_provenance, model_path
 from .runtime import ServerRecord, locked_state, read_state
@@ -174,10 +176,11 @@ def _gpu_pinning(spec: RoleSpec, wanted: str | None) -> str | None:
 def _preflight(
     catalog: Catalog, preset: Preset, specs: list[RoleSpec], host: str = HOST, check_ports: bool = True
 ) -> dict[str, dict]:
-    """Check everything we can before starting anything; return each role's model provenance."""
-    if importlib.util.find_spec("vllm") is None:
-        extra = "cpu" if preset.device == "cpu" else "gpu"
-        raise LaunchError(f"vLLM is not installed in this environment: pip install -e '.[{extra}]' (see README)")
+    """Check everything we can before starting anything, the vLLM build first (`servers/build.py`: a GPU preset
+    needs the CUDA build with a GPU in sight, a CPU preset the CPU build unless it says otherwise); return each
+    role's model provenance."""
+    if specs:
+        check_build(preset, probe_build())
     provs = {}
     for spec in specs:
         prov = load_provenance(catalog.model(spec.model))
@@ -264,7 +267,7 @@ def _spawn(preset: Preset, spec: RoleSpec, prov: dict, catalog: Catalog, host: s
         model=prov["served_name"], model_path=str(model_path(catalog.model(spec.model))), source=prov["source"],
         pid=proc.pid, create_time=psutil.Process(proc.pid).create_time(), log=plan_.log, started_at=time.time(),
         notes=notes, max_in_flight=spec.max_in_flight, request_timeout=spec.request_timeout,
-        engine=engine_facts(list(plan_.command), plan_.env),
+        engine=engine_facts(list(plan_.command), plan_.env) | probe_build().facts(),
     )  # fmt: skip
 
 

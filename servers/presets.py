@@ -68,6 +68,10 @@ class Preset:
     # As SLURM jobs: "per-server" (one job per server, each with its own GPUs) or "one" (every server in one job,
     # sharing its GPU, as a memory plan for one card needs).
     slurm_jobs: str = "per-server"
+    # vLLM platforms its servers may run on (`servers/build.py` refuses others): by default "cuda" for a GPU
+    # preset and "cpu" for a CPU one.
+    platforms: tuple[str, ...] = ("cpu",)
+    mem: str | None = None  # with --slurm: each job's memory (sbatch --mem, e.g. "64G"; None: the cluster's default)
 
     def own_servers(self) -> list[RoleSpec]:
         """Roles that get a server process of their own (not `served_by` another)."""
@@ -92,6 +96,18 @@ class Catalog:
             if served_name in spec.served_names():
                 return dict(spec.chat_template_kwargs)
         return {}
+
+    def platforms_of(self, models: dict[str, str]) -> tuple[str, ...]:
+        """The platforms a GPU preset serving exactly these models (role -> served name, as a record's header
+        names them) may run on; () when no GPU preset serves them."""
+        for preset in self.presets.values():
+            if preset.device != "gpu" or not models:
+                continue
+            owners = {r: preset.roles[preset.roles[r].served_by or r] for r in models if r in preset.roles}
+            if len(owners) == len(models) and all(models[r] in self.model(s.model).served_names()
+                                                  for r, s in owners.items()):  # fmt: skip
+                return preset.platforms
+        return ()
 
     def model(self, name: str) -> ModelSpec:
         try:
@@ -157,7 +173,12 @@ def _preset(name: str, raw: dict, models: dict[str, ModelSpec]) -> Preset:
     slurm_jobs = raw.get("slurm_jobs", "per-server")
     if slurm_jobs not in ("per-server", "one"):
         raise PresetError(f"preset {name!r}: slurm_jobs must be per-server or one, not {slurm_jobs!r}")
-    return Preset(name, raw.get("description", ""), device, bool(raw.get("parallel_start", True)), roles, slurm_jobs)
+    platforms = tuple(raw.get("platforms", ["cuda"] if device == "gpu" else ["cpu"]))
+    if not platforms or any(not isinstance(p, str) for p in platforms):
+        raise PresetError(f'preset {name!r}: platforms must be a list of vLLM platforms, e.g. ["cuda"]')
+    mem = raw.get("mem")
+    return Preset(name, raw.get("description", ""), device, bool(raw.get("parallel_start", True)), roles, slurm_jobs,
+                  platforms, str(mem) if mem is not None else None)  # fmt: skip
 
 
 def load_catalog(path: Path | None = None) -> Catalog:

@@ -35,6 +35,7 @@ class SlurmOptions:
     time: str | None = None  # SLURM's format: minutes, or [D-]HH:MM:SS
     gpus: int = 0
     cpus: int = 1
+    mem: str | None = None  # memory per node (sbatch --mem, e.g. "64G"); None: the cluster's default
     extra: tuple[str, ...] = ()
 
     def directives(self) -> list[str]:
@@ -48,6 +49,8 @@ class SlurmOptions:
             out.append(f"--time={self.time}")
         if self.gpus:
             out.append(f"--gres=gpu:{self.gpus}")
+        if self.mem:
+            out.append(f"--mem={self.mem}")
         for arg in self.extra:
             if not arg.startswith("-") or "\n" in arg:
                 raise SlurmError(f"--sbatch-arg {arg!r}: give one sbatch option per flag, e.g. --sbatch-arg=--qos=high")

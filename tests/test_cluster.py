@@ -297,3 +297,35 @@ def test_dry_run_prints_the_paper_plan_and_submits_nothing(fake_slurm):
     assert not (fake_slurm / "submitted").exists()
     r = CliRunner().invoke(main, ["serve", "--preset", "paper-multi-gpu", "--slurm", "--dry-run"])
     assert r.output.count("#!/bin/bash") == 3 and r.output.count("#SBATCH --gres=gpu:1") == 3
+
+
+def test_jobs_run_the_python_they_are_told_and_ask_for_the_presets_memory(fake_slurm):
+    paper = catalog().preset("paper")
+    job = cluster.plan(paper)[0]
+    text = cluster.server_script(job, paper, SlurmOptions(), None, 900, python="/x/.venv-gpu/bin/python")
+    assert "#SBATCH --mem=96G" in text.splitlines()
+    assert text.splitlines()[-1].startswith("exec /x/.venv-gpu/bin/python -m workspace.cli serve --foreground")
+    mine = cluster.server_script(job, paper, SlurmOptions(mem="200G"), None, 900)
+    assert "#SBATCH --mem=200G" in mine and "--mem=96G" not in mine
+    assert "--mem" not in cluster.server_script(cluster.plan(catalog().preset("tiny"))[0], catalog().preset("tiny"),
+                                                SlurmOptions(), None, 900)  # fmt: skip
+    r = CliRunner().invoke(main_cli(), ["serve", "--preset", "paper", "--slurm", "--dry-run", "--python", "/p/python"])
+    assert r.exit_code == 0 and "exec /p/python -m workspace.cli" in r.output
+
+
+def main_cli():
+    from workspace.cli import main
+
+    return main
+
+
+def test_queue_time_is_not_start_up_time(fake_slurm, tmp_path):
+    """A queued job is not a server that failed to start: only --queue-timeout limits the queue, and --timeout
+    counts from the job's start."""
+    (fake_slurm / "queue.txt").write_text("31|PENDING||Priority\n")
+    job = _job("31", "cdw-tiny-weak-0", tmp_path)
+    with pytest.raises(LaunchError, match=r"still queued after \d+ s \(PENDING \(Priority\)\).*--queue-timeout"):
+        cluster._wait(catalog().preset("tiny"), [job], 0.0, lambda e: None, queue_timeout=1.0)
+    (fake_slurm / "queue.txt").write_text("31|RUNNING|vm|None\n")
+    with pytest.raises(LaunchError, match="not healthy 0 s after the job started"):
+        cluster._wait(catalog().preset("tiny"), [job], 0.0, lambda e: None)

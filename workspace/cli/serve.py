@@ -72,7 +72,20 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, int]:
               help="stop the servers `cdw serve` started (only those: by recorded pid, or scancel by "
               "job id)")  # fmt: skip
 @click.option("--timeout", default=900.0, show_default=True,
-              help="seconds to wait for the servers' /health (with --slurm: from submission)")  # fmt: skip
+              help="seconds to wait for the servers' /health (with --slurm: from each job's start)")  # fmt: skip
+@click.option(
+    "--queue-timeout",
+    type=float,
+    default=None,
+    help="with --slurm: seconds a job may wait in the queue before it is cancelled (default: no limit)",
+)
+@click.option(
+    "--python",
+    "python",
+    default=None,
+    metavar="PATH",
+    help="with --slurm: the Python the jobs run (default: this one), e.g. .venv-gpu/bin/python",
+)
 @click.option("--slurm", is_flag=True, help="run each server as a SLURM job (README: On a SLURM cluster)")
 @click.option("--resume", is_flag=True, help="with --slurm: submit replacements for jobs that ended")
 @click.option("--replicas", multiple=True, metavar="ROLE=N", help="with --slurm: N jobs serving ROLE")
@@ -91,9 +104,9 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, int]:
               help="with --foreground or --slurm: the address servers listen on (default: in a SLURM job the node's "
               "name, else 127.0.0.1)")  # fmt: skip
 @slurm_options
-def serve(preset: str, roles: str | None, stop: bool, timeout: float, slurm: bool, resume: bool, replicas,
-          data_parallel, gpus_per_role, cpus_per_role, dry_run: bool, foreground: bool, host: str | None,
-          **kw) -> None:  # fmt: skip
+def serve(preset: str, roles: str | None, stop: bool, timeout: float, queue_timeout: float | None,
+          python: str | None, slurm: bool, resume: bool, replicas, data_parallel, gpus_per_role, cpus_per_role,
+          dry_run: bool, foreground: bool, host: str | None, **kw) -> None:  # fmt: skip
     """Start one vLLM server per role of a preset in the background and wait until all are healthy.
 
     With --slurm, each server is a SLURM job (`sbatch`), and this waits for the jobs to start and their servers to
@@ -127,8 +140,8 @@ def serve(preset: str, roles: str | None, stop: bool, timeout: float, slurm: boo
         except (LaunchError, PresetError) as e:
             fail(str(e))
         sys.exit(code)
-    if not slurm and (resume or replicas or gpus_per_role is not None):
-        fail("--resume, --replicas and --gpus-per-role need --slurm")
+    if not slurm and (resume or replicas or gpus_per_role is not None or queue_timeout is not None or python):
+        fail("--resume, --replicas, --gpus-per-role, --queue-timeout and --python need --slurm")
     if dry_run and not slurm:
         try:
             plans = launcher.plan(preset, role_list, host=host or launcher.HOST, data_parallel=dp)
@@ -141,7 +154,7 @@ def serve(preset: str, roles: str | None, stop: bool, timeout: float, slurm: boo
         return
     if dry_run:
         try:
-            jobs = cluster.scripts(preset, role_list, options=slurm_opts, host=host, timeout=timeout,
+            jobs = cluster.scripts(preset, role_list, options=slurm_opts, host=host, timeout=timeout, python=python,
                                    replicas=_pairs(replicas, "--replicas"), data_parallel=dp,
                                    gpus_per_role=gpus_per_role, cpus_per_role=cpus_per_role)  # fmt: skip
         except (LaunchError, PresetError, SlurmError) as e:
@@ -166,7 +179,8 @@ def serve(preset: str, roles: str | None, stop: bool, timeout: float, slurm: boo
     t0 = time.monotonic()
     try:
         job_args = dict(options=slurm_opts, replicas=_pairs(replicas, "--replicas"), gpus_per_role=gpus_per_role,
-                        cpus_per_role=cpus_per_role, resume=resume) if slurm else {}  # fmt: skip
+                        cpus_per_role=cpus_per_role, resume=resume, queue_timeout=queue_timeout,
+                        python=python) if slurm else {}  # fmt: skip
         recs = control.start(preset, role_list, slurm=slurm, data_parallel=dp, host=host, timeout=timeout,
                              on_event=on_event, **job_args)  # fmt: skip
     except (LaunchError, PresetError, SlurmError) as e:

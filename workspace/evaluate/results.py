@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
 
+from servers.presets import load_catalog
+
 from ..benchmarks import Conditions, PromptSet
 from ..benchmarks import get as get_benchmark
 from ..engine import Decode
@@ -209,6 +211,23 @@ def read_baselines(record_id: str, prompts: PromptSet | None = None) -> Baseline
     return Baselines(record_id, header, tuple(examples), timings(events))
 
 
+def platform_problems(header: Header, what: str) -> list[str]:
+    """Records made with a GPU preset's models (the `paper` presets') must say each server ran on a platform that
+    preset lists (vLLM's CUDA build): the same models served by the CPU build are not the canonical conditions.
+    Records of other models are not asked (none made before platforms were recorded is a GPU preset's)."""
+    wanted = load_catalog().platforms_of(header.models)
+    if not wanted:
+        return []
+    engines = (header.decoding or {}).get("servers", {})
+    out = []
+    for role in header.models:
+        got = engines.get(role, {}).get("platform")
+        if got not in wanted:
+            out.append(f"the {what} record's {role} server ran on {got or 'an unrecorded platform'}, not "
+                       f"{' or '.join(wanted)} (vLLM's build for these models: README, On a GPU)")  # fmt: skip
+    return out
+
+
 @dataclass(frozen=True)
 class Evaluation:
     """An evaluation read back from its record, numbers recomputed."""
@@ -260,7 +279,8 @@ class Evaluation:
         The confirmation set counts as canonical prompts too (it confirms a canonical result)."""
         h = self.header
         return get_benchmark(h.benchmark).canonical_problems(Conditions(h.prompts.name, h.prompts.hash, h.models,
-                                                                        h.settings))  # fmt: skip
+                                                                        h.settings)) + \
+            platform_problems(h, "evaluation") + platform_problems(self.baselines.header, "baselines")  # fmt: skip
 
     @property
     def canonical(self) -> bool:
