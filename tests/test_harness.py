@@ -110,7 +110,7 @@ def test_results_cross_as_plain_data():
 
 
 def test_a_hang_is_a_timeout():
-    o = score(SIG + "    while True:\n        pass\n", timeout_s=2)
+    o = score(SIG + "    while True:\n        pass\n", timeout_s=1)
     assert o.status == "timeout", o
 
 

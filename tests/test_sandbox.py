@@ -22,7 +22,7 @@ import pytest
 
 from servers.settings import PROJECT_ROOT
 from workspace import sandbox
-from workspace.sandbox import Limits, Pool, SandboxError, run_python
+from workspace.sandbox import Limits, Pool, SandboxError, run, run_python
 
 pytestmark = pytest.mark.skipif(
     shutil.which("bwrap") is None, reason="the code sandbox needs bubblewrap (`bwrap`): run `make sandbox`"
@@ -424,9 +424,15 @@ def test_an_answer_cannot_hold_more_than_1_gib(source):
 
 
 @pytest.mark.skipif(sandbox.memory_backend() == "rlimits", reason="no memory cgroup for this evaluator")
-def test_a_process_tree_cannot_hold_more_than_1_gib_between_its_processes():
-    """Four processes of 400 MiB, each under the address-space limit: the tree's cgroup stops them."""
-    p = sandbox.start(HOLD_TREE, limits=Limits(cpu_s=20))
+@pytest.mark.parametrize(
+    ("source", "limits"),
+    [(HOLD_TREE, Limits(cpu_s=20)), (HOLD_MEMFD, Limits(cpu_s=20, open_files=256))],
+    ids=["four-processes", "memfd-past-the-open-file-bound"],
+)
+def test_the_cgroup_caps_the_whole_tree_at_1_gib(source, limits):
+    """Four processes of 400 MiB, each under the address-space limit; memfd files beyond what the open-file and
+    file-size limits bound: the tree's cgroup stops them at 1 GiB."""
+    p = sandbox.start(source, limits=limits)
     with p:
         p.stdin.close()
         out = p.stdout.read()
@@ -454,3 +460,12 @@ def test_a_worker_talks_over_pipes_and_reads_only_its_binds(host_path):
         assert p.stdout.readline() == b"42\n"
         p.kill()
         assert p.proc.poll() is not None
+
+
+def test_a_bind_may_name_where_it_appears_inside(host_path):
+    folder = host_path("bind-to")
+    folder.mkdir()
+    (folder / "data.txt").write_text("seen")
+    r = run(f"print(open('/cdw/data/data.txt').read())\nimport os\nprint(os.path.exists({str(folder)!r}))",
+            binds=[(folder, "/cdw/data")])  # fmt: skip
+    assert r.passed and r.output == "seen\nFalse\n", r

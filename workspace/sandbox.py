@@ -12,9 +12,9 @@ The public API, for one-shot programs and for long-lived workers alike:
   `limits.cpu_s=None` means no CPU-time limit (a worker waits most of its life).
 
 `source` is the program's text (it runs as `__main__`, with `sys.argv = [path, *args]`); `binds` are host paths the
-program may read (mounted read-only at the same path: a folder of modules to import, say, with `sys.path` set by the
-program itself); `pass_fds` are host file descriptors the program inherits under the same numbers (pipes the host
-holds the other end of). Nothing else of the host is there.
+program may read (mounted read-only at the same path, or `(host_path, path_inside)`: a folder of modules to import,
+say, with `sys.path` set by the program itself); `pass_fds` are host file descriptors the program inherits under
+the same numbers (pipes the host holds the other end of). Nothing else of the host is there.
 
 What a sandboxed process sees and may use:
 - its own user, pid, network, IPC, UTS and cgroup namespaces, and no new user namespace (`--disable-userns`): no
@@ -65,6 +65,10 @@ INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`;
 SLOT_UID_BASE = 60000
 MAIN = "/run/cdw/main.py"  # where the program's source is, inside the sandbox
 CGROUP_NAME = "cdw-sandbox"  # the evaluator's cgroup of sandbox cgroups, one per run, under the memory hierarchy
+
+
+# A host path the sandbox may read: at the same path inside, or (host path, path inside).
+Bind = str | Path | tuple[str | Path, str | Path]
 
 
 class SandboxError(RuntimeError):
@@ -129,7 +133,7 @@ _PRELUDE = (
 )
 
 
-def _command(limits: Limits, source_fd: int, args: Sequence[str], binds: Sequence[str]) -> list[str]:
+def _command(limits: Limits, source_fd: int, args: Sequence[str], binds: Sequence[str | tuple[str, str]]) -> list[str]:
     exe, folders = _interpreter()
     cmd = [bwrap_path(), "--die-with-parent", "--new-session", "--unshare-all", "--unshare-user", "--disable-userns",
            "--hostname", "sandbox", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/sandbox",
@@ -144,8 +148,8 @@ def _command(limits: Limits, source_fd: int, args: Sequence[str], binds: Sequenc
             "--remount-ro", "/dev", "--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", "/sandbox",
             "--ro-bind-data", str(source_fd), MAIN]  # fmt: skip
     for b in binds:  # after the tmpfs folders, so that a bind under /tmp is not hidden by the sandbox's own /tmp
-        real = os.path.realpath(b)
-        cmd += ["--ro-bind", real, real]
+        src, dest = (b, b) if isinstance(b, str) else b
+        cmd += ["--ro-bind", os.path.realpath(src), dest if dest != src else os.path.realpath(src)]
     cmd += ["--remount-ro", "/", "--chdir", "/sandbox"]
     # --as-pid-1: the program is the sandbox's init, so no bwrap process inside holds the fds passed in (a program's
     # children cannot reach them through /proc/1/fd), and /proc/1/environ is the program's own, cleared environment.
@@ -442,16 +446,20 @@ class Process:
         self.kill()
 
 
-def start(source: str, args: Sequence[str] = (), *, limits: Limits | None = None, binds: Sequence[str | Path] = (),
+def start(source: str, args: Sequence[str] = (), *, limits: Limits | None = None, binds: Sequence[Bind] = (),
           pass_fds: Sequence[int] = (), stderr: int | None = subprocess.STDOUT) -> Process:  # fmt: skip
     """Start a Python program in a fresh sandbox and return it running (see the module docstring).
 
     Raises SandboxError when this machine cannot sandbox at all (bwrap missing), OSError when it cannot start."""
-    return Process(source, list(args), limits or Limits(), [str(b) for b in binds], list(pass_fds), stderr)
+    return Process(source, list(args), limits or Limits(), _binds(binds), list(pass_fds), stderr)
+
+
+def _binds(binds: Sequence[Bind]) -> list[str | tuple[str, str]]:
+    return [str(b) if isinstance(b, str | Path) else (str(b[0]), str(b[1])) for b in binds]
 
 
 def run(source: str, args: Sequence[str] = (), *, input: bytes = b"", timeout_s: float = 10.0,
-        limits: Limits | None = None, binds: Sequence[str | Path] = (),
+        limits: Limits | None = None, binds: Sequence[Bind] = (),
         pass_fds: Sequence[int] = ()) -> RunResult:  # fmt: skip
     """Run a Python program in a fresh sandbox to its end; returns how it ended (never raises for the program's
     sake). `input` is its stdin. Raises SandboxError only when this machine cannot sandbox at all (bwrap missing)."""
