@@ -417,7 +417,11 @@ HOLD_TREE = textwrap.dedent("""\
 """)
 
 
-@pytest.mark.parametrize("source", [HOLD_MEMFD, HOLD_SHM, HOLD_ANON], ids=["memfd", "dev-shm", "anonymous"])
+@pytest.mark.parametrize(
+    "source",
+    [pytest.param(HOLD_MEMFD, marks=pytest.mark.slow), HOLD_SHM, HOLD_ANON],  # memfd: writes ~1 GiB, 1.5 s
+    ids=["memfd", "dev-shm", "anonymous"],
+)
 def test_an_answer_cannot_hold_more_than_1_gib(source):
     r = run_python(source, timeout_s=20)
     assert r.status == "failed" and "held" not in r.output, r
@@ -426,7 +430,7 @@ def test_an_answer_cannot_hold_more_than_1_gib(source):
 @pytest.mark.skipif(sandbox.memory_backend() == "rlimits", reason="no memory cgroup for this evaluator")
 @pytest.mark.parametrize(
     ("source", "limits"),
-    [(HOLD_TREE, Limits(cpu_s=20)), (HOLD_MEMFD, Limits(cpu_s=20, open_files=256))],
+    [(HOLD_TREE, Limits(cpu_s=20)), pytest.param(HOLD_MEMFD, Limits(cpu_s=20, open_files=256), marks=pytest.mark.slow)],
     ids=["four-processes", "memfd-past-the-open-file-bound"],
 )
 def test_the_cgroup_caps_the_whole_tree_at_1_gib(source, limits):
