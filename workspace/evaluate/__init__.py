@@ -13,12 +13,14 @@ Phases, each fully concurrent and each appended to a record as it goes:
 
 `phases.py` runs one phase (decode, unit tests, judge) over a prompt set and appends its events, for baselines
 and candidate runs alike; `sweeps.py` evaluates every point of a policy grid (the CLI's and the notebook's one sweep
-loop); `setup.py` holds the settings and the servers; `audit.py` asks the servers again (judge drift, replay).
+loop); `setup.py` holds the settings and the servers; `audit.py` asks the servers again (judge drift, replay);
+`exact.py` checks that never and always reproduce the models' own answers on the servers in use (`cdw check --exact`).
 """
 
 from ..engine import EngineSettings
 from .audit import JudgeDrift, Replay, judge_check, replay
 from .baselines import baselines_id, ensure_baselines
+from .exact import ExactReport, check_exact
 from .phases import Progress
 from .results import Baselines, Evaluation, Example, list_evaluations, load_evaluation, read_baselines
 from .runs import evaluate, evaluate_generations, evaluation_id, generate, policy_identity, recorded_settings
@@ -26,8 +28,8 @@ from .setup import EvalSettings, EvaluationError, Setup
 from .sweeps import SweepPoint, sweep, sweep_points
 
 __all__ = [
-    "Baselines", "EngineSettings", "EvalSettings", "Evaluation", "EvaluationError", "Example",
-    "JudgeDrift", "Progress", "Replay", "Setup", "SweepPoint", "baselines_id", "ensure_baselines", "evaluate",
-    "evaluate_generations", "evaluation_id", "generate", "judge_check", "list_evaluations", "load_evaluation",
-    "policy_identity", "read_baselines", "recorded_settings", "replay", "sweep", "sweep_points",
+    "Baselines", "EngineSettings", "EvalSettings", "Evaluation", "EvaluationError", "Example", "ExactReport",
+    "JudgeDrift", "Progress", "Replay", "Setup", "SweepPoint", "baselines_id", "check_exact", "ensure_baselines",
+    "evaluate", "evaluate_generations", "evaluation_id", "generate", "judge_check", "list_evaluations",
+    "load_evaluation", "policy_identity", "read_baselines", "recorded_settings", "replay", "sweep", "sweep_points",
 ]  # fmt: skip
