@@ -103,3 +103,16 @@ def test_paper_servers_ask_for_batch_invariance_where_vllm_has_it():
             assert ("VLLM_BATCH_INVARIANT" in plan.env) is on, (b.capability, spec.role)
             assert launcher.engine_facts(list(plan.command), plan.env)["batch_invariant"] == ("on" if on else "off")
     assert all("VLLM_BATCH_INVARIANT" not in s.env for s in cat.preset("cpu").own_servers())
+
+
+def test_what_a_header_says_of_decoding_is_not_part_of_the_record_id():
+    import msgspec
+
+    from workspace.records.log import _comparable
+    from workspace.records.schema import digest, to_fields
+
+    models = {"weak": "w", "strong": "s", "judge": "j"}
+    plain, told = header(models, None), header(models, {"weak": CUDA_BUILD.facts()})
+    assert digest(told.identity()) == digest(plain.identity())
+    assert "decoding" not in msgspec.to_builtins(plain.identity())
+    assert _comparable(to_fields(told)) == _comparable({k: v for k, v in to_fields(plain).items() if k != "decoding"})
