@@ -7,16 +7,20 @@ a read-only copy of the policy's file taken when it was loaded. Nothing the file
 the evaluator never imports it (even its identity, `source_hash()`, is computed in the worker).
 
 `WorkerPolicy` is the evaluator's handle. The engine asks it for a whole draft at once (`scan`); each decode
-(`fresh()`) has its own worker process while it runs, so a policy that crashes, hangs past `MESSAGE_TIMEOUT_S`,
-floods (a reply over `MAX_REPLY_BYTES`) or answers nonsense (replies are schema-checked) costs that decode only,
-as a `PolicyWorkerError`; idle workers are reused. Called directly (`decide`, `keep_weak`, as a notebook's unit
-check does), a handle asks an idle worker, a token at a time.
+(`fresh()`) has its state on one worker (a decode id in every message); a few workers (`MAX_WORKERS`) serve all
+the decodes of an evaluation, one request at a time each. A policy that crashes, hangs past `MESSAGE_TIMEOUT_S`,
+floods (a reply over `MAX_REPLY_BYTES`) or answers nonsense (replies are schema-checked) is a `PolicyWorkerError`
+on the decode whose message it was answering; that worker is killed, and the other decodes it held move to
+another worker, which replays their messages so far (a policy is a deterministic function of what it was sent).
+Called directly (`decide`, `keep_weak`, as a notebook's unit check does), a handle asks its pool's own direct
+worker, a token at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
 import contextlib
 import functools
 import itertools
@@ -41,6 +45,7 @@ from .protocol import Action, Decision, Policy, SpanRule, TokenSignal
 MESSAGE_TIMEOUT_S = 10.0  # the longest a policy may take over one message (a draft) before its decode fails
 LOAD_TIMEOUT_S = 60.0  # starting the sandbox and loading the file
 MAX_REPLY_BYTES = 1 << 20
+MAX_WORKERS = min(4, os.cpu_count() or 1)  # per loaded policy
 MEMORY_BYTES = 2 << 30  # address space of the sandbox's processes
 INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`; Fedora: `dnf install bubblewrap`)"
 _HEADER = struct.Struct(">I")
@@ -157,11 +162,20 @@ def _launch(policy_dir: Path) -> tuple[subprocess.Popen, int]:
 # ---------------------------------------------------------------- one worker process
 
 
+class _Dead(Exception):
+    """The worker was killed while a decode waited for its turn: the decode moves to another one."""
+
+
 class _Proc:
     """One worker process and its framed channel (one request in flight at a time)."""
 
     def __init__(self, popen: subprocess.Popen, err: int):
         self.popen, self.err = popen, err
+        self.dead = False
+        self.decodes = 0  # decodes whose state lives here
+        self.ended: list[int] = []  # decodes to forget, sent with the next request
+        self.busy = False
+        self.waiting: collections.deque[asyncio.Future] = collections.deque()
         self.w, self.r = popen.stdin.fileno(), popen.stdout.fileno()
         os.set_blocking(self.w, False)
         os.set_blocking(self.r, False)
@@ -216,11 +230,35 @@ class _Proc:
         except OSError:
             raise self._gone() from None
 
-    def send(self, msg: dict) -> None:
-        """A request without a reply (best effort: a full pipe drops it)."""
-        data = _ENCODE(msg)
-        with contextlib.suppress(OSError):
-            os.write(self.w, _HEADER.pack(len(data)) + data)
+    async def request(self, msg: dict, timeout: float) -> _Reply:
+        """One request in its turn (decodes share the worker; the timeout runs from when it is sent). Raises
+        `_Dead` if the worker was killed (by another decode's failure) before its turn came."""
+        while self.busy:
+            turn = asyncio.get_running_loop().create_future()
+            self.waiting.append(turn)
+            try:
+                await turn
+            except BaseException:
+                self._next()
+                raise
+        if self.dead:
+            self._next()  # the others waiting learn it too
+            raise _Dead
+        self.busy = True
+        try:
+            if self.ended:
+                msg, self.ended = {**msg, "e": self.ended}, []
+            return await self.ask(msg, timeout)
+        finally:
+            self.busy = False
+            self._next()
+
+    def _next(self) -> None:
+        while self.waiting:
+            turn = self.waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
 
     def ask_sync(self, msg: dict, timeout: float) -> _Reply:
         data = _ENCODE(msg)
@@ -267,7 +305,9 @@ class _Proc:
             except PolicyWorkerError as e:
                 return finish(error=e)
             if body is not None:
-                finish(body)
+                finish(body) if not self.buf else finish(
+                    error=PolicyWorkerError("the policy worker answered nonsense: two answers to one message")
+                )
 
         if out:
             loop.add_writer(self.w, writable)
@@ -282,6 +322,7 @@ class _Proc:
         return _reply(body)
 
     def kill(self) -> None:
+        self.dead = True
         with contextlib.suppress(OSError):
             os.killpg(self.popen.pid, 9)
         self.popen.kill()
@@ -302,7 +343,8 @@ def _close_all(procs: set[_Proc], folder: Path) -> None:
 
 
 class _Pool:
-    """The workers of one loaded policy: idle ones reused, each busy one serving one decode."""
+    """The workers of one loaded policy. Each decode lives on one worker (its state is there); a worker serves
+    many decodes, one request at a time; a new one starts while every worker has decodes, up to `MAX_WORKERS`."""
 
     def __init__(self, file: Path, cls: str, args: list, kwargs: dict):
         self.folder = Path(tempfile.mkdtemp(prefix="cdw-policy-"))
@@ -310,7 +352,9 @@ class _Pool:
         _readable(self.folder)
         self.load = {"op": "load", "file": f"/cdw/policy/{file.name}", "cls": cls, "args": args, "kwargs": kwargs}
         self.procs: set[_Proc] = set()
-        self.idle: list[_Proc] = []
+        self.workers: list[_Proc] = []  # the engine's
+        self.direct: _Proc | None = None  # direct (token-at-a-time) calls' own worker, never the engine's
+        self.starting: asyncio.Future | None = None
         weakref.finalize(self, _close_all, self.procs, self.folder)
 
     def spawn(self) -> _Proc:
@@ -320,6 +364,8 @@ class _Pool:
 
     def kill(self, proc: _Proc) -> None:
         self.procs.discard(proc)
+        if proc in self.workers:
+            self.workers.remove(proc)
         proc.kill()
 
     def first(self) -> _Reply:
@@ -331,30 +377,43 @@ class _Pool:
         except PolicyWorkerError:
             self.kill(proc)
             raise
-        self.idle.append(proc)
+        self.workers.append(proc)
         return reply
 
-    def ask_direct(self, msg: dict, home: _Proc | None) -> tuple[_Reply, _Proc]:
-        """A direct call, on the idle worker `home` (where the caller's state is) if it still can."""
-        if not self.idle:
-            self._checked(self.first())
-        proc = home if home in self.idle else self.idle[-1]
-        self.idle.remove(proc)
+    def ask_direct(self, msg: dict) -> _Reply:
         try:
-            reply = proc.ask_sync(msg, MESSAGE_TIMEOUT_S)
+            if self.direct is None:
+                self.direct = self.spawn()
+                self._checked(self.direct.ask_sync(self.load, LOAD_TIMEOUT_S))
+            return self.direct.ask_sync(msg, MESSAGE_TIMEOUT_S)
         except PolicyWorkerError:
-            self.kill(proc)
+            self.kill(self.direct)
+            self.direct = None
             raise
-        self.idle.append(proc)
-        return reply, proc
 
-    async def take(self) -> _Proc:
-        if self.idle:
-            return self.idle.pop()
+    async def assign(self) -> _Proc:
+        """The worker a new decode lives on: the least busy, or a new one while all have decodes."""
+        live = [p for p in self.workers if not p.dead]
+        least = min(live, key=lambda p: p.decodes, default=None)
+        if least is None or (least.decodes and len(live) < MAX_WORKERS):
+            if self.starting is None:  # one start at a time: decodes arriving meanwhile share what is there
+                self.starting = asyncio.ensure_future(self._start())
+                try:
+                    self.workers.append(await asyncio.shield(self.starting))
+                finally:
+                    self.starting = None
+                return await self.assign()
+            if least is None:
+                await asyncio.shield(self.starting)
+                return await self.assign()
+        least.decodes += 1
+        return least
+
+    async def _start(self) -> _Proc:
         proc = self.spawn()
         try:
             self._checked(await proc.ask(self.load, LOAD_TIMEOUT_S))
-        except PolicyWorkerError:
+        except BaseException:
             self.kill(proc)
             raise
         return proc
@@ -379,8 +438,8 @@ class WorkerPolicy(Policy):
                 setattr(self, k, v)
         self._decode = next(_IDS)
         self._handoffs: list[str] = []
-        self._proc: _Proc | None = None  # this decode's worker while the engine runs it
-        self._home: _Proc | None = None  # where direct calls left this decode's state
+        self._proc: _Proc | None = None  # the worker this decode's state lives on (the engine's calls)
+        self._sent: list[dict] = []  # what made that state: replayed on another worker if this one is lost
 
     def fresh(self) -> WorkerPolicy:
         new = WorkerPolicy(self._pool, self._info)
@@ -421,35 +480,47 @@ class WorkerPolicy(Policy):
 
     # ------------------------------------------------------------ the engine's calls (its own worker per decode)
 
-    async def _ask(self, msg: dict) -> _Reply:
-        if self._proc is None:
-            self._proc = await self._pool.take()
-        try:
-            return await self._proc.ask(msg, MESSAGE_TIMEOUT_S)
-        except BaseException:  # failed, or cancelled mid-message: its answer may still come, so it cannot serve on
-            self._pool.kill(self._proc)
-            self._proc = None
-            raise
+    async def _ask(self, msg: dict, check) -> _Reply:
+        """Send `msg` in its turn and return the reply, which `check` vets (nonsense raises and costs the worker:
+        what else it sent may still be in the channel)."""
+        while True:
+            moved = self._proc is not None and self._proc.dead  # another decode broke the worker: move
+            if self._proc is None or moved:
+                self._proc = await self._pool.assign()
+            try:
+                if moved and self._sent:
+                    self._answer(await self._proc.request(self._replay(), LOAD_TIMEOUT_S), 0)
+                reply = await self._proc.request(msg, MESSAGE_TIMEOUT_S)
+                result = None if reply.error is not None else check(reply)
+            except _Dead:
+                continue
+            except BaseException:  # failed, or cancelled mid-message (its answer may still come): it cannot go on
+                self._pool.kill(self._proc)
+                raise
+            self._sent.append(msg)
+            return check(reply) if reply.error is not None else result  # (an error reply raises)
+
+    def _replay(self) -> dict:
+        return {"op": "replay", "d": self._decode, "msgs": self._sent}
 
     async def scan(self, draft: dict, n: int) -> tuple[int, Decision] | None:
         """The first of a draft's `n` tokens at which the policy fires (`worker.py` says what `draft` holds)."""
-        return self._answer(await self._ask(self._message("scan", **draft)), n)
+        return await self._ask(self._message("scan", **draft), lambda r: self._answer(r, n))
 
     async def keep(self, signals: list[TokenSignal]) -> bool:
-        return self._kept(await self._ask(self._message("keep", sig=[_signal_row(s) for s in signals])))
+        return await self._ask(self._message("keep", sig=[_signal_row(s) for s in signals]), self._kept)
 
     def release(self) -> None:
-        """The decode is over: its worker forgets it and serves the next one."""
-        if self._proc is not None:
-            self._proc.send({"op": "end", "d": self._decode})
-            self._pool.idle.append(self._proc)
-            self._proc = None
+        """The decode is over: its worker forgets it (with the next request it gets)."""
+        if self._proc is not None and not self._proc.dead:
+            self._proc.ended.append(self._decode)
+            self._proc.decodes -= 1
+        self._proc, self._sent = None, []
 
-    # ------------------------------------------------------------ direct calls (on an idle worker)
+    # ------------------------------------------------------------ direct calls (their own worker)
 
     def _direct(self, msg: dict) -> _Reply:
-        reply, self._home = self._pool.ask_direct(msg, self._home)
-        return reply
+        return self._pool.ask_direct(msg)
 
     def decide(self, s: TokenSignal) -> Decision:
         token = [s.token_id, s.text, s.logprob, list(s.top), 0]

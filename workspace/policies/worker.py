@@ -2,8 +2,8 @@
 
 It runs under a bare interpreter (`python -I -S`) that can import the standard library and the policy protocol
 only (`remote.py` copies `protocol.py`, `registry.py`, `identity.py` and this file into the sandbox). Messages are
-frames of a 4-byte big-endian length and a JSON object, on the process's stdin and stdout, one reply per request
-(`end` has none). What the policy prints goes to stderr, never into the channel.
+frames of a 4-byte big-endian length and a JSON object, on the process's stdin and stdout, one reply per request.
+What the policy prints goes to stderr, never into the channel.
 
 Requests (every one but `load` names a decode `d`; its state is a `fresh()` copy made on its first message):
 - `load`: `file`, `cls`, `args`, `kwargs` → the policy's `identity` (`source_hash()`, computed here so the
@@ -14,7 +14,9 @@ Requests (every one but `load` names a decode `d`; its state is a `fresh()` copy
   (`i`, action `a`, score `s`, span rule `span`), or `i: null` when none does (or `defer` is false: the engine
   no longer lets it defer, but its state still sees every token).
 - `keep`: handoffs, then whole signals (`sig`) for a prompt-level policy's `keep_weak` → `keep`.
-- `end`: forget decode `d`.
+- `replay`: forget decode `d`, then run its messages so far (`msgs`) again: the decode moved here from a worker
+  that was lost.
+Any request may carry `e`: decodes that ended, to forget first.
 A policy that raises answers `{"error": ...}`; the evaluator decides what that costs.
 """
 
@@ -98,16 +100,21 @@ class _Worker:
                 for t, x, lp, top, p, so_far, since, prompt in m["sig"]]  # fmt: skip
         return {"keep": bool(pol.keep_weak(sigs))}
 
+    def replay(self, m: dict) -> dict:
+        self.decodes.pop(m["d"], None)
+        for old in m["msgs"]:
+            getattr(self, old["op"])(old)
+        return {"i": None}
+
     def handle(self, m: dict) -> dict | None:
+        for d in m.get("e", ()):
+            self.decodes.pop(d, None)
         op = m.get("op")
-        if op == "end":
-            self.decodes.pop(m["d"], None)
-            return None
         if op == "load":
             return self.load(m)
         if self.proto is None:
             return {"error": "no policy loaded"}
-        if op in ("scan", "keep"):
+        if op in ("scan", "keep", "replay"):
             return getattr(self, op)(m)
         return {"error": f"unknown request {op!r}"}
 
