@@ -25,13 +25,11 @@ import contextlib
 import functools
 import itertools
 import os
-import resource
 import selectors
 import shutil
 import signal
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 import weakref
@@ -40,16 +38,16 @@ from typing import Literal
 
 import msgspec
 
+from .. import sandbox
 from .protocol import Action, Decision, Policy, SpanRule, TokenSignal
 
 MESSAGE_TIMEOUT_S = 10.0  # the longest a policy may take over one message (a draft) before its decode fails
 LOAD_TIMEOUT_S = 60.0  # starting the sandbox and loading the file
 MAX_REPLY_BYTES = 1 << 20
 MAX_WORKERS = min(4, os.cpu_count() or 1)  # per loaded policy
-MEMORY_BYTES = 2 << 30  # address space of the sandbox's processes
-INSTALL_HINT = "install bubblewrap (Debian/Ubuntu: `apt-get install bubblewrap`; Fedora: `dnf install bubblewrap`)"
+# A worker waits most of its life (no CPU-time limit); its prints are capped by the file size limit.
+LIMITS = sandbox.Limits(memory_mb=1024, file_mb=1, tmpfs_mb=16, processes=8, cpu_s=None)
 _HEADER = struct.Struct(">I")
-_NOBODY = 65534
 _IDS = itertools.count(1)
 _ENCODE = msgspec.json.Encoder().encode
 # The policy API the sandbox can import: the protocol's modules, copied (never the rest of the project).
@@ -122,41 +120,18 @@ def _readable(root: Path) -> None:
         p.chmod(0o755 if p.is_dir() else 0o644)
 
 
-def _python() -> tuple[str, list[str]]:
-    """The interpreter the worker runs on (the system's, which every user can read) and the folders it needs."""
-    exe = os.path.realpath(shutil.which("python3", path="/usr/bin:/bin:/usr/local/bin") or sys.executable)
-    need = {"/usr", "/bin", "/lib", "/lib64", "/sbin", str(Path(exe).parent.parent)}
-    return exe, sorted(p for p in need if os.path.exists(p))
-
-
-def _limits() -> None:  # in the child, before exec
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (MAX_REPLY_BYTES, MAX_REPLY_BYTES))
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_BYTES, MEMORY_BYTES))
-    if os.getuid() == 0:  # never root inside: the sandbox's user is nobody
-        os.setgroups([])
-        os.setgid(_NOBODY)
-        os.setuid(_NOBODY)
-
-
-def _launch(policy_dir: Path) -> tuple[subprocess.Popen, int]:
-    """Start a policy worker in a fresh sandbox, talking on its stdin and stdout; its stderr goes to an unnamed
-    temp file (the returned descriptor), read back for error messages."""
-    bwrap = shutil.which("bwrap")
-    if bwrap is None:
-        raise PolicyWorkerError(f"policies from files run in a sandbox, which needs bubblewrap: {INSTALL_HINT}")
-    exe, folders = _python()
-    cmd = [bwrap, "--die-with-parent", "--new-session", "--unshare-all", "--hostname", "policy", "--clearenv",
-           "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", "/tmp"]  # fmt: skip
-    for f in folders:
-        cmd += ["--symlink", os.readlink(f), f] if os.path.islink(f) else ["--ro-bind", f, f]
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--size", str(16 << 20), "--tmpfs", "/tmp",
-            "--ro-bind", str(_api_dir()), "/cdw/api", "--ro-bind", str(policy_dir), "/cdw/policy",
-            "--remount-ro", "/", "--chdir", "/tmp", "--", exe, "-I", "-S", "-B", "-c", _BOOT]  # fmt: skip
+def _launch(policy_dir: Path) -> tuple[sandbox.Process, int]:
+    """Start a policy worker in a fresh sandbox (`workspace/sandbox.py`), talking on its stdin and stdout; its
+    stderr goes to an unnamed temp file (the returned descriptor), read back for error messages."""
+    binds = [(_api_dir(), "/cdw/api"), (policy_dir, "/cdw/policy")]
     with tempfile.TemporaryFile() as err:
-        popen = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                 env={"PATH": "/usr/bin:/bin"}, preexec_fn=_limits, start_new_session=True)  # fmt: skip
-        return popen, os.dup(err.fileno())
+        try:
+            proc = sandbox.start(_BOOT, limits=LIMITS, binds=binds, stderr=err.fileno())
+        except sandbox.SandboxError as e:
+            raise PolicyWorkerError(f"policies from files run in a sandbox: {e}") from None
+        except OSError as e:
+            raise PolicyWorkerError(f"the policy sandbox did not start: {e}") from None
+        return proc, os.dup(err.fileno())
 
 
 # ---------------------------------------------------------------- one worker process
@@ -169,14 +144,15 @@ class _Dead(Exception):
 class _Proc:
     """One worker process and its framed channel (one request in flight at a time)."""
 
-    def __init__(self, popen: subprocess.Popen, err: int):
-        self.popen, self.err = popen, err
+    def __init__(self, process: sandbox.Process, err: int):
+        self.process, self.popen, self.err = process, process.proc, err
+        self.started = False  # the sandbox's start marker read off the channel
         self.dead = False
         self.decodes = 0  # decodes whose state lives here
         self.ended: list[int] = []  # decodes to forget, sent with the next request
         self.busy = False
         self.waiting: collections.deque[asyncio.Future] = collections.deque()
-        self.w, self.r = popen.stdin.fileno(), popen.stdout.fileno()
+        self.w, self.r = process.stdin.fileno(), process.stdout.fileno()
         os.set_blocking(self.w, False)
         os.set_blocking(self.r, False)
         self.buf = bytearray()
@@ -199,6 +175,13 @@ class _Proc:
         return PolicyWorkerError(f"the policy worker exited (status {code}) without answering{self._stderr()}")
 
     def _frame(self) -> bytes | None:
+        if not self.started:
+            if len(self.buf) < len(sandbox.STARTED):
+                return None
+            if not self.buf.startswith(sandbox.STARTED):
+                raise PolicyWorkerError(f"the policy sandbox did not start{self._stderr()}")
+            del self.buf[: len(sandbox.STARTED)]
+            self.started = True
         if len(self.buf) < _HEADER.size:
             return None
         n = _HEADER.unpack_from(self.buf)[0]
@@ -323,13 +306,9 @@ class _Proc:
 
     def kill(self) -> None:
         self.dead = True
+        self.process.kill()
         with contextlib.suppress(OSError):
-            os.killpg(self.popen.pid, 9)
-        self.popen.kill()
-        self.popen.wait()
-        for f in (self.popen.stdin, self.popen.stdout):
-            f.close()
-        os.close(self.err)
+            os.close(self.err)
 
 
 # ---------------------------------------------------------------- one loaded policy
