@@ -22,7 +22,13 @@ decoded concurrently with `--policy`. The toy weak model's distribution is flat 
    compute of 100 concurrent requests would serialise after every latency wave, which a batching vLLM server
    does not do, so the benchmark's server replays answers it has given before (decoding is deterministic and
    the delay-0 runs come first); its CPU time is printed, and the most requests one server saw at once.
-4. `--preset cpu`: the same comparison on the servers found by Models.from_endpoints(), with a weak-only
+4. Sandboxed policy (issue 22): a file copy of `margin` (so it runs in the policy worker, in the sandbox) against
+   the built-in `margin`, the same decodes in one run, batches alternating, at delay 0 and at `--latency`'s first
+   value, each policy loaded once (as an evaluation does) and warmed up by one batch (the servers learn the
+   answers, the other workers start); the one-time cost of loading (which starts a sandbox) is printed apart.
+   Texts must be identical. Target: <= 1.10x.
+   `--only-sandbox` runs this part alone.
+5. `--preset cpu`: the same comparison on the servers found by Models.from_endpoints(), with a weak-only
    (`never`) batch of the same instructions and token budget for the wall-time ratio. Start them first
    (`cdw serve --preset cpu`, ~2 min), stop them after.
 """
@@ -33,6 +39,7 @@ import argparse
 import asyncio
 import multiprocessing as mp
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,6 +52,7 @@ from tests.fakeserver import FakeServer, ToyModel  # noqa: E402
 from workspace.client import ClientSettings, ModelClient  # noqa: E402
 from workspace.endpoints import Endpoint  # noqa: E402
 from workspace.engine import Decode, EngineSettings, Models, decode, decode_many, pooled_f_weak  # noqa: E402
+from workspace.policies import load_policy, remote  # noqa: E402
 
 REAL_INSTRUCTIONS = [
     "Give three tips for staying healthy.", "Explain what a hash table is in two sentences.",
@@ -203,6 +211,67 @@ def fake_part(args) -> list[tuple[str, str, str]]:
     return out
 
 
+MARGIN_COPY = """from workspace.policies import Action, Decision, Policy, parse_span
+
+
+class Margin(Policy):
+    top_k = 2
+
+    def __init__(self, tau: float, span: str = "sentence", max_span: int = 64):
+        self.tau = float(tau)
+        self.span = parse_span(span, max_span)
+
+    def decide(self, s):
+        v = s.p1 - s.p2
+        return Decision(Action.DEFER if v < self.tau else Action.CONTINUE, v)
+"""
+
+
+def sandbox_part(args) -> list[tuple[str, str, str]]:
+    """The built-in margin gate and a file copy of it (run in the sandboxed policy worker), side by side."""
+    from workspace.policies.spec import split_head
+
+    head, rest = split_head(args.policy)
+    if head != "margin":
+        raise SystemExit(f"the sandbox part copies margin; --policy is {args.policy!r}")
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "margin_copy.py"
+        copy.write_text(MARGIN_COPY)
+        specs = {"built-in": args.policy, "file, sandboxed": f"{copy}:Margin{rest}"}
+        instrs, cs, es = [f"Tell me about item {i}." for i in range(args.n)], ClientSettings(), EngineSettings()
+        out = []
+        with FakeServers() as fs:
+            t0 = time.monotonic()
+            policies = {name: load_policy(spec) for name, spec in specs.items()}
+            cold = time.monotonic() - t0  # loading the file policy starts its first sandbox
+            for pol in policies.values():  # warm-up: the servers learn the answers, the other workers start
+                asyncio.run(batch(fs.models(cs), instrs, pol, es))
+            for L in (0.0, args.latency[0]):
+                fs.delay(L)
+                walls: dict[str, list[float]] = {name: [] for name in policies}
+                texts = {}
+                for _ in range(args.repeat):
+                    for name, pol in policies.items():
+                        r = asyncio.run(batch(fs.models(cs), instrs, pol, es))
+                        walls[name].append(r["wall"])
+                        texts[name] = [[(g.author, g.text) for g in d.segments] for d in r["ds"]]
+                same = texts["built-in"] == texts["file, sandboxed"]
+                med = {name: sorted(w)[len(w) // 2] for name, w in walls.items()}
+                ratio = med["file, sandboxed"] / med["built-in"]
+                print(f"\n== sandboxed policy, L = {L * 1e3:.0f} ms: {args.n} concurrent decodes, {args.policy}, "
+                      f"median of {args.repeat} ==")  # fmt: skip
+                for name, w in med.items():
+                    print(f"{name:<18}{w:>8.3f} s")
+                print(f"{'ratio':<18}{ratio:>8.3f}   texts identical: {same}")
+                if not same:
+                    raise SystemExit("the sandboxed copy of margin wrote other texts than the built-in one")
+                out.append((f"sandboxed / built-in margin wall, L={L * 1e3:.0f} ms", f"{ratio:.3f}", "<= 1.10"))
+            fs.delay(0)
+    print(f"\nonce per evaluation: loading the file policy (starting its first sandbox) took {cold:.2f} s; up to "
+          f"{remote.MAX_WORKERS} workers start as decodes arrive")  # fmt: skip
+    return [*out, ("sandboxed policy: loading it, s (once per evaluation)", f"{cold:.2f}", "")]
+
+
 def real_part(args) -> list[tuple[str, str, str]]:
     instrs = REAL_INSTRUCTIONS[: args.real_n]
     base = EngineSettings(max_tokens=args.real_max_tokens, top_k=args.top_k)
@@ -237,9 +306,13 @@ def main() -> None:
     ap.add_argument("--real-n", type=int, default=16, help="instructions on the real servers (at most 16)")
     ap.add_argument("--real-max-tokens", type=int, default=128)
     ap.add_argument("--skip-fake", action="store_true", help="only the --preset part")
+    ap.add_argument("--only-sandbox", action="store_true", help="only the sandboxed-policy part")
     args = ap.parse_args()
 
-    summary = [] if args.skip_fake else fake_part(args)
+    if args.only_sandbox:
+        summary = sandbox_part(args)
+    else:
+        summary = [] if args.skip_fake else fake_part(args) + sandbox_part(args)
     if args.preset:
         summary += real_part(args)
     print(f"\n{'metric':<90}{'value':>8}  target")

@@ -295,13 +295,15 @@ class _Proc:
         if out:
             loop.add_writer(self.w, writable)
         loop.add_reader(self.r, readable)
+        late = loop.call_later(timeout, lambda: finish(error=PolicyWorkerError(
+            f"the policy did not answer within {timeout:g} s")))  # fmt: skip
         try:
-            body = await asyncio.wait_for(done, timeout)
-        except TimeoutError:
-            raise PolicyWorkerError(f"the policy did not answer within {timeout:g} s") from None
+            body = await done
         finally:
+            late.cancel()
             loop.remove_reader(self.r)
-            loop.remove_writer(self.w)
+            if out:
+                loop.remove_writer(self.w)
         return _reply(body)
 
     def kill(self) -> None:
