@@ -1,10 +1,10 @@
 """What a policy file written through the MCP tool `write_policy` may contain: a static allowlist.
 
-Policy code runs inside the evaluation, with the workspace's own rights, so a file an agent writes is checked
-before it is saved: imports only from a short list of pure modules, no builtins that reach files, processes or
-other code (`open`, `exec`, `eval`, `__import__`, `getattr`…), no dunder attributes (`__class__`, `__globals__`:
-the usual ways out of a restricted namespace). This is a guard against an agent that is careless or steered by a
-hostile prompt, not a sandbox against a determined attacker; people review policy files before trusting results.
+Fast feedback, not the boundary: a file an agent writes is checked before it is saved (imports only from a short
+list of pure modules, no builtins that reach files, processes or other code — `open`, `exec`, `eval`,
+`__import__`, `getattr`… — no dunder attributes such as `__class__`, `__globals__`), so a careless agent hears at
+once what will not work. An allowlist cannot contain Python; what contains a policy file is that it runs only in a
+sandboxed policy worker (`remote.py`), never in the evaluator.
 """
 
 from __future__ import annotations
