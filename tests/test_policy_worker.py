@@ -183,6 +183,13 @@ def test_a_hostile_policy_through_the_cli_leaves_the_host_untouched_and_scores_a
              for e in (honest, evil)]  # fmt: skip
     gens = [[g["decode"]["text"] for g in rec if g.get("type") == "generation"] for rec in texts]
     assert gens[0] == gens[1] and len(gens[0]) == 5
+    # The re-check runs the policy the same way: it decodes again, in the sandbox, and agrees; nothing is touched.
+    flags = [f"--{role}-url={url}" for role, url in toys.urls.items()]
+    r = CliRunner().invoke(main, ["verify", evil["evaluation_id"], "--replay", "3", "--json", *flags])
+    replay = json.loads(r.stdout)["replay"]
+    assert r.exit_code == 0 and replay["same_text"] == 3 and replay["mismatches"] == [], r.output
+    assert judge.Judge.prefer is prefer
+    untouched(host, records, before)
 
 
 def test_the_identity_is_the_in_process_one_and_the_file_is_never_imported_here(tmp_path, monkeypatch):
