@@ -162,7 +162,6 @@ async def test_a_hostile_policy_leaves_the_host_untouched_and_decodes_as_its_hon
     untouched(host, records, before)
 
 
-@pytest.mark.slow
 def test_a_hostile_policy_through_the_cli_leaves_the_host_untouched_and_scores_as_its_honest_twin(
     toys, attack, tmp_path
 ):
