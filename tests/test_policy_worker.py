@@ -281,3 +281,66 @@ def test_a_file_that_fails_to_load_is_a_policy_error(tmp_path):
     (tmp_path / "mine.py").write_text(textwrap.dedent(HONEST.format(attack_in_decide="pass")))
     with pytest.raises(PolicyError, match="plain values"):
         load_policy(f"{tmp_path}/mine.py:Gate(tau=margin(tau=0.1))")
+
+
+PEEK_AND_CASCADE = """
+from workspace.policies import Action, Decision, Policy, parse_span
+
+
+class Peek(Policy):
+    top_k = 2
+
+    def __init__(self, tau: float = 0.3):
+        self.tau, self.span = float(tau), parse_span("words:2")
+
+    def decide(self, s):
+        v = s.p1 - s.p2
+        return Decision(Action.PEEK if v < self.tau else Action.CONTINUE, v)
+
+
+class Whole(Policy):
+    prompt_level = True
+    top_k = 1
+
+    def __init__(self, tau: float = 0.7):
+        self.tau = float(tau)
+
+    def decide(self, s):
+        return False
+
+    def keep_weak(self, signals):
+        return not signals or sum(s.p1 for s in signals) / len(signals) >= self.tau
+"""
+
+
+@pytest.mark.parametrize(
+    "mine, builtin, strong",
+    [("Peek(tau=0.3)", "lookahead(margin(tau=0.3, span=words:2))", True),
+     ("Peek(tau=0.3)", "lookahead(margin(tau=0.3, span=words:2))", False),
+     ("Whole(tau=0.99)", "cascade(tau=0.99)", True), ("Whole(tau=0.01)", "cascade(tau=0.01)", False)],
+)  # fmt: skip
+async def test_peeks_and_prompt_level_policies_from_files_decode_as_the_builtin_ones(
+    mine, builtin, strong, start_toys, tmp_path
+):
+    """A peek that finds agreement (a strong model that is the weak one: it always agrees) resumes the draft's
+    scan after it, a second message for the same draft; a prompt-level policy's keep_weak gets every signal of the
+    weak answer. `strong`: the usual strong toy (it hands over), else one that is the weak toy."""
+    from tests.fakeserver import ToyModel
+
+    toys = start_toys() if strong else start_toys(strong=ToyModel(name="strong", seed=1, eos_after=110))
+    (tmp_path / "both.py").write_text(PEEK_AND_CASCADE)
+    instructions = [f"Task {i}: do it well." for i in range(3)]
+    models = Models.from_endpoints(toys.urls)
+    try:
+        runs = [await decode_many(instructions, p, models, SETTINGS, progress=False)
+                for p in (f"{tmp_path}/both.py:{mine}", builtin)]  # fmt: skip
+    finally:
+        await models.close()
+    assert all(d.error is None for run in runs for d in run)
+    texts = [[[(s.author, s.text) for s in d.segments] for d in run] for run in runs]
+    assert texts[0] == texts[1]
+    peeks = sum(c.kind == "peek" and c.role == "strong" for d in runs[0] for c in d.calls)
+    if mine.startswith("Peek") and not strong:  # some peeks agreed: the scan resumed after them
+        assert peeks > sum(d.num_deferrals for d in runs[0])
+    else:
+        assert any(d.num_deferrals for d in runs[0]) is strong
