@@ -195,7 +195,7 @@ class _Proc:
 
     def _read(self) -> bytes | None:
         try:
-            chunk = os.read(self.r, 1 << 20)
+            chunk = os.read(self.r, 1 << 16)
         except BlockingIOError:
             return None
         except OSError:
