@@ -344,3 +344,15 @@ async def test_peeks_and_prompt_level_policies_from_files_decode_as_the_builtin_
         assert peeks > sum(d.num_deferrals for d in runs[0])
     else:
         assert any(d.num_deferrals for d in runs[0]) is strong
+
+
+def test_a_module_spec_runs_in_the_worker_without_being_imported_here(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "cdw_mod_policy.py").write_text(textwrap.dedent(HONEST.format(attack_in_decide="pass")))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    pol = load_policy("cdw_mod_policy:Gate(tau=0.3)")
+    assert isinstance(pol, remote.WorkerPolicy) and pol.describe() == "cdw_mod_policy:Gate(tau=0.3)"
+    assert "cdw_mod_policy" not in sys.modules and pol.tau == 0.3
+    with pytest.raises(PolicyError, match="no such module"):
+        load_policy("cdw_no_such_module:Gate")
