@@ -101,7 +101,7 @@ def traces_show(path: str) -> None:
     except TraceError as e:
         fail(str(e))
     m = t.meta
-    head = [f"{path}: {m.get('prompts')} under {m.get('policy')}", f"{len(t.decodes)} problems",
+    head = [f"{path}: {m.get('prompts')}", f"under {m.get('policy')}", f"{len(t.decodes)} problems",
             f"{len(t.tokens)} token rows", f"top-{m.get('top_k')} logprobs", f"models {m.get('models')}"]  # fmt: skip
     say(console, head)
     for s in SOURCES:
