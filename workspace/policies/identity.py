@@ -73,7 +73,13 @@ class _Strip(ast.NodeTransformer):
             node.body = b[1:] or [ast.Pass()]
         return node
 
-    visit_FunctionDef = visit_AsyncFunctionDef = visit_Module = _body
+    visit_Module = _body
+
+    def visit_FunctionDef(self, node):
+        node.returns = None
+        return self._body(node)
+
+    visit_AsyncFunctionDef = visit_FunctionDef
 
     def visit_ClassDef(self, node):
         node.decorator_list = [d for d in node.decorator_list if not _registers(d)]
@@ -94,11 +100,7 @@ def _tree(obj) -> ast.AST | None:
         source = textwrap.dedent(inspect.getsource(obj))
     except (OSError, TypeError):
         return None
-    tree = _Strip().visit(ast.parse(source))
-    for node in ast.walk(tree):  # return annotations
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            node.returns = None
-    return tree
+    return _Strip().visit(ast.parse(source))
 
 
 def _globals_of(obj) -> dict:
