@@ -56,6 +56,7 @@ class Paths:
     policies: Path  # policy files agents load and write
     keys: Path  # this workspace's private signing key
     trusted_keys: Path  # the committed list of public keys the group trusts (never from CDW_RECORDS_DIR)
+    aliases: Path  # the committed aliases of re-keyed evaluation ids (never from CDW_RECORDS_DIR)
     presets: Path | None  # a presets file replacing the packaged `servers/presets.toml` (None: the packaged one)
 
     @property
@@ -99,6 +100,8 @@ def paths() -> Paths:
         # a folder of records must not bring the keys that make them trusted.
         trusted_keys=_path("CDW_TRUSTED_KEYS")
         or (PROJECT_ROOT / "records" if in_checkout() else home) / "trusted_keys.txt",
+        # Likewise: an alias decides which record a command reads back, so a folder of records cannot bring its own.
+        aliases=(PROJECT_ROOT / "records" if in_checkout() else home) / "aliases.json",
         presets=_path("CDW_PRESETS"),
     )
 

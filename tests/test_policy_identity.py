@@ -134,3 +134,24 @@ def test_an_alias_cannot_point_at_another_policys_record(committed_records):
     assert aliases.resolve("0" * 16, h["policy"], h["baselines"]) == "0" * 16  # no alias: its own id
     with pytest.raises(StoreError, match="not"):
         aliases.resolve(new, "never", h["baselines"])
+
+
+def test_a_records_folder_cannot_bring_its_own_aliases(toys, records_dir, tmp_path):
+    """Aliases come only from the project's committed file: a records folder holding its own aliases.json, which
+    maps the id a command computes to a forged record, is not followed (the command makes its own record)."""
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"instruction": f"Task {i}: do it."}) + "\n" for i in range(2)))
+    args = ["eval", "--policy", "never", "--prompts", str(prompts), "--max-tokens", "8", "--json",
+            *(f"--{role}-url={url}" for role, url in toys.urls.items())]  # fmt: skip
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    eid = json.loads(first.stdout)["evaluation_id"]
+    # The forger: the record moved under another id (same policy and baselines), aliased from the command's id by
+    # the folder's own aliases file.
+    forged = "f" * 16
+    (records_dir / "evaluations" / f"{eid}.jsonl").rename(records_dir / "evaluations" / f"{forged}.jsonl")
+    (records_dir / "aliases.json").write_text(json.dumps({"evaluations": {eid: {"id": forged, "why": "forged"}}}))
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert json.loads(again.stdout)["evaluation_id"] == eid
+    assert (records_dir / "evaluations" / f"{eid}.jsonl").is_file()  # evaluated anew, under its own id

@@ -18,8 +18,9 @@ def test_folders_follow_the_environment_each_call(tmp_path, monkeypatch):
     assert p.records == PROJECT_ROOT / "records" and p.trusted_keys == p.records / "trusted_keys.txt"
     monkeypatch.setenv("CDW_RECORDS_DIR", str(tmp_path / "r"))
     monkeypatch.setenv("CDW_RUN_DIR", str(tmp_path / "run"))
-    # a records folder someone points at never brings its own trusted keys: the list stays the project's
+    # a records folder someone points at never brings its own trusted keys or aliases: they stay the project's
     assert paths().records == tmp_path / "r" and paths().trusted_keys == PROJECT_ROOT / "records" / "trusted_keys.txt"
+    assert paths().aliases == PROJECT_ROOT / "records" / "aliases.json"
     assert paths().run == tmp_path / "run"
 
 

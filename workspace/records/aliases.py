@@ -1,9 +1,12 @@
 """Aliases: an evaluation id that a change of policy identity re-keyed, pointing at the record that holds it.
 
 A policy's identity is part of its evaluation's id. When the rule that computes identities changes (an *identity
-epoch*), the same command computes a new id for an evaluation already on record. `aliases.json` in the records
-folder maps such new ids to the records' own ids, so the command reads its record back instead of starting a new
-run. The records themselves are never rewritten: they keep their ids, headers and signatures.
+epoch*), the same command computes a new id for an evaluation already on record. The project's committed
+`records/aliases.json` maps such new ids to the records' own ids, so the command reads its record back instead of
+starting a new run. The records themselves are never rewritten: they keep their ids, headers and signatures.
+
+Like the trusted keys, the aliases are the project's own (`servers.settings.paths().aliases`), never a file found
+inside a records folder `CDW_RECORDS_DIR` points at: a folder of records cannot choose which record a command reads.
 
 An alias cannot make a command read another evaluation: `resolve` follows one only to a record whose header names
 the same policy spec and the same baselines the command asked for (only the policy's source hash may differ).
@@ -13,14 +16,14 @@ from __future__ import annotations
 
 import json
 
-from .log import StoreError, read_record, record_path, records_dir
+from servers.settings import paths
 
-FILE = "aliases.json"
+from .log import StoreError, read_record, record_path
 
 
 def table() -> dict[str, dict]:
-    """new evaluation id -> {"id": the record's id, "why": ...}; empty when the folder has no aliases file."""
-    path = records_dir() / FILE
+    """new evaluation id -> {"id": the record's id, "why": ...}, from the project's aliases file; empty without one."""
+    path = paths().aliases
     if not path.is_file():
         return {}
     try:
