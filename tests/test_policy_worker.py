@@ -191,6 +191,35 @@ def test_a_hostile_policy_through_the_cli_leaves_the_host_untouched_and_scores_a
     untouched(host, records, before)
 
 
+def test_replaying_an_evaluation_whose_policy_file_was_edited_says_so_and_does_not_agree(toys, tmp_path):
+    """`cdw verify --replay` compares the file policy's identity now with the recorded one: an edit to what it
+    runs is reported and nothing is replayed; an edit elsewhere in the file (a comment) replays and agrees."""
+    gate = tmp_path / "gate.py"
+    source = HONEST.format(attack_in_decide="pass")
+    gate.write_text(source)
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"instruction": "Task 1: do it well."}) + "\n")
+    flags = [f"--{role}-url={url}" for role, url in toys.urls.items()]
+    r = CliRunner().invoke(main, ["eval", "--policy", f"{gate}:Gate(tau=0.3)", "--prompts", str(prompts),
+                                  "--max-tokens", "24", "--json", *flags])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    eid = json.loads(r.stdout)["evaluation_id"]
+
+    def verify(*extra: str):
+        return CliRunner().invoke(main, ["verify", eid, "--replay", "1", *extra, *flags])
+
+    gate.write_text(source + "\n# a comment added later\n")
+    r = verify("--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["replay"]["same_text"] == 1, r.output
+    gate.write_text(source.replace("< self.tau", "<= self.tau"))
+    r = verify("--json")
+    replay = json.loads(r.stdout)["replay"]
+    assert r.exit_code == 1 and not replay["agrees"] and replay["prompt_ids"] == [], r.output
+    assert "is not the policy on record" in replay["policy_changed"]
+    r = verify()
+    assert r.exit_code == 1 and "not the policy on record" in r.output and "same text" not in r.output
+
+
 def test_the_identity_is_the_in_process_one_and_the_file_is_never_imported_here(tmp_path, monkeypatch):
     import importlib.util
     import sys

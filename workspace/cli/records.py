@@ -54,8 +54,11 @@ def verify(evaluation_id: str, replay_k: int, as_json: bool, **kw) -> None:
             console.print(f"{mark} {c.coverage.describe()}")
         if "replay" in out:
             r = out["replay"]
-            console.print(f"replay of {len(r['prompt_ids'])} prompts: {r['same_text']} same text, "
-                          f"{r['same_verdict']} same verdict (±{r['tolerance']})")  # fmt: skip
+            if r["policy_changed"]:
+                console.print(f"[red]✗[/] replay: {r['policy_changed']}")
+            else:
+                console.print(f"replay of {len(r['prompt_ids'])} prompts: {r['same_text']} same text, "
+                              f"{r['same_verdict']} same verdict (±{r['tolerance']})")  # fmt: skip
             for m in r["mismatches"]:
                 console.print(f"  [red]-[/] {m['prompt_id']}: {m['what']}")
     sys.exit(0 if ok else 1)

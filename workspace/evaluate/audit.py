@@ -12,6 +12,7 @@ from ..engine import decode
 from ..judge import Judge
 from ..policies import load_policy
 from .results import load_evaluation, read_baselines
+from .runs import record_id
 from .setup import EvalSettings, EvaluationError, Setup
 
 
@@ -64,10 +65,13 @@ class Replay:
     same_verdict: int  # preferences within `tolerance` of the recorded ones (tests: the same test status)
     tolerance: float
     mismatches: tuple[tuple[str, str], ...]  # (prompt id, what differed)
+    # Non-empty when the policy the spec loads now is not the one on record (its file edited since, say): nothing
+    # is decoded then, since agreeing texts would say nothing about the record.
+    policy_changed: str = ""
 
     @property
     def agrees(self) -> bool:
-        return not self.mismatches
+        return not self.mismatches and not self.policy_changed
 
     def to_json(self) -> dict:
         return {**asdict(self), "agrees": self.agrees,
@@ -76,7 +80,8 @@ class Replay:
 
 async def replay(evaluation_id: str, setup: Setup, k: int = 3, seed: int = 0, tolerance: float = 0.02) -> Replay:
     """Decode and judge `k` seeded prompts of an evaluation again (use a setup without a call cache) and compare
-    the texts exactly and the preferences within `tolerance`."""
+    the texts exactly and the preferences within `tolerance`. A policy whose identity is no longer the recorded
+    one (its file was edited since) is not replayed: the result says so and does not agree."""
     ev = load_evaluation(evaluation_id)
     settings = EvalSettings.from_identity(ev.header.settings, ev.header.benchmark)
     judged = settings.needs_judge
@@ -86,6 +91,14 @@ async def replay(evaluation_id: str, setup: Setup, k: int = 3, seed: int = 0, to
     done = [e for e in ev.examples if e.error is None]
     chosen = random.Random(seed).sample(done, min(k, len(done)))
     pol = load_policy(ev.policy)
+    now = pol.source_hash()
+    if record_id(ev.policy, now, ev.header.baselines) != evaluation_id:  # (an alias may carry an older identity)
+        was = ev.header.policy_source_hash
+        changed = (
+            f"{ev.policy} is not the policy on record: its identity is {now} now, {was} on record (its code was "
+            "edited since); it was not replayed"
+        )
+        return Replay(evaluation_id, (), 0, 0, tolerance, (), changed)
     judge = Judge(setup.judge, settings.judge)
     same_text = same_verdict = 0
     pool = None  # made once, at the first answer scored again

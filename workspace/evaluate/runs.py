@@ -37,8 +37,13 @@ async def evaluation_id(policy: Policy | str, prompts: PromptSet, setup: Setup, 
     """The id an evaluation of this policy on these prompts with these servers has (and resumes under): the hash
     of what is evaluated, or the record an identity epoch's alias names for it (`records/aliases.py`)."""
     _, spec, source = policy_identity(policy)
-    base = digest((await baselines_header(prompts, setup, settings)).identity())
-    return aliases.resolve(digest({"policy": spec, "source": source, "baselines": base}), spec, base)
+    return record_id(spec, source, digest((await baselines_header(prompts, setup, settings)).identity()))
+
+
+def record_id(spec: str, source: str, baselines: str) -> str:
+    """The id of the record of this policy spec, with this identity, on these baselines: the hash of the three, or
+    the record an identity epoch's alias names for it."""
+    return aliases.resolve(digest({"policy": spec, "source": source, "baselines": baselines}), spec, baselines)
 
 
 async def evaluate(
