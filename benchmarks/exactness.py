@@ -4,6 +4,7 @@ invariants”).
 
     cdw serve --preset cpu && python benchmarks/exactness.py                 # 20 canonical + 3 hand-picked
     python benchmarks/exactness.py --n 20 --max-tokens 256 --spans default   # the rate at 256 tokens only
+    python benchmarks/exactness.py --benchmark humaneval --n 10 --no-hand-picked --spans line block block:2 body
 
 For each instruction and policy it decodes with the engine (the same API `cdw decode` calls) and compares with
 one greedy request to the server itself (chat for the strong model, a completion of the chat-rendered prompt
@@ -24,15 +25,17 @@ HAND_PICKED = [
     "Write two sentences in French about a café in Paris, using accented letters, and end with a coffee emoji.",
     "Reply with a short greeting followed by three different emoji.",
 ]
-SPANS = ["default", "sentence", "words:1", "tokens:5", "agree:2"]
+SPANS = ["default", "sentence", "words:1", "tokens:5", "agree:2", "block"]
 
 
 async def run(args) -> None:
     from workspace.benchmarks import DEFAULT, resolve_prompts
     from workspace.engine import EngineSettings, Models, decode_many
+    from workspace.policies import parse_span
 
     m = Models.from_endpoints()
-    instrs = [p.instruction for p in resolve_prompts(DEFAULT, args.n)] + ([] if args.no_hand_picked else HAND_PICKED)
+    instrs = [p.instruction for p in resolve_prompts(args.benchmark or DEFAULT, args.n)]
+    instrs += [] if args.no_hand_picked else HAND_PICKED
     s = EngineSettings(max_tokens=args.max_tokens, max_deferrals=10_000)
     t0 = time.monotonic()
     strong_own = await asyncio.gather(
@@ -47,7 +50,11 @@ async def run(args) -> None:
     at_limit = sum(r.finish_reason == "length" for r in strong_own)
     print(f"{len(instrs)} instructions, max_tokens {args.max_tokens}: the strong model's own answer hits the limit "
           f"in {at_limit}; own answers took {time.monotonic() - t0:.0f} s")  # fmt: skip
-    policies = ["never"] + [("always" if r == "default" else f"always(span={r})") for r in args.spans]
+    # A structural rule may run its span over several requests, up to the whole answer.
+    policies = ["never"] + [
+        "always" if r == "default" else f"always(span={r}, max_span={args.max_tokens})" if parse_span(r).structural
+        else f"always(span={r})" for r in args.spans
+    ]  # fmt: skip
     rows = []
     for pol in policies:
         t0 = time.monotonic()
@@ -76,7 +83,8 @@ async def run(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--n", type=int, default=20, help="canonical AlpacaEval instructions")
+    ap.add_argument("--n", type=int, default=20, help="the benchmark's first N canonical prompts")
+    ap.add_argument("--benchmark", default=None, help="alpaca_eval (the default) or humaneval")
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--spans", nargs="+", default=SPANS, help="span rules for always-defer ('default': none given)")
     ap.add_argument("--no-hand-picked", action="store_true")

@@ -431,6 +431,78 @@ class FakeServer:
 STRONG_EXTRA = (".\n\n", ":\n\n", ", ", "the ")  # the strong toy's multi-character tokens
 
 
+@dataclass
+class ScriptToy(ToyModel):
+    """A toy that writes code: its greedy next token continues `script` at the answer's length (whoever wrote the
+    answer so far), its longest vocabulary token that fits; a hashed rival token gives margins that vary. A pure
+    function of the context, like ToyModel; the answer ends with the script."""
+
+    script: str = ""
+    turn: str = "<s>assistant\n"  # the built-in template's start of the answer
+
+    def logprobs(self, context: list[int]) -> list[float]:
+        text = self.decode(context, skip_special=False)
+        pos = len(text) - text.rfind(self.turn) - len(self.turn)
+        h = hashlib.blake2b(f"{self.seed}:{context}".encode(), digest_size=8).digest()
+        logits = [0.0] * len(self.vocab)
+        rival = len(self.specials) + h[0] % (len(self.vocab) - len(self.specials))
+        logits[rival] = 3.0 + 3.0 * h[1] / 255.0
+        if pos >= len(self.script):
+            logits[self.eos_id] = 9.0
+        else:
+            fits = [t for t in self.extra if self.script.startswith(t, pos)]
+            logits[self.ids[max(fits, key=len) if fits else self.script[pos]]] = 6.5
+        m = max(logits)
+        z = math.log(sum(math.exp(x - m) for x in logits)) + m
+        return [x - z for x in logits]
+
+
+# Two answers to one coding question, as instruction-tuned models write them: prose, a fenced block (imports, a
+# function with a docstring, nested blocks, comments holding ':'), demo code after the function, prose after.
+STRONG_SCRIPT = """Here is the function:
+
+```python
+import math
+
+
+def is_prime(n: int) -> bool:
+    \"\"\"Return True if n is prime: "7" -> True.
+
+    >>> is_prime(7)
+    True
+    \"\"\"
+    if n < 2:  # note: 0 and 1 are not prime
+        return False
+    for k in range(2, int(math.sqrt(n)) + 1):
+        if n % k == 0:
+            return False
+    return True
+
+
+print(is_prime(7))
+```
+
+It tries every divisor up to the square root.
+"""
+WEAK_SCRIPT = """```python
+def is_prime(n: int) -> bool:
+    \"\"\"Return True if n is prime: "7" -> True.\"\"\"
+    for k in range(2, n):
+        if n % k == 0:
+            return False
+    return n > 1
+```
+This checks all numbers below n. It is simple.
+"""
+
+
+def script_toys() -> tuple[ScriptToy, ScriptToy]:
+    """A weak and a strong toy that write code (a cross-tokenizer pair; the strong one has an indentation token)."""
+    weak = ScriptToy(name="weak", seed=1, script=WEAK_SCRIPT)
+    strong = ScriptToy(name="strong", seed=2, reverse=True, extra=("    ",), script=STRONG_SCRIPT)
+    return weak, strong
+
+
 def weak_toy() -> ToyModel:
     return ToyModel(name="weak", seed=1, eos_after=110)
 

@@ -151,6 +151,25 @@ async def test_engine_always_defer_equals_strong_greedy_on_vllm(tiny_servers):
         await m.close()
 
 
+@pytest.mark.parametrize("rule", ["line", "block", "block:2", "body"])
+async def test_engine_always_defer_with_structural_spans_equals_strong_greedy_on_vllm(tiny_servers, rule):
+    """Structural spans over several strong requests (8 tokens each here) stay exactly the strong model's text."""
+    from workspace.engine import EngineSettings, decode_many
+
+    m = await _models()
+    instructions = [*ENGINE_INSTRUCTIONS, "Write a Python function in a ```python block."]
+    try:
+        s = EngineSettings(chunk_tokens=16, max_tokens=160, max_span_tokens=8, max_deferrals=400)
+        ds = await decode_many(instructions, f"always(span={rule}, max_span=400)", m, s, progress=False)
+        for d in ds:
+            ref = await m.strong.chat([{"role": "user", "content": d.instruction}], max_tokens=160)
+            assert d.error is None and d.f_weak == 0.0
+            assert d.text == ref.text
+        assert sum(c.kind == "span" for d in ds for c in d.calls) > sum(d.num_deferrals for d in ds)
+    finally:
+        await m.close()
+
+
 async def test_engine_mixed_policy_segments_add_up_on_vllm(tiny_servers):
     from workspace.engine import EngineSettings, decode_many
 

@@ -35,6 +35,7 @@ from .client import ChatCompletion, ClientError, ClientSettings, Completion, Mod
 from .endpoints import resolve_endpoint
 from .policies import Action, Decision, Policy, SpanRule, TokenSignal, as_decision, load_policy
 from .policies.remote import WorkerPolicy
+from .policies.structure import Tracker, Where
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class EngineSettings:
     first_chunk: int = 8  # the draft size at the start and right after each handoff
     top_k: int = 20  # logprobs per weak token (vLLM's --max-logprobs must allow it)
     max_tokens: int = 256  # the answer budget: weak text spends weak tokens, strong text strong tokens
-    max_span_tokens: int = 64  # hard cap on one strong span
+    max_span_tokens: int = 64  # hard cap on one strong span (structural rules: on each of its requests)
     max_deferrals: int = 64  # after this many spans the policy is no longer asked to defer
     peek_tokens: int = 8  # tokens asked for by a lookahead peek (strong), or to finish the weak word
     agree_tokens: int = 2  # `agree` span rule default: weak agrees this many tokens in a row
@@ -186,6 +187,7 @@ class _State:
     calls: list[Call] = field(default_factory=list)
     since_handoff: int = 0
     spent: int = 0  # the answer budget spent: weak tokens of weak text + strong tokens of strong text
+    tracker: Tracker = field(default_factory=Tracker)  # the structure of `text` (policies/structure.py)
 
     @property
     def answer_tokens(self) -> int:
@@ -202,6 +204,7 @@ class _State:
         start = self.answer_tokens
         self.ids += ids
         self.text += text
+        self.tracker.feed(text)
         self.spent += tokens
         if not text:  # e.g. a draft that is only the end-of-sequence token: context, but no segment
             return
@@ -232,10 +235,12 @@ def _top_k(s: EngineSettings, pol: Policy) -> int:
     return s.top_k if pol.top_k is None else max(1, min(s.top_k, pol.top_k))
 
 
-def _signal(tok: TokenLogprob, position: int, text_so_far: str, since_handoff: int, prompt: int) -> TokenSignal:
+def _signal(tok: TokenLogprob, position: int, text_so_far: str, since_handoff: int, st: _State,
+            where: tuple[Where, Where]) -> TokenSignal:  # fmt: skip
     """What a policy sees of one drafted weak token."""
     top = tuple(a.logprob for a in tok.top)
-    return TokenSignal(tok.token_id, tok.text, tok.logprob, top, position, text_so_far, since_handoff, prompt)
+    return TokenSignal(tok.token_id, tok.text, tok.logprob, top, position, text_so_far, since_handoff, st.prompt_len,
+                       *where, st.instruction)  # fmt: skip
 
 
 _MAX_CHAR_TOKENS = 8  # a draft this long holds a whole character (UTF-8: at most 4 bytes, so 4 byte tokens)
@@ -253,6 +258,8 @@ class _Draft:
 
     out: Completion
     al: Alignment
+    tracker: Tracker | None = None  # the answer's structure through `fed` characters of this draft
+    fed: int = 0
 
     @property
     def n(self) -> int:
@@ -260,6 +267,18 @@ class _Draft:
 
     def text_before(self, i: int) -> str:
         return self.al.text[: self.al.offset(i)]
+
+    def where(self, base: Tracker, i: int) -> tuple[Where, Where]:
+        """Where the answer stands before and after token i: `base` (the answer before the draft) fed the draft
+        so far, a copy per draft, advanced as the policy reads on (O(new text) per token)."""
+        return self._at(base, self.al.offset(i)), self._at(base, self.al.offset(min(i + 1, self.n)))
+
+    def _at(self, base: Tracker, offset: int) -> Where:
+        if self.tracker is None or offset < self.fed:
+            self.tracker, self.fed = base.copy(), 0
+        self.tracker.feed(self.al.text[self.fed : offset])
+        self.fed = offset
+        return self.tracker.where()
 
 
 class _Engine:
@@ -380,14 +399,15 @@ class _Engine:
 
         def signal(i: int) -> TokenSignal:
             return _signal(dr.out.tokens[i], st.answer_tokens + i, st.text + dr.text_before(i), st.since_handoff + i,
-                           st.prompt_len)  # fmt: skip
+                           st, dr.where(st.tracker, i))  # fmt: skip
 
-        if isinstance(pol, WorkerPolicy):  # the whole draft in one message (remote.py)
+        if isinstance(pol, WorkerPolicy):  # the whole draft in one message (remote.py); the worker tracks `where`
             tokens = [[t.token_id, t.text, t.logprob, [a.logprob for a in t.top], dr.al.offset(i)]
                       for i, t in enumerate(dr.out.tokens[start:], start)]  # fmt: skip
             found = await pol.scan({"base": st.text, "draft": dr.al.text, "pos": st.answer_tokens + start,
                                     "since": st.since_handoff + start, "prompt": st.prompt_len,
-                                    "defer": may_defer, "tok": tokens}, len(tokens))  # fmt: skip
+                                    "defer": may_defer, "tok": tokens, "end": dr.al.offset(dr.n),
+                                    "instr": st.instruction}, len(tokens))  # fmt: skip
             found = None if found is None else (start + found[0], found[1])
             for i in range(start, dr.n if found is None else found[0] + 1) if on_signal is not None else ():
                 on_signal(signal(i))
@@ -402,21 +422,47 @@ class _Engine:
         return None
 
     async def _span(self, st: _State, rule: SpanRule, score: float | None) -> bool:
-        """Let the strong model write one span; returns False when the strong model ended the answer."""
-        budget = min(rule.max_span_tokens(), self.s.max_span_tokens, st.left)
-        out = await self._strong(st, budget, rule.stop_strings(), "span")
+        """Let the strong model write one span; returns False when the strong model ended the answer. A
+        structural rule (`line`, `block`, `body`) continues its span over more requests until it cuts, its
+        `max_tokens` or the answer budget is spent, or the strong model ends."""
+        text, kept, more, eos = "", 0, True, False
+        while more:
+            piece, keep, more, eos = await self._span_request(st, rule, text, kept)
+            text, kept = text + piece, kept + keep
+        if not text:
+            if eos:
+                return False  # end of sequence right away: the strong model considers the answer complete
+            raise EngineError("the strong span is empty after healing")
+        ids = await _timed(st, "weak", "tokenize", self.m.weak.tokenize(text))
+        st.append("strong", text, ids, max(kept, 1), score)
+        st.since_handoff = 0
+        st.policy.on_handoff(text)
+        return not eos
+
+    async def _span_request(self, st: _State, rule: SpanRule, prefix: str, spent: int) -> tuple[str, int, bool, bool]:
+        """One strong request of a span that has `prefix` (`spent` strong tokens) so far: the text it keeps (healed
+        to a strong-token boundary), its tokens, whether the span goes on, and whether the strong model ended."""
+        left = st.left - spent
+        budget = min(rule.max_span_tokens() - spent, self.s.max_span_tokens, left)
+        out = await self._strong(st, budget, rule.stop_strings(st.tracker.where()), "span", text=st.text + prefix)
         ended = _strong_ended(out)
         al = align(out.text, [t.text for t in out.tokens])
         if not out.text:
             if ended:
-                return False  # end of sequence right away: the strong model considers the answer complete
+                return "", 0, False, True
             raise EngineError(f"the strong model returned an empty span (finish_reason={out.finish_reason!r})")
         if al is None:  # pieces that cannot be placed in the text: keep it whole, cut nowhere
             al = Alignment(out.text, (0,) + (None,) * (len(out.tokens) - 1) + (len(out.text),))
-        cut = rule.cut(out.text)
+        if rule.structural:
+            cut = rule.cut(prefix + out.text, st.tracker)
+            cut = None if cut is None else cut - len(prefix)
+            if prefix and cut is not None and cut <= 0:  # the span ended where the last request's text did
+                return "", 0, False, False
+        else:
+            cut = rule.cut(out.text)
         if rule.kind == "agree":
             cut = await self._agree_cut(st, out.text, rule.n)
-        last = budget == st.left and out.finish_reason == "length"  # the budget clips this span: keep it all
+        last = budget == left and out.finish_reason == "length"  # the budget clips this span: keep it all
         if cut is not None and cut < len(al.text):  # (al.text: a stop string may end inside the last token)
             keep = al.heal(cut)
         elif ended or last or al.bounds[al.n] is not None:
@@ -424,13 +470,9 @@ class _Engine:
         else:  # the span stopped inside a character: end it before; the next span writes that character
             keep = al.safe_at_or_before(al.n) or al.n
         text = al.text[: al.bounds[keep]] if al.bounds[keep] is not None else out.text
-        if not text:
-            raise EngineError("the strong span is empty after healing")
-        ids = await _timed(st, "weak", "tokenize", self.m.weak.tokenize(text))
-        st.append("strong", text, ids, max(keep, 1), score)
-        st.since_handoff = 0
-        st.policy.on_handoff(text)
-        return not (ended and keep == al.n)
+        more = (rule.structural and cut is None and out.finish_reason == "length" and not last and keep > 0
+                and spent + keep < rule.max_span_tokens())  # fmt: skip
+        return text, keep, more, ended and keep == al.n
 
     async def _agree_cut(self, st: _State, span_text: str, n: int) -> int | None:
         """`agree` rule: where the weak model, teacher-forced on the strong text, has predicted the strong

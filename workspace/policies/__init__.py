@@ -10,8 +10,9 @@ expand_spec("margin(tau=[0.02, 0.05])")                   # -> ["margin(tau=0.02
 
 from .protocol import Action, Decision, Policy, SpanRule, TokenSignal, as_decision, constructor_spec, parse_span
 from .spec import PolicyError, canonical_spec, expand_spec, family, load_policy, policy_file
+from .structure import Where
 
 __all__ = [
-    "Action", "Decision", "Policy", "PolicyError", "SpanRule", "TokenSignal", "as_decision", "canonical_spec",
-    "constructor_spec", "expand_spec", "family", "load_policy", "parse_span", "policy_file",
+    "Action", "Decision", "Policy", "PolicyError", "SpanRule", "TokenSignal", "Where", "as_decision",
+    "canonical_spec", "constructor_spec", "expand_spec", "family", "load_policy", "parse_span", "policy_file",
 ]  # fmt: skip

@@ -3,9 +3,10 @@
 What is hashed, for a policy object: every class of its type's MRO outside the policy protocol, and, followed
 transitively, every function, class and simple constant of the project (or of the policy's own file) that this code
 names, each as its syntax tree with docstrings dropped (comments and formatting never reach the tree). Names in
-annotations are not followed (they decide nothing), nor are the protocol (`protocol.py`, `registry.py`: the engine
-contract, versioned by the record's code commit), the standard library and third-party packages. Module and file
-paths are not hashed either: moving a class to another file keeps its id.
+annotations are not followed (they decide nothing), nor are the protocol (`protocol.py`, `registry.py` and
+`structure.py`, what a policy is shown: the engine contract, versioned by the record's code commit), the standard
+library and third-party packages. Module and file paths are not hashed either: moving a class to another file keeps
+its id.
 
 So adding a family, editing a comment or another class in the same file, or moving a file changes no other
 policy's id; editing the class, a helper it calls or a constant it reads does. Wrappers add their inner policies'
@@ -23,7 +24,9 @@ import types
 from pathlib import Path
 
 # The protocol's own modules: the contract every policy runs under, not part of any one policy's identity.
-PROTOCOL_MODULES = frozenset({"workspace.policies.protocol", "workspace.policies.registry"})
+PROTOCOL_MODULES = frozenset(
+    {"workspace.policies.protocol", "workspace.policies.registry", "workspace.policies.structure"}
+)
 _PROJECT = Path(__file__).resolve().parents[2]
 _CONSTANTS = (bool, int, float, str, bytes, type(None))
 

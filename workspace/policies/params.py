@@ -28,7 +28,8 @@ class Param:
     required: bool = False  # the constructor has no default: the spec always names it
 
 
-SPANS = ("sentence", "punct", "newline", "words:3", "words:8", "tokens:4", "tokens:16", "agree:2")
+SPANS = ("sentence", "punct", "newline", "words:3", "words:8", "tokens:4", "tokens:16", "agree:2", "line", "block",
+         "block:2", "body")  # fmt: skip
 # A threshold means something different per family (a probability, nats, a margin): slider range and a start.
 TAU = {
     "top1": (0.0, 1.0, 0.01, 0.3),
@@ -47,7 +48,7 @@ KNOWN = {
     "quiet": ("int", 0, 64, 1, 0),
     "warm": ("int", 0, 64, 1, 16),
     "seed": ("int", 0, 99, 1, 0),
-    "max_span": ("int", 1, 128, 1, 64),
+    "max_span": ("int", 1, 512, 1, 64),  # structural spans (block, body) want room
 }
 DEFAULT_INNER = "margin(tau=0.1)"
 

@@ -5,7 +5,8 @@ keeps in `self` is per-decode state), then `decide(signal)` for every weak token
 continue or defer (a bool, or a `Decision` carrying the policy's score, which is recorded at each handoff).
 `span` says how long the strong model writes once the policy defers; a `Decision` may name another span rule
 for this one handoff (wrappers pass their inner policy's decision on, span included). Policies see only the
-weak model's signals, never the strong model's logprobs.
+weak model's signals, never the strong model's logprobs, plus where the token stands in the answer (`where`,
+`after`: prose or code and the code line's structure, `structure.py`) and the instruction being answered.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 from . import registry
 from .identity import code_identity
+from .structure import Tracker, Where, structural_cut
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,14 @@ class TokenSignal:
     text_so_far: str  # the answer before this token
     since_handoff: int  # weak tokens accepted since the last strong span (or since the start)
     prompt_tokens: int = 0  # the instruction's length in weak tokens, chat template included
+    where: Where = Where()  # where the answer before this token stands: prose or code, the code line's structure
+    after: Where = Where()  # the same after this token (at a line's start, its first word says the line's part)
+    instruction: str = ""  # the instruction being answered (one string shared by a decode's signals)
+
+    @property
+    def line(self) -> str:
+        """The current line of the answer before this token (after its last newline)."""
+        return self.text_so_far[self.text_so_far.rfind("\n") + 1 :]
 
     @property
     def prob(self) -> float:
@@ -87,14 +97,19 @@ class SpanRule:
     kind: `tokens` (n strong tokens), `words` (n words), `punct` (through the next punctuation mark),
     `sentence` (through the end of the sentence), `newline` (through the next newline), `agree` (until the
     weak model's greedy choice agrees with the strong text for n tokens in a row). `max_tokens` bounds every
-    span.
+    span. Structural kinds follow the code (`structure.structural_cut`; outside code each ends with its line):
+    `line` (the logical line, and the block it opens when it ends with ':'), `block` (until a line indented at or
+    left of the line the span started on; `block:2`, the enclosing block's), `body` (the rest of the function).
+    They run over several strong requests when they need to (each at most the engine's `max_span_tokens`), up to
+    `max_tokens` in all.
     """
 
     kind: str = "sentence"
     n: int = 1
     max_tokens: int = 64
 
-    KINDS = ("tokens", "words", "punct", "sentence", "newline", "agree")
+    KINDS = ("tokens", "words", "punct", "sentence", "newline", "agree", "line", "block", "body")
+    STRUCTURAL = ("line", "block", "body")
 
     def __post_init__(self):
         if self.kind not in self.KINDS:
@@ -102,9 +117,16 @@ class SpanRule:
         if self.n < 1 or self.max_tokens < 1:
             raise ValueError("span n and max_tokens must be >= 1")
 
-    def stop_strings(self) -> list[str]:
+    @property
+    def structural(self) -> bool:
+        return self.kind in self.STRUCTURAL
+
+    def stop_strings(self, start: Where | None = None) -> list[str]:
         """Up to 4 stop strings (the OpenAI API's limit) that let the server end the span early. They are only
-        a saving: `cut()` decides where the span ends, also for ends not in this list."""
+        a saving: `cut()` decides where the span ends, also for ends not in this list. `start`: where the span
+        starts (structural kinds stop at the closing fence in code, at the line's end elsewhere)."""
+        if self.structural:
+            return ["\n```"] if start is not None and start.code else ["\n"]
         return {"punct": [".", ",", ";", "\n"], "sentence": [". ", ".\n", "? ", "! "], "newline": ["\n"]}.get(
             self.kind, []
         )
@@ -112,8 +134,11 @@ class SpanRule:
     def max_span_tokens(self) -> int:
         return min(self.n, self.max_tokens) if self.kind == "tokens" else self.max_tokens
 
-    def cut(self, text: str) -> int | None:
-        """Where in `text` the span ends (a character offset), or None if it runs to the end of `text`."""
+    def cut(self, text: str, start: Tracker | None = None) -> int | None:
+        """Where in `text` the span ends (a character offset), or None if it runs to the end of `text`.
+        `start`: the answer's structure where the span starts (structural kinds; default the answer's start)."""
+        if self.structural:
+            return structural_cut(self.kind, self.n, start if start is not None else Tracker(), text)
         if self.kind == "words":
             count, i, in_word = 0, 0, False
             for i, ch in enumerate(text):
@@ -135,11 +160,13 @@ class SpanRule:
         return None
 
     def describe(self) -> str:
-        return self.kind if self.kind in ("punct", "sentence", "newline") else f"{self.kind}:{self.n}"
+        if self.kind in ("punct", "sentence", "newline", "line", "body") or (self.kind == "block" and self.n == 1):
+            return self.kind
+        return f"{self.kind}:{self.n}"
 
 
 def parse_span(value: str | SpanRule, max_tokens: int = 64) -> SpanRule:
-    """`sentence`, `punct`, `newline`, `words:3`, `tokens:8`, `agree:2`."""
+    """`sentence`, `punct`, `newline`, `words:3`, `tokens:8`, `agree:2`, `line`, `block`, `block:2`, `body`."""
     if isinstance(value, SpanRule):
         return value
     kind, _, n = str(value).partition(":")

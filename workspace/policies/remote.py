@@ -51,10 +51,11 @@ _HEADER = struct.Struct(">I")
 _IDS = itertools.count(1)
 _ENCODE = msgspec.json.Encoder().encode
 # The policy API the sandbox can import: the protocol's modules, copied (never the rest of the project).
-_API_FILES = ("protocol.py", "registry.py", "identity.py", "worker.py")
+_API_FILES = ("protocol.py", "registry.py", "identity.py", "structure.py", "worker.py")
 _API_INIT = (
     '"""The policy API inside the policy sandbox."""\n\n'
     "from .protocol import Action, Decision, Policy, SpanRule, TokenSignal, as_decision, parse_span\n"
+    "from .structure import Where\n"
 )
 _BOOT = "import sys; sys.path.insert(0, '/cdw/api'); from workspace.policies.worker import main; main()"
 
@@ -419,6 +420,7 @@ class WorkerPolicy(Policy):
                 setattr(self, k, v)
         self._decode = next(_IDS)
         self._handoffs: list[str] = []
+        self._told = False  # the instruction went with this decode's first message
         self._proc: _Proc | None = None  # the worker this decode's state lives on (the engine's calls)
         self._sent: list[dict] = []  # what made that state: replayed on another worker if this one is lost
 
@@ -485,11 +487,15 @@ class WorkerPolicy(Policy):
         return {"op": "replay", "d": self._decode, "msgs": self._sent}
 
     async def scan(self, draft: dict, n: int) -> tuple[int, Decision] | None:
-        """The first of a draft's `n` tokens at which the policy fires (`worker.py` says what `draft` holds)."""
+        """The first of a draft's `n` tokens at which the policy fires (`worker.py` says what `draft` holds; the
+        instruction, `instr`, is sent with the decode's first message only)."""
+        if self._told:
+            draft = {k: v for k, v in draft.items() if k != "instr"}
+        self._told = True
         return await self._ask(self._message("scan", **draft), lambda r: self._answer(r, n))
 
     async def keep(self, signals: list[TokenSignal]) -> bool:
-        return await self._ask(self._message("keep", sig=[_signal_row(s) for s in signals]), self._kept)
+        return await self._ask(self._message("keep", **_signal_rows(signals)), self._kept)
 
     def release(self) -> None:
         """The decode is over: its worker forgets it (with the next request it gets)."""
@@ -506,16 +512,20 @@ class WorkerPolicy(Policy):
     def decide(self, s: TokenSignal) -> Decision:
         token = [s.token_id, s.text, s.logprob, list(s.top), 0]
         draft = {"base": s.text_so_far, "draft": "", "pos": s.position, "since": s.since_handoff,
-                 "prompt": s.prompt_tokens, "defer": True, "tok": [token]}  # fmt: skip
+                 "prompt": s.prompt_tokens, "defer": True, "tok": [token], "w": [[list(s.where), list(s.after)]],
+                 "instr": s.instruction}  # fmt: skip
         found = self._answer(self._direct(self._message("scan", **draft)), 1)
         return found[1] if found else Decision(Action.CONTINUE)
 
     def keep_weak(self, signals: list[TokenSignal]) -> bool:
-        return self._kept(self._direct(self._message("keep", sig=[_signal_row(s) for s in signals])))
+        return self._kept(self._direct(self._message("keep", **_signal_rows(signals))))
 
 
-def _signal_row(s: TokenSignal) -> list:
-    return [s.token_id, s.text, s.logprob, list(s.top), s.position, s.text_so_far, s.since_handoff, s.prompt_tokens]
+def _signal_rows(signals: list[TokenSignal]) -> dict:
+    """A prompt-level policy's signals as a `keep` message carries them (the instruction once)."""
+    rows = [[s.token_id, s.text, s.logprob, list(s.top), s.position, s.text_so_far, s.since_handoff, s.prompt_tokens,
+             list(s.where), list(s.after)] for s in signals]  # fmt: skip
+    return {"sig": rows, "instr": signals[0].instruction if signals else ""}
 
 
 def load(file: Path, cls: str, args: list, kwargs: dict) -> WorkerPolicy:

@@ -10,10 +10,14 @@ Requests (every one but `load` names a decode `d`; its state is a `fresh()` copy
   evaluator never imports the file), `top_k`, `prompt_level`, `span` and its plain attributes (`attrs`).
 - `scan`: strong texts handed off since the last message (`h`: `on_handoff` each, in order), then a draft's tokens
   (`tok`: `[token_id, text, logprob, top, offset]`; the text before token j is `base + draft[:offset]`, its position
-  `pos + j`, its `since_handoff` `since + j`). `decide` runs on each in turn; the reply is the first that fires
-  (`i`, action `a`, score `s`, span rule `span`), or `i: null` when none does (or `defer` is false: the engine
-  no longer lets it defer, but its state still sees every token).
-- `keep`: handoffs, then whole signals (`sig`) for a prompt-level policy's `keep_weak` → `keep`.
+  `pos + j`, its `since_handoff` `since + j`; after the last token, `draft[:end]`). `decide` runs on each in turn;
+  the reply is the first that fires (`i`, action `a`, score `s`, span rule `span`), or `i: null` when none does
+  (or `defer` is false: the engine no longer lets it defer, but its state still sees every token). Each token's
+  `where` and `after` are tracked here as the engine tracks them (`structure.py`; the answer only grows, so each
+  message feeds only what `base` added), unless the message gives them (`w`: `[where, after]` per token, for
+  signals made by hand). `instr` (the instruction) comes with a decode's first message.
+- `keep`: handoffs, then whole signals (`sig`, with `where` and `after`) for a prompt-level policy's `keep_weak`
+  → `keep`.
 - `replay`: forget decode `d`, then run its messages so far (`msgs`) again: the decode moved here from a worker
   that was lost.
 Any request may carry `e`: decodes that ended, to forget first.
@@ -30,6 +34,7 @@ import struct
 import sys
 
 from workspace.policies.protocol import Policy, SpanRule, TokenSignal, as_decision
+from workspace.policies.structure import Tracker, Where
 
 _HEADER = struct.Struct(">I")
 _PLAIN = (bool, int, float, str, type(None))
@@ -51,10 +56,28 @@ def _number(x):
     return x if x is None or math.isfinite(x) else None
 
 
+class _Decode:
+    """One decode's state: its policy, the instruction and the structure of the answer so far."""
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        self.instruction = ""
+        self.tracker = Tracker()
+        self.fed = 0  # characters of the answer fed to `tracker`
+
+    def at(self, base: str) -> Tracker:
+        """A tracker of the answer `base` (which extends what was fed before): a copy, for one draft."""
+        if len(base) < self.fed:  # not an extension (never from the engine): start again
+            self.tracker, self.fed = Tracker(), 0
+        self.tracker.feed(base[self.fed :])
+        self.fed = len(base)
+        return self.tracker.copy()
+
+
 class _Worker:
     def __init__(self):
         self.proto: Policy | None = None
-        self.decodes: dict[int, Policy] = {}
+        self.decodes: dict[int, _Decode] = {}
 
     def load(self, m: dict) -> dict:
         spec = importlib.util.spec_from_file_location("cdw_policy", m["file"])
@@ -75,30 +98,43 @@ class _Worker:
         return {"identity": p.source_hash(), "top_k": p.top_k, "prompt_level": bool(p.prompt_level),
                 "span": _span(p.span), "attrs": attrs}  # fmt: skip
 
-    def _decode(self, m: dict) -> Policy:
-        pol = self.decodes.get(m["d"])
-        if pol is None:
-            pol = self.decodes[m["d"]] = self.proto.fresh()
+    def _decode(self, m: dict) -> _Decode:
+        dec = self.decodes.get(m["d"])
+        if dec is None:
+            dec = self.decodes[m["d"]] = _Decode(self.proto.fresh())
+        if "instr" in m:
+            dec.instruction = m["instr"]
         for text in m.get("h", ()):
-            pol.on_handoff(text)
-        return pol
+            dec.policy.on_handoff(text)
+        return dec
 
     def scan(self, m: dict) -> dict:
-        pol = self._decode(m)
+        dec = self._decode(m)
+        pol = dec.policy
         base, draft, pos, since, prompt, defer = m["base"], m["draft"], m["pos"], m["since"], m["prompt"], m["defer"]
-        for j, (token_id, text, logprob, top, off) in enumerate(m["tok"]):
+        tokens, given = m["tok"], m.get("w")
+        tracker, fed = (None, 0) if given is not None else (dec.at(base), 0)
+        for j, (token_id, text, logprob, top, off) in enumerate(tokens):
+            if given is not None:
+                where, after = Where(*given[j][0]), Where(*given[j][1])
+            else:
+                nxt = tokens[j + 1][4] if j + 1 < len(tokens) else m.get("end", len(draft))
+                where = tracker.feed(draft[fed:off]).where()
+                after = tracker.feed(draft[off:nxt]).where()
+                fed = nxt
             sig = TokenSignal(token_id, text, _float(logprob), tuple(_float(x) for x in top), pos + j,
-                              base + draft[:off], since + j, prompt)  # fmt: skip
+                              base + draft[:off], since + j, prompt, where, after, dec.instruction)  # fmt: skip
             d = as_decision(pol.decide(sig))
             if d.fires and defer:
                 return {"i": j, "a": d.action.value, "s": _number(d.score), "span": _span(d.span or pol.span)}
         return {"i": None}
 
     def keep(self, m: dict) -> dict:
-        pol = self._decode(m)
-        sigs = [TokenSignal(t, x, _float(lp), tuple(_float(v) for v in top), p, so_far, since, prompt)
-                for t, x, lp, top, p, so_far, since, prompt in m["sig"]]  # fmt: skip
-        return {"keep": bool(pol.keep_weak(sigs))}
+        dec = self._decode(m)
+        sigs = [TokenSignal(t, x, _float(lp), tuple(_float(v) for v in top), p, so_far, since, prompt, Where(*w),
+                            Where(*a), dec.instruction)
+                for t, x, lp, top, p, so_far, since, prompt, w, a in m["sig"]]  # fmt: skip
+        return {"keep": bool(dec.policy.keep_weak(sigs))}
 
     def replay(self, m: dict) -> dict:
         self.decodes.pop(m["d"], None)
