@@ -27,7 +27,8 @@ ROLES = ("weak", "strong", "judge")  # the roles a server answers
 # like API keys, from SLURM's --export=ALL rather than from a script on disk).
 JOB_PATH_VARIABLES = ("CDW_HOME", "CDW_MODELS_DIR", "CDW_PRESETS", "CDW_RECORDS_DIR", "CDW_FINDINGS_DIR",
                       "CDW_POLICIES_DIR", "CDW_KEYS_DIR", "CDW_TRUSTED_KEYS")  # fmt: skip
-JOB_VARIABLES = (*JOB_PATH_VARIABLES, "CDW_AUTHOR", *(f"CDW_{r.upper()}_{k}" for r in ROLES for k in ("URL", "MODEL")))
+JOB_VARIABLES = (*JOB_PATH_VARIABLES, "CDW_AUTHOR", "CDW_REUSE",
+                 *(f"CDW_{r.upper()}_{k}" for r in ROLES for k in ("URL", "MODEL")))  # fmt: skip
 
 
 def _get(name: str) -> str | None:
@@ -79,7 +80,7 @@ class Paths:
 
     @property
     def cache(self) -> Path:
-        """The call cache (an SQLite file): greedy requests answered once."""
+        """The call cache and the known continuations (SQLite files): greedy requests answered once."""
         return self.home / "cache"
 
 
@@ -109,6 +110,15 @@ def paths() -> Paths:
 def author() -> str:
     """Who is writing findings: `CDW_AUTHOR`, else the login name."""
     return _get("CDW_AUTHOR") or getpass.getuser()
+
+
+def reuse() -> bool:
+    """Whether greedy requests that continue a known answer are answered without the server (`CDW_REUSE`: on
+    unless 0, off, no or false; `--no-reuse` turns it off for one command). See workspace/reuse.py."""
+    value = (_get("CDW_REUSE") or "on").strip().lower()
+    if value not in ("1", "on", "yes", "true", "0", "off", "no", "false"):
+        raise ValueError(f"CDW_REUSE={value!r}: say on or off")
+    return value in ("1", "on", "yes", "true")
 
 
 def mcp_token() -> str | None:

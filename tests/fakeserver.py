@@ -143,10 +143,24 @@ class ToyModel:
         return greedy(self, prompt, max_tokens, stop)
 
 
+def first_stop(text: str, new: int, stop: list[str]) -> tuple[int, str] | None:
+    """vLLM 0.32's stop-string rule after a token added `new` characters to the generated `text`: among the
+    occurrences that end in the new characters, the one that ends first (ties: the earlier in the stop list);
+    returns (where it starts, the stop string)."""
+    found = [
+        (at + len(s), rank, at, s)
+        for rank, s in enumerate(stop)
+        for at in range(max(0, len(text) - new - len(s) + 1), len(text) - len(s) + 1)
+        if text.startswith(s, at)
+    ]
+    return min(found)[2:] if found else None
+
+
 def greedy(model, prompt: list[int], max_tokens: int, stop: list[str] | None):
     """Greedy generation of a toy model; returns (ids, logprob rows, text, finish_reason, stop_reason).
-    Ties go to the lower id; a stop string cuts the text, not the token (as vLLM does)."""
-    ids, rows = [], []
+    Ties go to the lower id; a stop string cuts the text, not the token (as vLLM does: the text before the stop
+    string; the chat endpoint adds it back when asked to include it)."""
+    ids, rows, text = [], [], ""
     for _ in range(max_tokens):
         lp = model.logprobs(prompt + ids)
         tok = max(range(len(lp)), key=lambda i: (lp[i], -i))
@@ -154,9 +168,9 @@ def greedy(model, prompt: list[int], max_tokens: int, stop: list[str] | None):
         rows.append(lp)
         if (reason := model.stop_reason(tok)) is not False:  # end of sequence: None, or another stop id (int)
             return ids, rows, model.text_of(prompt, ids), "stop", reason
-        if stop and any(s in (text := model.text_of(prompt, ids)) for s in stop):
-            s = min((s for s in stop if s in text), key=text.index)
-            return ids, rows, text[: text.index(s)], "stop", s
+        before, text = text, model.text_of(prompt, ids)
+        if stop and (hit := first_stop(text, len(text) - len(before), stop)):
+            return ids, rows, text[: hit[0]], "stop", hit[1]
     return ids, rows, model.text_of(prompt, ids), "length", None
 
 
@@ -222,6 +236,7 @@ class FakeServer:
         self.applied: list[dict[str, float]] = []
         self.faults = Faults()
         self.hits: dict[str, int] = {}
+        self.generated = 0  # generation requests answered (completions and chat, the judge's one-token ones aside)
         self.active = 0  # requests being handled now, and the most seen at once
         self.max_active = 0
         self.requests: list[dict] = []
@@ -315,6 +330,7 @@ class FakeServer:
         b = await self._body(request)
         m = self._decoder(b)
         prompt = b["prompt"] if isinstance(b["prompt"], list) else m.encode(b["prompt"])
+        self.generated += 1
         ids, rows, text, finish, stop_reason = m.generate(prompt, b["max_tokens"], b.get("stop"))
         choice = {"index": 0, "text": text, "finish_reason": finish, "stop_reason": stop_reason}
         if b.get("return_token_ids"):
@@ -383,6 +399,7 @@ class FakeServer:
             return self._judge_answer(b)
         text = m.render(b["messages"], b.get("add_generation_prompt", True), b.get("continue_final_message", False),
                         b.get("chat_template_kwargs"))  # fmt: skip
+        self.generated += 1
         ids, rows, out, finish, stop_reason = m.generate(m.encode(text), b["max_tokens"], b.get("stop"))
         if m.empty_spans:
             ids, rows, out, finish, stop_reason = [], [], "", "length", None
@@ -407,6 +424,9 @@ class FakeServer:
                 })  # fmt: skip
                 ctx.append(i)
             choice["logprobs"] = {"content": content}
+        if b.get("return_token_ids"):  # vLLM's extension: the rendered prompt's ids and the answer's
+            choice["token_ids"] = ids
+            return web.json_response({"id": "chat", "choices": [choice], "prompt_token_ids": m.encode(text)})
         return web.json_response({"id": "chat", "choices": [choice]})
 
     async def _tokenize(self, request):

@@ -45,6 +45,7 @@ async def run(servers, policy, prompts=PROMPTS, cache=None):
 def numbers(ev) -> dict:
     d = ev.to_json()
     d.pop("timings")
+    d.pop("requests")  # how the run was answered (servers, call cache, known continuations), like its timings
     d.pop("created")
     return d
 

@@ -118,6 +118,7 @@ class Completion:
     tokens: tuple[TokenLogprob, ...]  # empty unless logprobs were requested
     finish_reason: str  # "stop" | "length" | ...
     stop_reason: str | int | None  # the stop string or token id that ended it, if any
+    origin: str = field(default="server", compare=False)  # server | cache (the call cache) | reuse (known)
 
 
 @dataclass(frozen=True)
@@ -136,6 +137,7 @@ class ChatCompletion:
     finish_reason: str
     stop_reason: str | int | None
     tokens: tuple[ChatToken, ...] = ()  # empty unless logprobs were requested
+    origin: str = field(default="server", compare=False)  # server | cache (the call cache) | reuse (known)
 
 
 @dataclass(frozen=True)
@@ -196,6 +198,33 @@ class CallCache(Protocol):
     def put(self, key: str, body: Any) -> None: ...
 
 
+class Continuations(Protocol):
+    """Known continuations of greedy answers (`workspace.reuse.ContinuationStore`)."""
+
+    def answer_completion(self, scope: bytes, prompt: list[int], max_tokens: int, k: int,
+                          stop: list[str] | None) -> Completion | None: ...  # fmt: skip
+
+    def record_completion(self, scope: bytes, prompt: list[int], out: Completion, k: int) -> None: ...
+
+    def chat_candidates(self, scope: bytes, head: bytes, text: str) -> bool: ...
+
+    def answer_chat(self, scope: bytes, prompt: list[int], max_tokens: int, k: int | None, stop: list[str] | None,
+                    include_stop: bool) -> ChatCompletion | None: ...  # fmt: skip
+
+    def record_chat(self, scope: bytes, head: bytes, text: str, prompt: list[int], out: ChatCompletion,
+                    token_ids: list[int], k: int) -> None: ...  # fmt: skip
+
+
+@dataclass
+class ReuseCounts:
+    """What a client's known continuations did: generation requests answered without the server (`hits`),
+    asked of the server although reuse was on (`misses`), and /tokenize requests a chat lookup spent (`checks`)."""
+
+    hits: int = 0
+    misses: int = 0
+    checks: int = 0
+
+
 # Greedy decoding, stated in full on every generation request. vLLM fills what a request leaves out from the
 # model's generation_config.json when started with `--generation-config auto` (its default): Qwen2.5-7B-Instruct's
 # repetition_penalty 1.05 would shape every reference answer. The launcher also starts servers with
@@ -212,10 +241,33 @@ def _cache_key(path: str, payload: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+# What a reusable request may hold besides its context and the sampling settings (GREEDY) that go into its scope.
+_COMPLETION_FIELDS = {"prompt", "max_tokens", "logprobs", "stop", "return_token_ids"}
+_CHAT_FIELDS = {"messages", "max_tokens", "logprobs", "top_logprobs", "stop", "include_stop_str_in_output",
+                "continue_final_message", "add_generation_prompt"}  # fmt: skip
+_SCOPE_FIELDS = {"model", "chat_template_kwargs", *GREEDY}
+
+
+def _scope(api: str, payload: dict, fields: set[str]) -> bytes | None:
+    """The scope of a reusable greedy request (its API and every setting but the context), or None."""
+    rest = {k: v for k, v in payload.items() if k not in fields}
+    if payload.get("temperature") or not set(rest) <= _SCOPE_FIELDS:
+        return None
+    return hashlib.sha256(orjson.dumps([api, rest], option=orjson.OPT_SORT_KEYS)).digest()
+
+
+def _head(messages: list[dict]) -> bytes:
+    """The conversation a chat continuation belongs to (every message before the assistant text)."""
+    return hashlib.sha256(orjson.dumps(messages, option=orjson.OPT_SORT_KEYS)).digest()
+
+
 class ModelClient:
     """Talks to every replica of one role's server."""
 
-    def __init__(self, endpoint: Endpoint, settings: ClientSettings | None = None, cache: CallCache | None = None):
+    def __init__(
+        self, endpoint: Endpoint, settings: ClientSettings | None = None, cache: CallCache | None = None,
+        reuse: Continuations | None = None,
+    ):  # fmt: skip
         if not endpoint.urls:
             raise ValueError(f"endpoint for {endpoint.role} has no URL")
         self.endpoint = endpoint
@@ -236,6 +288,8 @@ class ModelClient:
         self.calls = 0  # requests sent (retries included): benchmarks and cache tests read this
         self.cache = cache
         self.cache_hits = 0
+        self.reuse = reuse
+        self.reused = ReuseCounts()
 
     async def __aenter__(self) -> ModelClient:
         return self
@@ -301,6 +355,14 @@ class ModelClient:
         generation, tokenize, detokenize) is answered from the cache when the exact same request was answered
         before (the served model name is in every payload); only bodies that parsed are stored.
         """
+        return (await self._ask(method, path, payload, parse))[0]
+
+    async def _ask(
+        self, method: str, path: str, payload: dict | None, parse: Callable | None = None, sent: dict | None = None
+    ) -> tuple[Any, str]:
+        """`request`, also saying where the answer came from ("server" or "cache"). `sent`: the payload to send
+        instead (a superset that asks for more, e.g. what the continuation store needs); the call cache keys on
+        `payload`, so one answer serves both."""
         parse = parse or (lambda b: b)
         key = None
         if self.cache is not None and method == "POST" and payload is not None and not payload.get("temperature"):
@@ -308,12 +370,12 @@ class ModelClient:
             hit = self.cache.get(key)
             if hit is not None:
                 self.cache_hits += 1
-                return self._parse(path, hit, parse)
-        body = await self._request(method, path, payload)
+                return self._parse(path, hit, parse), "cache"
+        body = await self._request(method, path, payload if sent is None else sent)
         out = self._parse(path, body, parse)
         if key is not None:
             self.cache.put(key, body)
-        return out
+        return out, "server"
 
     def _parse(self, path: str, body: Any, parse: Callable) -> Any:
         try:
@@ -384,7 +446,10 @@ class ModelClient:
         temperature: float = 0.0,
         **extra: Any,
     ) -> Completion:
-        """Continue a token-id prompt; with `logprobs=k`, every generated token comes with its top-k."""
+        """Continue a token-id prompt; with `logprobs=k`, every generated token comes with its top-k.
+
+        With a continuation store, a greedy request that continues a known answer is answered from it (origin
+        "reuse"); otherwise the answer (asked with at least one logprob, for its token pieces) is added to it."""
         payload = {
             "model": await self.model(),
             "prompt": list(prompt_ids),
@@ -396,7 +461,21 @@ class ModelClient:
             **({"stop": stop} if stop else {}),
             **extra,
         }
-        return await self.request("POST", "/v1/completions", payload, _parse_completion)
+        path = "/v1/completions"
+        sc = None if self.reuse is None else _scope("completions", payload, _COMPLETION_FIELDS)
+        if sc is None:
+            out, origin = await self._ask("POST", path, payload, _parse_completion)
+            return _own(out, origin, logprobs)
+        known = self.reuse.answer_completion(sc, list(prompt_ids), max_tokens, logprobs, stop)
+        if known is not None:
+            self.reused.hits += 1
+            return known
+        self.reused.misses += 1
+        k = max(logprobs, 1)
+        out, origin = await self._ask("POST", path, payload, _parse_completion, {**payload, "logprobs": k})
+        if out.tokens and len(out.tokens) == len(out.token_ids):
+            self.reuse.record_completion(sc, list(prompt_ids), out, k)
+        return _own(out, origin, logprobs)
 
     async def prompt_ranks(self, prompt_ids: list[int], *, start: int = 1) -> list[int]:
         """The rank of each prompt token from index `start` on among the model's predictions given the tokens
@@ -429,6 +508,10 @@ class ModelClient:
         """Chat completion. With `continue_final=True` the last (assistant) message is continued in place.
 
         `logprobs=k` asks for each generated token's text, bytes and logprob, plus the top-k alternatives.
+
+        With a continuation store, a greedy request whose assistant text continues a known answer is answered
+        from it when the server's /tokenize of the rendered prompt proves the context is the known one (origin
+        "reuse"); otherwise the answer (asked with logprobs and token ids) is added to it.
         """
         payload = {
             "model": await self.model(),
@@ -442,7 +525,29 @@ class ModelClient:
             **({"logprobs": True, "top_logprobs": logprobs} if logprobs is not None else {}),
             **extra,
         }
-        return await self.request("POST", "/v1/chat/completions", payload, _parse_chat)
+        path = "/v1/chat/completions"
+        sc = None if self.reuse is None else _scope("chat", payload, _CHAT_FIELDS)
+        if sc is None:
+            out, origin = await self._ask("POST", path, payload, _parse_chat)
+            return _own(out, origin, logprobs)
+        head = _head(messages[:-1] if continue_final else messages)
+        text = messages[-1]["content"] if continue_final else ""
+        ids = None
+        if self.reuse.chat_candidates(sc, head, text):
+            self.reused.checks += 1
+            ids = await self.tokenize(messages=messages, add_generation_prompt=not continue_final,
+                                      continue_final_message=continue_final)  # fmt: skip
+            known = self.reuse.answer_chat(sc, ids, max_tokens, logprobs, stop, include_stop)
+            if known is not None:
+                self.reused.hits += 1
+                return known
+        self.reused.misses += 1
+        k = logprobs or 0
+        sent = {**payload, "logprobs": True, "top_logprobs": k, "return_token_ids": True}
+        (out, ids_out), origin = await self._ask("POST", path, payload, _parse_chat_ids, sent)
+        if ids_out is not None and len(out.tokens) == len(ids_out[1]):
+            self.reuse.record_chat(sc, head, text, ids_out[0], out, ids_out[1], k)
+        return _own(out, origin, logprobs)
 
     async def tokenize(
         self,
@@ -493,6 +598,24 @@ class ModelClient:
             return ReplicaStatus(rep.url, True, models, version)
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as e:
             return ReplicaStatus(rep.url, False, error=f"{type(e).__name__}: {e}".strip(": "))
+
+
+def _own(out, origin: str, logprobs: int | None):
+    """A completion or chat answer as its caller asked for it: no token logprobs unless asked (the store may have
+    asked for them), and where it came from."""
+    asked = logprobs is not None if isinstance(out, ChatCompletion) else bool(logprobs)
+    if out.tokens and not asked:
+        out = dataclasses.replace(out, tokens=())
+    return dataclasses.replace(out, origin=origin) if origin != out.origin else out
+
+
+def _parse_chat_ids(body: dict) -> tuple[ChatCompletion, tuple[list[int], list[int]] | None]:
+    """A chat answer and, when the server returned them (`return_token_ids`), its prompt's and answer's ids."""
+    out = _parse_chat(body)
+    prompt, ids = body.get("prompt_token_ids"), body["choices"][0].get("token_ids")
+    if prompt is None or ids is None:
+        return out, None
+    return out, ([int(t) for t in prompt], [int(t) for t in ids])
 
 
 def _parse_completion(body: dict) -> Completion:

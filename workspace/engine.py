@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from tqdm.auto import tqdm
 
 from .alignment import Alignment, align
-from .client import ChatCompletion, ClientError, ClientSettings, Completion, ModelClient, TokenLogprob
+from .client import ChatCompletion, ClientError, ClientSettings, Completion, Continuations, ModelClient, TokenLogprob
 from .endpoints import resolve_endpoint
 from .policies import Action, Decision, Policy, SpanRule, TokenSignal, as_decision, load_policy
 from .policies.remote import WorkerPolicy
@@ -65,6 +65,7 @@ class Call:
     kind: str  # draft | span | peek | agree | tokenize | detokenize
     seconds: float
     tokens: int = 0
+    origin: str = "server"  # server | cache (the call cache) | reuse (a known continuation: workspace/reuse.py)
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,10 @@ class Decode:
             "finish_reason": self.finish_reason,
             "max_tokens": self.max_tokens,
             "tokens_spent": self.tokens_spent,
-            "calls": [[c.role, c.kind, round(c.seconds, 4), c.tokens] for c in self.calls],
+            "calls": [
+                [c.role, c.kind, round(c.seconds, 4), c.tokens, *([c.origin] if c.origin != "server" else [])]
+                for c in self.calls
+            ],  # fmt: skip
             "seconds": round(self.seconds, 4),
             "error": self.error,
         }
@@ -164,10 +168,12 @@ class Models:
     strong: ModelClient
 
     @classmethod
-    def from_endpoints(cls, urls: dict[str, str | None] | None = None, settings: ClientSettings | None = None):
-        """Clients for the weak and strong roles, found as `resolve_endpoint` finds them."""
+    def from_endpoints(cls, urls: dict[str, str | None] | None = None, settings: ClientSettings | None = None,
+                       reuse: Continuations | None = None):  # fmt: skip
+        """Clients for the weak and strong roles, found as `resolve_endpoint` finds them (with `reuse`, answering
+        what continues a known answer without the server: `workspace.reuse`)."""
         urls = urls or {}
-        return cls(*(ModelClient(resolve_endpoint(r, urls.get(r)), settings) for r in ("weak", "strong")))
+        return cls(*(ModelClient(resolve_endpoint(r, urls.get(r)), settings, reuse=reuse) for r in ("weak", "strong")))
 
     async def close(self) -> None:
         await asyncio.gather(self.weak.close(), self.strong.close())
@@ -220,7 +226,7 @@ async def _timed(st: _State, role: str, kind: str, coro):
     t0 = time.monotonic()
     out = await coro
     tokens = len(getattr(out, "token_ids", ()) or getattr(out, "tokens", ()) or ())
-    st.calls.append(Call(role, kind, time.monotonic() - t0, tokens))
+    st.calls.append(Call(role, kind, time.monotonic() - t0, tokens, getattr(out, "origin", "server")))
     return out
 
 

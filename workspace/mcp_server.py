@@ -35,6 +35,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import Field
 
 from servers.settings import PROJECT_ROOT, mcp_token, paths
+from servers.settings import reuse as reuse_enabled
 
 from . import benchmarks, forum, leaderboard
 from .agents.budget import Budget, BudgetError
@@ -50,6 +51,7 @@ from .policies import Policy, PolicyError, canonical_spec, load_policy, registry
 from .policies.source_check import PolicySourceError, check_policy_source
 from .records.log import StoreError, read_record
 from .records.schema import header_of
+from .reuse import ContinuationStore
 from .stats import BAR, FLOOR
 
 T = TypeVar("T")
@@ -207,6 +209,7 @@ class ServerConfig:
     urls: dict[str, str | None] = field(default_factory=dict)  # role -> URL(s); None: $CDW_<ROLE>_URL or `cdw serve`
     author: str | None = None  # findings' author (None: $CDW_AUTHOR, else the login name)
     cache: bool = True  # answer repeated requests from the call cache
+    reuse: bool = True  # answer what continues a known greedy answer from it (workspace/reuse.py; and CDW_REUSE)
     policy_dir: Path | None = None  # where policy files are loaded from and written to (None: policies_dir())
     budget: Budget | None = None  # evaluations and prompts this server may run (None: unlimited)
     max_in_flight: int | None = None  # this server's share of the model servers' capacity (None: all of it)
@@ -226,13 +229,15 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
     @asynccontextmanager
     async def setup() -> AsyncIterator[Setup]:
         cache = CallCache() if config.cache else None
+        known = ContinuationStore() if config.reuse and reuse_enabled() else None
         client = ClientSettings(max_in_flight=config.max_in_flight) if config.max_in_flight else None
         try:
-            async with Setup.from_endpoints(config.urls, cache, client) as s:
+            async with Setup.from_endpoints(config.urls, cache, client, known) as s:
                 yield s
         finally:
-            if cache is not None:
-                cache.close()
+            for store in (cache, known):
+                if store is not None:
+                    store.close()
 
     @mcp.tool()
     async def get_baselines(
@@ -455,9 +460,9 @@ def serve(
 
 
 def server_config(urls, author, cache=True, policies=None, budget_evals=None, budget_prompts=None, usage=None,
-                  max_in_flight=None) -> ServerConfig:  # fmt: skip
+                  max_in_flight=None, reuse=True) -> ServerConfig:  # fmt: skip
     """A ServerConfig from command-line values (budgets need a usage file to count in)."""
     budget = None
     if budget_evals is not None or budget_prompts is not None:
         budget = Budget(usage or (policies or policies_dir()) / ".usage.json", budget_evals, budget_prompts)
-    return ServerConfig(urls, author, cache, policies, budget, max_in_flight)
+    return ServerConfig(urls, author, cache, reuse, policies, budget, max_in_flight)

@@ -16,6 +16,8 @@ from .options import (
     job_options,
     prompt_options,
     prompt_set,
+    reuse_option,
+    reuse_store,
     run_closing,
     submitted_as_job,
     url_options,
@@ -29,6 +31,7 @@ from .tables import Column, say, show
 @click.option("--policy", "spec", default="margin(tau=0.05, span=sentence)", show_default=True, help="policy spec")
 @click.option("--max-tokens", default=256, show_default=True, help="answer length limit (weak tokens)")
 @click.option("--json", "as_json", is_flag=True, help="print the decode as JSON")
+@reuse_option
 @url_options
 def decode_cmd(instruction: str, spec: str, max_tokens: int, as_json: bool, **kw) -> None:
     """Collaboratively decode one INSTRUCTION; weak spans plain, strong spans highlighted."""
@@ -38,7 +41,7 @@ def decode_cmd(instruction: str, spec: str, max_tokens: int, as_json: bool, **kw
 
     try:
         policy = load_policy(spec)
-        models = Models.from_endpoints(urls(kw))
+        models = Models.from_endpoints(urls(kw), reuse=reuse_store(kw))
     except (PolicyError, EndpointError) as e:
         fail(str(e))
 
@@ -103,6 +106,11 @@ def show_evaluation(ev) -> None:
         console.print(f"[red]  {pid}:[/] {err}", soft_wrap=False)
     if len(ev.errors) > 10:
         console.print(f"[red]  … and {len(ev.errors) - 10} more[/]")
+    req = ev.requests()
+    if req["saved"] is not None:
+        parts = [f"{role} requests {sum(r.values())} ({r['reuse']} known, {r['cache']} cached)"
+                 for role, r in ((role, req[role]) for role in ("weak", "strong"))]  # fmt: skip
+        say(console, [*parts, f"{req['saved']:.0%} answered without a server"], style="dim")
     timings = [f"{k} {v:.0f} s" for k, v in ev.timings.items()]
     say(console, [*timings, f"record records/evaluations/{ev.id}.jsonl"], style="dim")
 

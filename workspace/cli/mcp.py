@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .options import url_options, urls
+from .options import reuse_option, url_options, urls
 
 
 @click.command("mcp")
@@ -20,14 +20,15 @@ from .options import url_options, urls
 @click.option("--usage", type=click.Path(dir_okay=False), default=None,
               help="file the budgets count in (default: .usage.json in the policy folder)")  # fmt: skip
 @click.option("--max-in-flight", type=int, default=None, help="requests in flight per model server (a share)")
+@reuse_option
 @url_options
 def mcp_cmd(http: bool, port: int, token: str | None, author: str | None, no_cache: bool, policies, budget_evals,
-            budget_prompts, usage, max_in_flight, **kw) -> None:  # fmt: skip
+            budget_prompts, usage, max_in_flight, no_reuse: bool, **kw) -> None:  # fmt: skip
     """Serve the agents' tools over MCP (stdio by default); AGENTS.md has a client configuration."""
     from pathlib import Path
 
     from ..mcp_server import serve, server_config
 
     config = server_config(urls(kw), author, not no_cache, Path(policies) if policies else None, budget_evals,
-                           budget_prompts, Path(usage) if usage else None, max_in_flight)  # fmt: skip
+                           budget_prompts, Path(usage) if usage else None, max_in_flight, not no_reuse)  # fmt: skip
     serve(config, http=http, port=port, token=token)

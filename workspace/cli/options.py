@@ -162,6 +162,7 @@ def prompt_options(f):
                          f"{b} ({'judged' if get_benchmark(b).needs_judge else 'scored alone'})"
                          for b in BENCHMARK_NAMES))(f)  # fmt: skip
     f = click.option("--no-cache", is_flag=True, help="do not answer repeated requests from the call cache")(f)
+    f = reuse_option(f)
     f = click.option("--split", type=click.Choice(["train", "test"]), default=None,
                      help="benchmarks with fixed halves (humaneval): one half of the problems (train: for traces "
                      "and probes; test: held out)")(f)  # fmt: skip
@@ -186,6 +187,27 @@ def prompt_set(kw: dict):
         fail(str(e))
 
 
+def reuse_option(f):
+    """`--no-reuse`: ask the servers even what continues an answer they gave before (workspace/reuse.py)."""
+    return click.option("--no-reuse", is_flag=True,
+                        help="do not answer requests that continue a known greedy answer from it (the call cache "
+                        "still answers repeated requests); also CDW_REUSE=off")(f)  # fmt: skip
+
+
+def reuse_store(kw: dict):
+    """The store of known continuations the options ask for (None: --no-reuse or CDW_REUSE=off)."""
+    from servers.settings import reuse
+
+    from ..reuse import ContinuationStore
+
+    off = kw.pop("no_reuse")
+    try:
+        on = reuse()
+    except ValueError as e:
+        fail(str(e))
+    return None if off or not on else ContinuationStore()
+
+
 def eval_setup(kw: dict):
     from ..cache import CallCache
     from ..endpoints import EndpointError
@@ -193,12 +215,13 @@ def eval_setup(kw: dict):
     from ..evaluate import EvalSettings, Setup
 
     cache = None if kw.pop("no_cache") else CallCache()
+    reuse = reuse_store(kw)
     bench = get_benchmark(kw.pop("benchmark"))
     max_tokens = kw.pop("max_tokens")
     engine = EngineSettings(max_tokens=max_tokens) if max_tokens else bench.engine_settings()
     settings = EvalSettings(engine, benchmark=bench.name)
     try:
-        return Setup.from_endpoints(urls(kw), cache), settings
+        return Setup.from_endpoints(urls(kw), cache, reuse=reuse), settings
     except EndpointError as e:
         fail(str(e))
 

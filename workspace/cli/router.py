@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from .options import console, eval_setup, fail, prompt_options, prompt_set, url_options, urls
+from .options import console, eval_setup, fail, prompt_options, prompt_set, reuse_option, reuse_store, url_options, urls
 from .tables import say, show
 
 SOURCES = ("disagreement", "disagreement_words", "outcome")  # workspace.router.labels.SOURCES (not imported: startup)
@@ -60,6 +60,7 @@ def traces_collect(spec: str, out: str | None, **kw) -> None:
 @click.option("--per-problem", default=16, show_default=True, help="positions labelled per problem (stratified)")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--no-cache", is_flag=True, help="do not answer repeated requests from the call cache")
+@reuse_option
 @url_options
 def traces_label(path: str, source: str, per_problem: int, seed: int, no_cache: bool, **kw) -> None:
     """Label sampled positions of a traces folder (resumable; a rerun is answered from the call cache)."""
@@ -71,7 +72,7 @@ def traces_label(path: str, source: str, per_problem: int, seed: int, no_cache: 
 
     try:
         traces = read(path)
-        setup = Setup.from_endpoints(urls(kw), None if no_cache else CallCache())
+        setup = Setup.from_endpoints(urls(kw), None if no_cache else CallCache(), reuse=reuse_store(kw))
     except (TraceError, EndpointError) as e:
         fail(str(e))
 

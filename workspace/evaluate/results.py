@@ -81,6 +81,9 @@ class Example:
         )  # fmt: skip
 
 
+GENERATION_CALLS = ("draft", "span", "peek")  # the engine's requests that generate (a known continuation answers)
+
+
 def _finite(x: float | None) -> float | None:
     return x if x is None or math.isfinite(x) else None  # -inf: too many resamples without a gap (JSON: null)
 
@@ -305,6 +308,20 @@ class Evaluation:
     def certified(self) -> bool:
         return not self.reasons()
 
+    def requests(self) -> dict:
+        """The candidate decodes' generation requests (drafts, spans, peeks) per role, by where each was answered:
+        the server, the call cache, or a known continuation (`reuse`: workspace/reuse.py); `reused` is the share
+        answered from known continuations, `saved` the share answered without the server."""
+        out = {role: {"server": 0, "cache": 0, "reuse": 0} for role in ("weak", "strong")}
+        for e in self.examples:
+            for c in e.candidate.calls if e.candidate else ():
+                if c.kind in GENERATION_CALLS and c.role in out:
+                    out[c.role][c.origin] = out[c.role].get(c.origin, 0) + 1
+        total = sum(sum(v.values()) for v in out.values())
+        reused = sum(v["reuse"] for v in out.values())
+        saved = reused + sum(v["cache"] for v in out.values())
+        return {**out, "reused": reused / total if total else None, "saved": saved / total if total else None}
+
     def to_json(self) -> dict:
         """The numbers, certification and verification, as `cdw eval --json` prints them."""
         return {**self.numbers(), "certified": self.certified, "verified": self.check.verified,
@@ -342,6 +359,7 @@ class Evaluation:
             if self.header.code is None
             else {"commit": self.header.code.commit, "dirty": self.header.code.dirty},  # fmt: skip
             "timings": self.timings,
+            "requests": self.requests(),
         }
 
 

@@ -12,7 +12,7 @@ from servers.settings import PROJECT_ROOT
 from ..benchmarks import DEFAULT, Benchmark, DataError
 from ..benchmarks import get as get_benchmark
 from ..cache import CallCache
-from ..client import GREEDY, ClientSettings, ModelClient
+from ..client import GREEDY, ClientSettings, Continuations, ModelClient
 from ..endpoints import resolve_endpoint
 from ..engine import EngineSettings, Models
 from ..judge import JudgeSettings
@@ -69,13 +69,13 @@ class Setup:
     @classmethod
     def from_endpoints(
         cls, urls: dict[str, str | None] | None = None, cache: CallCache | None = None,
-        settings: ClientSettings | None = None,
+        settings: ClientSettings | None = None, reuse: Continuations | None = None,
     ) -> Setup:  # fmt: skip
-        """Clients for each role found as `resolve_endpoint` finds them, all sharing one call cache."""
+        """Clients for each role found as `resolve_endpoint` finds them, all sharing one call cache and one store
+        of known continuations (`workspace.reuse`; None: every request goes to its server or the call cache)."""
         urls = urls or {}
-        return cls(
-            *(ModelClient(resolve_endpoint(r, urls.get(r)), settings, cache) for r in ("weak", "strong", "judge"))
-        )
+        return cls(*(ModelClient(resolve_endpoint(r, urls.get(r)), settings, cache, reuse)
+                     for r in ("weak", "strong", "judge")))  # fmt: skip
 
     @property
     def models(self) -> Models:
