@@ -117,6 +117,23 @@ def summarize(samples: Sequence[PairedSample], *, n_boot: int = 1000, seed: int 
 # ---------------------------------------------------------------- certification
 
 
+def paired_mle_fits(
+    pc: np.ndarray, pw: np.ndarray, d_cand: np.ndarray, d_weak: np.ndarray, idx: np.ndarray
+) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """(utility, u_weak, their values on each resample): the unpenalised LC fits of the candidate's and the weak-only
+    answers' preferences (length differences ``d_*`` = reference - answer), on all prompts and on the resamples whose
+    prompt indices are the rows of ``idx`` (the same rows for both: paired). Shared by ``certify`` and the early
+    stopping rule (``workspace.stats.stopping``)."""
+    # Candidate and weak-only go through the same function on identically built arrays: identical inputs give
+    # bit-identical outputs (never-defer => recovery exactly 0.0), in the point fit and in every resample.
+    utility, c_phi, c_theta = (x[0] for x in mle_glm(pc[None, :], d_cand[None, :]))
+    u_weak, w_phi, w_theta = (x[0] for x in mle_glm(pw[None, :], d_weak[None, :]))
+    # The full-sample optimum is a good start for every resample: fewer Newton steps, same optimum.
+    b_utility = mle_glm(pc[idx], d_cand[idx], start=(c_phi, c_theta))[0]
+    b_u_weak = mle_glm(pw[idx], d_weak[idx], start=(w_phi, w_theta))[0]
+    return float(utility), float(u_weak), b_utility, b_u_weak
+
+
 def certify(
     pref_candidate: Sequence[float],
     pref_weak: Sequence[float],
@@ -157,17 +174,10 @@ def certify(
     check_rule_args(n, "prompts", n_boot, level, bar, floor)
     d_cand, d_weak = lr - lc, lr - lw
 
-    # Candidate and weak-only go through the same function on identically built arrays: identical inputs give
-    # bit-identical outputs (never-defer => recovery exactly 0.0), in the point fit and in every resample.
-    utility, c_phi, c_theta = (x[0] for x in mle_glm(pc[None, :], d_cand[None, :]))
-    u_weak, w_phi, w_theta = (x[0] for x in mle_glm(pw[None, :], d_weak[None, :]))
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    utility, u_weak, b_utility, b_u_weak = paired_mle_fits(pc, pw, d_cand, d_weak, idx)
     gap = 0.5 - u_weak
     rec = float((utility - u_weak) / gap) if gap > 0 else None
-
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    # The full-sample optimum is a good start for every resample: fewer Newton steps, same optimum.
-    b_utility = mle_glm(pc[idx], d_cand[idx], start=(c_phi, c_theta))[0]
-    b_u_weak = mle_glm(pw[idx], d_weak[idx], start=(w_phi, w_theta))[0]
     b_rec, lower, dropped = boot_recovery(b_utility, b_u_weak, 0.5 - b_u_weak, level)
     ci = intervals((("utility", b_utility), ("u_weak", b_u_weak), ("recovery", b_rec)), level)
 
