@@ -237,6 +237,7 @@ class FakeServer:
         self.faults = Faults()
         self.hits: dict[str, int] = {}
         self.generated = 0  # generation requests answered (completions and chat, the judge's one-token ones aside)
+        self.max_model_len: int | None = None  # reported by /v1/models; clips max_tokens as vLLM does
         self.active = 0  # requests being handled now, and the most seen at once
         self.max_active = 0
         self.requests: list[dict] = []
@@ -324,14 +325,21 @@ class FakeServer:
         return web.json_response({"version": "fake-0"})
 
     async def _models(self, request):
-        return web.json_response({"data": [{"id": self.model.name, "object": "model"}]})
+        card = {"id": self.model.name, "object": "model"}
+        return web.json_response(
+            {"data": [card | ({"max_model_len": self.max_model_len} if self.max_model_len else {})]}
+        )
+
+    def _max_tokens(self, b: dict, prompt: list[int]) -> int:
+        """vLLM clips what a request asks for to what fits in the context."""
+        return b["max_tokens"] if self.max_model_len is None else min(b["max_tokens"], self.max_model_len - len(prompt))
 
     async def _completions(self, request):
         b = await self._body(request)
         m = self._decoder(b)
         prompt = b["prompt"] if isinstance(b["prompt"], list) else m.encode(b["prompt"])
         self.generated += 1
-        ids, rows, text, finish, stop_reason = m.generate(prompt, b["max_tokens"], b.get("stop"))
+        ids, rows, text, finish, stop_reason = m.generate(prompt, self._max_tokens(b, prompt), b.get("stop"))
         choice = {"index": 0, "text": text, "finish_reason": finish, "stop_reason": stop_reason}
         if b.get("return_token_ids"):
             choice["token_ids"] = ids
@@ -400,7 +408,8 @@ class FakeServer:
         text = m.render(b["messages"], b.get("add_generation_prompt", True), b.get("continue_final_message", False),
                         b.get("chat_template_kwargs"))  # fmt: skip
         self.generated += 1
-        ids, rows, out, finish, stop_reason = m.generate(m.encode(text), b["max_tokens"], b.get("stop"))
+        ids, rows, out, finish, stop_reason = m.generate(m.encode(text), self._max_tokens(b, m.encode(text)),
+                                                         b.get("stop"))  # fmt: skip
         if m.empty_spans:
             ids, rows, out, finish, stop_reason = [], [], "", "length", None
         if isinstance(stop_reason, str) and b.get("include_stop_str_in_output"):

@@ -208,3 +208,24 @@ def test_records_keep_where_each_request_was_answered():
     rec = d.to_record()
     assert rec["calls"] == [["weak", "draft", 0.1, 3], ["weak", "draft", 0, 3, "reuse"]]
     assert Decode.from_record(rec).calls == d.calls
+
+
+async def test_a_request_near_the_context_length_gets_what_the_server_clips_it_to(tmp_path):
+    ws = await FakeServer(ByteToy("weak", seed=11)).start()
+    try:
+        store = ContinuationStore(tmp_path / "k.sqlite")
+        plain = ModelClient(Endpoint("weak", (ws.url,), "weak"), FAST)
+        reuse = ModelClient(Endpoint("weak", (ws.url,), "weak"), FAST, reuse=store)
+        ids = await plain.tokenize(messages=[{"role": "user", "content": INSTRUCTIONS[1]}], add_generation_prompt=True)
+        own = await reuse.complete(ids, max_tokens=60, logprobs=1)
+        ws.max_model_len = len(ids) + 40
+        for c in (plain, reuse):
+            c._limit.clear()  # as a new client would ask
+        prefix = ids + list(own.token_ids[:10])
+        want = await plain.complete(prefix, max_tokens=60, logprobs=1)
+        got = await reuse.complete(prefix, max_tokens=60, logprobs=1)
+        assert got.origin == "reuse" and got == want and len(got.token_ids) == 30 and got.finish_reason == "length"
+        await plain.close()
+        await reuse.close()
+    finally:
+        await ws.stop()

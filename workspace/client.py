@@ -290,6 +290,7 @@ class ModelClient:
         self.cache_hits = 0
         self.reuse = reuse
         self.reused = ReuseCounts()
+        self._limit: list[int | None] = []  # the served model's max_model_len, once asked
 
     async def __aenter__(self) -> ModelClient:
         return self
@@ -416,6 +417,20 @@ class ModelClient:
                     self._model = names[0]
         return self._model
 
+    async def context_limit(self) -> int | None:
+        """The served model's context length (`max_model_len` in vLLM's /v1/models), None when not reported."""
+        if not self._limit:
+            name = await self.model()
+            body = await self.request("GET", "/v1/models")
+            cards = [m for m in body.get("data") or () if isinstance(m, dict) and m.get("id") == name]
+            self._limit.append(int(cards[0]["max_model_len"]) if cards and cards[0].get("max_model_len") else None)
+        return self._limit[0]
+
+    async def _room(self, prompt: list[int], max_tokens: int) -> int:
+        """What a server generates at most for this prompt: vLLM clips max_tokens to the context length."""
+        limit = await self.context_limit()
+        return max_tokens if limit is None else min(max_tokens, limit - len(prompt))
+
     async def template_kwargs(self) -> dict:
         """Fixed arguments for the served model's chat template (the endpoint's, else the presets catalog's for
         the served model's name), sent with every request that renders it: chat and /tokenize with messages."""
@@ -466,7 +481,8 @@ class ModelClient:
         if sc is None:
             out, origin = await self._ask("POST", path, payload, _parse_completion)
             return _own(out, origin, logprobs)
-        known = self.reuse.answer_completion(sc, list(prompt_ids), max_tokens, logprobs, stop)
+        room = await self._room(list(prompt_ids), max_tokens)
+        known = self.reuse.answer_completion(sc, list(prompt_ids), room, logprobs, stop) if room > 0 else None
         if known is not None:
             self.reused.hits += 1
             return known
@@ -537,7 +553,8 @@ class ModelClient:
             self.reused.checks += 1
             ids = await self.tokenize(messages=messages, add_generation_prompt=not continue_final,
                                       continue_final_message=continue_final)  # fmt: skip
-            known = self.reuse.answer_chat(sc, ids, max_tokens, logprobs, stop, include_stop)
+            room = await self._room(ids, max_tokens)
+            known = self.reuse.answer_chat(sc, ids, room, logprobs, stop, include_stop) if room > 0 else None
             if known is not None:
                 self.reused.hits += 1
                 return known
