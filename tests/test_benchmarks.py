@@ -112,6 +112,8 @@ async def test_a_third_benchmark_runs_end_to_end_and_is_shown(arith, servers):
     assert [e.weak_test.status for e in b.examples] == ["failed", "failed", "passed", "passed", "passed"]
     assert never.certification.recovery == 0.0 and always.certification.recovery == 1.0
     assert always.summary.f_weak == 0.0 and never.summary.f_weak == 1.0
+    # It does not say which part of an answer it scores: all of it, so f_weak_code is f_weak (the default).
+    assert (always.summary.f_weak_code, never.summary.f_weak_code) == (0.0, 1.0)
     assert b.header.benchmark == "arith" and b.header.judge.startswith("none")
     assert b.header.settings["tests"] == arith.scorer_identity()
     # The offline checks bind every test line to the answer on record, through the benchmark.

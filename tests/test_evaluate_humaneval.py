@@ -4,6 +4,7 @@ and the offline checks that bind each test line to the answer on record."""
 
 from __future__ import annotations
 
+import ast
 import math
 from dataclasses import dataclass, field
 
@@ -87,7 +88,9 @@ async def test_pass_rates_recovery_and_checks(servers, records_dir):
     assert b.u_weak == 0.5 and b.u_strong == 1.0  # the weak model fails problems 0 and 1
     assert [e.weak_test.status for e in b.examples] == ["failed", "failed", "passed", "passed"]
     assert all(e.reference_test.passed for e in b.examples)
-    assert never.certification.recovery == 0.0 and never.summary.f_weak == 1.0
+    assert never.certification.recovery == 0.0 and never.summary.f_weak == 1.0 and never.summary.f_weak_code == 1.0
+    # The weak answers' programs are mostly the prompt, copied: problems 0 and 1 add only `return None`.
+    assert 0.5 < never.summary.copy_share < 1.0
     # never-defer is the weak baseline itself: its tests are reused, not run again
     rec = read_record("evaluations", never.id)
     assert [e for e in rec.events if e.get("type") == "test"] and never.timings.get("tests", 0) == 0
@@ -96,6 +99,12 @@ async def test_pass_rates_recovery_and_checks(servers, records_dir):
     assert always.errors == []
     c = always.certification
     assert c.utility == c.u_strong == 1.0 and c.recovery == 1.0 and always.summary.f_weak == 0.0
+    assert always.summary.f_weak_code == 0.0 and always.summary.copy_share is None  # no weak code to copy
+    counts = [(e.scored.weak, e.scored.strong) for e in always.examples]
+    programs = [humaneval.extract(e.candidate.text, humaneval.problem(e.prompt_id)) for e in always.examples]
+    # every character of each program is the strong model's, except the blank line put between its statements
+    joins = [2 * (len(ast.parse(p).body) - 1) for p in programs]
+    assert counts == [(0, len(p) - j) for p, j in zip(programs, joins, strict=True)]
     assert always.check.valid, always.check.problems
     assert always.header.judge.startswith("none") and "judge" not in always.header.models
     assert always.to_json()["benchmark"] == "humaneval"

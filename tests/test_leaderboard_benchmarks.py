@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from workspace import benchmarks, mcp_server
-from workspace.benchmarks import DataError, resolve_prompts
+from workspace.benchmarks import DataError, ScoredShare, resolve_prompts
 from workspace.charts import frontier_chart, sota_chart, sota_rows
 from workspace.cli import main
 from workspace.engine import Decode, Segment
@@ -64,7 +64,7 @@ def humaneval_eval(eid, policy, passed, weak_passed, strong_passed, weak_chars, 
         examples.append(Example(
             pid, "write f", "def f(): pass", _decode("w" * 40), None, _decode("x" * weak_chars, "y" * 20), None,
             reference_test=ReferenceTest(prompt_id=pid, status=st(s)), weak_test=WeakTest(prompt_id=pid, status=st(w)),
-            test=test, judged=False,
+            test=test, judged=False, scored=ScoredShare(weak_chars // 2, 20, weak_chars // 4),  # half of it is code
         ))  # fmt: skip
     return _finish(eid, "humaneval", policy, examples, created, summarize_pass)
 
@@ -212,6 +212,12 @@ def test_charts_show_one_benchmark_each(board):
     assert {p["evaluation"] for p in default} == {"ae_top", "ae_low", "—"}
     assert {p["evaluation"] for p in he} == {"he_top", "he_mid", "he_low", "he_err", "—"}
     assert {p["benchmark"] for p in he} == {"humaneval"} and sum(p["status"] == BASELINE for p in he) == 2
+    # humaneval's frontier is drawn on f_weak_code, the judged one on f_weak
+    x = lambda chart: next(x for x in chart.to_dict()["layer"] if x["mark"]["type"] == "point")["encoding"]["x"]  # noqa: E731
+    assert x(frontier_chart(board, benchmark="humaneval"))["field"] == "f_weak_code"
+    assert x(frontier_chart(board))["field"] == "f_weak"
+    top = next(p for p in he if p["evaluation"] == "he_top")
+    assert top["f_weak_code"] == pytest.approx(30 / 50) and top["f_weak"] == pytest.approx(60 / 80)
     layers = frontier_chart(board, benchmark="humaneval").to_dict()["layer"]
     (dots,) = [x for x in layers if x["mark"]["type"] == "point"]
     assert "benchmark" in {t["field"] for t in dots["encoding"]["tooltip"]}

@@ -41,6 +41,7 @@ TOOLS = {
     "get_baselines",
     "get_findings",
     "get_leaderboard",
+    "get_headroom",
     "evaluate_policy",
     "evaluate_generations",
     "share_finding",

@@ -756,3 +756,22 @@ def test_summarize_pass_pools_f_weak_and_matches_certify_pass():
     c = certify_pass([x.passed for x in samples], [x.weak_passed for x in samples],
                      [x.strong_passed for x in samples], n_boot=300, seed=1)  # fmt: skip
     assert s.certification == c and set(s.ci) >= {"f_weak", "utility", "recovery"}
+
+
+def test_summarize_pass_pools_f_weak_code_and_the_copy_share_on_the_same_resamples():
+    from workspace.stats import PassSample, summarize_pass
+
+    code = [(60, 10, 30), (20, 20, 0), (70, 0, 70), (0, 50, 0)]  # (weak, strong, weak copying the prompt) per problem
+    passes = [(90, 10, True, False, True), (50, 50, False, False, True), (100, 0, True, True, True),
+              (0, 80, True, False, True)]  # fmt: skip
+    samples = [PassSample(*p, *c) for p, c in zip(passes, code, strict=True)]
+    s = summarize_pass(samples, n_boot=400, seed=3)
+    assert s.f_weak == pytest.approx(240 / 380) and s.f_weak_code == pytest.approx(150 / 230)
+    assert s.copy_share == pytest.approx(100 / 150)
+    for k in ("f_weak_code", "copy_share"):
+        iv = s.ci[k]
+        assert iv.low <= getattr(s, k) <= iv.high and iv.low < iv.high
+    without = summarize_pass([dataclasses.replace(x, weak_copy_chars=None) for x in samples], n_boot=50)
+    assert without.f_weak_code is None and "f_weak_code" not in without.ci and without.f_weak == s.f_weak
+    with pytest.raises(StatsError, match="within weak_code_chars"):
+        summarize_pass([PassSample(1, 1, True, True, True, 5, 0, 6)], n_boot=10)

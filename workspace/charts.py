@@ -3,8 +3,9 @@
 
 Charts are built from a `Leaderboard` (itself built from evaluation records), so a chart never shows a number that
 was typed in. A chart shows one benchmark (`benchmark=`, default alpaca_eval): recovery on a judge and recovery on
-unit tests are different quantities, never drawn on one axis. Charts display in JupyterLab as they are (offline:
-`use_offline_renderer()`), and `save_chart` writes PNG or SVG through vl-convert.
+unit tests are different quantities, never drawn on one axis. A benchmark scored by running code draws its frontier
+on f_weak_code (the weak share of the scored program), the others on f_weak. Charts display in JupyterLab as they
+are (offline: `use_offline_renderer()`), and `save_chart` writes PNG or SVG through vl-convert.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import altair as alt
 
+from . import benchmarks
 from .benchmarks import DEFAULT
 from .format import interval, num
 from .leaderboard import BASELINE, BELOW_BAR, CERTIFIED, NOT_CANONICAL, Leaderboard, LeaderboardEntry, get_leaderboard
@@ -24,15 +26,24 @@ SHAPES = ("diamond", "circle", "circle", "square")
 WIDTH, HEIGHT = 680, 400
 
 
-def _row(e: LeaderboardEntry) -> dict:
-    """One point of the frontier: the numbers, their intervals, and the tooltip text."""
-    fi, ri = e.f_weak_ci, e.recovery_ci
+def frontier_x(benchmark: str) -> str:
+    """The weak share a benchmark's frontier is drawn on: f_weak_code where the benchmark scores part of an answer
+    (the code: characters no test reads do not count), else f_weak."""
+    known = benchmark in benchmarks.names() and benchmarks.get(benchmark).has_f_weak_code
+    return "f_weak_code" if known else "f_weak"
+
+
+def _row(e: LeaderboardEntry, x: str = "f_weak") -> dict:
+    """One point of the frontier (`x`: the weak share it is drawn on): the numbers, their intervals, and the tooltip
+    text."""
+    f, fi, ri = getattr(e, x), getattr(e, f"{x}_ci"), e.recovery_ci
     return {
         "policy": e.policy, "benchmark": e.benchmark, "status": e.status, "evaluation": e.evaluation or "—", "n": e.n,
-        "f_weak": e.f_weak, "recovery": e.recovery,
-        "f_lo": fi.low if fi else e.f_weak, "f_hi": fi.high if fi else e.f_weak,
+        "f_weak": e.f_weak, "f_weak_code": e.f_weak_code, "recovery": e.recovery,
+        "f_lo": fi.low if fi else f, "f_hi": fi.high if fi else f,
         "r_lo": ri.low if ri else e.recovery, "r_hi": ri.high if ri else e.recovery,
-        "f_weak (95% CI)": f"{num(e.f_weak)} {interval(fi, missing='n/a')}",
+        "f_weak (95% CI)": f"{num(e.f_weak)} {interval(e.f_weak_ci, missing='n/a')}",
+        "f_weak_code (95% CI)": f"{num(e.f_weak_code)} {interval(e.f_weak_code_ci, missing='n/a')}",
         "recovery (95% CI)": f"{num(e.recovery)} {interval(ri, missing='n/a')}",
         "date": (e.created or "")[:16].replace("T", " ") or "—", "finding": e.finding_title or "—",
     }  # fmt: skip
@@ -41,18 +52,23 @@ def _row(e: LeaderboardEntry) -> dict:
 def frontier_chart(
     board: Leaderboard | None = None, error_bars: bool = False, benchmark: str = DEFAULT, prompts: str | None = None
 ) -> alt.LayerChart:
-    """Every evaluation of one benchmark as a point (f_weak → x, recovery → y), the bar as a hairline, certified
-    points set apart, the two endpoints (strong only at (0, 1), weak only at (1, 0)); a checkbox shows the 95%
-    intervals. `prompts` keeps one prompt set's evaluations (e.g. "humaneval:test", the held-out half)."""
+    """Every evaluation of one benchmark as a point (its weak share → x, recovery → y), the bar as a hairline,
+    certified points set apart, the two endpoints (strong only at (0, 1), weak only at (1, 0)); a checkbox shows the
+    95% intervals. The weak share is `frontier_x(benchmark)`: f_weak_code on a benchmark scored by running code,
+    f_weak elsewhere (the tooltip shows both). `prompts` keeps one prompt set's evaluations (e.g.
+    "humaneval:test", the held-out half)."""
     board = (board or get_leaderboard()).for_benchmark(benchmark)
+    x_of = frontier_x(benchmark)
     keep = [e for e in board.evaluations if prompts is None or e.prompts == prompts]
-    rows = [_row(e) for e in keep if e.f_weak is not None and e.recovery is not None]
-    ends = [_row(e) for e in board.baselines]
+    rows = [_row(e, x_of) for e in keep if getattr(e, x_of) is not None and e.recovery is not None]
+    ends = [_row(e, x_of) for e in board.baselines]
     recs = [r["recovery"] for r in rows] + [0.0, 1.0, board.bar]
     domain = [min(-0.05, min(recs) - 0.05), max(1.05, max(recs) + 0.05)]  # intervals are clipped, points never
-    xs, xt = alt.Scale(domain=[0, 1]), "f_weak (share of characters the weak model wrote)"
+    xt = "f_weak_code (share of the scored code the weak model wrote)" if x_of == "f_weak_code" else \
+        "f_weak (share of characters the weak model wrote)"  # fmt: skip
+    xs = alt.Scale(domain=[0, 1])
     ys, yt = alt.Scale(domain=domain, nice=False), "recovery"
-    x, y = alt.X("f_weak:Q", title=xt, scale=xs), alt.Y("recovery:Q", title=yt, scale=ys)
+    x, y = alt.X(f"{x_of}:Q", title=xt, scale=xs), alt.Y("recovery:Q", title=yt, scale=ys)
     show = alt.param(name="error_bars", value=error_bars, bind=alt.binding_checkbox(name="95% intervals "))
     err_opacity = alt.expr(f"{show.name} ? 0.55 : 0")
     palette = alt.Scale(domain=list(STATUSES), range=list(COLORS))
@@ -61,7 +77,8 @@ def frontier_chart(
         legend=alt.Legend(orient="bottom-left", direction="vertical"),
     )  # fmt: skip
     stroke = alt.Stroke("status:N", title=None, scale=palette)
-    tooltip = ["policy:N", "benchmark:N", "status:N", "n:Q", "f_weak (95% CI):N", "recovery (95% CI):N", "date:N",
+    tooltip = ["policy:N", "benchmark:N", "status:N", "n:Q", "f_weak (95% CI):N",
+               *(["f_weak_code (95% CI):N"] if x_of == "f_weak_code" else []), "recovery (95% CI):N", "date:N",
                "finding:N", "evaluation:N"]  # fmt: skip
     data = alt.Data(values=rows + ends)
     base = alt.Chart(data)
@@ -87,7 +104,7 @@ def frontier_chart(
             tooltip=tooltip,
         ),  # fmt: skip
     ]
-    for side, test in (("left", "datum.f_weak < 0.5"), ("right", "datum.f_weak >= 0.5")):  # labels stay inside
+    for side, test in (("left", f"datum.{x_of} < 0.5"), ("right", f"datum.{x_of} >= 0.5")):  # labels stay inside
         layers.append(
             alt.Chart(alt.Data(values=ends)).transform_filter(test)
             .mark_text(fontSize=10, dy=-10, align=side, color=COLORS[3]).encode(x=x, y=y, text="policy:N")
@@ -98,7 +115,7 @@ def frontier_chart(
         .properties(
             width=WIDTH,
             height=HEIGHT,
-            title=f"Frontier ({benchmark}{f', {prompts}' if prompts else ''}): weak share vs recovery, "
+            title=f"Frontier ({benchmark}{f', {prompts}' if prompts else ''}): {x_of} vs recovery, "
             f"{'its' if prompts else 'every'} evaluations",
         )
     )

@@ -66,7 +66,9 @@ def load_all_evaluations() -> tuple[list[Evaluation], list[tuple[str, str]]]:
 EVALUATION_SCHEMA = {
     "evaluation": pl.String, "benchmark": pl.String, "policy": pl.String, "family": pl.String,
     "prompts": pl.String, "n": pl.Int64, "judged": pl.Int64, "f_weak": pl.Float64, "f_weak_low": pl.Float64,
-    "f_weak_high": pl.Float64, "recovery": pl.Float64, "recovery_lower": pl.Float64, "recovery_low": pl.Float64,
+    "f_weak_high": pl.Float64, "f_weak_code": pl.Float64, "f_weak_code_low": pl.Float64,
+    "f_weak_code_high": pl.Float64, "copy_share": pl.Float64, "copy_share_low": pl.Float64,
+    "copy_share_high": pl.Float64, "recovery": pl.Float64, "recovery_lower": pl.Float64, "recovery_low": pl.Float64,
     "recovery_high": pl.Float64, "utility": pl.Float64, "u_weak": pl.Float64, "u_strong": pl.Float64,
     "recovery_penalised": pl.Float64, "raw_winrate": pl.Float64, "canonical": pl.Boolean, "verified": pl.Boolean,
     "verification": pl.String, "certified": pl.Boolean, "confirmed": pl.Boolean, "reasons": pl.List(pl.String),
@@ -78,8 +80,12 @@ def _finite(x: float | None) -> float | None:
     return x if x is None or math.isfinite(x) else None  # -inf: too many resamples without a gap
 
 
+SHARES = ("f_weak", "f_weak_code", "copy_share")  # pooled character shares (`Summary`)
+
+
 def _ci(ev: Evaluation, key: str) -> tuple[float | None, float | None]:
-    src = ev.summary if key == "f_weak" else ev.certification  # the fitted numbers: the certification rule's fit
+    # Shares of characters come from the summary; the fitted numbers from the certification rule's fit.
+    src = ev.summary if key in SHARES else ev.certification
     iv = src.ci.get(key) if src else None
     return (iv.low, iv.high) if iv else (None, None)
 
@@ -89,10 +95,14 @@ def evaluation_row(ev: Evaluation, others: Iterable[Evaluation] = ()) -> dict:
     s, c = ev.summary, ev.certification
     conf = confirmation_of(ev, others) if ev.certified else None
     (fl, fh), (rl, rh) = _ci(ev, "f_weak"), _ci(ev, "recovery")
+    (cl, ch), (kl, kh) = _ci(ev, "f_weak_code"), _ci(ev, "copy_share")
     return {
         "evaluation": ev.id, "benchmark": ev.header.benchmark, "policy": ev.policy,
         "family": family(ev.policy), "prompts": ev.prompts, "n": ev.n, "judged": s.n if s else 0,
-        "f_weak": s.f_weak if s else None, "f_weak_low": fl, "f_weak_high": fh, "recovery": c.recovery if c else None,
+        "f_weak": s.f_weak if s else None, "f_weak_low": fl, "f_weak_high": fh,
+        "f_weak_code": s.f_weak_code if s else None, "f_weak_code_low": cl, "f_weak_code_high": ch,
+        "copy_share": s.copy_share if s else None, "copy_share_low": kl, "copy_share_high": kh,
+        "recovery": c.recovery if c else None,
         "recovery_lower": _finite(c.recovery_lower) if c else None, "recovery_low": rl, "recovery_high": rh,
         "utility": c.utility if c else None, "u_weak": c.u_weak if c else None,
         "u_strong": c.u_strong if c else None, "recovery_penalised": c.recovery_penalised if c else None,
@@ -114,6 +124,8 @@ def evaluations_frame(evaluations: Iterable[Evaluation] | None = None) -> pl.Dat
 EXAMPLE_SCHEMA = {
     "evaluation": pl.String, "benchmark": pl.String, "policy": pl.String, "prompt_id": pl.String,
     "instruction": pl.String, "candidate": pl.String, "reference": pl.String, "weak": pl.String, "f_weak": pl.Float64,
+    "f_weak_code": pl.Float64, "weak_code_chars": pl.Int64, "strong_code_chars": pl.Int64,
+    "weak_copy_chars": pl.Int64,
     "strong_spans": pl.Int64, "segments": pl.List(pl.Struct({"author": pl.String, "text": pl.String})),
     "preference": pl.Float64, "weak_preference": pl.Float64, "candidate_length": pl.Int64,
     "weak_length": pl.Int64, "reference_length": pl.Int64, "passed": pl.Boolean, "weak_passed": pl.Boolean,
@@ -127,9 +139,16 @@ def _passed(t) -> bool | None:
     return None if t is None or t.error else t.passed
 
 
+def _f_weak_code(share) -> float | None:
+    """One answer's weak share of its scored characters (None: not recorded apart, or none scored)."""
+    total = share.weak + share.strong if share else 0
+    return share.weak / total if total else None
+
+
 def examples_frame(evaluations: Iterable[Evaluation] | None = None) -> pl.DataFrame:
     """One row per (evaluation, prompt): the texts, the segments, f_weak, both preferences (judge benchmarks) or
-    whether each answer passed its unit tests (tests benchmarks: candidate, weak only, reference), lengths, errors."""
+    whether each answer passed its unit tests (tests benchmarks: candidate, weak only, reference, and who wrote the
+    scored code: f_weak_code and its character counts), lengths, errors."""
     if evaluations is None:
         evaluations = load_all_evaluations()[0]
     rows = []
@@ -140,7 +159,11 @@ def examples_frame(evaluations: Iterable[Evaluation] | None = None) -> pl.DataFr
                 "evaluation": ev.id, "benchmark": ev.header.benchmark, "policy": ev.policy,
                 "prompt_id": e.prompt_id, "instruction": e.instruction,
                 "candidate": c.text if c else None, "reference": e.reference, "weak": w.text if w else None,
-                "f_weak": c.f_weak if c else None, "strong_spans": c.num_deferrals if c else None,
+                "f_weak": c.f_weak if c else None, "f_weak_code": _f_weak_code(e.scored),
+                "weak_code_chars": e.scored.weak if e.scored else None,
+                "strong_code_chars": e.scored.strong if e.scored else None,
+                "weak_copy_chars": e.scored.weak_copied if e.scored else None,
+                "strong_spans": c.num_deferrals if c else None,
                 "segments": [{"author": s.author, "text": s.text} for s in c.segments] if c else [],
                 "preference": e.preference.preference if e.preference else None,
                 "weak_preference": e.weak_preference.preference if e.weak_preference else None,

@@ -57,6 +57,12 @@ class LeaderboardEntry:
     benchmark: str = DEFAULT  # what it was measured on (workspace/benchmarks/); ranks are within it
     u_weak: float | None = None  # the weak model's own utility on the same prompts
     u_strong: float | None = None  # the strong model's: 0.5 for a judge, its pass rate for tests
+    # Benchmarks that score part of an answer (the code): the weak share of the scored characters, and the share of
+    # those weak characters that copy the instruction (None elsewhere).
+    f_weak_code: float | None = None
+    f_weak_code_ci: Interval | None = None
+    copy_share: float | None = None
+    copy_share_ci: Interval | None = None
 
     @property
     def family(self) -> str:
@@ -66,6 +72,8 @@ class LeaderboardEntry:
         return {
             "rank": self.rank, "benchmark": self.benchmark, "status": self.status, "policy": self.policy,
             "evaluation": self.evaluation, "f_weak": self.f_weak, "f_weak_ci": pair(self.f_weak_ci),
+            "f_weak_code": self.f_weak_code, "f_weak_code_ci": pair(self.f_weak_code_ci),
+            "copy_share": self.copy_share, "copy_share_ci": pair(self.copy_share_ci),
             "recovery": self.recovery, "recovery_ci": pair(self.recovery_ci), "utility": self.utility,
             "u_weak": self.u_weak, "u_strong": self.u_strong, "n": self.n, "judged": self.judged,
             "prompts": self.prompts, "created": self.created, "finding": self.finding,
@@ -138,8 +146,10 @@ BASELINES = (
 
 
 def baselines_for(benchmark: str) -> tuple[LeaderboardEntry, ...]:
-    """The two definitional baselines entries of one benchmark."""
-    return tuple(replace(b, benchmark=benchmark) for b in BASELINES)
+    """The two definitional baselines entries of one benchmark (with f_weak_code where it has one: the weak only
+    writes all the scored characters, the strong only none)."""
+    code = benchmark in benchmarks.names() and benchmarks.get(benchmark).has_f_weak_code
+    return tuple(replace(b, benchmark=benchmark, f_weak_code=b.f_weak if code else None) for b in BASELINES)
 
 
 def _in_order(names: Iterable[str]) -> tuple[str, ...]:
@@ -181,7 +191,9 @@ def entry_from_row(row: dict, finding: Finding | None = None) -> LeaderboardEntr
         finding_title=finding.title if finding else None,
         note="" if status == CERTIFIED else "; ".join(row["reasons"]), verified=row["verified"],
         recovery_lower=row["recovery_lower"], confirmed=row["confirmed"], benchmark=row["benchmark"] or DEFAULT,
-        u_weak=row["u_weak"], u_strong=row["u_strong"],
+        u_weak=row["u_weak"], u_strong=row["u_strong"], f_weak_code=row["f_weak_code"],
+        f_weak_code_ci=iv("f_weak_code_low", "f_weak_code_high"), copy_share=row["copy_share"],
+        copy_share_ci=iv("copy_share_low", "copy_share_high"),
     )  # fmt: skip
 
 

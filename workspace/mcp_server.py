@@ -1,12 +1,14 @@
 """`cdw mcp`: the agents' interface, an MCP server whose tools are thin calls into the Python API (AGENTS.md).
 
-Tools: `get_baselines`, `get_findings`, `get_leaderboard`, `evaluate_policy`, `evaluate_generations`,
-`share_finding`. `get_baselines`, `evaluate_policy` and `get_leaderboard` take a `benchmark` (`workspace/benchmarks/`:
-alpaca_eval, the default, judged pairwise; humaneval, scored by unit tests), each run with that benchmark's own
-canonical settings. Nothing an agent sends becomes a number: evaluations run the engine and the judge here, and every
-number is recomputed from the evaluation records. Policy files load only from the workspace's policy folder
-(`policies/` in the project, `CDW_POLICIES_DIR` moves it): a path that resolves outside it (`..`, an absolute path
-elsewhere, a symlink out) is refused, and so is `module:Class`, which would import any installed module.
+Tools: `get_baselines`, `get_findings`, `get_leaderboard`, `get_headroom`, `evaluate_policy`,
+`evaluate_generations`, `share_finding`, `write_policy`, `list_policies`. `get_baselines`, `evaluate_policy` and
+`get_leaderboard` take a `benchmark` (`workspace/benchmarks/`: alpaca_eval, the default, judged pairwise; humaneval,
+scored by unit tests), each run with that benchmark's own canonical settings; `get_headroom` reads the baselines of
+a benchmark whose answers are code (`workspace/headroom.py`). Nothing an agent sends becomes a number: evaluations
+run the engine and the judge here, and every number is recomputed from the evaluation records. Policy files load only
+from the workspace's policy folder (`policies/` in the project, `CDW_POLICIES_DIR` moves it): a path that resolves
+outside it (`..`, an absolute path elsewhere, a symlink out) is refused, and so is `module:Class`, which would import
+any installed module.
 
 The servers (weak, strong, judge) are found as everywhere else: `--weak-url` etc., `CDW_WEAK_URL` etc., or what
 `cdw serve` started. Transports: stdio (the default), or `--http`: streamable HTTP on 127.0.0.1 that answers only
@@ -47,6 +49,7 @@ from .evaluate import EvalSettings, EvaluationError, Setup, ensure_baselines, ev
 from .evaluate import evaluate_generations as judge_generations  # the tool of the same name wraps it
 from .fileio import atomic_write
 from .forum import FindingError
+from .headroom import HeadroomError, headroom
 from .policies import Policy, PolicyError, canonical_spec, load_policy, registry
 from .policies.source_check import PolicySourceError, check_policy_source
 from .records.log import StoreError, read_record
@@ -62,7 +65,7 @@ PROGRESS_EVERY_S = 1.0
 # Errors that mean "the request cannot be done as asked": the agent sees the message. Anything else is a bug and
 # reaches the agent as the SDK's generic tool error (with the traceback in the server's log).
 EXPECTED = (PolicyError, DataError, EvaluationError, FindingError, StoreError, EndpointError, ClientError, BudgetError,
-            PolicySourceError)  # fmt: skip
+            PolicySourceError, HeadroomError)  # fmt: skip
 
 INSTRUCTIONS = """\
 Collaborative decoding research: a weak model writes, a deferral policy hands spans to a strong model, and the
@@ -220,7 +223,7 @@ class ServerConfig:
 
 
 def build_server(config: ServerConfig | None = None) -> MCPServer:
-    """The MCP server with its six tools; each validates its arguments, calls the Python API, returns JSON.
+    """The MCP server with its tools; each validates its arguments, calls the Python API, returns JSON.
     Evaluations run with their benchmark's canonical settings (`eval_settings`): agents cannot change what is
     measured."""
     config = config or ServerConfig()
@@ -392,6 +395,18 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
             check_policy_source(source)
             atomic_write(path, source)
             return {"written": path.name, "bytes": len(source.encode()), "folder": str(config.policies)}
+
+    @mcp.tool()
+    def get_headroom(
+        benchmark: Annotated[str, Field(description="a benchmark whose answers are code")] = "humaneval",
+        split: Annotated[str | None, Field(description="'train' or 'test' (one half); default: all problems")] = None,
+    ) -> dict[str, Any]:
+        """As `cdw headroom --json`: from the weak and strong models' own answers on record, each answer's
+        characters by kind (prose, copied from the problem, comment, header, implementation, demo), what the weak
+        model gets right (imports, the signature, the strong implementation, a common prefix) and upper bounds on
+        f_weak and f_weak_code when the weak model writes the header and the strong one the rest."""
+        with _tool_errors():
+            return headroom(benchmark, split).to_json()
 
     @mcp.tool()
     def list_policies() -> dict[str, Any]:

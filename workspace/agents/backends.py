@@ -18,7 +18,7 @@ MAX_OUTPUT_TOKENS = 1024  # per model turn: a small model that rambles must not 
 # Small models (the short brief) need the first step named.
 START_SHORT = ("Call the get_findings tool now to read the forum. Then call evaluate_policy on one policy with "
                "prompts=3, and finally share_finding with what you saw.")  # fmt: skip
-TOOLS = ("get_baselines", "get_findings", "get_leaderboard", "evaluate_policy", "evaluate_generations",
+TOOLS = ("get_baselines", "get_findings", "get_leaderboard", "get_headroom", "evaluate_policy", "evaluate_generations",
          "share_finding", "write_policy", "list_policies")  # fmt: skip
 # With the short brief (small models, short contexts) the model sees only these: every tool's schema is context.
 SHORT_TOOLS = ("get_findings", "evaluate_policy", "share_finding", "list_policies")

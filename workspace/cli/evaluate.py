@@ -68,8 +68,9 @@ def decode_cmd(instruction: str, spec: str, max_tokens: int, as_json: bool, **kw
 
 
 def _ci(ev, key: str) -> str:
-    """A number with its 95% interval: f_weak from the summary, the fitted ones from the certification rule's fit."""
-    src = ev.summary if key == "f_weak" else ev.certification
+    """A number with its 95% interval: shares of characters from the summary, the fitted ones from the certification
+    rule's fit."""
+    src = ev.summary if key in ("f_weak", "f_weak_code", "copy_share") else ev.certification
     v = getattr(src, key) if src else None
     return with_interval(v, src.ci.get(key) if src else None)
 
@@ -78,6 +79,9 @@ def show_evaluation(ev) -> None:
     s, c = ev.summary, ev.certification
     judged = ev.baselines.needs_judge
     rows = [("f_weak", _ci(ev, "f_weak"))]
+    if s and s.f_weak_code is not None:
+        rows.append(("f_weak_code (weak share of the scored code)", _ci(ev, "f_weak_code")))
+        rows.append(("copy share (weak code copying the prompt)", _ci(ev, "copy_share")))
     if not judged:
         rows.append(("utility (pass@1, unit tests)", _ci(ev, "utility")))
         rows.append(("U_weak (weak model's own pass rate)", _ci(ev, "u_weak")))

@@ -113,10 +113,11 @@ def findings_add(title, kind, author, policy, evaluation, tags, body_file) -> No
     console.print(f"[green]✓[/] posted {fid}")
 
 
-def _show_board(title: str, entries, ranked: bool = False, utility: str | None = None) -> None:
+def _show_board(title: str, entries, ranked: bool = False, utility: str | None = None, code: bool = False) -> None:
     """A leaderboard table; `utility` names a column showing each evaluation's utility (benchmarks scored alone:
-    pass@1)."""
-    numbers = [Column(c, wrap=False) for c in ("f_weak", "recovery", *([utility] if utility else []), "n", "when")]
+    pass@1); `code` adds f_weak_code (the weak share of the scored code) and the share of it copying the prompt."""
+    shares = ("f_weak", *(("f_weak_code", "copy") if code else ()))
+    numbers = [Column(c, wrap=False) for c in (*shares, "recovery", *([utility] if utility else []), "n", "when")]
     columns = [*(["#"] if ranked else []), "policy", *numbers, "finding / note", Column("evaluation", wrap=False)]
     rows = []
 
@@ -126,7 +127,10 @@ def _show_board(title: str, entries, ranked: bool = False, utility: str | None =
     for e in entries:
         notes = "\n".join(x for x in (e.finding_title, e.note and f"[dim]{e.note}[/]") if x)
         row = [str(e.rank or "")] if ranked else []
-        row += [e.policy, num_over_span(e.f_weak, e.f_weak_ci), num_over_span(e.recovery, e.recovery_ci)]
+        row += [e.policy, num_over_span(e.f_weak, e.f_weak_ci)]
+        row += [num_over_span(e.f_weak_code, e.f_weak_code_ci), num_over_span(e.copy_share, e.copy_share_ci)] if code \
+            else []  # fmt: skip
+        row += [num_over_span(e.recovery, e.recovery_ci)]
         row += [num(e.utility, missing="—") if e.evaluation else ""] if utility else []
         row += [f"{e.judged}/{e.n}" if e.evaluation else ""]
         row += [(e.created or "")[:10], notes, e.evaluation or ""]
@@ -152,15 +156,26 @@ def leaderboard_cmd(as_json: bool, benchmark: str | None) -> None:
     for name in board.benchmarks:
         b = board.for_benchmark(name)
         u = None if name not in names() or get_benchmark(name).needs_judge else get_benchmark(name).utility
+        code = name in names() and get_benchmark(name).has_f_weak_code
         console.print(f"\n[bold]{name}[/] [dim]({utility_meaning(name)})[/]", soft_wrap=False)
+        if code:
+            say(
+                console,
+                [
+                    "f_weak_code: the weak share of the characters scored (the extracted program)",
+                    "copy: the share of those weak characters on lines copied from the prompt",
+                ],
+                style="dim",
+            )
         _show_board(f"{name}: certified (canonical, recovery ≥ {b.bar})", b.certified + b.baselines, ranked=True,
-                    utility=u)  # fmt: skip
+                    utility=u, code=code)  # fmt: skip
         if b.below_bar:
-            _show_board(f"{name}: canonical, below the bar", b.below_bar, utility=u)
+            _show_board(f"{name}: canonical, below the bar", b.below_bar, utility=u, code=code)
         if b.non_canonical:
-            _show_board(f"{name}: not canonical", b.non_canonical, utility=u)
+            _show_board(f"{name}: not canonical", b.non_canonical, utility=u, code=code)
         if b.unverified:
-            _show_board(f"{name}: unverified (not certified whatever their numbers)", b.unverified, utility=u)
+            _show_board(f"{name}: unverified (not certified whatever their numbers)", b.unverified, utility=u,
+                        code=code)  # fmt: skip
     for rid, why in board.skipped:
         console.print(f"[yellow]warning: evaluation {rid} cannot be read: {why}[/]", soft_wrap=False)
 

@@ -12,7 +12,7 @@ from functools import cached_property
 
 from servers.presets import load_catalog
 
-from ..benchmarks import Conditions, PromptSet
+from ..benchmarks import Conditions, PromptSet, ScoredShare
 from ..benchmarks import get as get_benchmark
 from ..engine import Decode
 from ..format import pair
@@ -40,6 +40,8 @@ class Example:
     weak_test: TestRun | None = None
     test: TestRun | None = None
     judged: bool = True  # judged pairwise (else scored alone)
+    # Who wrote the candidate's scored characters (the extracted code): benchmarks that score part of an answer.
+    scored: ScoredShare | None = None
 
     @property
     def error(self) -> str | None:
@@ -69,9 +71,11 @@ class Example:
         assert self.error is None and self.candidate and self.weak and self.reference is not None
         if not self.judged:
             assert self.test and self.weak_test and self.reference_test
+            sc = self.scored
             return PassSample(weak_chars=self.candidate.weak_chars, strong_chars=self.candidate.strong_chars,
                               passed=self.test.passed, weak_passed=self.weak_test.passed,
-                              strong_passed=self.reference_test.passed)  # fmt: skip
+                              strong_passed=self.reference_test.passed, weak_code_chars=sc and sc.weak,
+                              strong_code_chars=sc and sc.strong, weak_copy_chars=sc and sc.weak_copied)  # fmt: skip
         assert self.preference and self.weak_preference
         return PairedSample(
             weak_chars=self.candidate.weak_chars, strong_chars=self.candidate.strong_chars,
@@ -339,6 +343,8 @@ class Evaluation:
             "n": self.n,
             "judged": s.n if s else 0,
             "f_weak": s.f_weak if s else None,
+            "f_weak_code": s.f_weak_code if s else None,
+            "copy_share": s.copy_share if s else None,
             "utility": c.utility if c else None,
             "u_weak": c.u_weak if c else None,
             "u_strong": c.u_strong if c else None,
@@ -348,7 +354,7 @@ class Evaluation:
             "recovery_penalised": c.recovery_penalised if c else None,
             "raw_winrate": s.raw_winrate if s else None,
             "ci": {
-                **({"f_weak": pair(s.ci["f_weak"])} if s and "f_weak" in s.ci else {}),
+                **({k: pair(s.ci[k]) for k in ("f_weak", "f_weak_code", "copy_share") if s and k in s.ci}),
                 **({k: pair(v) for k, v in c.ci.items()} if c else {}),
             },  # fmt: skip
             "canonical": self.canonical,
@@ -363,6 +369,19 @@ class Evaluation:
         }
 
 
+def scored_share(benchmark: str, d: Decode | None, prompt_id: str, instruction: str) -> ScoredShare | None:
+    """Who wrote the scored characters of a decode (`Benchmark.scored_share`); None when its benchmark scores
+    answers as a whole, or the decode is missing or failed, or its segments do not make up its text (the offline
+    checks say so)."""
+    if d is None or d.error:
+        return None
+    try:
+        return get_benchmark(benchmark).scored_share(d.text, [(s.author, s.text) for s in d.segments], prompt_id,
+                                                     instruction)  # fmt: skip
+    except (ValueError, KeyError):
+        return None
+
+
 def build(eid: str, rec: Record, base: Baselines, settings: EvalSettings) -> Evaluation:
     header, events = typed(rec)
     gens, prefs, tests = latest(events, "generation"), latest(events, "preference"), latest(events, "test")
@@ -370,7 +389,8 @@ def build(eid: str, rec: Record, base: Baselines, settings: EvalSettings) -> Eva
     for b in base.examples:
         g = Decode.from_record(gens[b.prompt_id].decode) if b.prompt_id in gens else None
         p = _preference(prefs[b.prompt_id]) if b.prompt_id in prefs else None
-        examples.append(dataclasses.replace(b, candidate=g, preference=p, test=tests.get(b.prompt_id)))
+        share = scored_share(header.benchmark, g, b.prompt_id, b.instruction)
+        examples.append(dataclasses.replace(b, candidate=g, preference=p, test=tests.get(b.prompt_id), scored=share))
     ok = [e.sample() for e in examples if e.error is None]
     summary, note = None, ""
     if ok:

@@ -15,21 +15,22 @@ def frontier_with(new_ids: Iterable[str], board: Leaderboard | None = None, benc
     benchmark are not drawn."""
     import altair as alt
 
-    from ..charts import frontier_chart
+    from ..charts import frontier_chart, frontier_x
 
     board = board or get_leaderboard()
     ids = set(new_ids)
     new = [e for e in board.evaluations if e.evaluation in ids]
     benchmark = benchmark or (new[0].benchmark if new else DEFAULT)
+    x_of = frontier_x(benchmark)  # the chart's x: f_weak_code on a code benchmark
     rows = [
-        {"f_weak": e.f_weak, "recovery": e.recovery, "policy": e.policy, "evaluation": e.evaluation}
+        {x_of: getattr(e, x_of), "recovery": e.recovery, "policy": e.policy, "evaluation": e.evaluation}
         for e in new
-        if e.benchmark == benchmark and e.f_weak is not None and e.recovery is not None
+        if e.benchmark == benchmark and getattr(e, x_of) is not None and e.recovery is not None
     ]
     if not rows:
         return frontier_chart(board, benchmark=benchmark)
     base = alt.Chart(alt.Data(values=rows))
-    x, y = alt.X("f_weak:Q"), alt.Y("recovery:Q")
+    x, y = alt.X(f"{x_of}:Q"), alt.Y("recovery:Q")
     ring = base.mark_point(shape="circle", size=420, filled=False, strokeWidth=2.5, color=HIGHLIGHT).encode(
         x=x, y=y, tooltip=["policy:N", "evaluation:N"]
     )

@@ -69,11 +69,16 @@ class Summary:
     u_weak: float  # LC winrate of weak-only vs reference (alpaca_eval's penalised fit)
     recovery: float | None  # None when the gap (0.5 - u_weak) is not positive
     raw_winrate: float
-    ci: dict[str, Interval]  # keys "f_weak", "utility", "u_weak", "recovery"; a key is absent if never defined
+    ci: dict[str, Interval]  # keys "f_weak", "utility", "u_weak", "recovery" (and "f_weak_code", "copy_share");
+    # a key is absent if never defined
     n_boot: int = 0  # resamples drawn
     recovery_dropped: int = 0  # resamples with gap <= 0, left out of the recovery interval
     f_weak_dropped: int = 0  # resamples with no characters at all, left out of the f_weak interval
     certification: Certification | None = None  # `certify` on the same samples; None for fewer than 2 prompts
+    # Benchmarks that score part of an answer (the code): the weak share of the scored characters, and the share of
+    # the weak scored characters that copy the instruction (ARCHITECTURE.md “What is measured”); None otherwise.
+    f_weak_code: float | None = None
+    copy_share: float | None = None
 
 
 def check_preferences(preferences: Sequence[float], what: str = "preferences") -> np.ndarray:

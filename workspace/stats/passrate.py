@@ -20,6 +20,11 @@ class PassSample:
     passed: bool  # the candidate
     weak_passed: bool  # the weak model's own answer (never-defer)
     strong_passed: bool  # the strong model's own answer (the reference; always-defer gives the same text)
+    # Of what the benchmark scores (the extracted program): who wrote it, and the weak characters that copy the
+    # instruction (None: the benchmark does not say; then there is no f_weak_code).
+    weak_code_chars: int | None = None
+    strong_code_chars: int | None = None
+    weak_copy_chars: int | None = None
 
 
 def certify_pass(
@@ -75,7 +80,9 @@ def summarize_pass(samples: Sequence[PassSample], *, n_boot: int = 1000, seed: i
     """Pass rates with paired bootstrap intervals (problems resampled), f_weak pooled, and ``certify_pass``.
 
     ``utility`` is the candidate's pass rate and ``raw_winrate`` the same number (there is no judge); intervals come
-    from ``certify_pass``'s resamples, except f_weak's, drawn on the same indices (same seed)."""
+    from ``certify_pass``'s resamples, except f_weak's, drawn on the same indices (same seed). When every sample
+    says who wrote its scored code, f_weak_code (weak / all scored characters) and the copy share (weak scored
+    characters that copy the instruction / weak scored characters) are pooled the same way, on the same indices."""
     if not samples:
         raise StatsError("summarize_pass needs at least one sample")
     n = len(samples)
@@ -91,10 +98,22 @@ def summarize_pass(samples: Sequence[PassSample], *, n_boot: int = 1000, seed: i
     rec = (utility - u_weak) / (u_strong - u_weak) if u_strong > u_weak else None
     idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
     f_weak, b_f_weak, f_weak_dropped = pooled_f_weak(wchars, schars, idx)
-    ci = {**(cert.ci if cert else {}), **intervals((("f_weak", b_f_weak),), level)}
-    order = ("f_weak", "utility", "u_weak", "u_strong", "recovery")
+    boots = [("f_weak", b_f_weak)]
+    f_code = copy = None
+    if all(s.weak_code_chars is not None and s.strong_code_chars is not None and s.weak_copy_chars is not None
+           for s in samples):  # fmt: skip
+        wcode = np.array([s.weak_code_chars for s in samples], dtype=float)
+        scode = np.array([s.strong_code_chars for s in samples], dtype=float)
+        wcopy = np.array([s.weak_copy_chars for s in samples], dtype=float)
+        if (wcopy > wcode).any() or (wcode < 0).any() or (scode < 0).any():
+            raise StatsError("weak_copy_chars must be within weak_code_chars, and character counts non-negative")
+        f_code, b_code, _ = pooled_f_weak(wcode, scode, idx)
+        copy, b_copy, _ = pooled_f_weak(wcopy, wcode - wcopy, idx)
+        boots += [("f_weak_code", b_code), ("copy_share", b_copy)]
+    ci = {**(cert.ci if cert else {}), **intervals(tuple(boots), level)}
+    order = ("f_weak", "f_weak_code", "copy_share", "utility", "u_weak", "u_strong", "recovery")
     return Summary(
         n=n, f_weak=f_weak, utility=utility, u_weak=u_weak, recovery=rec, raw_winrate=utility,
         ci={k: ci[k] for k in order if k in ci}, n_boot=n_boot, recovery_dropped=cert.dropped if cert else 0,
-        f_weak_dropped=f_weak_dropped, certification=cert,
+        f_weak_dropped=f_weak_dropped, certification=cert, f_weak_code=f_code, copy_share=copy,
     )  # fmt: skip
