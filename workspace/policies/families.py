@@ -1,8 +1,10 @@
 """The built-in policy families, each a few lines over the `Policy` protocol and registered by name.
 
 Every gate defers when its signal crosses `tau`; `span` is a span rule (`sentence`, `punct`, `newline`,
-`words:N`, `tokens:N`, `agree:N`). Wrappers (`hysteresis`, `window`, `warmup`, `budget`, `lookahead`) take
-another policy as their first argument. The learned router, `probe(path=..., tau=...)`, lives in `probe.py`.
+`words:N`, `tokens:N`, `agree:N`, and the structural `line`, `block`, `block:N`, `body`). Wrappers (`hysteresis`,
+`window`, `warmup`, `budget`, `lookahead`, `copyguard`) take another policy as their first argument; `owner` says
+who writes which part of a code answer, optionally over a gate. The learned router, `probe(path=..., tau=...)`,
+lives in `probe.py`.
 """
 
 from __future__ import annotations
@@ -267,3 +269,116 @@ class Cascade(Policy):
         if not signals:
             return True
         return sum(s.p1 for s in signals) / len(signals) >= self.tau
+
+
+# ---------------------------------------------------------------- the answer's structure (`TokenSignal.where`)
+
+ROLES = ("weak", "gate", "strong")
+_CONTINUE = Decision(Action.CONTINUE)
+
+
+@register("owner")
+class Owner(Policy):
+    """Who writes which part of a code answer (`Where.part`): `prose` (outside the code block, fence lines
+    included), `header` (imports, decorators, `def` and `class` lines, docstrings), `body` (a function's body) and
+    `code` (other statements, such as demo code after the function). Each part's role is `weak` (no handoff there),
+    `gate` (hand off where the inner policy fires; without one, never) or `strong` (hand off at each of its lines'
+    first token).
+
+    A handoff in a body keeps the pen for the rest of the function (`span=body`, up to `max_span` strong tokens);
+    if that span ends before the function does, the weak model's next line in it hands it back at once. A `strong`
+    part elsewhere gets `block` (code) or `line` spans (header, prose); a gate's handoff outside a body keeps the
+    gate's own span. At a line's start the part is known only once the line's first non-blank token is drafted:
+    a gate that fires on the indentation before it hands off there, if that part's role lets it.
+
+    `owner(body=strong)`: the weak model writes the header, the strong one every function body.
+    `owner(margin(tau=0.1))`: a margin gate inside the code only; once it fires in a body the strong model keeps it.
+    """
+
+    def __init__(self, inner: Policy | None = None, body: str = "gate", code: str = "gate", header: str = "weak",
+                 prose: str = "weak", max_span: int = 512):  # fmt: skip
+        if inner is not None and not isinstance(inner, Policy):
+            raise TypeError("owner's first argument is a gate policy, e.g. owner(margin(tau=0.1), body=gate)")
+        if inner is not None and inner.prompt_level:
+            raise TypeError(f"{type(inner).__name__} decides per answer, not per token: it cannot be a gate")
+        roles = {"body": body, "code": code, "header": header, "prose": prose}
+        for part, role in roles.items():
+            if role not in ROLES:
+                raise ValueError(f"{part}={role!r}: a part's role is one of {', '.join(ROLES)}")
+        self.inner = inner
+        self.body, self.code, self.header, self.prose = body, code, header, prose
+        self.max_span = int(max_span)
+        self.span = SpanRule("body", 1, self.max_span)
+        self._roles = roles
+        self._spans = {
+            "body": self.span,
+            "code": SpanRule("block", 1, self.max_span),
+            "header": SpanRule("line", 1, self.max_span),
+            "prose": SpanRule("line", 1, self.max_span),
+        }
+        self._pending: Decision | None = None  # the gate fired on a line's indentation: the part is not known yet
+        self._handing: int | None = None  # the def whose body this handoff gives the strong model
+        self._owned: int | None = None  # the def whose body the strong model holds (its indentation)
+
+    @property
+    def top_k(self) -> int | None:  # type: ignore[override]
+        return self.inner.top_k if self.inner is not None else 1
+
+    def inner_policies(self) -> list[Policy]:
+        return [self.inner] if self.inner is not None else []
+
+    def on_handoff(self, strong_text: str) -> None:
+        self._owned, self._handing = self._handing, None
+        if self.inner is not None:
+            self.inner.on_handoff(strong_text)
+
+    def decide(self, s: TokenSignal) -> Decision:
+        d = as_decision(self.inner.decide(s)) if self.inner is not None else _CONTINUE
+        new_line = s.where.line_start  # this token writes the first characters of its line
+        if new_line and not s.text.strip():  # indentation or a blank line: which part comes is not known yet
+            self._pending = self._pending or (d if d.fires else None)
+            return Decision(Action.CONTINUE, d.score)
+        fired = d if d.fires else self._pending
+        self._pending = None
+        w = s.after if new_line else s.where
+        part = "prose" if w.part == "fence" else w.part
+        held = self._owned is not None and w.body and w.def_indent == self._owned
+        if new_line and not held:
+            self._owned = None  # the weak model is out of the function the strong model held
+        role = self._roles[part]
+        if part == "body" and new_line and held:  # the strong model's span ran out inside the function it holds
+            action, span = Action.DEFER, self.span
+        elif role == "strong" and new_line:
+            action, span = Action.DEFER, self._spans[part]
+        elif role == "gate" and fired is not None:
+            action, span = fired.action, self.span if part == "body" else (fired.span or self.inner.span)
+        else:
+            return Decision(Action.CONTINUE, d.score)
+        self._handing = w.def_indent if part == "body" else None
+        return Decision(action, (fired or d).score, span)
+
+
+@register("copyguard")
+class CopyGuard(_Wrapper):
+    """No handoff while the weak model copies the instruction: the current line so far, with this token (up to its
+    first newline), without its indentation, begins some line of the instruction (also without indentation) and
+    holds at least `min_chars` characters. A line copied from the prompt — the signature, a docstring line, an
+    import — is nothing the strong model would write better."""
+
+    def __init__(self, inner: Policy, min_chars: int = 1):
+        super().__init__(inner)
+        self.min_chars = int(min_chars)
+        self._lines: tuple[str, ...] | None = None  # the instruction's lines, without indentation (per decode)
+
+    def copying(self, s: TokenSignal) -> bool:
+        """Whether the weak line so far, with this token, copies the start of a line of the instruction."""
+        piece = (s.line + s.text.split("\n", 1)[0]).lstrip()
+        if len(piece) < max(1, self.min_chars):
+            return False
+        if self._lines is None:
+            self._lines = tuple(line.strip() for line in s.instruction.splitlines() if line.strip())
+        return any(line.startswith(piece.rstrip()) for line in self._lines)
+
+    def decide(self, s: TokenSignal) -> Decision:
+        d = self._inner(s)
+        return self._gate(d.fires and not self.copying(s), d)
