@@ -18,7 +18,7 @@ import pytest
 
 from servers.presets import load_catalog
 from servers.settings import paths
-from tests.fakeserver import ServerThread, Toys
+from tests.fakeserver import ServerThread, Toys, script_toys
 
 TEST_PORTS = {"8111": "18111", "8112": "18112", "8113": "18113", "8114": "18114", "8115": "18115"}
 
@@ -159,6 +159,23 @@ def toys(server_thread):
     t = Toys.start(server_thread)
     yield t
     t.close()
+
+
+@pytest.fixture(scope="session")
+def coders(start_toys) -> Toys:
+    """Toy weak and strong servers that write code (tests/fakeserver.py `script_toys`), shared by the session."""
+    weak, strong = script_toys()
+    return start_toys(weak=weak, strong=strong)
+
+
+@pytest.fixture
+async def coder_models(coders):
+    """Clients for the code-writing toys."""
+    from workspace.engine import Models
+
+    m = Models.from_endpoints(coders.urls)
+    yield m
+    await m.close()
 
 
 # ---------------------------------------------------------------- real vLLM servers (the `vllm` tier)

@@ -13,7 +13,7 @@ import textwrap
 import pytest
 
 from tests.bytetoy import ByteToy
-from tests.fakeserver import STRONG_SCRIPT, WEAK_SCRIPT, FakeServer, script_toys
+from tests.fakeserver import STRONG_SCRIPT, WEAK_SCRIPT, FakeServer
 from workspace.client import ClientSettings, ModelClient
 from workspace.endpoints import Endpoint
 from workspace.engine import EngineSettings, Models, decode, decode_many
@@ -27,18 +27,9 @@ INSTRUCTION = "Write is_prime(n) in Python."
 RULES = ["line", "block", "block:2", "body"]
 
 
-@pytest.fixture(scope="module")
-def coders(start_toys):
-    """Toy weak and strong servers that write code."""
-    weak, strong = script_toys()
-    return start_toys(weak=weak, strong=strong)
-
-
 @pytest.fixture
-async def models(coders):
-    m = Models.from_endpoints(coders.urls, FAST)
-    yield m
-    await m.close()
+def models(coder_models):
+    return coder_models
 
 
 @pytest.mark.parametrize("rule", RULES)

@@ -10,8 +10,8 @@ import re
 
 import pytest
 
-from tests.fakeserver import WEAK_SCRIPT, script_toys
-from workspace.engine import EngineSettings, Models, decode
+from tests.fakeserver import WEAK_SCRIPT
+from workspace.engine import EngineSettings, decode
 from workspace.policies import Action, Decision, Policy, PolicyError, TokenSignal, load_policy
 from workspace.policies.structure import Tracker, track
 
@@ -146,17 +146,9 @@ def test_copyguard_lets_the_weak_model_copy_the_prompts_lines():
 # ---------------------------------------------------------------- end to end
 
 
-@pytest.fixture(scope="module")
-def coders(start_toys):
-    weak, strong = script_toys()
-    return start_toys(weak=weak, strong=strong)
-
-
 @pytest.fixture
-async def models(coders):
-    m = Models.from_endpoints(coders.urls)
-    yield m
-    await m.close()
+def models(coder_models):
+    return coder_models
 
 
 SETTINGS = EngineSettings(chunk_tokens=16, top_k=5, max_tokens=600, max_span_tokens=24, max_deferrals=600)
