@@ -21,17 +21,18 @@ import argparse
 import ast
 import asyncio
 import io
+import sys
 import time
 import tokenize
 from pathlib import Path
-import sys
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `tests` is not an installed package
 
 from workspace.benchmarks import humaneval  # noqa: E402
 from workspace.policies.structure import Tracker, Where, track  # noqa: E402
 
 FENCE = "```python\n"
+_NOT_FIRST = (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER)
 
 
 def _offsets(code: str) -> list[int]:
@@ -71,8 +72,7 @@ def agreement(codes: list[str]) -> dict[str, list[int]]:
                     docs.add(a + 1)
             elif tok.type == tokenize.COMMENT:
                 comments.update(range(a + 1, b + 1))
-            skip = (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER)
-            if tok.type not in skip and prev in (
+            if tok.type not in _NOT_FIRST and prev in (
                 tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT
             ):  # fmt: skip
                 firsts[a] = tok.start[1]
