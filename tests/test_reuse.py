@@ -310,3 +310,29 @@ def test_a_bad_reuse_setting_is_a_clear_error(monkeypatch, bad):
     for value, on in (("off", False), ("0", False), ("on", True), ("", True)):
         monkeypatch.setenv("CDW_REUSE", value)
         assert settings.reuse() is on
+
+
+def test_a_store_that_cannot_be_written_costs_requests_not_answers(tmp_path):
+    store = ContinuationStore(tmp_path / "k.sqlite")
+    other = sqlite3.connect(tmp_path / "k.sqlite", timeout=0)
+    other.execute("BEGIN EXCLUSIVE")  # another process holds the file
+    store._db.execute("PRAGMA busy_timeout = 50")
+    with pytest.warns(UserWarning, match="cannot write"):
+        store.record_completion(SCOPE, PROMPT, completion(["a", " b"]), 2)
+    assert store.failures >= 1
+    other.rollback()
+    store.record_completion(SCOPE, PROMPT, completion(["a", " b"]), 2)
+    assert store.answer_completion(SCOPE, PROMPT, 2, 2, None).text == "a b"
+
+
+def test_a_file_that_is_not_a_store_is_a_clear_error(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from workspace.cli import main
+
+    monkeypatch.setenv("CDW_HOME", str(tmp_path))
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "continuations.sqlite").write_bytes(b"not a database" * 100)
+    r = CliRunner().invoke(main, ["decode", "hi", "--weak-url", "http://127.0.0.1:9", "--strong-url",
+                                  "http://127.0.0.1:9"])  # fmt: skip
+    assert r.exit_code != 0 and "known continuations cannot be opened" in r.output and "--no-reuse" in r.output

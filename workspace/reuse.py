@@ -38,6 +38,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import struct
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -275,13 +276,14 @@ class ContinuationStore:
         self._db = sqlite3.connect(self.path, timeout=60, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        with self._db:
+        with self._db:  # a file that is not such a store raises sqlite3.DatabaseError here
             self._db.execute("CREATE TABLE IF NOT EXISTS known (id INTEGER PRIMARY KEY, body BLOB NOT NULL)")
             self._db.execute("CREATE TABLE IF NOT EXISTS keys (key BLOB NOT NULL, known INTEGER NOT NULL, "
                              "pos INTEGER NOT NULL)")  # fmt: skip
             self._db.execute("CREATE INDEX IF NOT EXISTS keys_by_key ON keys (key)")
         self._memory: OrderedDict[int, Known] = OrderedDict()  # recently used entries, decoded
         self._size = memory
+        self.failures = 0  # reads and writes the file refused (locked too long, disk full): misses, not errors
 
     def _get(self, rowid: int) -> Known:
         k = self._memory.get(rowid)
@@ -295,15 +297,30 @@ class ContinuationStore:
         return k
 
     def lookup(self, key: bytes) -> list[tuple[Known, int]]:
-        """Every known continuation (and the position in it) that a context with this key starts from."""
-        rows = self._db.execute("SELECT known, pos FROM keys WHERE key = ? ORDER BY known", (key,)).fetchall()
-        return [(self._get(rowid), pos) for rowid, pos in rows]
+        """Every known continuation (and the position in it) that a context with this key starts from (none when
+        the file cannot be read now: the request goes to the server)."""
+        try:
+            rows = self._db.execute("SELECT known, pos FROM keys WHERE key = ? ORDER BY known", (key,)).fetchall()
+            return [(self._get(rowid), pos) for rowid, pos in rows]
+        except sqlite3.Error as e:
+            self._failed("read", e)
+            return []
 
     def add(self, known: Known, keys: Sequence[tuple[bytes, int]]) -> None:
-        """Store a continuation and the keys it is found by, in one transaction."""
-        with self._db:
-            rowid = self._db.execute("INSERT INTO known (body) VALUES (?)", (known.to_json(),)).lastrowid
-            self._db.executemany("INSERT INTO keys VALUES (?, ?, ?)", [(key, rowid, pos) for key, pos in keys])
+        """Store a continuation and the keys it is found by, in one transaction (or not at all: a store that cannot
+        be written costs later requests, never this one)."""
+        try:
+            with self._db:
+                rowid = self._db.execute("INSERT INTO known (body) VALUES (?)", (known.to_json(),)).lastrowid
+                self._db.executemany("INSERT INTO keys VALUES (?, ?, ?)", [(key, rowid, pos) for key, pos in keys])
+        except sqlite3.Error as e:
+            self._failed("write", e)
+
+    def _failed(self, what: str, e: sqlite3.Error) -> None:
+        self.failures += 1
+        if self.failures == 1:
+            warnings.warn(f"known continuations ({self.path}): cannot {what} ({e}); requests go to the servers",
+                          stacklevel=3)  # fmt: skip
 
     def __len__(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM known").fetchone()[0]

@@ -196,16 +196,22 @@ def reuse_option(f):
 
 def reuse_store(kw: dict):
     """The store of known continuations the options ask for (None: --no-reuse or CDW_REUSE=off)."""
+    import sqlite3
+
     from servers.settings import reuse
 
     from ..reuse import ContinuationStore
 
     off = kw.pop("no_reuse")
     try:
-        on = reuse()
+        if off or not reuse():
+            return None
+        return ContinuationStore()
     except ValueError as e:
         fail(str(e))
-    return None if off or not on else ContinuationStore()
+    except sqlite3.Error as e:
+        fail(f"the known continuations cannot be opened ({e}): move .cdw/cache/continuations.sqlite away, or run "
+             "with --no-reuse")  # fmt: skip
 
 
 def eval_setup(kw: dict):
