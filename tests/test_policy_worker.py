@@ -180,7 +180,8 @@ def test_a_hostile_policy_through_the_cli_leaves_the_host_untouched_and_scores_a
     assert evil["evaluation_id"] != honest["evaluation_id"]  # other code, another id
     texts = [[json.loads(line) for line in (records / "evaluations" / f"{e['evaluation_id']}.jsonl").open()]
              for e in (honest, evil)]  # fmt: skip
-    gens = [[g["decode"]["text"] for g in rec if g.get("type") == "generation"] for rec in texts]
+    # By prompt: generations are appended as they finish, in an order concurrency decides.
+    gens = [{g["prompt_id"]: g["decode"]["text"] for g in rec if g.get("type") == "generation"} for rec in texts]
     assert gens[0] == gens[1] and len(gens[0]) == 5
     # The re-check runs the policy the same way: it decodes again, in the sandbox, and agrees; nothing is touched.
     flags = [f"--{role}-url={url}" for role, url in toys.urls.items()]
