@@ -18,7 +18,16 @@ import altair as alt
 from . import benchmarks
 from .benchmarks import DEFAULT
 from .format import interval, num
-from .leaderboard import BASELINE, BELOW_BAR, CERTIFIED, NOT_CANONICAL, Leaderboard, LeaderboardEntry, get_leaderboard
+from .leaderboard import (
+    BASELINE,
+    BELOW_BAR,
+    CERTIFIED,
+    NOT_CANONICAL,
+    STOPPED,
+    Leaderboard,
+    LeaderboardEntry,
+    get_leaderboard,
+)
 
 STATUSES = (CERTIFIED, BELOW_BAR, NOT_CANONICAL, BASELINE)
 COLORS = ("#1a7f37", "#c26a00", "#8c959f", "#24292f")
@@ -59,7 +68,8 @@ def frontier_chart(
     "humaneval:test", the held-out half)."""
     board = (board or get_leaderboard()).for_benchmark(benchmark)
     x_of = frontier_x(benchmark)
-    keep = [e for e in board.evaluations if prompts is None or e.prompts == prompts]
+    # A stopped evaluation's numbers are on its first prompts only: not a point of the frontier.
+    keep = [e for e in board.evaluations if e.status != STOPPED and (prompts is None or e.prompts == prompts)]
     rows = [_row(e, x_of) for e in keep if getattr(e, x_of) is not None and e.recovery is not None]
     ends = [_row(e, x_of) for e in board.baselines]
     recs = [r["recovery"] for r in rows] + [0.0, 1.0, board.bar]

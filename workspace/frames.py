@@ -71,7 +71,8 @@ EVALUATION_SCHEMA = {
     "copy_share_high": pl.Float64, "recovery": pl.Float64, "recovery_lower": pl.Float64, "recovery_low": pl.Float64,
     "recovery_high": pl.Float64, "utility": pl.Float64, "u_weak": pl.Float64, "u_strong": pl.Float64,
     "recovery_penalised": pl.Float64, "raw_winrate": pl.Float64, "canonical": pl.Boolean, "verified": pl.Boolean,
-    "verification": pl.String, "certified": pl.Boolean, "confirmed": pl.Boolean, "reasons": pl.List(pl.String),
+    "verification": pl.String, "certified": pl.Boolean, "confirmed": pl.Boolean, "stopped": pl.Boolean,
+    "stopped_at": pl.Int64, "reasons": pl.List(pl.String),
     "created": pl.String, "commit": pl.String,
 }  # fmt: skip
 
@@ -108,6 +109,7 @@ def evaluation_row(ev: Evaluation, others: Iterable[Evaluation] = ()) -> dict:
         "u_strong": c.u_strong if c else None, "recovery_penalised": c.recovery_penalised if c else None,
         "raw_winrate": s.raw_winrate if s else None, "canonical": ev.canonical, "verified": ev.verified,
         "verification": ev.check.reason, "certified": ev.certified, "confirmed": bool(conf and conf.certified),
+        "stopped": ev.stopped is not None, "stopped_at": ev.stopped.n if ev.stopped else None,
         "reasons": ev.reasons(), "created": ev.header.created,
         "commit": ev.header.code.commit if ev.header.code else None,
     }  # fmt: skip

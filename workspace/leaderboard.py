@@ -27,15 +27,15 @@ from .frames import evaluations_frame, load_all_evaluations
 from .policies import family
 from .stats import BAR, Interval
 
-CERTIFIED, BELOW_BAR, NOT_CANONICAL, UNVERIFIED, BASELINE = (
-    "certified", "below bar", "not canonical", "unverified", "baseline")  # fmt: skip
+CERTIFIED, BELOW_BAR, NOT_CANONICAL, UNVERIFIED, STOPPED, BASELINE = (
+    "certified", "below bar", "not canonical", "unverified", "stopped", "baseline")  # fmt: skip
 
 
 @dataclass(frozen=True)
 class LeaderboardEntry:
     """One evaluation's numbers as recomputed from its record, and where it stands."""
 
-    status: str  # certified | below bar | not canonical | unverified | baseline
+    status: str  # certified | below bar | not canonical | unverified | stopped (early stopping) | baseline
     policy: str
     evaluation: str | None  # record id (None for the definitional baselines)
     f_weak: float | None
@@ -93,6 +93,7 @@ class Leaderboard:
     baselines: tuple[LeaderboardEntry, ...]
     skipped: tuple[tuple[str, str], ...] = ()  # (evaluation id, why it could not be read)
     unverified: tuple[LeaderboardEntry, ...] = ()
+    stopped: tuple[LeaderboardEntry, ...] = ()  # ended by the early stopping rule: numbers on their first prompts
 
     @property
     def best(self) -> LeaderboardEntry | None:
@@ -106,7 +107,7 @@ class Leaderboard:
     @property
     def evaluations(self) -> tuple[LeaderboardEntry, ...]:
         """Every evaluation entry (baselines excluded)."""
-        return self.certified + self.below_bar + self.non_canonical + self.unverified
+        return self.certified + self.below_bar + self.non_canonical + self.unverified + self.stopped
 
     @property
     def benchmarks(self) -> tuple[str, ...]:
@@ -119,7 +120,7 @@ class Leaderboard:
         pick = lambda entries: tuple(e for e in entries if e.benchmark == benchmark)  # noqa: E731
         return replace(
             self, certified=pick(self.certified), below_bar=pick(self.below_bar),
-            non_canonical=pick(self.non_canonical), unverified=pick(self.unverified),
+            non_canonical=pick(self.non_canonical), unverified=pick(self.unverified), stopped=pick(self.stopped),
             baselines=pick(self.baselines) or baselines_for(benchmark),
         )  # fmt: skip
 
@@ -129,7 +130,7 @@ class Leaderboard:
             "benchmarks": list(self.benchmarks),
             **{
                 k: [e.to_json() for e in getattr(self, k)]
-                for k in ("certified", "below_bar", "non_canonical", "unverified")
+                for k in ("certified", "below_bar", "non_canonical", "unverified", "stopped")
             },  # fmt: skip
             "baselines": [e.to_json() for e in self.baselines],
             "skipped": [{"evaluation": i, "error": e} for i, e in self.skipped],
@@ -174,6 +175,8 @@ def scoring_sentence(benchmark: str) -> str:
 def _status(row: dict) -> str:
     if row["certified"]:
         return CERTIFIED
+    if row["stopped"]:
+        return STOPPED
     if not row["verified"]:
         return UNVERIFIED
     return BELOW_BAR if row["canonical"] else NOT_CANONICAL
@@ -235,7 +238,8 @@ def build_leaderboard(
     key = lambda e: (names.index(e.benchmark), *_order(e))  # noqa: E731
     pick = lambda status: tuple(sorted((e for e in entries if e.status == status), key=key))  # noqa: E731
     return Leaderboard(bar=BAR, certified=tuple(ranked), below_bar=pick(BELOW_BAR), non_canonical=pick(NOT_CANONICAL),
-                       baselines=tuple(baselines), skipped=tuple(skipped), unverified=pick(UNVERIFIED))  # fmt: skip
+                       baselines=tuple(baselines), skipped=tuple(skipped), unverified=pick(UNVERIFIED),
+                       stopped=pick(STOPPED))  # fmt: skip
 
 
 def get_leaderboard(findings: Iterable[Finding] | None = None) -> Leaderboard:

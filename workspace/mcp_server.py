@@ -55,7 +55,7 @@ from .policies.source_check import PolicySourceError, check_policy_source
 from .records.log import StoreError, read_record
 from .records.schema import header_of
 from .reuse import ContinuationStore
-from .stats import BAR, FLOOR
+from .stats import BAR, FLOOR, StatsError, StopRule
 
 T = TypeVar("T")
 HOST = "127.0.0.1"
@@ -65,7 +65,7 @@ PROGRESS_EVERY_S = 1.0
 # Errors that mean "the request cannot be done as asked": the agent sees the message. Anything else is a bug and
 # reaches the agent as the SDK's generic tool error (with the traceback in the server's log).
 EXPECTED = (PolicyError, DataError, EvaluationError, FindingError, StoreError, EndpointError, ClientError, BudgetError,
-            PolicySourceError, HeadroomError)  # fmt: skip
+            PolicySourceError, HeadroomError, StatsError)  # fmt: skip
 
 INSTRUCTIONS = """\
 Collaborative decoding research: a weak model writes, a deferral policy hands spans to a strong model, and the
@@ -319,22 +319,34 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
             ),
         ] = "canonical",
         benchmark: Annotated[str, Field(description=BENCHMARK_HELP)] = DEFAULT,
+        stop_below: Annotated[
+            float | None,
+            Field(
+                description="early stopping: stop once the first prompts show the recovery is below this target "
+                "(e.g. 0.98, the bar); a stopped evaluation is never certified and is charged only the prompts "
+                "it ran"
+            ),
+        ] = None,
     ) -> dict[str, Any]:
         """Run the engine and the benchmark's scorer (alpaca_eval: the judge; humaneval: the unit tests) on a policy
         and return the evaluation: its id, benchmark, f_weak, utility, U_weak, U_strong and recovery with 95%
-        intervals, how many prompts were scored, errors, and whether it is certified. Resumes (and for a finished
-        one, only reads) the record of the same policy, code, benchmark and prompts. Reports progress."""
+        intervals, how many prompts were scored, errors, whether it was stopped early (`stopped`: after how many
+        prompts, why) and whether it is certified. Resumes (and for a finished one, only reads) the record of the
+        same policy, code, benchmark and prompts. Reports progress."""
         with _tool_errors():
             bench = benchmarks.get(benchmark)
             pol = resolve_policy(policy, config.policies)
             ps, settings = resolve_prompts(bench, prompts, files=False), eval_settings(bench.name)  # never a file
+            stop = None if stop_below is None else StopRule(stop_below)
             if config.budget is not None:
                 config.budget.spend(len(ps))
             async with setup() as s:
                 ev = await _with_progress(
-                    ctx, lambda cb: evaluate(pol, ps, s, settings, progress=False, on_progress=cb),
+                    ctx, lambda cb: evaluate(pol, ps, s, settings, progress=False, on_progress=cb, stop=stop),
                     progress_phases(bench.name), len(ps),
                 )  # fmt: skip
+            if config.budget is not None and ev.stopped is not None:
+                config.budget.refund(len(ps) - ev.stopped.n)
             return ev.to_json()
 
     @mcp.tool()

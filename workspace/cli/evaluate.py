@@ -19,6 +19,8 @@ from .options import (
     reuse_option,
     reuse_store,
     run_closing,
+    stop_options,
+    stop_rule,
     submitted_as_job,
     url_options,
     urls,
@@ -96,6 +98,8 @@ def show_evaluation(ev) -> None:
         rows.append(("raw winrate (no length control)", num(s.raw_winrate if s else None)))
         rows.append(("recovery with alpaca_eval's penalised LC", num(c.recovery_penalised if c else None)))
     rows.append(("judged" if judged else "tested", f"{s.n if s else 0} of {ev.n}"))
+    if ev.stopped is not None:
+        rows.append(("stopped early", f"[yellow]after {ev.stopped.n} of {ev.n} prompts[/] (why: below)"))
     rows.append(("verified", "[green]yes[/]" if ev.verified else "[yellow]no[/] (why: below)"))
     reasons = ev.reasons()
     rows.append(("certified", "[green]yes[/]" if not reasons else "[yellow]no[/] (why: below)"))
@@ -124,14 +128,15 @@ def _run_evaluations(spec: str, kw: dict, grid: bool = False):
     from ..policies import PolicyError
     from ..records.log import StoreError
 
+    stop = stop_rule(kw)
     prompts = prompt_set(kw)
     setup, settings = eval_setup(kw)
 
     async def run():
         try:
             if grid:
-                return [p.evaluation for p in await sweep(spec, prompts, setup, settings)]
-            return [await evaluate(spec, prompts, setup, settings)]
+                return [p.evaluation for p in await sweep(spec, prompts, setup, settings, stop=stop)]
+            return [await evaluate(spec, prompts, setup, settings, stop=stop)]
         finally:
             await setup.close()
 
@@ -144,6 +149,7 @@ def _run_evaluations(spec: str, kw: dict, grid: bool = False):
 @click.command("eval")
 @click.option("--policy", "spec", required=True, help="policy spec, e.g. 'margin(tau=0.05, span=sentence)'")
 @click.option("--json", "as_json", is_flag=True, help="print the numbers as JSON")
+@stop_options
 @prompt_options
 @url_options
 @job_options
@@ -151,7 +157,9 @@ def eval_cmd(spec: str, as_json: bool, **kw) -> None:
     """Evaluate a policy: decode, judge against the reference, report f_weak, utility, recovery with 95% CIs.
 
     Running the same evaluation again resumes it (a finished one is read back without calling any server).
-    With --slurm it runs as a SLURM job (a cancelled or pre-empted one resumes the same way).
+    With --slurm it runs as a SLURM job (a cancelled or pre-empted one resumes the same way). With --stop-below R
+    it runs in stages and stops once its first prompts show that its recovery is below R (never certified; run
+    it again without the flag to go on).
     """
     if submitted_as_job(kw):
         return
@@ -167,6 +175,7 @@ def eval_cmd(spec: str, as_json: bool, **kw) -> None:
 @click.command()
 @click.option("--policy", "spec", required=True, help="a spec with lists, e.g. 'margin(tau=[0.02,0.05,0.1])'")
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object per point")
+@stop_options
 @prompt_options
 @url_options
 @job_options
@@ -182,7 +191,7 @@ def sweep(spec: str, as_json: bool, **kw) -> None:
     rows = []
     for e in evs:
         judged = f"{e.summary.n if e.summary else 0}/{e.n}"
-        cert = "[green]yes[/]" if e.certified else "no"
+        cert = "[green]yes[/]" if e.certified else f"no (stopped at {e.stopped.n})" if e.stopped else "no"
         rows.append([e.policy, _ci(e, "f_weak"), _ci(e, "recovery"), _ci(e, "utility"), judged, cert, e.id])
     numbers = [Column(c, wrap=False) for c in ("f_weak", "recovery", "utility", "judged")]
     show(console, f"sweep {spec} · {evs[0].prompts} (n={evs[0].n})",

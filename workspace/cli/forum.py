@@ -176,6 +176,9 @@ def leaderboard_cmd(as_json: bool, benchmark: str | None) -> None:
         if b.unverified:
             _show_board(f"{name}: unverified (not certified whatever their numbers)", b.unverified, utility=u,
                         code=code)  # fmt: skip
+        if b.stopped:
+            _show_board(f"{name}: stopped early (cannot reach the target; numbers on the prompts run)", b.stopped,
+                        utility=u, code=code)  # fmt: skip
     for rid, why in board.skipped:
         console.print(f"[yellow]warning: evaluation {rid} cannot be read: {why}[/]", soft_wrap=False)
 

@@ -146,6 +146,29 @@ def take_slurm_options(kw: dict, slurm: bool):
 BENCHMARK_NAMES = list(names())
 
 
+def stop_options(f):
+    """--stop-below: end an evaluation once its first prompts show its recovery is below a target."""
+    return click.option(
+        "--stop-below", "stop_below", type=float, default=None, metavar="RECOVERY",
+        help="early stopping: run the prompts in stages and stop once the recovery is shown to be below RECOVERY "
+        "(e.g. 0.98, the bar); a policy truly at RECOVERY is stopped in at most 5%% of evaluations (README: Early "
+        "stopping). A stopped evaluation is never certified; run it again without this flag to go on",
+    )(f)  # fmt: skip
+
+
+def stop_rule(kw: dict):
+    """The early stopping rule --stop-below names (None without it), taken out of `kw`."""
+    from ..stats import StatsError, StopRule
+
+    target = kw.pop("stop_below")
+    if target is None:
+        return None
+    try:
+        return StopRule(target)
+    except StatsError as e:
+        fail(f"--stop-below: {e}")
+
+
 def prompt_options(f):
     """Which prompts: the canonical set (default), the first N of it, or a JSONL file."""
     f = click.option("--prompts", "prompts_file", default=None, metavar="FILE.jsonl", help="a JSONL prompt set")(f)

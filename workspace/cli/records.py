@@ -19,15 +19,18 @@ from .options import console, fail, run_closing, url_options, urls
 @url_options
 def verify(evaluation_id: str, replay_k: int, as_json: bool, **kw) -> None:
     """Check an evaluation record offline: ids, signatures and trusted key, texts vs segments, verdicts vs the
-    texts they judged, baselines, and how many of its prompts it holds (and its writer sessions). Exit 0 when it
-    verifies and is complete, 1 with the reasons when it does not."""
+    texts they judged, baselines, and how many of its prompts it holds (and its writer sessions). An evaluation the
+    early stopping rule ended holds only the prompts it ran: the stop is taken again on its results. Exit 0 when it
+    verifies and is complete (or stopped, by a stop that follows from its results), 1 with the reasons when not."""
     from ..records.verify import check
 
     c = check("evaluation", evaluation_id)
     out = {"evaluation_id": evaluation_id, "valid": c.valid, "verified": c.verified, "reason": c.reason,
            "problems": list(c.problems), "signed_by": c.signed_by, "trusted_by": c.trusted_by,
            "coverage": c.coverage.to_json() if c.coverage else None}  # fmt: skip
-    complete = c.coverage is not None and c.coverage.complete
+    stopped, stop_problem = _stopped(evaluation_id) if c.valid else (None, None)
+    out["stopped"], out["stop_problem"] = stopped, stop_problem
+    complete = c.coverage is not None and (c.coverage.complete or (stopped is not None and stop_problem is None))
     ok = c.verified and complete
     if replay_k:
         from ..endpoints import EndpointError
@@ -52,6 +55,11 @@ def verify(evaluation_id: str, replay_k: int, as_json: bool, **kw) -> None:
         if c.coverage is not None:
             mark = "[green]✓[/]" if complete else "[red]✗[/]"
             console.print(f"{mark} {c.coverage.describe()}")
+        if stopped is not None:
+            mark, why = ("[green]✓[/]", "the stop follows from its results") if stop_problem is None else \
+                ("[red]✗[/]", stop_problem)  # fmt: skip
+            console.print(f"{mark} stopped early after {stopped['n']} of {stopped['of']} prompts: {stopped['reason']}; "
+                          f"{why}")  # fmt: skip
         if "replay" in out:
             r = out["replay"]
             if r["policy_changed"]:
@@ -62,6 +70,22 @@ def verify(evaluation_id: str, replay_k: int, as_json: bool, **kw) -> None:
             for m in r["mismatches"]:
                 console.print(f"  [red]-[/] {m['prompt_id']}: {m['what']}")
     sys.exit(0 if ok else 1)
+
+
+def _stopped(evaluation_id: str) -> tuple[dict | None, str | None]:
+    """The stopped line that ended the evaluation (None: not stopped) and why it does not follow from the record's
+    results (None: it does)."""
+    from ..evaluate import EvaluationError, load_evaluation
+    from ..records.log import StoreError
+    from ..records.schema import to_fields
+
+    try:
+        ev = load_evaluation(evaluation_id)
+    except (EvaluationError, StoreError):
+        return None, None  # the offline checks above say what is wrong with it
+    if ev.stopped is None:
+        return None, None
+    return to_fields(ev.stopped), ev.stop_problem()
 
 
 @click.command()

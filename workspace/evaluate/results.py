@@ -19,8 +19,19 @@ from ..format import pair
 from ..judge import Preference
 from ..records import verify
 from ..records.log import Record, StoreError, list_records, read_record
-from ..records.schema import Event, Header, SchemaError, TestRun, event_of, header_of
-from ..stats import Certification, PairedSample, PassSample, StatsError, Summary, summarize, summarize_pass
+from ..records.schema import Event, Header, SchemaError, Stopped, TestRun, event_of, header_of, to_fields
+from ..stats import (
+    Certification,
+    Look,
+    PairedSample,
+    PassSample,
+    StatsError,
+    StopRule,
+    Summary,
+    look_order,
+    summarize,
+    summarize_pass,
+)
 from .setup import EvalSettings, EvaluationError
 
 
@@ -246,6 +257,7 @@ class Evaluation:
     summary: Summary | None  # over the complete examples; None when there are none
     timings: dict[str, float]
     note: str = ""  # why there are no numbers although examples were judged (e.g. too few for length control)
+    stops: tuple[Stopped, ...] = ()  # the early stopping rule's `stopped` lines, in the order written
 
     @property
     def policy(self) -> str:
@@ -261,11 +273,47 @@ class Evaluation:
 
     @property
     def errors(self) -> list[tuple[str, str]]:
-        return [(e.prompt_id, e.error) for e in self.examples if e.error]
+        """(prompt id, why it has no numbers); a stopped evaluation's prompts after the stop are not errors."""
+        stopped = self.stopped is not None
+        return [(e.prompt_id, e.error) for e in self.examples if e.error and not (stopped and e.candidate is None)]
 
     @property
     def complete(self) -> bool:
-        return not self.errors
+        return not self.errors and self.stopped is None
+
+    @cached_property
+    def stopped(self) -> Stopped | None:
+        """The `stopped` line that ended this evaluation, None when it was not stopped (or was run on after a stop:
+        then more prompts were decoded than the line looked at)."""
+        if not self.stops:
+            return None
+        last = self.stops[-1]
+        return last if sum(e.candidate is not None for e in self.examples) == last.n else None
+
+    def stopped_by(self, rule: StopRule) -> bool:
+        """Whether this evaluation stands stopped by this very rule."""
+        return self.stopped is not None and self.stopped.rule == rule.to_json()
+
+    def look(self, rule: StopRule, n: int) -> Look | None:
+        """The stop rule's look after the first `n` prompts of its order (`workspace.stats.look_order`), taken on
+        this record's results; None when one of those prompts has no numbers (a look sees whole samples only)."""
+        first = [self.examples[i] for i in look_order([e.prompt_id for e in self.examples])[:n]]
+        if len(first) < n or any(e.error for e in first):
+            return None
+        return rule.look([e.sample() for e in first], self.n)
+
+    def stop_problem(self) -> str | None:
+        """Why the `stopped` line does not follow from the record's results (None: it does, or there is none)."""
+        s = self.stopped
+        if s is None:
+            return None
+        try:
+            look = self.look(StopRule.from_json(s.rule), s.n)
+        except StatsError as e:
+            return f"its stopped line names no look the rule takes: {e}"
+        if look is None or not look.stop or look.look != s.look or look.of != s.of:
+            return "its stopped line does not follow from its results (the rule, taken again, does not stop there)"
+        return None
 
     @property
     def certification(self) -> Certification | None:
@@ -297,6 +345,10 @@ class Evaluation:
     def reasons(self) -> list[str]:
         """Why it is not certified, each in plain words (empty: certified)."""
         out = self.canonical_problems()
+        if self.stopped is not None:
+            out.append(f"stopped early ({self.stopped.n} of {self.n} prompts run): {self.stopped.reason}")
+            if problem := self.stop_problem():
+                out.append(problem)
         if self.errors:
             out.append(f"{len(self.errors)} of {self.n} example(s) have no numbers (see errors)")
         if not self.check.verified:
@@ -358,6 +410,7 @@ class Evaluation:
                 **({k: pair(v) for k, v in c.ci.items()} if c else {}),
             },  # fmt: skip
             "canonical": self.canonical,
+            "stopped": None if self.stopped is None else to_fields(self.stopped),
             "errors": [{"prompt_id": p, "error": e} for p, e in self.errors],
             "note": self.note,
             "created": self.header.created,
@@ -399,7 +452,13 @@ def build(eid: str, rec: Record, base: Baselines, settings: EvalSettings) -> Eva
             summary = how(ok, n_boot=settings.n_boot, seed=settings.seed)
         except StatsError as e:  # e.g. one judged prompt: the record stays readable, without numbers
             note = str(e)
-    return Evaluation(eid, header, base, tuple(examples), summary, {**base.timings, **timings(events)}, note)
+    stops = tuple(e for e in events if isinstance(e, Stopped))
+    return Evaluation(eid, header, base, tuple(examples), summary, {**base.timings, **timings(events)}, note, stops)
+
+
+def stopped_line(look: Look) -> Stopped:
+    """The record line of a look that stops an evaluation."""
+    return Stopped(**{k: v for k, v in look.to_json().items() if k != "stop"})
 
 
 def load_evaluation(evaluation_id: str, settings: EvalSettings | None = None) -> Evaluation:

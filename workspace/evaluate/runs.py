@@ -12,9 +12,10 @@ from ..policies import Policy, PolicyError, load_policy
 from ..records import aliases
 from ..records.log import RecordWriter, read_record
 from ..records.schema import Generation, Header, Test, Verdict, digest, to_fields
+from ..stats import StopRule, look_order
 from .baselines import baselines_header, ensure_baselines
 from .phases import OnProgress, Progress, TestPhase, decode_phase, judge_phase
-from .results import Evaluation, build, latest, load_evaluation, read_baselines, read_existing, typed
+from .results import Evaluation, build, latest, load_evaluation, read_baselines, read_existing, stopped_line, typed
 from .setup import EvalSettings, EvaluationError, Setup, code_version, now
 
 
@@ -54,14 +55,22 @@ async def evaluate(
     progress: bool = True,
     judge: bool = True,
     on_progress: OnProgress | None = None,
+    stop: StopRule | None = None,
 ) -> Evaluation:
     """Evaluate a policy on a prompt set, resuming its record if it exists; returns the recomputed numbers.
 
     `on_progress(phase, done, total)` is called as work is recorded (phases: reference, weak, weak_preference,
     generation, preference); `progress` shows bars. `judge=False` stops after the candidate's decodes (see
     `generate`); `evaluate_generations` judges them later.
+
+    `stop` (a `workspace.stats.StopRule`): run the prompts in the rule's order, in stages that end at its looks, and
+    end the evaluation at the first look that shows the policy cannot reach the rule's target recovery; the record
+    then holds a `stopped` line (the look, its numbers, why) and the evaluation is never certified. Run again with
+    the same rule, a stopped evaluation is read back; without a rule (or with another), it goes on.
     """
     settings = settings or EvalSettings()
+    if stop is not None and not judge:
+        raise EvaluationError("early stopping looks at scores: it needs the answers judged (judge=True)")
     pol, spec, source = policy_identity(policy)
     eid = await evaluation_id(pol, prompts, setup, settings)
     if read_record("evaluations", eid) is not None:
@@ -69,10 +78,9 @@ async def evaluate(
             ev = load_evaluation(eid, settings)
         except EvaluationError:
             ev = None  # e.g. its baselines are unfinished: the run below completes them
-        if ev is not None and ev.complete:
+        if ev is not None and (ev.complete or (stop is not None and ev.stopped_by(stop))):
             return ev  # nothing to do: no server is asked anything
     base = await ensure_baselines(prompts, setup, settings, progress, on_progress)
-    prog = Progress(on_progress, progress)
     header = msgspec.structs.replace(base.header, kind="evaluation", policy=spec, policy_source_hash=source,
                                      baselines=base.id, created=now(), servers=None, code=code_version(),
                                      decoding=await setup.decoding(judge=settings.needs_judge))  # fmt: skip
@@ -81,56 +89,104 @@ async def evaluate(
         old = typed(existing)[0]
         header = msgspec.structs.replace(header, created=old.created, code=old.code, decoding=old.decoding,
                                          policy_source_hash=old.policy_source_hash)  # fmt: skip
-    by_base = {e.prompt_id: e for e in base.examples}
+    stages = _stages(prompts, stop)
+    staged = _StagedProgress(on_progress, len(prompts)) if on_progress and len(stages) > 1 else None
+    prog = Progress(staged or on_progress, progress)
     with RecordWriter("evaluations", eid, {"type": "header", **to_fields(header)}) as w:
-        events = typed(w.record)[1]
-        gens = {k: v for k, v in latest(events, "generation").items() if v.decode.get("error") is None}
-        todo = [p for p in prompts if p.id not in gens]
-        if not settings.needs_judge:
-            return await _decode_and_test(w, eid, pol, spec, prompts, todo, gens, base, setup, settings, prog, judge)
-        await decode_phase(w, Generation, pol, todo, setup, settings, prog, f"decode {spec}", gens)
-        if not judge:
-            return build(eid, w.record_now(), base, settings)
-        prefs = latest(typed(w.record_now())[1], "preference")
-        pairs, reuse = [], {}
-        for p in prompts:
-            b = by_base[p.id]
-            if p.id not in gens or b.reference is None or (p.id in prefs and not prefs[p.id].error):
-                continue
-            text = gens[p.id].decode["text"]
-            if b.weak and text == b.weak.text and b.weak_preference and not b.weak_preference.error:
-                reuse[p.id] = b.weak_preference  # never-defer is exactly the weak baseline
-            pairs.append((p.id, p.instruction, text, b.reference))
-        await judge_phase(w, Verdict, Judge(setup.judge, settings.judge), pairs, prog,
-                          "judge candidate vs reference", reuse)  # fmt: skip
-        result = build(eid, w.record_now(), base, settings)
-        w.append("summary", comment="for people reading this file; readers recompute it", **result.numbers())
+        for stage in stages:
+            if staged:
+                staged.stage(len(stage))
+            await _run_stage(w, pol, spec, stage, base, setup, settings, prog, judge)
+            result = build(eid, w.record_now(), base, settings)
+            look = result.look(stop, len(stage)) if stop is not None and len(stage) < len(prompts) else None
+            if look is not None and look.stop:
+                if not result.stopped_by(stop):  # a rerun of a stopped evaluation adds no second line
+                    w.append("stopped", **to_fields(stopped_line(look)))
+                    result = build(eid, w.record_now(), base, settings)
+                break
+        if judge:
+            w.append("summary", comment="for people reading this file; readers recompute it", **result.numbers())
     return result  # its offline checks (`result.check`) run when first asked: after the record is signed
 
 
+def _stages(prompts: PromptSet, stop: StopRule | None) -> list[list[Prompt]]:
+    """The prompts each stage has run by its end: all of them at once, or, with a stop rule, the first n_k of its
+    order for each look, then all of them."""
+    if stop is None:
+        return [list(prompts)]
+    order = [prompts.prompts[i] for i in look_order(prompts.ids)]
+    return [order[:n] for n in stop.schedule(len(prompts))] + [order]
+
+
+class _StagedProgress:
+    """Progress counted over the whole evaluation when it runs in stages (each stage's phases count from 0 again):
+    the work of earlier stages counts as done, the prompts of later stages as still to do."""
+
+    def __init__(self, on_progress: OnProgress, n: int):
+        self.on_progress, self.n, self.later = on_progress, n, 0
+        self.offset: dict[str, int] = {}
+        self.current: dict[str, int] = {}
+
+    def stage(self, size: int) -> None:
+        """A stage that ends with `size` prompts run starts."""
+        self.later = self.n - size
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if done == 0 and phase in self.current:  # the phase starts again, in a later stage
+            self.offset[phase] = self.offset.get(phase, 0) + self.current.pop(phase)
+        self.current[phase] = total
+        base = self.offset.get(phase, 0)
+        self.on_progress(phase, base + done, base + total + self.later)
+
+
+async def _run_stage(
+    w: RecordWriter, pol: Policy, spec: str, stage: list[Prompt], base, setup: Setup, settings: EvalSettings,
+    prog: Progress, score: bool,
+) -> None:  # fmt: skip
+    """Decode and score (judge, or test) the prompts of `stage` that the record does not hold results for yet."""
+    gens = {k: v for k, v in latest(typed(w.record_now())[1], "generation").items() if v.decode.get("error") is None}
+    todo = [p for p in stage if p.id not in gens]
+    if not settings.needs_judge:
+        return await _decode_and_test(w, pol, spec, stage, todo, gens, base, setup, settings, prog, score)
+    await decode_phase(w, Generation, pol, todo, setup, settings, prog, f"decode {spec}", gens)
+    if not score:
+        return
+    by_base = {e.prompt_id: e for e in base.examples}
+    prefs = latest(typed(w.record_now())[1], "preference")
+    pairs, reuse = [], {}
+    for p in stage:
+        b = by_base[p.id]
+        if p.id not in gens or b.reference is None or (p.id in prefs and not prefs[p.id].error):
+            continue
+        text = gens[p.id].decode["text"]
+        if b.weak and text == b.weak.text and b.weak_preference and not b.weak_preference.error:
+            reuse[p.id] = b.weak_preference  # never-defer is exactly the weak baseline
+        pairs.append((p.id, p.instruction, text, b.reference))
+    await judge_phase(w, Verdict, Judge(setup.judge, settings.judge), pairs, prog,
+                      "judge candidate vs reference", reuse)  # fmt: skip
+
+
 async def _decode_and_test(
-    w, eid: str, pol: Policy, spec: str, prompts: PromptSet, todo: list[Prompt], gens: dict, base,
-    setup: Setup, settings: EvalSettings, prog: Progress, test: bool,
-) -> Evaluation:  # fmt: skip
+    w, pol: Policy, spec: str, stage: list[Prompt], todo: list[Prompt], gens: dict, base, setup: Setup,
+    settings: EvalSettings, prog: Progress, test: bool,
+) -> None:  # fmt: skip
     """A benchmark scored alone: decode, each answer scored as soon as it is written; reuses the
     baselines' result for an answer identical to the weak or the reference answer."""
     if not test:
         await decode_phase(w, Generation, pol, todo, setup, settings, prog, f"decode {spec}", gens)
-        return build(eid, w.record_now(), base, settings)
+        return
+    ids = {p.id for p in stage}
     tested = {k for k, v in latest(typed(w.record_now())[1], "test").items() if v.error is None}
     reuse = {b.prompt_id: [(t, r) for t, r in ((b.weak.text if b.weak else None, b.weak_test),
                                                 (b.reference, b.reference_test)) if t is not None and r]
              for b in base.examples}  # fmt: skip
     bench = settings.bench
-    tests = TestPhase(w, Test, prog, "tests: candidate", len(prompts) - len(tested), bench, bench.pool(), reuse)
+    tests = TestPhase(w, Test, prog, "tests: candidate", len(ids - tested), bench, bench.pool(), reuse)
     for pid, g in gens.items():  # resuming: generations on record not tested yet
-        if pid not in tested:
+        if pid in ids and pid not in tested:
             tests.submit(pid, g.decode["text"])
     await decode_phase(w, Generation, pol, todo, setup, settings, prog, f"decode {spec}", gens, tests)
     await tests.finish()
-    result = build(eid, w.record_now(), base, settings)
-    w.append("summary", comment="for people reading this file; readers recompute it", **result.numbers())
-    return result
 
 
 async def generate(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from ..benchmarks import PromptSet
 from ..policies import Policy, PolicyError, expand_spec, load_policy
+from ..stats import StopRule
 from .baselines import ensure_baselines
 from .phases import OnProgress
 from .results import Baselines, Evaluation
@@ -69,6 +70,7 @@ async def sweep(
     on_baselines: Callable[[Baselines], None] | None = None,
     concurrent: bool = False,
     strict: bool = True,
+    stop: StopRule | None = None,
 ) -> list[SweepPoint]:
     """Evaluate every point of a policy grid on the same prompts; returns the points in grid order.
 
@@ -79,7 +81,8 @@ async def sweep(
     Progress: `progress` shows tqdm bars; `on_progress(phase, done, total)` is called as work is recorded (by the
     baselines and every point); `on_baselines(baselines)` once they are ready; `on_point(point)` as each point
     ends. `strict`: the first error raises; otherwise a point that fails keeps its error and never stops the
-    others (a failure of the baselines still raises: no point can run without them).
+    others (a failure of the baselines still raises: no point can run without them). `stop`: every point runs under
+    this early stopping rule (`evaluate`'s `stop`).
     """
     settings = settings or EvalSettings()
     points = sweep_points(specs, strict)
@@ -97,7 +100,8 @@ async def sweep(
 
     async def one(p: SweepPoint) -> None:
         try:
-            p.evaluation = await evaluate(p.policy, prompts, setup, settings, progress, on_progress=on_progress)
+            p.evaluation = await evaluate(p.policy, prompts, setup, settings, progress, on_progress=on_progress,
+                                          stop=stop)  # fmt: skip
         except Exception as e:
             if strict:
                 raise

@@ -284,6 +284,9 @@ def leaderboard_html(board: Leaderboard | None = None, benchmark: str | None = N
         out += table("Canonical, below the bar", b.below_bar, False)
         out += table("Not canonical (other prompts, models or settings)", b.non_canonical, False)
         out += table("Unverified (edited, unsigned or signed by an untrusted key)", b.unverified, False)
+        if b.stopped:
+            stopped = "Stopped early (shown unable to reach the target; numbers on the prompts run)"
+            out += table(stopped, b.stopped, False)
     if board.skipped:
         out += error_box("unreadable records: " + "; ".join(f"{i}: {why}" for i, why in board.skipped))
     return out

@@ -152,6 +152,22 @@ class SummaryNote(_Line, tag="summary", forbid_unknown_fields=False):
     comment: str = ""
 
 
+class Stopped(_Line, tag="stopped"):
+    """The early stopping rule ended the evaluation (`workspace/stats/stopping.py`): at which look, after how many
+    prompts of its order, with what numbers and why. Readers never take it on trust: they take the look again on the
+    record's own results and report a stopped line that does not follow from them."""
+
+    look: int
+    n: int  # prompts looked at (the first n of the rule's order)
+    of: int  # prompts in the set
+    alpha: float  # the look's share of the rule's alpha
+    recovery: float | None  # on those n prompts (None: no gap)
+    upper: float | None  # the one-sided upper bound of recovery (None: +inf)
+    target: float
+    rule: dict[str, Any]  # workspace.stats.StopRule.to_json()
+    reason: str
+
+
 class Signature(_Line, tag="signature"):
     key: str
     sha256: str
@@ -169,6 +185,7 @@ Event = (
     | Test
     | Timing
     | SummaryNote
+    | Stopped
     | Signature
 )
 
