@@ -96,3 +96,34 @@ def test_bad_arguments_are_clear_errors(urls, env):
     assert r.exit_code != 0 and "choose one" in r.output
     r = cdw("eval", "--policy", "never", "--prompts", env.parent / "missing.jsonl", *flags)
     assert r.exit_code != 0 and "missing.jsonl" in r.output
+
+
+@pytest.mark.parametrize("width", (80, 160))
+def test_search_shows_each_decision_and_reads_back(urls, tmp_path, width):
+    flags, _ = urls
+    for name, k in (("train", 10), ("test", 5)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"instruction": f"{name} {i}: do it."}) + "\n"
+                                                        for i in range(k)))  # fmt: skip
+    args = ["search", "--policy", "never", "--policy", "top1(tau=[0.1, 0.5], span=punct)", "--n0", 5, "--on",
+            tmp_path / "train.jsonl", "--final", tmp_path / "test.jsonl", "--max-tokens", 120, *flags]  # fmt: skip
+    r = CliRunner().invoke(main, [str(a) for a in args], env={"COLUMNS": str(width)})
+    assert r.exit_code == 0, r.output
+    assert_fits(r.stdout, width, ["rung 1 of 2 · train[:5] (n=5)", "rung 2 of 2 · train (n=10)"])
+    assert "search of 3 candidates" in r.stdout and "at most 6 evaluations, 40 prompts" in r.stdout
+    out = json.loads(cdw(*args, "--json").stdout)  # the same search: read back
+    assert [len(x["candidates"]) for x in out["rungs"]] == [3, 2] and out["final"][0]["n"] == 5
+    assert out["choice"] == out["rungs"][-1]["kept"][0] and f"choice {out['choice']}" in r.stdout
+    assert out["record"] == f"records/searches/{out['search_id']}.jsonl"
+
+
+def test_search_and_stop_arguments_are_clear_errors(urls, env):
+    flags, _ = urls
+    r = cdw("search", "--policy", "never", "--benchmark", "alpaca_eval", *flags)
+    assert r.exit_code != 0 and "no fixed halves" in r.output
+    r = cdw("search", "--policy", "never", "--on", env, "--final", env, *flags)
+    assert r.exit_code != 0 and "held out" in r.output
+    r = cdw("search", "--policy", "never", "--policy", "always", "--on", env, "--final", env.parent / "x.jsonl",
+            "--n0", 3, *flags)  # fmt: skip
+    assert r.exit_code != 0 and "x.jsonl" in r.output
+    r = cdw("eval", "--policy", "never", "--prompts", env, "--stop-below", "nan", *flags)
+    assert r.exit_code != 0 and "--stop-below" in r.output

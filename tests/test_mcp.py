@@ -30,7 +30,7 @@ from workspace import charts, forum, leaderboard
 from workspace.benchmarks import alpaca_eval
 from workspace.client import ModelClient
 from workspace.endpoints import Endpoint
-from workspace.evaluate import EngineSettings, Setup, evaluate, generate, load_evaluation
+from workspace.evaluate import EngineSettings, Setup, evaluate, generate, load_evaluation, rederive
 from workspace.records.log import record_path
 
 pytestmark = pytest.mark.slow
@@ -43,6 +43,7 @@ TOOLS = {
     "get_leaderboard",
     "get_headroom",
     "evaluate_policy",
+    "search_policies",
     "evaluate_generations",
     "share_finding",
     "write_policy",
@@ -267,6 +268,28 @@ async def test_write_policy_saves_checked_files_only_in_its_folder_and_budgets_h
     async with connect(env, *args) as session:  # a new server process: the budget is still spent
         assert "evaluation budget spent" in await refused(session, "evaluate_policy", policy="never", prompts=1)
         assert (await call(session, "list_policies"))["budget_left"] == {"evaluations": 0, "prompts": 0}
+
+
+async def test_a_search_under_a_budget_with_progress_and_its_records(env, tmp_path):
+    usage = tmp_path / "usage.json"
+    grid = ["never", "always(span=[sentence, punct])"]  # 3 candidates on the first N canonical prompts
+    args = {"grid": grid, "on": f"canonical:{N}", "final": "confirmation:5", "n0": N}
+    # rungs: 3 candidates on N prompts, 1 kept; the final: N more prompts; charged as 4 evaluations, 4 N prompts
+    async with connect(env, "--budget-prompts", str(4 * N - 1), "--usage", str(usage)) as session:
+        assert "this search needs 20 prompts" in await refused(session, "search_policies", **args)
+        assert "held out" in await refused(session, "search_policies", **{**args, "final": "canonical:3"})
+        assert "is not allowed" in await refused(session, "search_policies", grid=["../x.py:X(a=[1, 2])"])
+        assert "no fixed halves" in await refused(session, "search_policies", grid=grid)  # alpaca_eval: name them
+    async with connect(env, "--budget-prompts", str(4 * N), "--budget-evals", "4", "--usage", str(usage)) as session:
+        steps: list = []
+        out = await call(session, "search_policies", steps, **args)
+        assert (await call(session, "list_policies"))["budget_left"] == {"evaluations": 0, "prompts": 0}
+    (rung,) = out["rungs"]
+    assert rung["prompts"].endswith(f"[:{N}]") and len(rung["candidates"]) == 3 and len(rung["kept"]) == 1
+    assert out["choice"] == rung["kept"][0] and out["final"][0]["policy"] == out["choice"]
+    assert out["final"][0]["prompts"].startswith("confirmation") and out["final"][0]["n"] == 5
+    assert steps and steps[-1][0] == steps[-1][1] == 2 and "rung 1" in " ".join(m or "" for _, _, m in steps)
+    assert rederive(out["search_id"]) == []
 
 
 async def test_baselines_and_an_evaluation_with_progress_and_intervals(env, prompts):

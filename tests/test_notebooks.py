@@ -252,6 +252,9 @@ def test_learned_router_traces_labels_trains_and_evaluates(code_servers):
     html = outputs(nb, "text/html") + outputs(nb, "application/vnd.vegalite.v5+json") + outputs(nb, "image/png")
     assert "probe(path=" in html and "margin(tau=0.03" in html  # the held-out table lists both policies
     assert "harmful share" in html
+    # the search: its choice evaluated on the test problems, its rungs listed; its record is there
+    assert re.search(r"choice: (margin|probe)\(.*; on test: recovery .* \(search [0-9a-f]{16}\)", text)
+    assert "kept" in html and len(list((Path(os.environ["CDW_RECORDS_DIR"]) / "searches").glob("*.jsonl"))) == 1
 
 
 # ---------------------------------------------------------------- executed against real tiny servers

@@ -1,6 +1,6 @@
 """Early stopping in evaluations and the successive-halving search (`workspace/evaluate/runs.py`'s `stop`,
 `workspace/evaluate/search.py`), end to end against in-test servers on a benchmark defined here: forty sums, scored
-by the last number of the answer. The strong model gets every sum right; the weak one only every fourth, and it is
+by the last number of the answer. The strong model gets every sum right; the weak one only half of them, and it is
 unsure of its wrong answers, some more than others, so a prompt-level cascade's threshold trades f_weak for recovery
 along a known line: `cascade(tau=0.7)` hands over exactly the wrong answers."""
 
@@ -19,7 +19,8 @@ from tests.test_evaluate_humaneval import FAST, ScriptedModel
 from workspace.benchmarks import Outcome, Prompt, PromptSet, TestedBenchmark, base, get, register
 from workspace.client import ModelClient
 from workspace.endpoints import Endpoint
-from workspace.evaluate import EvalSettings, Setup, evaluate, load_evaluation
+from workspace.evaluate import EvalSettings, SearchError, SearchPlan, Setup, evaluate, load_evaluation, rederive, search
+from workspace.evaluate.search import CRITERION, Standing, rank
 from workspace.frames import evaluations_frame
 from workspace.leaderboard import STOPPED, build_leaderboard
 from workspace.records.log import read_record
@@ -30,8 +31,9 @@ N = 24
 SUMS = {f"sums/{i}": (f"What is {i} + {i + 7}? Reply with the number.", 2 * i + 7) for i in range(N)}
 _NUMBER = re.compile(r"-?\d+")
 # The weak model's confidence (the logit of its greedy token, the others at 0) in each of its answers: sure of the
-# right ones (every fourth: mean top-1 probability 0.99), unsure of the wrong ones (0.16, 0.35 or 0.59).
-RIGHT = {pid for i, pid in enumerate(SUMS) if i % 4 == 0}
+# right ones (half, in both halves of the set: mean top-1 probability 0.99), unsure of the wrong ones (0.16, 0.35 or
+# 0.59).
+RIGHT = {pid for i, pid in enumerate(SUMS) if i % 4 in (0, 3)}
 CONFIDENCE = {pid: 9.0 if pid in RIGHT else 3.0 + (i % 3) for i, pid in enumerate(SUMS)}
 
 
@@ -184,3 +186,89 @@ async def test_early_stopping_needs_scores():
 
     with pytest.raises(EvaluationError, match="needs the answers judged"):
         await evaluate("never", PromptSet("x", (Prompt("x/1", "hi"),)), None, None, judge=False, stop=StopRule(0.9))
+
+
+# ---------------------------------------------------------------- the search
+
+
+def test_the_criterion_f_weak_among_those_reaching_the_target_then_utility():
+    def st(spec, f_weak, recovery, utility, errors=0):
+        return Standing(spec, "e", f_weak, recovery, utility, recovery is not None and recovery >= 0.98 and not errors,
+                        errors)  # fmt: skip
+
+    got = rank([st("a", 0.9, 0.5, 0.6), st("b", 0.3, 1.0, 0.8), st("c", 0.5, 0.99, 0.79), st("d", 0.8, None, 0.2),
+                st("e", 0.7, 1.0, 0.8, errors=1), st("f", 0.95, 0.5, 0.6)], keep=3)  # fmt: skip
+    assert [s.rank for s in got] == [4, 2, 1, 5, 6, 3]  # ties in utility: the higher f_weak first
+    assert [s.kept for s in got] == [False, True, True, False, False, True]
+
+
+def test_a_plan_halves_the_candidates_and_grows_the_subset():
+    plan = SearchPlan("humaneval:train", "humaneval:test")
+    assert plan.rungs(8, 82) == [(10, 8, 4), (20, 4, 2), (40, 2, 1)]
+    assert plan.cost(8, 82, 82) == (8 + 4 + 2 + 1, 80 + 80 + 80 + 82)
+    assert plan.rungs(8, 30) == [(10, 8, 4), (20, 4, 2), (30, 2, 1)]  # the rung that reaches the whole split decides
+    assert SearchPlan("a", "b", n0=5, eta=3, finalists=2).rungs(9, 100) == [(5, 9, 3), (15, 3, 2)]
+    assert plan.rungs(1, 82) == [] and plan.cost(1, 82, 82) == (1, 82)  # one candidate: straight to the final
+    for bad in ({"n0": 1}, {"eta": 1}, {"finalists": 0}, {"target": math.nan}, {"eta": 2.5}):
+        with pytest.raises(SearchError):
+            SearchPlan("a", "b", **bad)
+
+
+GRID = ["never", "always", "cascade(tau=[0.3, 0.7, 0.99])"]
+PLAN = SearchPlan("sums:train", "sums:test", n0=4)
+
+
+@pytest.mark.usefixtures("records_dir")
+async def test_search_finds_the_policy_reproducibly_and_resumes(sums, servers):
+    settings = settings_for(sums)
+    events = []
+    async with make_setup(servers) as setup:
+
+        def interrupt(kind, line):  # the first run ends after its first decision
+            events.append((kind, line))
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            await search(GRID, PLAN, setup, settings, progress=False, on_event=interrupt)
+        rung0 = [c["evaluation"] for c in events[0][1]["candidates"]]
+        gens = {i: len([e for e in read_record("evaluations", i).events if e["type"] == "generation"]) for i in rung0}
+        result = await search(GRID, PLAN, setup, settings, progress=False)
+        before = requests(servers)
+        again = await search(GRID, PLAN, setup, settings, progress=False)
+        assert requests(servers) == before  # the same search again: every record read back, no server asked
+    # Rungs on 4, 8 and all 12 prompts of the search split; the cascade that hands over exactly the wrong answers wins.
+    assert [(r.n, r.prompts) for r in result.rungs] == [
+        (4, "sums:train[:4]"),
+        (8, "sums:train[:8]"),
+        (12, "sums:train"),
+    ]
+    assert result.rungs[0].kept == ["cascade(tau=0.7)", "always", "cascade(tau=0.99)"]
+    assert result.rungs[1].kept == ["cascade(tau=0.7)", "always"] and result.rungs[2].kept == ["cascade(tau=0.7)"]
+    assert result.choice == "cascade(tau=0.7)" and result.chosen.prompts == "sums:test"
+    assert result.chosen.complete and result.chosen.certification.recovery == 1.0 and result.chosen.summary.f_weak > 0
+    assert again.to_json() == {**result.to_json(), "final": again.to_json()["final"]}
+    # The interrupted first rung was resumed, not redone: its evaluations hold the generations they held.
+    assert {i: len([e for e in read_record("evaluations", i).events if e["type"] == "generation"])
+            for i in rung0} == gens  # fmt: skip
+    # Everything it ran is an ordinary evaluation record; its own record holds each decision once, re-derivable.
+    for r in result.rungs:
+        assert all(load_evaluation(s.evaluation).prompts == r.prompts for s in r.standings)
+    rec = read_record("searches", result.id)
+    assert [e["type"] for e in rec.events] == ["rung", "rung", "rung", "final"]
+    assert rec.header["criterion"] == CRITERION and rec.header["plan"]["target"] == 0.98
+    assert rederive(result.id) == []
+    # A decision edited in the record no longer follows from the evaluations it names.
+    lines = rec.path.read_text().splitlines()
+    i = next(k for k, line in enumerate(lines) if '"type": "rung"' in line)
+    lines[i] = lines[i].replace('"rank": 1,', '"rank": 9,', 1)
+    rec.path.write_text("\n".join(lines) + "\n")
+    assert any("cascade(tau=0.7) was ranked 9" in p for p in rederive(result.id))
+
+
+@pytest.mark.usefixtures("records_dir")
+async def test_a_search_refuses_overlapping_splits_and_a_repeated_point(sums, servers):
+    async with make_setup(servers) as setup:
+        with pytest.raises(SearchError, match="held out"):
+            await search(GRID, SearchPlan("sums:train", "sums"), setup, settings_for(sums), progress=False)
+        with pytest.raises(SearchError, match="twice"):
+            await search(["never", "never"], PLAN, setup, settings_for(sums), progress=False)

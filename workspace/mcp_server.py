@@ -1,14 +1,14 @@
 """`cdw mcp`: the agents' interface, an MCP server whose tools are thin calls into the Python API (AGENTS.md).
 
-Tools: `get_baselines`, `get_findings`, `get_leaderboard`, `get_headroom`, `evaluate_policy`,
-`evaluate_generations`, `share_finding`, `write_policy`, `list_policies`. `get_baselines`, `evaluate_policy` and
-`get_leaderboard` take a `benchmark` (`workspace/benchmarks/`: alpaca_eval, the default, judged pairwise; humaneval,
-scored by unit tests), each run with that benchmark's own canonical settings; `get_headroom` reads the baselines of
-a benchmark whose answers are code (`workspace/headroom.py`). Nothing an agent sends becomes a number: evaluations
-run the engine and the judge here, and every number is recomputed from the evaluation records. Policy files load only
-from the workspace's policy folder (`policies/` in the project, `CDW_POLICIES_DIR` moves it): a path that resolves
-outside it (`..`, an absolute path elsewhere, a symlink out) is refused, and so is `module:Class`, which would import
-any installed module.
+Tools: `get_baselines`, `get_findings`, `get_leaderboard`, `get_headroom`, `evaluate_policy`, `search_policies`,
+`evaluate_generations`, `share_finding`, `write_policy`, `list_policies`. `get_baselines`, `evaluate_policy`,
+`search_policies` and `get_leaderboard` take a `benchmark` (`workspace/benchmarks/`: alpaca_eval, the default, judged
+pairwise; humaneval, scored by unit tests), each run with that benchmark's own canonical settings; `get_headroom`
+reads the baselines of a benchmark whose answers are code (`workspace/headroom.py`). Nothing an agent sends becomes a
+number: evaluations run the engine and the judge here, and every number is recomputed from the evaluation records.
+Policy files load only from the workspace's policy folder (`policies/` in the project, `CDW_POLICIES_DIR` moves it):
+a path that resolves outside it (`..`, an absolute path elsewhere, a symlink out) is refused, and so is
+`module:Class`, which would import any installed module.
 
 The servers (weak, strong, judge) are found as everywhere else: `--weak-url` etc., `CDW_WEAK_URL` etc., or what
 `cdw serve` started. Transports: stdio (the default), or `--http`: streamable HTTP on 127.0.0.1 that answers only
@@ -45,12 +45,23 @@ from .benchmarks import DEFAULT, DataError, resolve_prompts
 from .cache import CallCache
 from .client import ClientError, ClientSettings
 from .endpoints import EndpointError
-from .evaluate import EvalSettings, EvaluationError, Setup, ensure_baselines, evaluate, load_evaluation
+from .evaluate import (
+    EvalSettings,
+    EvaluationError,
+    SearchError,
+    SearchPlan,
+    Setup,
+    SweepPoint,
+    ensure_baselines,
+    evaluate,
+    load_evaluation,
+    search,
+)
 from .evaluate import evaluate_generations as judge_generations  # the tool of the same name wraps it
 from .fileio import atomic_write
 from .forum import FindingError
 from .headroom import HeadroomError, headroom
-from .policies import Policy, PolicyError, canonical_spec, load_policy, registry
+from .policies import Policy, PolicyError, canonical_spec, expand_spec, load_policy, registry
 from .policies.source_check import PolicySourceError, check_policy_source
 from .records.log import StoreError, read_record
 from .records.schema import header_of
@@ -202,6 +213,27 @@ async def _with_progress(ctx: Context, work: Callable[[Callable], Awaitable[T]],
     return result
 
 
+async def _with_steps(ctx: Context, work: Awaitable[T], done: list[str], steps: int) -> T:
+    """Run `work`, reporting every PROGRESS_EVERY_S seconds how many of its `steps` are `done` (messages appended as
+    each step ends)."""
+
+    async def poll() -> None:
+        last = -1
+        while True:
+            if len(done) != last:
+                last = len(done)
+                await ctx.report_progress(min(last, steps), steps, done[-1] if done else "first rung")
+            await asyncio.sleep(PROGRESS_EVERY_S)
+
+    poller = asyncio.create_task(poll())
+    try:
+        result = await work
+    finally:
+        poller.cancel()
+    await ctx.report_progress(steps, steps, "done")
+    return result
+
+
 # ---------------------------------------------------------------- the server
 
 
@@ -348,6 +380,66 @@ def build_server(config: ServerConfig | None = None) -> MCPServer:
             if config.budget is not None and ev.stopped is not None:
                 config.budget.refund(len(ps) - ev.stopped.n)
             return ev.to_json()
+
+    @mcp.tool()
+    async def search_policies(
+        ctx: Context,
+        grid: Annotated[
+            list[str],
+            Field(
+                description="grid specs, each as evaluate_policy takes a policy but with lists for the values to "
+                "try, e.g. ['margin(tau=[0.03, 0.1, 0.3], span=[newline, sentence])', 'never']"
+            ),
+        ],
+        benchmark: Annotated[str, Field(description=BENCHMARK_HELP)] = DEFAULT,
+        on: Annotated[str | None, Field(description="the prompt set searched on (default '<benchmark>:train')")] = None,
+        final: Annotated[
+            str | None,
+            Field(description="the held-out prompt set the finalists are evaluated on (default '<benchmark>:test')"),
+        ] = None,
+        n0: Annotated[int, Field(ge=2, description="prompts of the first rung")] = 10,
+        eta: Annotated[int, Field(ge=2, description="keep 1/eta of the candidates per rung; grow the subset")] = 2,
+        finalists: Annotated[int, Field(ge=1, description="candidates evaluated on the held-out set")] = 1,
+        target: Annotated[float, Field(description="the recovery the search wants reached")] = BAR,
+        stop_below: Annotated[
+            float | None, Field(description="early stopping for the final evaluations (as evaluate_policy's)")
+        ] = None,
+    ) -> dict[str, Any]:
+        """Search a policy grid by successive halving (README "Searching"): every candidate on the first n0 prompts
+        of the search set, the best 1/eta kept (f_weak among those whose recovery reaches the target, then the
+        others by utility), the subset grown eta-fold, until the finalists, which are evaluated on the whole held-out
+        set. Returns each rung's candidates (evaluation ids, numbers, rank, kept), the finalists' held-out
+        evaluations and the choice. Charged up front as every evaluation and prompt it may run; the same search
+        again reads its records back (or resumes). Reports progress, one step per decision."""
+        with _tool_errors():
+            bench = benchmarks.get(benchmark)
+            points = [SweepPoint(x, resolve_policy(x, config.policies)) for g in grid for x in expand_spec(g)]
+            if not points:
+                raise SearchError("the grid is empty: name at least one policy")
+            if (on is None or final is None) and f"{bench.name}:train" not in bench.sets():
+                raise SearchError(f"{bench.name} has no fixed halves: name `on` and `final`, e.g. on='confirmation', "
+                                  "final='canonical'")  # fmt: skip
+            plan = SearchPlan(on or f"{bench.name}:train", final or f"{bench.name}:test", n0, eta, finalists, target)
+            settings = eval_settings(bench.name)
+            on_set, final_set = plan.splits(settings)  # prompt set names only: never a file
+            steps = len(plan.rungs(len(points), len(on_set))) + 1
+            evaluations, prompts = plan.cost(len(points), len(on_set), len(final_set))
+            if config.budget is not None:
+                config.budget.spend(prompts, evaluations=evaluations)
+            stop = None if stop_below is None else StopRule(stop_below)
+            done: list[str] = []
+
+            def on_event(kind: str, line: dict) -> None:
+                done.append(f"rung {line['rung'] + 1}: kept {', '.join(line['kept'])}" if kind == "rung" else
+                            f"final: {line['choice']}")  # fmt: skip
+
+            async with setup() as s:
+                result = await _with_steps(
+                    ctx, search(points, plan, s, settings, progress=False, on_event=on_event, stop=stop), done, steps
+                )
+            if config.budget is not None:
+                config.budget.refund(sum(len(final_set) - e.stopped.n for e in result.final if e.stopped))
+            return result.to_json()
 
     @mcp.tool()
     async def evaluate_generations(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import agents, evaluate, forum, headroom, mcp, records, router, score, serve
+from . import agents, evaluate, forum, headroom, mcp, records, router, score, search, serve
 from .options import fit_to_terminal
 
 
@@ -16,7 +16,8 @@ def main() -> None:
 
 for command in (
     serve.models, serve.serve, serve.status, serve.check,
-    evaluate.decode_cmd, evaluate.eval_cmd, evaluate.sweep, evaluate.baselines, evaluate.judge_check_cmd,
+    evaluate.decode_cmd, evaluate.eval_cmd, evaluate.sweep, search.search_cmd, evaluate.baselines,
+    evaluate.judge_check_cmd,
     records.verify, records.keys, score.score_cmd,
     forum.findings_group, forum.leaderboard_cmd, forum.site_cmd, headroom.headroom_cmd,
     mcp.mcp_cmd, agents.agents_group, router.traces_group, router.probe_group,

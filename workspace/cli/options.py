@@ -151,7 +151,7 @@ def stop_options(f):
     return click.option(
         "--stop-below", "stop_below", type=float, default=None, metavar="RECOVERY",
         help="early stopping: run the prompts in stages and stop once the recovery is shown to be below RECOVERY "
-        "(e.g. 0.98, the bar); a policy truly at RECOVERY is stopped in at most 5%% of evaluations (README: Early "
+        "(e.g. 0.98, the bar); a policy truly at RECOVERY is stopped in at most 5% of evaluations (README: Early "
         "stopping). A stopped evaluation is never certified; run it again without this flag to go on",
     )(f)  # fmt: skip
 

@@ -13,7 +13,8 @@ Phases, each fully concurrent and each appended to a record as it goes:
 
 `phases.py` runs one phase (decode, unit tests, judge) over a prompt set and appends its events, for baselines
 and candidate runs alike; `sweeps.py` evaluates every point of a policy grid (the CLI's and the notebook's one sweep
-loop); `setup.py` holds the settings and the servers; `audit.py` asks the servers again (judge drift, replay);
+loop); `search.py` searches a grid by successive halving on one split and evaluates its finalists on a held-out
+one; `setup.py` holds the settings and the servers; `audit.py` asks the servers again (judge drift, replay);
 `exact.py` checks that never and always reproduce the models' own answers on the servers in use (`cdw check --exact`).
 """
 
@@ -24,6 +25,7 @@ from .exact import ExactReport, check_exact
 from .phases import Progress
 from .results import Baselines, Evaluation, Example, list_evaluations, load_evaluation, read_baselines
 from .runs import evaluate, evaluate_generations, evaluation_id, generate, policy_identity, recorded_settings
+from .search import Search, SearchError, SearchPlan, rederive, search
 from .setup import EvalSettings, EvaluationError, Setup
 from .sweeps import SweepPoint, sweep, sweep_points
 
@@ -31,5 +33,6 @@ __all__ = [
     "Baselines", "EngineSettings", "EvalSettings", "Evaluation", "EvaluationError", "Example", "ExactReport",
     "JudgeDrift", "Progress", "Replay", "Setup", "SweepPoint", "baselines_id", "check_exact", "ensure_baselines",
     "evaluate", "evaluate_generations", "evaluation_id", "generate", "judge_check", "list_evaluations",
-    "load_evaluation", "policy_identity", "read_baselines", "recorded_settings", "replay", "sweep", "sweep_points",
+    "load_evaluation", "policy_identity", "read_baselines", "recorded_settings", "rederive", "replay", "search",
+    "Search", "SearchError", "SearchPlan", "sweep", "sweep_points",
 ]  # fmt: skip

@@ -118,13 +118,7 @@ class StopRule:
             raise StatsError(f"the rule looks after {', '.join(map(str, sched)) or 'no prompt'} of {n_total}, not {n}")
         k = sched.index(n)
         alpha_k = self.levels(n_total)[k]
-        if all(isinstance(s, PassSample) for s in samples):
-            rec, b_rec = _pass_recoveries(samples, self.n_boot, self.seed)
-        elif all(isinstance(s, PairedSample) for s in samples):
-            rec, b_rec = _judged_recoveries(samples, self.n_boot, self.seed)
-        else:
-            raise StatsError("a look needs samples of one kind: all pass samples or all judged samples")
-        upper = -lower_quantile(-b_rec, alpha_k)  # a resample without a gap (+inf) never argues for a stop
+        rec, upper = recovery_upper(samples, 1 - alpha_k, self.n_boot, self.seed)
         return Look(self, k + 1, n, n_total, alpha_k, rec, upper)
 
 
@@ -157,6 +151,26 @@ class Look:
         return {"look": self.look, "n": self.n, "of": self.of, "alpha": self.alpha, "recovery": self.recovery,
                 "upper": self.upper if math.isfinite(self.upper) else None, "target": self.rule.target,
                 "stop": self.stop, "rule": self.rule.to_json(), "reason": self.reason()}  # fmt: skip
+
+
+def recovery_upper(
+    samples: Sequence[PassSample] | Sequence[PairedSample], level: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> tuple[float | None, float]:
+    """(recovery, its one-sided ``level`` paired-bootstrap upper bound) on pass samples or judged samples (all of one
+    kind): the statistic of every look, and what the policy search ranks by (``workspace/evaluate/search.py``).
+    Recovery is None when the samples have no gap; the bound is +inf when more than 1 - ``level`` of the resamples
+    have none (a resample without a gap never argues that the target is out of reach)."""
+    if not 0 < level < 1:
+        raise StatsError(f"level must be in (0, 1), got {level!r}")
+    if len(samples) < 2:
+        raise StatsError(f"an upper bound of recovery needs at least 2 prompts; got {len(samples)}")
+    if all(isinstance(s, PassSample) for s in samples):
+        rec, b_rec = _pass_recoveries(samples, n_boot, seed)
+    elif all(isinstance(s, PairedSample) for s in samples):
+        rec, b_rec = _judged_recoveries(samples, n_boot, seed)
+    else:
+        raise StatsError("a look needs samples of one kind: all pass samples or all judged samples")
+    return rec, -lower_quantile(-b_rec, 1 - level)
 
 
 def _num(x: float) -> str:
