@@ -78,6 +78,12 @@ def test_owner_body_strong_hands_over_each_body_at_its_first_statement():
     assert found == [(ANSWER[: ANSWER.index("for k")], "body")]  # after the indentation, before `for`
 
 
+def test_owner_reads_a_docstrings_closing_quotes_on_their_own_line_as_the_header():
+    text = '```python\ndef f(n):\n    """Doc.\n\n    More.\n    """\n    return n\n```\n'
+    found = handoffs(load_policy("owner(body=strong)"), signals(text), strong={0: 999})
+    assert found == [(text[: text.index("return")], "body")]
+
+
 def test_owner_keeps_a_body_whose_span_ran_out_and_lets_go_when_the_function_ends():
     sigs = signals(ANSWER)
     # The first body span covers 3 tokens only (" for", " k", " in"): the weak model finishes the line, and at the

@@ -340,7 +340,9 @@ class Owner(Policy):
             return Decision(Action.CONTINUE, d.score)
         fired = d if d.fires else self._pending
         self._pending = None
-        w = s.after if new_line else s.where
+        # At a line's start the line's first token says its part, unless the line continues a statement (a
+        # docstring's closing quotes, the arguments of a call): then it is the statement's.
+        w = s.after if new_line and not (s.where.string or s.where.continued) else s.where
         part = "prose" if w.part == "fence" else w.part
         held = self._owned is not None and w.body and w.def_indent == self._owned
         if new_line and not held:
