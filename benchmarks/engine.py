@@ -26,8 +26,9 @@ decoded concurrently with `--policy`. The toy weak model's distribution is flat 
    the built-in `margin`, the same decodes in one run, batches alternating, at delay 0 and at `--latency`'s first
    value, each policy loaded once (as an evaluation does) and warmed up by one batch (the servers learn the
    answers, the other workers start); the one-time cost of loading (which starts a sandbox) is printed apart.
-   Texts must be identical. Target: <= 1.10x.
-   `--only-sandbox` runs this part alone.
+   Texts must be identical. Target: <= 1.10x wall. Also printed: CPU seconds per batch of this process and of the
+   policy workers, and the ratio of their sums (the sandbox's cost in work, steadier than wall time on a machine
+   others are using). `--only-sandbox` runs this part alone.
 5. `--preset cpu`: the same comparison on the servers found by Models.from_endpoints(), with a weak-only
    (`never`) batch of the same instructions and token budget for the wall-time ratio. Start them first
    (`cdw serve --preset cpu`, ~2 min), stop them after.
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing as mp
 import sys
 import tempfile
@@ -227,6 +229,17 @@ class Margin(Policy):
 """
 
 
+def workers_cpu(fs: FakeServers) -> float:
+    """CPU seconds of this process's children but the fake servers': the policy workers (and their sandboxes)."""
+    servers = {fs.proc.pid, *(c.pid for c in fs.ps.children(recursive=True))}
+    total = 0.0
+    for c in psutil.Process().children(recursive=True):
+        if c.pid not in servers:
+            with contextlib.suppress(psutil.Error):
+                total += sum(c.cpu_times()[:2])
+    return total
+
+
 def sandbox_part(args) -> list[tuple[str, str, str]]:
     """The built-in margin gate and a file copy of it (run in the sandboxed policy worker), side by side."""
     from workspace.policies.spec import split_head
@@ -249,23 +262,31 @@ def sandbox_part(args) -> list[tuple[str, str, str]]:
             for L in (0.0, args.latency[0]):
                 fs.delay(L)
                 walls: dict[str, list[float]] = {name: [] for name in policies}
+                cpus = {name: [0.0, 0.0] for name in policies}  # this process's, the policy workers'
                 texts = {}
                 for _ in range(args.repeat):
                     for name, pol in policies.items():
+                        w0 = workers_cpu(fs)
                         r = asyncio.run(batch(fs.models(cs), instrs, pol, es))
                         walls[name].append(r["wall"])
+                        cpus[name][0] += r["cpu"] / args.repeat
+                        cpus[name][1] += (workers_cpu(fs) - w0) / args.repeat
                         texts[name] = [[(g.author, g.text) for g in d.segments] for d in r["ds"]]
                 same = texts["built-in"] == texts["file, sandboxed"]
                 med = {name: sorted(w)[len(w) // 2] for name, w in walls.items()}
                 ratio = med["file, sandboxed"] / med["built-in"]
+                cpu_ratio = sum(cpus["file, sandboxed"]) / sum(cpus["built-in"])
                 print(f"\n== sandboxed policy, L = {L * 1e3:.0f} ms: {args.n} concurrent decodes, {args.policy}, "
                       f"median of {args.repeat} ==")  # fmt: skip
+                print(f"{'':<18}{'wall s':>8}{'client CPU s':>14}{'worker CPU s':>14}   (CPU: mean per batch)")
                 for name, w in med.items():
-                    print(f"{name:<18}{w:>8.3f} s")
-                print(f"{'ratio':<18}{ratio:>8.3f}   texts identical: {same}")
+                    print(f"{name:<18}{w:>8.3f}{cpus[name][0]:>14.3f}{cpus[name][1]:>14.3f}")
+                print(f"{'ratio':<18}{ratio:>8.3f}{cpu_ratio:>14.3f} (CPU: client + workers)   texts identical: {same}")
                 if not same:
                     raise SystemExit("the sandboxed copy of margin wrote other texts than the built-in one")
                 out.append((f"sandboxed / built-in margin wall, L={L * 1e3:.0f} ms", f"{ratio:.3f}", "<= 1.10"))
+                out.append((f"sandboxed / built-in margin CPU (client + workers), L={L * 1e3:.0f} ms",
+                            f"{cpu_ratio:.3f}", ""))  # fmt: skip
             fs.delay(0)
     print(f"\nonce per evaluation: loading the file policy (starting its first sandbox) took {cold:.2f} s; up to "
           f"{remote.MAX_WORKERS} workers start as decodes arrive")  # fmt: skip

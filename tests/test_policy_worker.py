@@ -386,3 +386,27 @@ def test_a_module_spec_runs_in_the_worker_without_being_imported_here(tmp_path, 
     assert "cdw_mod_policy" not in sys.modules and pol.tau == 0.3
     with pytest.raises(PolicyError, match="no such module"):
         load_policy("cdw_no_such_module:Gate")
+
+
+async def test_many_drafts_at_once_more_than_the_pipe_holds_are_each_answered_as_their_own(tmp_path, monkeypatch):
+    """Requests to a worker are pipelined: 60 decodes send a 600-token draft each at once (several pipes full), and
+    each gets the answer to its own draft (the token at which its draft, and no other, fires)."""
+    import asyncio
+    import math
+
+    monkeypatch.setattr(remote, "MAX_WORKERS", 1)
+    (tmp_path / "gate.py").write_text(textwrap.dedent(HONEST.format(attack_in_decide="pass")))
+    pol = load_policy(f"{tmp_path}/gate.py:Gate(tau=0.3)")
+    quiet, fires = [math.log(0.9), math.log(0.05)], [math.log(0.4), math.log(0.35)]
+
+    async def one(k: int):
+        decode = pol.fresh()
+        tokens = [[7, "word ", -0.1, fires if j == 10 * k + 3 else quiet, 5 * j] for j in range(600)]
+        draft = {"base": "", "draft": "word " * 600, "pos": 0, "since": 0, "prompt": 9, "defer": True, "tok": tokens}
+        try:
+            return await decode.scan(draft, len(tokens))
+        finally:
+            decode.release()
+
+    found = await asyncio.gather(*(one(k) for k in range(60)))
+    assert [f[0] for f in found] == [10 * k + 3 for k in range(60)]

@@ -8,10 +8,11 @@ the evaluator never imports it (even its identity, `source_hash()`, is computed 
 
 `WorkerPolicy` is the evaluator's handle. The engine asks it for a whole draft at once (`scan`); each decode
 (`fresh()`) has its state on one worker (a decode id in every message); a few workers (`MAX_WORKERS`) serve all
-the decodes of an evaluation, one request at a time each. A policy that crashes, hangs past `MESSAGE_TIMEOUT_S`,
-floods (a reply over `MAX_REPLY_BYTES`) or answers nonsense (replies are schema-checked) is a `PolicyWorkerError`
-on the decode whose message it was answering; that worker is killed, and the other decodes it held move to
-another worker, which replays their messages so far (a policy is a deterministic function of what it was sent).
+the decodes of an evaluation, each answering its requests in the order they were sent (pipelined: a request is
+written as soon as it is made). A policy that crashes, hangs past `MESSAGE_TIMEOUT_S`, floods (a reply over
+`MAX_REPLY_BYTES`) or answers nonsense (replies are schema-checked) is a `PolicyWorkerError` on the decode whose
+message it was answering; that worker is killed, and the other decodes it held move to another worker, which
+replays their messages so far (a policy is a deterministic function of what it was sent).
 Called directly (`decide`, `keep_weak`, as a notebook's unit check does), a handle asks its pool's own direct
 worker, a token at a time.
 """
@@ -78,6 +79,7 @@ class _Reply(msgspec.Struct, forbid_unknown_fields=True):
     a: Literal["defer", "peek"] | None = None
     s: int | float | None = None
     keep: bool | None = None
+    q: int | None = None  # the number of the request answered (pipelined requests are answered in order)
 
 
 _DECODE = msgspec.json.Decoder(_Reply).decode
@@ -139,11 +141,14 @@ def _launch(policy_dir: Path) -> tuple[sandbox.Process, int]:
 
 
 class _Dead(Exception):
-    """The worker was killed while a decode waited for its turn: the decode moves to another one."""
+    """The worker was killed before it answered a decode's request: the decode moves to another one."""
 
 
 class _Proc:
-    """One worker process and its framed channel (one request in flight at a time)."""
+    """One worker process and its framed channel. Requests are pipelined: each is written when it is made, the
+    worker answers them in order (each reply echoes its request's number `q`), so a worker woken once answers all
+    the requests waiting for it (one request in flight at a time cost a wake-up of each side per draft, which on a
+    busy machine is most of the sandbox's overhead). Each request's clock starts when the one before it is answered."""
 
     def __init__(self, process: sandbox.Process, err: int):
         self.process, self.popen, self.err = process, process.proc, err
@@ -151,12 +156,16 @@ class _Proc:
         self.dead = False
         self.decodes = 0  # decodes whose state lives here
         self.ended: list[int] = []  # decodes to forget, sent with the next request
-        self.busy = False
-        self.waiting: collections.deque[asyncio.Future] = collections.deque()
         self.w, self.r = process.stdin.fileno(), process.stdout.fileno()
         os.set_blocking(self.w, False)
         os.set_blocking(self.r, False)
         self.buf = bytearray()
+        self.out = bytearray()  # request bytes the pipe has not taken yet
+        self.writing = False  # the loop waits for the pipe to take more of them
+        self.pending: collections.deque[tuple[asyncio.Future, int, float]] = collections.deque()  # in send order
+        self.seq = itertools.count(1)
+        self.loop: asyncio.AbstractEventLoop | None = None  # where the reader is registered while requests wait
+        self.timer: asyncio.TimerHandle | None = None  # the oldest waiting request's deadline
 
     def _stderr(self) -> str:
         try:
@@ -194,17 +203,18 @@ class _Proc:
         del self.buf[: _HEADER.size + n]
         return body
 
-    def _read(self) -> bytes | None:
+    def _fill(self) -> bool:
+        """Read what the channel holds into the buffer; False when nothing was there."""
         try:
             chunk = os.read(self.r, 1 << 16)
         except BlockingIOError:
-            return None
+            return False
         except OSError:
             chunk = b""
         if not chunk:
             raise self._gone()
         self.buf += chunk
-        return self._frame()
+        return True
 
     def _write(self, out: memoryview) -> memoryview:
         try:
@@ -214,37 +224,8 @@ class _Proc:
         except OSError:
             raise self._gone() from None
 
-    async def request(self, msg: dict, timeout: float) -> _Reply:
-        """One request in its turn (decodes share the worker; the timeout runs from when it is sent). Raises
-        `_Dead` if the worker was killed (by another decode's failure) before its turn came."""
-        while self.busy:
-            turn = asyncio.get_running_loop().create_future()
-            self.waiting.append(turn)
-            try:
-                await turn
-            except BaseException:
-                self._next()
-                raise
-        if self.dead:
-            self._next()  # the others waiting learn it too
-            raise _Dead
-        self.busy = True
-        try:
-            if self.ended:
-                msg, self.ended = {**msg, "e": self.ended}, []
-            return await self.ask(msg, timeout)
-        finally:
-            self.busy = False
-            self._next()
-
-    def _next(self) -> None:
-        while self.waiting:
-            turn = self.waiting.popleft()
-            if not turn.done():
-                turn.set_result(None)
-                return
-
     def ask_sync(self, msg: dict, timeout: float) -> _Reply:
+        """One request, waited for without an event loop (loading; direct calls): never while async ones wait."""
         data = _ENCODE(msg)
         out = self._write(memoryview(_HEADER.pack(len(data)) + data))
         deadline = time.monotonic() + timeout
@@ -261,54 +242,110 @@ class _Proc:
                         out = self._write(out)
                         if not out:
                             sel.unregister(self.w)
-                    elif (body := self._read()) is not None:
+                    elif self._fill() and (body := self._frame()) is not None:
+                        if self.buf:
+                            raise PolicyWorkerError("the policy worker answered nonsense: two answers to one message")
                         return _reply(body)
 
-    async def ask(self, msg: dict, timeout: float) -> _Reply:
-        data = _ENCODE(msg)
-        out = self._write(memoryview(_HEADER.pack(len(data)) + data))
+    async def request(self, msg: dict, timeout: float) -> _Reply:
+        """Send one request (decodes share the worker) and wait for its answer, for at most `timeout` from when
+        the worker has answered the requests sent before it. Raises `_Dead` if the worker was killed (by another
+        decode's failure) before it answered this one."""
+        if self.dead:
+            raise _Dead
+        if self.ended:
+            msg, self.ended = {**msg, "e": self.ended}, []
+        q = next(self.seq)
+        data = _ENCODE({**msg, "q": q})
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[bytes] = loop.create_future()
+        if self.loop is not loop:  # (asyncio.run makes a new loop per run; the reader is on none while idle)
+            self.loop = loop
+            loop.add_reader(self.r, self._readable)
+        done = loop.create_future()
+        self.pending.append((done, q, timeout))
+        if len(self.pending) == 1:
+            self._arm()
+        self._send(_HEADER.pack(len(data)) + data)
+        reply = _reply(await done)
+        if reply.q != q:
+            raise PolicyWorkerError(f"the policy worker answered nonsense: the answer to message {reply.q} for {q}")
+        return reply
 
-        def finish(result: bytes | None = None, error: Exception | None = None) -> None:
-            if not done.done():
-                done.set_exception(error) if error else done.set_result(result)
+    def _send(self, frame: bytes) -> None:
+        # Written once the callbacks ready now have run, so requests made together wake the worker once.
+        if not self.out:
+            self.loop.call_soon(self._flush)
+        self.out += frame
 
-        def writable() -> None:
-            nonlocal out
-            try:
-                out = self._write(out)
-            except PolicyWorkerError as e:
-                return finish(error=e)
-            if not out:
-                loop.remove_writer(self.w)
-
-        def readable() -> None:
-            try:
-                body = self._read()
-            except PolicyWorkerError as e:
-                return finish(error=e)
-            if body is not None:
-                finish(body) if not self.buf else finish(
-                    error=PolicyWorkerError("the policy worker answered nonsense: two answers to one message")
-                )
-
-        if out:
-            loop.add_writer(self.w, writable)
-        loop.add_reader(self.r, readable)
-        late = loop.call_later(timeout, lambda: finish(error=PolicyWorkerError(
-            f"the policy did not answer within {timeout:g} s")))  # fmt: skip
+    def _flush(self) -> None:
+        """Write what the pipe takes; while it is full, the loop calls this again when it can take more."""
+        if self.dead:
+            return
         try:
-            body = await done
-        finally:
-            late.cancel()
-            loop.remove_reader(self.r)
-            if out:
-                loop.remove_writer(self.w)
-        return _reply(body)
+            del self.out[: os.write(self.w, self.out)]
+        except BlockingIOError:
+            pass
+        except OSError:
+            return self._fail(self._gone())
+        if self.out and not self.writing:
+            self.loop.add_writer(self.w, self._flush)
+        elif self.writing and not self.out:
+            self.loop.remove_writer(self.w)
+        self.writing = bool(self.out)
+
+    def _readable(self) -> None:
+        answered = False
+        try:
+            if not self._fill():
+                return
+            while (body := self._frame()) is not None:
+                if not self.pending:
+                    raise PolicyWorkerError("the policy worker answered nonsense: an answer to no message")
+                done = self.pending.popleft()[0]
+                if not done.done():
+                    done.set_result(body)
+                answered = True
+        except PolicyWorkerError as e:
+            return self._fail(e)
+        if answered:  # (a part of an answer does not restart the clock)
+            self._arm()
+
+    def _arm(self) -> None:
+        """The oldest waiting request's clock (it starts when the one before it is answered); idle: no reader."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.pending:
+            self.timer = self.loop.call_later(self.pending[0][2], self._late, self.pending[0][2])
+        elif self.loop is not None:
+            self.loop.remove_reader(self.r)
+            self.loop = None
+
+    def _late(self, timeout: float) -> None:
+        self._fail(PolicyWorkerError(f"the policy did not answer within {timeout:g} s"))
+
+    def _fail(self, error: PolicyWorkerError) -> None:
+        """The oldest waiting request fails with `error` (the message the worker was answering); the others'
+        decodes move to another worker. The process ends."""
+        if self.pending:
+            done = self.pending.popleft()[0]
+            if not done.done():
+                done.set_exception(error)
+        self.kill()
 
     def kill(self) -> None:
+        """End the worker; requests still waiting raise `_Dead`. Idempotent."""
+        if self.dead:
+            return
         self.dead = True
+        while self.pending:
+            done = self.pending.popleft()[0]
+            if not done.done():
+                done.set_exception(_Dead())
+        if self.loop is not None:
+            self.loop.remove_reader(self.r)
+            self.loop.remove_writer(self.w)
+        self._arm()
         self.process.kill()
         with contextlib.suppress(OSError):
             os.close(self.err)
@@ -326,7 +363,7 @@ def _close_all(procs: set[_Proc], folder: Path) -> None:
 
 class _Pool:
     """The workers of one loaded policy. Each decode lives on one worker (its state is there); a worker serves
-    many decodes, one request at a time; a new one starts while every worker has decodes, up to `MAX_WORKERS`."""
+    many decodes, their requests in order; a new one starts while every worker has decodes, up to `MAX_WORKERS`."""
 
     def __init__(self, file: Path, cls: str, args: list, kwargs: dict):
         self.folder = Path(tempfile.mkdtemp(prefix="cdw-policy-"))
@@ -394,7 +431,7 @@ class _Pool:
     async def _start(self) -> _Proc:
         proc = self.spawn()
         try:
-            self._checked(await proc.ask(self.load, LOAD_TIMEOUT_S))
+            self._checked(await proc.request(self.load, LOAD_TIMEOUT_S))
         except BaseException:
             self.kill(proc)
             raise
@@ -464,8 +501,8 @@ class WorkerPolicy(Policy):
     # ------------------------------------------------------------ the engine's calls (its own worker per decode)
 
     async def _ask(self, msg: dict, check) -> _Reply:
-        """Send `msg` in its turn and return the reply, which `check` vets (nonsense raises and costs the worker:
-        what else it sent may still be in the channel)."""
+        """Send `msg` and return the reply, which `check` vets (nonsense raises and costs the worker: what else it
+        sent may still be in the channel)."""
         while True:
             moved = self._proc is not None and self._proc.dead  # another decode broke the worker: move
             if self._proc is None or moved:

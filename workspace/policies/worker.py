@@ -2,7 +2,8 @@
 
 It runs under a bare interpreter (`python -I -S`) that can import the standard library and the policy protocol
 only (`remote.py` copies `protocol.py`, `registry.py`, `identity.py` and this file into the sandbox). Messages are
-frames of a 4-byte big-endian length and a JSON object, on the process's stdin and stdout, one reply per request.
+frames of a 4-byte big-endian length and a JSON object, on the process's stdin and stdout, one reply per request,
+in the order of the requests; a request's number `q`, when it has one, is echoed in its reply.
 What the policy prints goes to stderr, never into the channel.
 
 Requests (every one but `load` names a decode `d`; its state is a `fresh()` copy made on its first message):
@@ -142,7 +143,7 @@ class _Worker:
             getattr(self, old["op"])(old)
         return {"i": None}
 
-    def handle(self, m: dict) -> dict | None:
+    def handle(self, m: dict) -> dict:
         for d in m.get("e", ()):
             self.decodes.pop(d, None)
         op = m.get("op")
@@ -155,36 +156,39 @@ class _Worker:
         return {"error": f"unknown request {op!r}"}
 
 
-def _read(stream, n: int) -> bytes | None:
-    data = b""
-    while len(data) < n:
-        chunk = stream.read(n - len(data))
-        if not chunk:
-            return None
-        data += chunk
-    return data
+def _answer(worker: _Worker, body: bytes) -> bytes:
+    """One request's framed reply, carrying the request's number `q` (the evaluator matches replies by it)."""
+    m = None
+    try:
+        m = json.loads(body)
+        reply = worker.handle(m)
+    except BaseException as e:  # noqa: BLE001 - a policy's bug (or its sys.exit) is an answer, not the end
+        reply = {"error": f"{type(e).__name__}: {e}"[:2000]}
+    if isinstance(m, dict) and "q" in m:
+        reply["q"] = m["q"]
+    try:
+        data = json.dumps(reply, allow_nan=False).encode()
+    except (TypeError, ValueError) as e:
+        data = json.dumps({"error": f"the policy's answer cannot be sent: {e}", "q": reply.get("q")}).encode()
+    return _HEADER.pack(len(data)) + data
 
 
 def main() -> None:
-    """Serve requests until the evaluator closes the channel."""
-    channel_in = os.fdopen(os.dup(0), "rb", buffering=0)
+    """Serve requests until the evaluator closes the channel: every request that has arrived, in order, each
+    answered as soon as it is done (requests are pipelined: one read often brings several)."""
+    channel_in = os.dup(0)
     channel_out = os.fdopen(os.dup(1), "wb", buffering=0)
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
     os.dup2(2, 1)  # the policy's prints go to stderr, not into the channel
     sys.stdout = sys.stderr
     worker = _Worker()
+    buf = bytearray()
     while True:
-        head = _read(channel_in, _HEADER.size)
-        body = head and _read(channel_in, _HEADER.unpack(head)[0])
-        if body is None:
+        chunk = os.read(channel_in, 1 << 16)
+        if not chunk:
             return
-        try:
-            reply = worker.handle(json.loads(body))
-        except BaseException as e:  # noqa: BLE001 - a policy's bug (or its sys.exit) is an answer, not the end
-            reply = {"error": f"{type(e).__name__}: {e}"[:2000]}
-        if reply is not None:
-            try:
-                data = json.dumps(reply, allow_nan=False).encode()
-            except (TypeError, ValueError) as e:
-                data = json.dumps({"error": f"the policy's answer cannot be sent: {e}"}).encode()
-            channel_out.write(_HEADER.pack(len(data)) + data)
+        buf += chunk
+        while len(buf) >= _HEADER.size and len(buf) >= _HEADER.size + (n := _HEADER.unpack_from(buf)[0]):
+            body = bytes(buf[_HEADER.size : _HEADER.size + n])
+            del buf[: _HEADER.size + n]
+            channel_out.write(_answer(worker, body))
