@@ -9,11 +9,13 @@ Each setting ("off": no store; "on": a fresh store) runs, on the first N HumanEv
 2. always(span=newline) on the same problems (with reuse, its strong spans continue the answers of 1);
 3. the weak model's own answers: one completion of the chat-rendered prompt per problem (as the weak baseline);
 4. never on the same problems (with reuse, its drafts continue the answers of 3).
-Rounds alternate which setting goes first. Printed per setting: wall seconds of each step (mean over rounds), the
-ratios always / strong own and never / weak own, the requests each step sent to a server, how many generation
-requests known continuations answered, and whether the texts are the models' own (always-defer = the strong model's
-own answer, never-defer = the weak model's own answer) and equal across settings. Targets with reuse (issue 23):
-always <= 0.5x, never <= 1.1x.
+`--also POLICY` (repeatable) decodes more policies after these, e.g. `--also "margin(tau=0.1, span=sentence)"`,
+timed and checked equal across settings (its drafts reuse the weak model's own answers only where it reads as few
+alternatives per token as they were recorded with: one). Rounds alternate which setting goes first. Printed per
+setting: wall seconds of each step (mean over rounds), the ratios always / strong own and never / weak own, the
+requests each step sent to a server, how many generation requests known continuations answered, and whether the
+texts are the models' own (always-defer = the strong model's own answer, never-defer = the weak model's own answer)
+and equal across settings. Targets with reuse (issue 23): always <= 0.5x, never <= 1.1x.
 
 With no --preset, the servers are tests/bytetoy.py's byte-level BPE toys in a child process (their CPU is not the
 client's), answering every prompt up to --max-tokens (no early end of sequence); `--delay S` adds S seconds to each
@@ -83,13 +85,14 @@ async def own_weak(m: Models, instrs: list[str], n: int) -> list[str]:
     return list(await asyncio.gather(*(one(i) for i in instrs)))
 
 
-async def setting(endpoints, instrs: list[str], es: EngineSettings, store: ContinuationStore | None) -> dict:
-    """The four steps in order with one pair of clients (and one store, or none)."""
+async def setting(endpoints, instrs: list[str], es: EngineSettings, store: ContinuationStore | None,
+                  steps: tuple[str, ...] = STEPS) -> dict:  # fmt: skip
+    """The steps in order with one pair of clients (and one store, or none)."""
     cs = ClientSettings()
     m = Models(*(ModelClient(e, cs, reuse=store) for e in endpoints))
     out = {}
     try:
-        for step in STEPS:
+        for step in steps:
             sent0, t0 = m.weak.calls + m.strong.calls, time.monotonic()
             if step == "strong own":
                 texts, known = await own_strong(m, instrs, es.max_tokens), 0
@@ -116,7 +119,9 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--delay", type=float, default=0.0, help="toys only: seconds added to each request")
+    ap.add_argument("--also", action="append", default=[], metavar="POLICY", help="more policies to decode")
     args = ap.parse_args()
+    steps = STEPS + tuple(args.also)
 
     instrs = [p.instruction for p in resolve_prompts(get_benchmark("humaneval"), args.n)]
     es = EngineSettings(max_tokens=args.max_tokens)
@@ -133,9 +138,9 @@ def main() -> None:
         for r in range(args.rounds):
             for name in ("off", "on") if r % 2 == 0 else ("on", "off"):
                 store = ContinuationStore(tmp / f"known-{r}.sqlite") if name == "on" else None
-                runs[name].append(asyncio.run(setting(endpoints, instrs, es, store)))
+                runs[name].append(asyncio.run(setting(endpoints, instrs, es, store, steps)))
                 print(f"round {r + 1}, reuse {name}: " + ", ".join(
-                    f"{s} {runs[name][-1][s]['wall']:.1f} s" for s in STEPS), flush=True)  # fmt: skip
+                    f"{s} {runs[name][-1][s]['wall']:.1f} s" for s in steps), flush=True)  # fmt: skip
     finally:
         if child:
             child[0].send("stop")
@@ -157,13 +162,17 @@ def main() -> None:
         print(f"{name:<6}{wall['strong own']:>13.1f}{wall['always(span=newline)']:>10.1f}{a:>11.2f}"
               f"{wall['weak own']:>11.1f}{wall['never']:>9.1f}{v:>10.2f}{req['always(span=newline)']:>31}"
               f"{req['never']:>30}")  # fmt: skip
+        for s in args.also:
+            w = statistics.mean(r[s]["wall"] for r in rs)
+            print(f"{'':<6}{s}: {w:.1f} s, sent / known / asked {last[s]['sent']} / {last[s]['known']} / "
+                  f"{last[s + ' asked']}")  # fmt: skip
     first = runs["off"][0]
     exact = {
         "always = strong own": all(r["always(span=newline)"]["texts"] == r["strong own"]["texts"]
                                    for rs in runs.values() for r in rs),
         "never = weak own": all(r["never"]["texts"] == r["weak own"]["texts"] for rs in runs.values() for r in rs),
         "same texts with and without reuse": all(r[s]["texts"] == first[s]["texts"] for rs in runs.values()
-                                                 for r in rs for s in STEPS),
+                                                 for r in rs for s in steps),
     }  # fmt: skip
     print("\n" + "; ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in exact.items()))
     print(f"with reuse: always {ratios['on'][0]:.2f}x the strong model's own answers (target <= 0.5), "
