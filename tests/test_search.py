@@ -202,6 +202,14 @@ def test_the_criterion_f_weak_among_those_reaching_the_target_then_utility():
     assert [s.kept for s in got] == [False, True, True, False, False, True]
 
 
+def test_a_rung_of_a_head_is_named_as_a_head_of_the_whole():
+    from workspace.evaluate.search import head
+
+    whole = PromptSet("s", tuple(Prompt(f"s/{i}", f"q{i}") for i in range(10)))
+    assert head(whole, 4).name == "s[:4]" and head(whole.head(8), 4).name == "s[:4]"
+    assert head(whole.head(8), 4).prompts == whole.prompts[:4] and head(whole.head(8), 8).name == "s[:8]"
+
+
 def test_a_plan_halves_the_candidates_and_grows_the_subset():
     plan = SearchPlan("humaneval:train", "humaneval:test")
     assert plan.rungs(8, 82) == [(10, 8, 4), (20, 4, 2), (40, 2, 1)]
@@ -272,3 +280,31 @@ async def test_a_search_refuses_overlapping_splits_and_a_repeated_point(sums, se
             await search(GRID, SearchPlan("sums:train", "sums"), setup, settings_for(sums), progress=False)
         with pytest.raises(SearchError, match="twice"):
             await search(["never", "never"], PLAN, setup, settings_for(sums), progress=False)
+
+
+@pytest.mark.usefixtures("records_dir")
+async def test_baselines_of_a_grown_subset_copy_what_a_verified_record_holds(sums, servers, tmp_path, monkeypatch):
+    from workspace.evaluate import ensure_baselines
+    from workspace.records.verify import check_baselines
+
+    train, settings = sums.sets()["sums:train"](), settings_for(sums)
+
+    def copied(b) -> int:
+        return sum(e["n"] for e in read_record("baselines", b.id).events if e.get("phase") == "copied")
+
+    async with make_setup(servers) as setup:
+        small = await ensure_baselines(train.head(4), setup, settings, progress=False)
+        chats = servers["strong"].hits.get("/v1/chat/completions", 0)
+        grown = await ensure_baselines(train.head(8), setup, settings, progress=False)
+        # 4 references asked for, 4 copied with their weak answers and tests
+        assert servers["strong"].hits.get("/v1/chat/completions", 0) - chats == 4 and copied(grown) == 4
+        assert grown.complete and check_baselines(grown.id).verified  # the copies verify like any event
+        assert [e.reference for e in grown.examples[:4]] == [e.reference for e in small.examples]
+        assert [e.weak_test.status for e in grown.examples[:4]] == [e.weak_test.status for e in small.examples]
+        # A record signed by a key the group does not trust is never a source (a copy would launder it).
+        monkeypatch.setenv("CDW_RECORDS_DIR", str(tmp_path / "records-untrusted"))
+        await ensure_baselines(train.head(4), setup, settings, progress=False)
+        (tmp_path / "none.txt").write_text("")
+        monkeypatch.setenv("CDW_TRUSTED_KEYS", str(tmp_path / "none.txt"))
+        again = await ensure_baselines(train.head(8), setup, settings, progress=False)
+    assert copied(again) == 0 and again.complete

@@ -1,6 +1,10 @@
 """Baselines: once per (models, judge, prompt set, settings), the strong model's own greedy answers (the
 reference), the weak model's own answers (never-defer) and the judge's preference of each weak answer over its
-reference (-> U_weak). Appended to `records/baselines/<id>.jsonl` as they are made; resumable."""
+reference (-> U_weak). Appended to `records/baselines/<id>.jsonl` as they are made; resumable.
+
+A prompt's baseline is a function of the prompt, the models, the judge and the settings, not of the set it is in: a
+prompt that another verified baselines record of the same models, judge, settings and benchmark holds in full is
+copied from it (a search's growing subsets, the first N of a set already run), never asked again."""
 
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ import msgspec
 from ..benchmarks import Prompt, PromptSet
 from ..client import ClientError
 from ..judge import Judge
-from ..records.log import RecordWriter, read_record
+from ..records.log import RecordWriter, StoreError, list_records, read_record
 from ..records.schema import (
     Header,
     PromptsRef,
@@ -27,9 +31,54 @@ from ..records.schema import (
 )
 from .phases import OnProgress, Progress, TestPhase, decode_phase, judge_phase
 from .results import Baselines, latest, read_baselines, typed
-from .setup import EvalSettings, Setup, code_version, now
+from .setup import EvalSettings, EvaluationError, Setup, code_version, now
 
 NO_JUDGE = "none: unit tests"  # the header's judge for a benchmark whose answers are scored alone
+PARTS = ("reference", "weak", "weak_preference", "reference_test", "weak_test")  # a prompt's baseline events
+
+
+def _copy_known(w: RecordWriter, bid: str, header: Header, prompts: PromptSet, judged: bool) -> int:
+    """Append, for each prompt this record lacks, the baseline events another verified baselines record of the same
+    models, judge, settings and benchmark holds for it in full (every part without an error, the same instruction);
+    returns how many prompts were copied. Only verified sources (valid, signed by a trusted key): a copy is signed
+    by this writer, so copying from an untrusted record would launder it."""
+    from ..records.verify import check_baselines
+
+    have = {k for k, v in latest(typed(w.record_now())[1], "reference").items() if v.error is None}
+    want = {p.id: p.instruction for p in prompts if p.id not in have}
+    same = (header.models, header.judge, header.settings, header.benchmark)
+    parts = PARTS[:3] if judged else (*PARTS[:2], *PARTS[3:])
+    copied = 0
+    for rid in list_records("baselines"):
+        if not want or rid == bid:
+            continue
+        try:
+            other, events = typed(read_record("baselines", rid))
+        except (EvaluationError, StoreError):
+            continue  # a damaged record is never a source
+        if (other.models, other.judge, other.settings, other.benchmark) != same or not want.keys() & set(
+            other.prompts.ids
+        ):
+            continue
+        if not check_baselines(rid).verified:
+            continue
+        found = {t: latest(events, t) for t in parts}
+        for pid in [p for p in want if p in other.prompts.ids]:
+            lines = [found[t].get(pid) for t in parts]
+            if any(e is None or _failed(e) for e in lines) or lines[0].instruction != want[pid]:
+                continue
+            for e in lines:
+                w.append(e.type, **to_fields(e))
+            del want[pid]
+            copied += 1
+    return copied
+
+
+def _failed(e) -> bool:
+    decode = getattr(e, "decode", None)
+    if isinstance(decode, dict):
+        return decode.get("error") is not None
+    return getattr(e, "error", None) is not None
 
 
 async def baselines_header(prompts: PromptSet, setup: Setup, settings: EvalSettings) -> Header:
@@ -70,7 +119,9 @@ async def ensure_baselines(
         header = msgspec.structs.replace(header, created=now(), servers=await setup.servers(), code=code_version(),
                                          decoding=await setup.decoding(judge=settings.needs_judge))  # fmt: skip
     with RecordWriter("baselines", bid, {"type": "header", **to_fields(header)}) as w:
-        events = typed(w.record)[1]
+        if copied := _copy_known(w, bid, header, prompts, settings.needs_judge):
+            w.append("timing", **to_fields(Timing(phase="copied", seconds=0.0, n=copied)))
+        events = typed(w.record_now())[1]
         refs = {k: v for k, v in latest(events, "reference").items() if v.error is None}
         weak = {k: v for k, v in latest(events, "weak").items() if v.decode.get("error") is None}
         ref_tests = weak_tests = None

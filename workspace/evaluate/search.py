@@ -232,7 +232,7 @@ async def search(
         recorded = [e for e in w.record.events if e.get("type") == "rung"]
         alive = points
         for r, (n, _, keep) in enumerate(plan.rungs(len(points), len(on))):
-            subset = on.head(n)
+            subset = head(on, n)
             fresh = [SweepPoint(p.spec, p.policy) for p in alive]
             done = await sweep(fresh, subset, setup, settings, progress, on_progress, concurrent=True)
             rung = Rung(r, n, subset.name, tuple(rank([standing(p.spec, p.evaluation, plan.target) for p in done],
@@ -274,6 +274,15 @@ async def search(
         if on_event:
             on_event("final", line)
     return result
+
+
+def head(prompts: PromptSet, n: int) -> PromptSet:
+    """Its first `n` prompts, named as the first `n` of the set it is itself a head of ("humaneval:train[:20]", not
+    "humaneval:train[:40][:20]"), so a rung's records are the same whichever head of a split a search ran on."""
+    base, cut, rest = prompts.name.rpartition("[:")
+    if cut and rest.endswith("]") and rest[:-1].isdigit() and n < len(prompts):
+        return PromptSet(f"{base}[:{n}]", prompts.prompts[:n])
+    return prompts.head(n)
 
 
 def _final_numbers(ev: Evaluation) -> dict:
