@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import math
 import re
 from dataclasses import dataclass, field
 
 import pytest
+from click.testing import CliRunner
 
 from tests.fakeserver import FakeServer
 from tests.test_evaluate_humaneval import FAST, ScriptedModel
 from workspace.benchmarks import Outcome, Prompt, PromptSet, TestedBenchmark, base, get, register
+from workspace.cli import main
 from workspace.client import ModelClient
 from workspace.endpoints import Endpoint
 from workspace.evaluate import EvalSettings, SearchError, SearchPlan, Setup, evaluate, load_evaluation, rederive, search
@@ -139,6 +142,13 @@ async def test_a_hopeless_candidate_is_stopped_recorded_and_never_certified(sums
     assert never.canonical and never.verified  # all the sums, their models: only the stop keeps it off the board
     assert not never.certified and never.reasons()[0].startswith("stopped early (10 of 24 prompts run): look 1")
     assert never.stop_problem() is None and never.to_json()["stopped"]["n"] == 10
+    # cdw verify: a stopped record holds only the prompts it ran, and says where and why it stopped
+    r = CliRunner().invoke(main, ["verify", never.id, "--json"])
+    out = json.loads(r.stdout)
+    assert r.exit_code == 0 and out["stopped"]["n"] == 10 and out["stop_problem"] is None
+    assert out["coverage"]["complete"] is False and out["verified"] is True
+    text = CliRunner().invoke(main, ["verify", never.id]).stdout
+    assert "stopped early after 10 of 24 prompts" in text and "the stop follows from its results" in text
     # always-defer is the strong model: never stopped, run in full, and certified
     assert always.stopped is None and always.complete and always.summary.n == N and always.certified
     # shown as stopped in the frames and on the leaderboard
@@ -149,6 +159,9 @@ async def test_a_hopeless_candidate_is_stopped_recorded_and_never_certified(sums
     assert [e.policy for e in board.stopped] == ["never"] and board.stopped[0].status == STOPPED
     assert [e.policy for e in board.certified] == ["always"]
     assert "stopped early" in board.stopped[0].note and board.to_json()["stopped"][0]["policy"] == "never"
+    from workspace.notebook.html import leaderboard_html
+
+    assert "Stopped early" in leaderboard_html(build_leaderboard([never, always]), "sums")
 
     # A stopped line is taken again on the record's results: the strong model's answers on the first 10 prompts and
     # a line claiming they cannot reach 0.98 is reported, and never certified.
@@ -161,6 +174,18 @@ async def test_a_hopeless_candidate_is_stopped_recorded_and_never_certified(sums
     assert ev.stopped == forged and not ev.certified
     assert "does not follow from its results" in ev.stop_problem()
     assert any("does not follow" in r for r in ev.reasons())
+
+
+@pytest.mark.slow  # the page inlines Vega: seconds to render
+@pytest.mark.usefixtures("records_dir")
+async def test_the_results_page_lists_a_stopped_evaluation_apart(sums, servers):
+    from workspace.site import render_site
+
+    async with make_setup(servers) as setup:
+        never = await evaluate("never", sums.sets()["sums"](), setup, settings_for(sums), progress=False,
+                               stop=StopRule(0.98))  # fmt: skip
+    page = render_site(board=build_leaderboard([never]), findings=[])
+    assert 'id="board-stopped-sums"' in page and never.id in page and "Stopped early" in page
 
 
 @pytest.mark.usefixtures("records_dir")
