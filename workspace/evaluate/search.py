@@ -25,9 +25,11 @@ the finalists evaluated in full on a held-out split.
 - **The record.** `records/searches/<id>.jsonl` (signed, append-only, like every record): a header with the grid,
   both splits, the plan and the criterion, one `rung` line per decision (each candidate's evaluation id and the
   numbers it was ranked by, who was kept) and a `final` line (the finalists' held-out evaluations, the choice). Its
-  id is a hash of what is searched, so the same search resumes or reads its record back; every recorded decision is
-  taken again from the evaluation records it names (`rederive`) when the search runs again, and a decision that no
-  longer follows from them is an error.
+  id is a hash of what is searched, so the same search resumes or reads its record back. A decided rung is never
+  run again (a retry would move its evaluations): its decision is taken again from the evaluation records it names
+  (`rederived`; `rederive` checks a whole search offline), and one that no longer follows from them is an error.
+  Before a rung is decided, a candidate whose evaluation has errors (a server's hiccup) is evaluated once more,
+  which retries the failed prompts; errors that remain rank it last.
 """
 
 from __future__ import annotations
@@ -230,25 +232,29 @@ async def search(
     result = Search(sid, names, plan)
     with RecordWriter("searches", sid, {"type": "header", **header}) as w:
         recorded = [e for e in w.record.events if e.get("type") == "rung"]
+        by_spec = {p.spec: p for p in points}
         alive = points
         for r, (n, _, keep) in enumerate(plan.rungs(len(points), len(on))):
             subset = head(on, n)
-            fresh = [SweepPoint(p.spec, p.policy) for p in alive]
-            done = await sweep(fresh, subset, setup, settings, progress, on_progress, concurrent=True)
-            rung = Rung(r, n, subset.name, tuple(rank([standing(p.spec, p.evaluation, plan.target) for p in done],
-                                                      keep)))  # fmt: skip
-            line = rung.to_json()
-            if r < len(recorded):
-                if recorded[r]["kept"] != line["kept"]:
+            if r < len(recorded):  # decided: read back, never run again (a retry would move its evaluations)
+                rung = rederived(recorded[r], plan.target)
+                if [s.spec for s in rung.standings] != [p.spec for p in alive] or rung.kept != recorded[r]["kept"]:
                     raise SearchError(f"search {sid}: rung {r}'s recorded decision ({recorded[r]['kept']}) does not "
-                                      f"follow from its evaluations now ({line['kept']})")  # fmt: skip
+                                      f"follow from its evaluations now ({rung.kept})")  # fmt: skip
             else:
-                w.append("rung", **line)
+                done = await sweep([SweepPoint(p.spec, p.policy) for p in alive], subset, setup, settings, progress,
+                                   on_progress, concurrent=True)  # fmt: skip
+                for p in done:  # failed prompts (a server's hiccup) are retried once before anything is decided
+                    if p.evaluation.errors:
+                        p.evaluation = await evaluate(p.policy, subset, setup, settings, progress,
+                                                      on_progress=on_progress)  # fmt: skip
+                rung = Rung(r, n, subset.name, tuple(rank([standing(p.spec, p.evaluation, plan.target) for p in done],
+                                                          keep)))  # fmt: skip
+                w.append("rung", **rung.to_json())
             if on_event:
-                on_event("rung", line)
+                on_event("rung", rung.to_json())
             result.rungs.append(rung)
-            alive = [p for p in done if p.spec in rung.kept]
-            alive.sort(key=lambda p: rung.kept.index(p.spec))
+            alive = [by_spec[spec] for spec in rung.kept]
         result.final = list(
             await asyncio.gather(
                 *(
@@ -304,6 +310,14 @@ async def _header(points, plan: SearchPlan, on: PromptSet, final: PromptSet, set
     }  # fmt: skip
 
 
+def rederived(line: dict, target: float) -> Rung:
+    """A recorded rung's decision taken again from the evaluation records it names (no server asked)."""
+    cands = line["candidates"]
+    keep = sum(c["kept"] for c in cands)
+    standings = rank([standing(c["spec"], load_evaluation(c["evaluation"]), target) for c in cands], keep)
+    return Rung(line["rung"], line["n"], line["prompts"], tuple(standings))
+
+
 def rederive(search_id: str) -> list[str]:
     """Take every recorded decision of a search again from the evaluation records it names; what does not follow
     (empty: every decision and the choice do). No server is asked anything."""
@@ -313,14 +327,11 @@ def rederive(search_id: str) -> list[str]:
     target = rec.header["plan"]["target"]
     problems, last = [], None
     for line in rec.of_type("rung"):
-        cands = line["candidates"]
-        keep = sum(c["kept"] for c in cands)
-        now_ = rank([standing(c["spec"], load_evaluation(c["evaluation"]), target) for c in cands], keep)
-        for c, s in zip(cands, now_, strict=True):
+        last = rederived(line, target)
+        for c, s in zip(line["candidates"], last.standings, strict=True):
             if (c["rank"], c["kept"], c["reaches"]) != (s.rank, s.kept, s.reaches):
                 problems.append(f"rung {line['rung']}: {c['spec']} was ranked {c['rank']} (kept: {c['kept']}); its "
                                 f"evaluation {c['evaluation']} ranks it {s.rank} (kept: {s.kept}) now")  # fmt: skip
-        last = Rung(line["rung"], line["n"], line["prompts"], tuple(now_))
     for line in rec.of_type("final"):
         want = last.kept[0] if last is not None else (rec.header["grid"][0]["spec"] if rec.header["grid"] else None)
         if line["choice"] != want:
