@@ -216,3 +216,23 @@ async def test_a_records_folder_does_not_bring_its_own_trusted_keys(evaluation, 
     c = check("evaluation", evaluation.id)
     assert c.signed_by and c.trusted_by is None and not c.verified
     assert signing.trusted_keys_file() != records_dir / "trusted_keys.txt"
+
+
+async def test_baselines_signed_by_another_trusted_key_verify(evaluation, records_dir, monkeypatch, tmp_path):
+    """An evaluation made on a new machine (its own key) over baselines another trusted key signed verifies; the same
+    evaluation is refused once that other key leaves the trusted list."""
+    path = records_dir / "evaluations" / f"{evaluation.id}.jsonl"
+    second = Ed25519PrivateKey.generate()
+    rewrite(path, lines(path), second)
+    raw = second.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    listed = signing.trusted_keys_file().read_text()
+    both = tmp_path / "trusted_keys.txt"
+    both.write_text(listed + f"{signing.PREFIX}{base64.b64encode(raw).decode()} a second machine\n")
+    monkeypatch.setenv("CDW_TRUSTED_KEYS", str(both))
+    c = check("evaluation", evaluation.id)
+    assert c.verified and c.trusted_by == "a second machine", c.reason
+    only_second = tmp_path / "only_second.txt"
+    only_second.write_text(f"{signing.PREFIX}{base64.b64encode(raw).decode()} a second machine\n")
+    monkeypatch.setenv("CDW_TRUSTED_KEYS", str(only_second))
+    c = check("evaluation", evaluation.id)
+    assert not c.verified and any("another key" in p for p in c.problems)
