@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -187,7 +188,11 @@ def load_catalog(path: Path | None = None) -> Catalog:
     `CDW_PRESETS` is how processes started elsewhere (a SLURM job's `cdw serve --foreground`) read the same
     presets as the command that started them."""
     path = path or paths().presets
-    text = path.read_text() if path else resources.files("servers").joinpath("presets.toml").read_text()
+    return _parse(path.read_text() if path else resources.files("servers").joinpath("presets.toml").read_text())
+
+
+@functools.lru_cache(maxsize=8)  # read anew each call, parsed once per text: records' checks ask per evaluation
+def _parse(text: str) -> Catalog:
     raw = tomllib.loads(text)
     models = {name: _model(name, m) for name, m in raw.get("models", {}).items()}
     presets = {name: _preset(name, p, models) for name, p in raw.get("presets", {}).items()}

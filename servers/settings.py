@@ -13,6 +13,7 @@ project's own; `CDW_RECORDS_DIR`, `CDW_FINDINGS_DIR` and `CDW_POLICIES_DIR` move
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
 from dataclasses import dataclass
@@ -84,8 +85,20 @@ class Paths:
         return self.home / "cache"
 
 
+# What `paths()` depends on: the variables that move folders (and HOME, for `~`).
+_PATH_VARIABLES = ("CDW_HOME", "CDW_MODELS_DIR", "CDW_RUN_DIR", "CDW_LOGS_DIR", "CDW_RECORDS_DIR", "CDW_FINDINGS_DIR",
+                   "CDW_POLICIES_DIR", "CDW_KEYS_DIR", "CDW_TRUSTED_KEYS", "CDW_PRESETS", "HOME")  # fmt: skip
+
+
 def paths() -> Paths:
     """The current folders, read from the environment each call (tests change it)."""
+    # Made once per distinct environment: record checks ask for a folder per answer, thousands of times.
+    return _paths(tuple(os.environ.get(k) for k in _PATH_VARIABLES))
+
+
+@functools.lru_cache(maxsize=32)
+def _paths(environment: tuple[str | None, ...]) -> Paths:
+    """The folders for this environment (the argument is the cache's key: the body reads the same variables)."""
     home = _path("CDW_HOME") or (PROJECT_ROOT / ".cdw" if in_checkout() else Path.home() / ".cache" / "cdw")
     records = _path("CDW_RECORDS_DIR") or (PROJECT_ROOT / "records" if in_checkout() else home / "records")
     return Paths(

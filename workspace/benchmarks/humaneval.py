@@ -319,7 +319,9 @@ def anatomy(answer: str, p: Problem) -> pyanatomy.Anatomy:
     return pyanatomy.anatomy(answer, block, code, p.prompt, p.entry_point)
 
 
-@lru_cache(maxsize=512)  # an evaluation's checks and its f_weak_code extract the same answers
+# An evaluation's checks, its f_weak_code and the leaderboard's rows extract the same answers (three per prompt:
+# reference, weak, candidate; 164 prompts an evaluation): room for those of a few dozen evaluations.
+@lru_cache(maxsize=16384)
 def extract_traced(answer: str, p: Problem) -> Traced | None:
     """`extract`, each character of the code traced to its index in the answer (the prompt that completes a bare
     body, and the blank lines between kept statements, are not the answer's)."""
@@ -339,6 +341,7 @@ def extract_traced(answer: str, p: Problem) -> Traced | None:
     return _definitions(found, p.entry_point)
 
 
+@cache
 def _prompt_context(p: Problem) -> str:
     """The prompt's imports and its helper definitions (not the entry point, whose body the prompt lacks)."""
     tree = ast.parse(p.prompt + "    pass\n")
@@ -349,6 +352,8 @@ def _prompt_context(p: Problem) -> str:
 
 def _hoist_future(code: str) -> tuple[str, str]:
     """(`from __future__` imports, the rest): those imports must open the program, before the prompt's context."""
+    if "__future__" not in code:
+        return "", code
     tree = ast.parse(code)
     future = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "__future__"]
     if not future:

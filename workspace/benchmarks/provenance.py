@@ -46,6 +46,8 @@ class Traced:
     def crlf_to_lf(self) -> Traced:
         """`text.replace("\\r\\n", "\\n")`: the "\\r" of each pair dropped, the "\\n" keeps its origin."""
         t = self.text
+        if "\r\n" not in t:
+            return self  # (most answers: a text has no pair to drop)
         keep = [i for i, ch in enumerate(t) if not (ch == "\r" and t[i + 1 : i + 2] == "\n")]
         return Traced("".join(t[i] for i in keep), tuple(self.origin[i] for i in keep))
 
