@@ -9,6 +9,7 @@ moved away from the user's servers; the model cache is shared, so models built b
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -62,7 +63,8 @@ class SessionEnv:
 @pytest.fixture(scope="session", autouse=True)
 def session_env(tmp_path_factory) -> SessionEnv:
     """No test sees the user's CDW_* variables, records, findings, policies or call cache. Shared: a copy of the
-    downloaded prompt sets, and for the `vllm` tier the model cache (models `cdw models fetch tiny` built).
+    downloaded prompt sets (fetched once for the session where this machine has none), and for the `vllm` tier the
+    model cache (models `cdw models fetch tiny` built).
     Records are signed with a key of the suite's own, which its trusted-keys file lists (never the user's key)."""
     import shutil
 
@@ -78,6 +80,7 @@ def session_env(tmp_path_factory) -> SessionEnv:
         shutil.copytree(data, seed)
     else:
         seed.mkdir()
+    _fetch_prompt_sets(root, mp)
     keys = root / "keys"
     keys.mkdir()
     mp.setenv("CDW_HOME", str(root / "home"))  # session fixtures' own state until a test's folders replace it
@@ -86,6 +89,19 @@ def session_env(tmp_path_factory) -> SessionEnv:
     (keys / "trusted_keys.txt").write_text(f"{signing.public_key()} the test suite\n")
     yield SessionEnv(seed, models, signing.public_key())
     mp.undo()
+
+
+def _fetch_prompt_sets(home: Path, mp: pytest.MonkeyPatch) -> None:
+    """Each benchmark's canonical prompt set in the seed (`home`/data): read from this machine's copy, or on a machine
+    that has none (a fresh clone) fetched once for the session instead of once by every test that reads it. Best
+    effort: what cannot be fetched here, the tests that need it fetch (and fail over) as they would have."""
+    from workspace import benchmarks
+
+    mp.setenv("CDW_HOME", str(home))
+    for name in benchmarks.names():
+        bench = benchmarks.get(name)
+        with contextlib.suppress(Exception):  # offline, say: the tests that need the set report it
+            bench.sets()[bench.canonical_set](None)
 
 
 @pytest.fixture(autouse=True)
