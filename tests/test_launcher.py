@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
-from importlib.util import find_spec
 
 import pytest
 
@@ -45,20 +44,15 @@ def test_unknown_preset_is_a_clear_error():
         load_catalog().preset("gpu9")
 
 
-# The launcher's preflight asks for vLLM before anything else it checks.
-NEEDS_VLLM = pytest.mark.skipif(find_spec("vllm") is None, reason="needs vLLM (cpu extra)")
-
-
-@NEEDS_VLLM
-def test_missing_model_is_a_clear_error(home):
+# The launcher's preflight asks for vLLM before anything else it checks: `cpu_build` answers for it.
+def test_missing_model_is_a_clear_error(home, cpu_build):
     cat = load_catalog(write_test_presets(home / "p.toml"))
     with pytest.raises(LaunchError, match="not fetched yet: run `cdw models fetch tiny`"):
         launcher.serve("tiny", catalog=cat)
     assert read_state().servers == ()
 
 
-@NEEDS_VLLM
-def test_too_little_memory_is_a_clear_error(home):
+def test_too_little_memory_is_a_clear_error(home, cpu_build):
     cat = load_catalog(write_test_presets(home / "p.toml", **{"memory_gb = 3.5": "memory_gb = 9000"}))
     from servers.tiny import BUILD_VERSION
 
@@ -159,7 +153,7 @@ def test_the_catalog_fixes_dated_chat_templates_by_served_name():
     assert cat.template_kwargs("Qwen/Qwen2.5-7B-Instruct") == {} and cat.template_kwargs("unknown") == {}
 
 
-def test_dry_run_prints_each_servers_command_and_environment_and_starts_nothing(home):
+def test_dry_run_prints_each_servers_command_and_environment_and_starts_nothing(home, cpu_build):
     from click.testing import CliRunner
 
     from workspace.cli import main
