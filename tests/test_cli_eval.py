@@ -11,6 +11,9 @@ from tests.fakeserver import prefers_longer
 from tests.test_cli_width import assert_fits
 from workspace.cli import main
 
+# 80 columns (the rule) in the fast tier, wider in the slow one (each width runs the whole command again).
+WIDTHS = (80, pytest.param(160, marks=pytest.mark.slow))
+
 
 @pytest.fixture(scope="module")
 def urls(start_toys):
@@ -60,7 +63,7 @@ def test_sweep_evaluates_each_point(urls, env):
     assert points[0]["evaluation_id"] != points[1]["evaluation_id"]
 
 
-@pytest.mark.parametrize("width", (80, 160))
+@pytest.mark.parametrize("width", WIDTHS)
 def test_eval_sweep_and_baselines_tables_fit_the_terminal(urls, env, width):
     flags, _ = urls
     common = ("--prompts", env, "--max-tokens", 120, *flags)
@@ -98,7 +101,7 @@ def test_bad_arguments_are_clear_errors(urls, env):
     assert r.exit_code != 0 and "missing.jsonl" in r.output
 
 
-@pytest.mark.parametrize("width", (80, 160))
+@pytest.mark.parametrize("width", WIDTHS)
 def test_search_shows_each_decision_and_reads_back(urls, tmp_path, width):
     flags, _ = urls
     for name, k in (("train", 10), ("test", 5)):
