@@ -266,10 +266,7 @@ class _Proc:
         if len(self.pending) == 1:
             self._arm()
         self._send(_HEADER.pack(len(data)) + data)
-        reply = _reply(await done)
-        if reply.q != q:
-            raise PolicyWorkerError(f"the policy worker answered nonsense: the answer to message {reply.q} for {q}")
-        return reply
+        return await done  # (`_readable` matched it to this request by its number)
 
     def _send(self, frame: bytes) -> None:
         # Written once the callbacks ready now have run, so requests made together wake the worker once.
@@ -301,9 +298,19 @@ class _Proc:
             while (body := self._frame()) is not None:
                 if not self.pending:
                     raise PolicyWorkerError("the policy worker answered nonsense: an answer to no message")
+                reply, q = _reply(body), self.pending[0][1]
+                if reply.q is not None and reply.q < q:
+                    # A second answer to a message already answered: a policy wrote into the channel while
+                    # answering it, and that decode has its answer. No waiting request is to blame: they move.
+                    return self.kill()
+                if reply.q != q:
+                    # The worker answers in order, so whatever comes before the answer to the oldest waiting
+                    # request was written while that request's policy ran: that decode fails, the others move.
+                    raise PolicyWorkerError(f"the policy worker answered nonsense: the answer to message {reply.q}"
+                                            f" for {q}")  # fmt: skip
                 done = self.pending.popleft()[0]
                 if not done.done():
-                    done.set_result(body)
+                    done.set_result(reply)
                 answered = True
         except PolicyWorkerError as e:
             return self._fail(e)
