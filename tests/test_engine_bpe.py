@@ -116,6 +116,23 @@ async def test_span_rules_cut_where_they_say_with_leading_space_tokens(bpe):
             assert not seg.text.endswith(" ")  # the next word's leading space is the next span's
 
 
+async def test_one_token_spans_extend_to_the_end_of_the_character_they_start(bpe):
+    """A one-token strong span that is only the first bytes of a character (" 中" is three tokens) asks for more
+    tokens until the character is whole: never an empty span, never an error (issue: CJK on `cpu`)."""
+    _, ss, m = bpe
+    s = EngineSettings(max_tokens=80, max_deferrals=400)
+    ds = []
+    for seed in range(3):
+        ds += await decode_many(INSTRUCTIONS, f"random(rate=0.5, seed={seed}, span=tokens:1)", m, s, progress=False)
+    for d in ds:
+        check_consistent(d)
+    strong = [seg.text for d in ds for seg in d.segments if seg.author == "strong"]
+    assert any(t.lstrip() == "中" or len(t.encode()) >= 3 and not t.isascii() for t in strong)  # the case happened
+    # ...and it took more than one token's request: a span asked again with a bigger budget.
+    budgets = [r["max_tokens"] for r in ss.requests if r["path"] == "/v1/chat/completions"]
+    assert 1 in budgets and any(b in (2, 4) for b in budgets)
+
+
 class DefersAtSplitCharacters(Policy):
     """Defers exactly at tokens that are pieces of a split character (the worst place to hand off)."""
 

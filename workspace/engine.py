@@ -438,6 +438,9 @@ class _Engine:
         if not text:
             if eos:
                 return False  # end of sequence right away: the strong model considers the answer complete
+            if kept and kept >= st.left:  # the budget ran out inside the span's first character: nothing to show
+                st.spent += kept
+                return True
             raise EngineError("the strong span is empty after healing")
         ids = await _timed(st, "weak", "tokenize", self.m.weak.tokenize(text))
         st.append("strong", text, ids, max(kept, 1), score)
@@ -450,12 +453,22 @@ class _Engine:
         to a strong-token boundary), its tokens, whether the span goes on, and whether the strong model ended."""
         left = st.left - spent
         budget = min(rule.max_span_tokens() - spent, self.s.max_span_tokens, left)
-        out = await self._strong(st, budget, rule.stop_strings(st.tracker.where()), "span", text=st.text + prefix)
-        ended = _strong_ended(out)
-        al = align(out.text, [t.text for t in out.tokens])
+        while True:
+            out = await self._strong(st, budget, rule.stop_strings(st.tracker.where()), "span", text=st.text + prefix)
+            ended = _strong_ended(out)
+            al = align(out.text, [t.text for t in out.tokens])
+            if ended or out.finish_reason != "length" or budget >= min(left, _MAX_CHAR_TOKENS):
+                break
+            if out.text and (al is None or al.bounds[al.n] is not None or al.safe_at_or_before(al.n)):
+                break
+            # Every token is a piece of the character the span starts (a one-token span of a CJK character
+            # heals back to nothing): the span extends to the end of that character, so ask for more.
+            budget = min(left, 2 * budget, _MAX_CHAR_TOKENS)
         if not out.text:
             if ended:
                 return "", 0, False, True
+            if budget >= left and out.finish_reason == "length":  # the answer's budget ends inside a character
+                return "", len(out.tokens), False, False
             raise EngineError(f"the strong model returned an empty span (finish_reason={out.finish_reason!r})")
         if al is None:  # pieces that cannot be placed in the text: keep it whole, cut nowhere
             al = Alignment(out.text, (0,) + (None,) * (len(out.tokens) - 1) + (len(out.text),))
