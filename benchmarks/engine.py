@@ -3,8 +3,10 @@
     .venv/bin/python benchmarks/engine.py                  # fake servers only (~1 min)
     .venv/bin/python benchmarks/engine.py --preset cpu     # also the running `cdw serve --preset cpu` servers
 
-Each part compares the draft sizing before issue 11 (a fixed 16-token draft after every handoff) with the
-adaptive drafts now (8 tokens after a handoff, doubling to 32 while the policy stays quiet), in the same run.
+Each part compares, in the same run, three ways of asking for weak drafts: a fixed 16-token draft after every
+handoff (before issue 11), chunks of 8 tokens after a handoff doubling to 32 while the policy stays quiet (before
+issue 23), and now one streamed request per weak run, cut at the token where the policy defers (target: <= 1.3
+weak tokens drafted per token kept with margin(tau=0.1, span=sentence) on `cpu`, no more requests per weak token).
 
 Fake part: the weak and strong toy servers of tests/fakeserver.py (a cross-tokenizer pair, as in
 tests/test_engine.py) run in a child process, so their CPU time is not the client's. `--n` instructions are
@@ -72,8 +74,19 @@ class ReplayServer(FakeServer):
     def __init__(self, model: ToyModel):
         super().__init__(model)
         self.memo: dict[tuple[str, bytes], bytes] = {}
+        generate, answers = model.generate, {}
+
+        def remembered(prompt: list[int], max_tokens: int, stop: list[str] | None):  # (streams are not replayed)
+            key = (tuple(prompt), max_tokens, tuple(stop or ()))
+            if key not in answers:
+                answers[key] = generate(prompt, max_tokens, stop)
+            return answers[key]
+
+        model.generate = remembered
 
     async def _replay(self, request: web.Request, handler) -> web.Response:
+        if (await request.json()).get("stream"):
+            return await handler(request)
         key = (request.path, await request.read())
         if key not in self.memo:
             resp = await handler(request)
@@ -169,9 +182,10 @@ async def alone(models: Models, instrs: list[str], policy: str, es: EngineSettin
         await models.close()
 
 
-VARIANTS = {  # draft sizing before and after adaptive drafts (issue 11), otherwise the default settings
-    "fixed 16 (before)": {"first_chunk": 16, "chunk_tokens": 16},
-    "adaptive 8->32 (now)": {},
+VARIANTS = {  # how weak drafts are asked for, otherwise the default settings
+    "fixed 16 (before issue 11)": {"first_chunk": 16, "chunk_tokens": 16, "stream_drafts": False},
+    "chunks 8->32 (before issue 23)": {"stream_drafts": False},
+    "streamed, cut at the deferral (now)": {},
 }
 
 
@@ -180,17 +194,17 @@ def fake_part(args) -> list[tuple[str, str, str]]:
     variants = {name: EngineSettings(top_k=args.top_k, **kw) for name, kw in VARIANTS.items()}
     with FakeServers() as fs:
         print(f"\n== fake servers, delay 0: {args.n} instructions, {args.policy}, top_k {args.top_k} ==")
-        print(f"{'drafts':<22}{'draft req/wtok':>15}{'weak req/wtok':>14}{'drafted/kept':>13}{'f_weak':>7}"
+        print(f"{'drafts':<38}{'draft req/wtok':>15}{'weak req/wtok':>14}{'drafted/kept':>13}{'f_weak':>7}"
               f"{'defer/dec':>10}{'weak tok':>9}{'strong tok':>11}{'wall s':>7}{'client CPU ms/tok':>18}")  # fmt: skip
         for name, es in variants.items():
             r = asyncio.run(batch(fs.models(cs), instrs, args.policy, es))
-            print(f"{name:<22}{r['draft']:>15.3f}{r['weak']:>14.3f}{r['drafted']:>13.2f}{r['f_weak']:>7.3f}"
+            print(f"{name:<38}{r['draft']:>15.3f}{r['weak']:>14.3f}{r['drafted']:>13.2f}{r['f_weak']:>7.3f}"
                   f"{r['defer']:>10.2f}{r['wt']:>9}{r['st']:>11}{r['wall']:>7.2f}{r['cpu_tok']:>18.3f}")  # fmt: skip
             out += [(f"weak draft requests / weak token, {name}", f"{r['draft']:.3f}", "<= 0.1"),
                     (f"weak tokens drafted / kept, {name}", f"{r['drafted']:.2f}", ""),
                     (f"client CPU ms / token, {name}", f"{r['cpu_tok']:.3f}", "")]  # fmt: skip
         print(f"\n== latency: {args.n} concurrent decodes, median of {args.repeat} batches ==")
-        print(f"{'L ms':>5}  {'drafts':<22}{'requests/decode':>16}{'wall s':>7}{'ideal s':>8}{'ratio':>6}"
+        print(f"{'L ms':>5}  {'drafts':<38}{'requests/decode':>16}{'wall s':>7}{'ideal s':>8}{'ratio':>6}"
               f"{'client CPU s':>13}{'server CPU s':>13}{'peak in flight':>15}")  # fmt: skip
         for name, es in variants.items():
             solo = asyncio.run(alone(fs.models(cs), instrs, args.policy, es))

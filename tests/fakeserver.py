@@ -241,6 +241,7 @@ class FakeServer:
         self.active = 0  # requests being handled now, and the most seen at once
         self.max_active = 0
         self.requests: list[dict] = []
+        self.streamed = 0  # tokens sent in streamed completions (a client that stops reading gets no more)
         self.url = ""
         self._runner: web.AppRunner | None = None
 
@@ -371,7 +372,37 @@ class FakeServer:
                 entry.setdefault(str(best), {"logprob": row[best], "rank": 1, "decoded_token": m.piece(best, prev)})
                 out.append(entry)
             choice["prompt_logprobs"] = out
+        if b.get("stream"):
+            return await self._stream(request, m, prompt, ids, choice)
         return web.json_response({"id": "cmpl", "choices": [choice]})
+
+    async def _stream(self, request: web.Request, m, prompt: list[int], ids: list[int], choice: dict):
+        """The answer as vLLM streams it: one event per token (its text: what the decoded text gained, so a split
+        character's first pieces bring ""), the finish reason on the last; stops when the client goes."""
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        lp, shown = choice.get("logprobs"), ""
+        for j, tok in enumerate(ids):
+            last = j == len(ids) - 1
+            text = choice["text"] if last else m.text_of(prompt, ids[: j + 1])
+            piece = text[len(shown) :] if text.startswith(shown) else ""
+            shown += piece
+            event = {"index": 0, "text": piece, "token_ids": [tok], "finish_reason": choice["finish_reason"] if last
+                     else None, "stop_reason": choice["stop_reason"] if last else None}  # fmt: skip
+            if lp:
+                event["logprobs"] = {key: lp[key][j : j + 1] for key in ("tokens", "token_logprobs", "top_logprobs")}
+                event["logprobs"]["text_offset"] = []
+            try:
+                await resp.write(b"data: " + json.dumps({"id": "cmpl", "choices": [event]}).encode() + b"\n\n")
+                await asyncio.sleep(0)  # (a client that stopped reading is seen before the next token)
+            except (ConnectionResetError, RuntimeError):
+                return resp
+            if request.transport is None or request.transport.is_closing():
+                return resp
+            self.streamed += 1
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
 
     def _judge_answer(self, b: dict):
         try:

@@ -23,6 +23,7 @@ from workspace.reuse import ContinuationStore
 FAST = ClientSettings(attempts=2, backoff_initial=0.01, backoff_max=0.02, request_timeout=20)
 INSTRUCTIONS = [f"Explain item {i} in a few words, café style." for i in range(4)]
 SETTINGS = EngineSettings(max_tokens=90, max_deferrals=400)
+CHUNKED = EngineSettings(max_tokens=90, max_deferrals=400, stream_drafts=False)  # drafts as plain requests
 POLICIES = ["never", "always(span=newline)", "margin(tau=0.4, span=sentence)"]
 
 
@@ -126,29 +127,35 @@ async def test_after_the_models_own_answers_the_endpoints_need_no_request_of_tha
     if isinstance(server.model, Scripted):  # once the text holds "the ", /tokenize proves it is another context
         assert 0 < asked < asks and m.strong.reused.checks > m.strong.reused.hits
     elif getattr(server.model, "split_text", "") == "replace":  # no answer may end inside a run of U+FFFD pieces
-        assert asked < asks / 4
+        assert asked <= asks / 4  # (streamed: one draft a decode, so the known answers of 3 in 4 decodes)
     else:
         assert asked == 0
 
 
 async def test_the_call_cache_and_the_store_are_separate(tmp_path):
+    """Drafts as plain requests (a streamed draft is cut where the policy defers, so it answers no request the call
+    cache could key: the store alone replays it, below)."""
     ws = await FakeServer(ByteToy("weak", seed=11)).start()
     ss = await FakeServer(ByteToy("strong", seed=12, alt_eos=True)).start()
     try:
         cache = CallCache(tmp_path / "calls.sqlite")
         with_both = models(ws, ss, ContinuationStore(tmp_path / "k.sqlite"), cache)
-        a = await decode_many(INSTRUCTIONS, "margin(tau=0.4, span=sentence)", with_both, SETTINGS, progress=False)
+        a = await decode_many(INSTRUCTIONS, "margin(tau=0.4, span=sentence)", with_both, CHUNKED, progress=False)
         # Without reuse, the same call cache answers every request (reuse asks the server for more than its caller
         # did, but the cache keys on what the caller asked).
         before = generated(ws, ss)
         cache_only = models(ws, ss, None, cache)
-        b = await decode_many(INSTRUCTIONS, "margin(tau=0.4, span=sentence)", cache_only, SETTINGS, progress=False)
+        b = await decode_many(INSTRUCTIONS, "margin(tau=0.4, span=sentence)", cache_only, CHUNKED, progress=False)
         assert same(a, b) and generated(ws, ss) == before
         assert {c.origin for d in b for c in d.calls if c.kind in ("draft", "span")} == {"cache"}
         # Without the call cache, the store answers what continues what it knows.
         store_only = models(ws, ss, ContinuationStore(tmp_path / "k.sqlite"))
-        c = await decode_many(INSTRUCTIONS, "margin(tau=0.4, span=sentence)", store_only, SETTINGS, progress=False)
+        c = await decode_many(INSTRUCTIONS, "margin(tau=0.4, span=sentence)", store_only, CHUNKED, progress=False)
         assert same(a, c) and generated(ws, ss) == before
+        # Streamed, no request reaches a server either (the store answers the drafts).
+        d = await decode_many(INSTRUCTIONS, "margin(tau=0.4, span=sentence)", with_both, SETTINGS, progress=False)
+        assert same(a, d) and generated(ws, ss) == before
+        assert {c.origin for x in d for c in x.calls if c.kind == "draft"} == {"reuse"}
         for m in (with_both, cache_only, store_only):
             await m.close()
     finally:

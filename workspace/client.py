@@ -22,7 +22,7 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -203,6 +203,10 @@ class Continuations(Protocol):
 
     def answer_completion(self, scope: bytes, prompt: list[int], max_tokens: int, k: int,
                           stop: list[str] | None) -> Completion | None: ...  # fmt: skip
+
+    def known_start(
+        self, scope: bytes, prompt: list[int], max_tokens: int, k: int
+    ) -> tuple[Completion, int] | None: ...
 
     def record_completion(self, scope: bytes, prompt: list[int], out: Completion, k: int) -> None: ...
 
@@ -493,6 +497,112 @@ class ModelClient:
             self.reuse.record_completion(sc, list(prompt_ids), out, k)
         return _own(out, origin, logprobs)
 
+    async def complete_until(
+        self, prompt_ids: list[int], *, max_tokens: int, logprobs: int, until: Callable[[Completion], Awaitable[bool]]
+    ) -> Completion:
+        """`complete`, streamed: each time tokens arrive, `until` gets the completion so far and returns True to stop
+        reading (the connection closes and vLLM aborts the request, so a draft the policy cuts early costs the
+        tokens read, not `max_tokens`). Returns the completion so far; cut, its finish_reason is "length" (what the
+        server says of that many tokens). With a continuation store, what is known of the answer is read first and
+        shown to `until` at once: the server is asked only for the rest, and what it streams is recorded. No call
+        cache (a cut stream answers no request). A stream that fails before any token falls back to `complete`."""
+        k = max(logprobs, 1)
+        payload = {"model": await self.model(), "prompt": list(prompt_ids), "max_tokens": max_tokens, **GREEDY,
+                   "return_token_ids": True, "logprobs": k}  # fmt: skip
+        sc = None if self.reuse is None else _scope("completions", payload, _COMPLETION_FIELDS)
+        head = None
+        if sc is not None:
+            max_tokens = await self._room(list(prompt_ids), max_tokens)
+            known = self.reuse.known_start(sc, list(prompt_ids), max_tokens, k) if max_tokens > 0 else None
+            if known is not None:
+                head, resume = known
+                if await until(head) or head.finish_reason == "stop" or len(head.token_ids) >= max_tokens:
+                    self.reused.hits += 1
+                    return _own(head, "reuse", logprobs)
+                # The server goes on from the last character boundary of what is known (tokens after it come
+                # again, the same: `until` sees them at the same places).
+                head = resume
+            self.reused.misses += 1
+        n = 0 if head is None else len(head.token_ids)
+
+        async def joined(part: Completion) -> bool:
+            return await until(_join(head, part) if head is not None else part)
+
+        rest = {
+            **payload,
+            "prompt": list(prompt_ids) + list(head.token_ids if head else ()),
+            "max_tokens": max_tokens - n,
+        }
+        try:
+            part = await self._stream(rest, joined)
+        except _Retryable:  # (a stream that broke after tokens were shown raised ServerUnavailable itself)
+            part = await self.complete(rest["prompt"], max_tokens=rest["max_tokens"], logprobs=k)
+            await joined(part)
+        out = _join(head, part) if head is not None else part
+        if sc is not None and out.tokens and len(out.tokens) == len(out.token_ids):
+            self.reuse.record_completion(sc, list(prompt_ids), out, k)
+        return _own(out, "server", logprobs)
+
+    async def _stream(self, payload: dict, until: Callable[[Completion], Awaitable[bool]]) -> Completion:
+        """One streamed /v1/completions request, read until `until` says stop or the server ends it. A connection
+        that fails before any token is `_Retryable` (the caller asks again, unstreamed)."""
+        rep = self._pick()
+        rep.in_flight += 1
+        kw = {"role": self.role, "url": rep.url}
+        text: list[str] = []
+        ids: list[int] = []
+        tokens: list[TokenLogprob] = []
+        finish, reason = "", None
+        try:
+            async with rep.sem, rep.throttler:
+                self.calls += 1
+                session = rep.get_session()
+                try:
+                    async with session.post("/v1/completions", data=orjson.dumps({**payload, "stream": True}),
+                                            headers=_JSON_HEADERS) as resp:  # fmt: skip
+                        if resp.status >= 400:
+                            raw = await resp.read()
+                            try:
+                                body = orjson.loads(raw)
+                            except orjson.JSONDecodeError:
+                                body = None
+                            why = _error_message(body, raw[:1000].decode(errors="replace"))
+                            msg = f"{resp.status} on /v1/completions: {why}"
+                            if resp.status >= 500:
+                                raise _Retryable(ServerError(msg, status=resp.status, **kw))
+                            raise RequestRejected(msg, status=resp.status, **kw)
+                        async for line in resp.content:
+                            if not line.startswith(b"data:"):
+                                continue
+                            data = line[5:].strip()
+                            if data == b"[DONE]":
+                                break
+                            try:
+                                part = _parse_completion(orjson.loads(data))
+                            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError) as e:
+                                raise MalformedResponse(f"/v1/completions stream: cannot parse ({e!r}): "
+                                                        f"{data[:200]!r}", **kw) from e  # fmt: skip
+                            text.append(part.text)
+                            ids += part.token_ids
+                            tokens += part.tokens
+                            finish, reason = part.finish_reason or finish, part.stop_reason
+                            if part.token_ids and await until(
+                                Completion("".join(text), tuple(ids), tuple(tokens), finish or "length", reason)
+                            ):
+                                resp.close()  # the server sees the client go and aborts the request
+                                break
+                except aiohttp.ClientConnectionError as e:
+                    rep.down_until = time.monotonic() + self.settings.unhealthy_cooldown
+                    if ids:
+                        raise ServerUnavailable(f"the stream broke after tokens: {type(e).__name__}: {e}", **kw) from e
+                    raise _Retryable(ServerUnavailable(f"{type(e).__name__}: {e}", **kw)) from e
+                except (TimeoutError, aiohttp.ServerTimeoutError) as e:
+                    raise RequestTimeout(f"POST /v1/completions (streamed): no end within "
+                                         f"{self.settings.request_timeout:.0f} s", **kw) from e  # fmt: skip
+        finally:
+            rep.in_flight -= 1
+        return Completion("".join(text), tuple(ids), tuple(tokens), finish or "length", reason)
+
     async def prompt_ranks(self, prompt_ids: list[int], *, start: int = 1) -> list[int]:
         """The rank of each prompt token from index `start` on among the model's predictions given the tokens
         before it (1: the model's greedy choice). One request; vLLM's `prompt_logprobs` extension, so only for a
@@ -615,6 +725,12 @@ class ModelClient:
             return ReplicaStatus(rep.url, True, models, version)
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as e:
             return ReplicaStatus(rep.url, False, error=f"{type(e).__name__}: {e}".strip(": "))
+
+
+def _join(head: Completion, rest: Completion) -> Completion:
+    """A known start of a completion followed by what the server streamed after it."""
+    return Completion(head.text + rest.text, head.token_ids + rest.token_ids, head.tokens + rest.tokens,
+                      rest.finish_reason, rest.stop_reason)  # fmt: skip
 
 
 def _own(out, origin: str, logprobs: int | None):

@@ -26,7 +26,7 @@ import functools
 import re
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from tqdm.auto import tqdm
 
@@ -48,6 +48,16 @@ class EngineSettings:
     max_deferrals: int = 64  # after this many spans the policy is no longer asked to defer
     peek_tokens: int = 8  # tokens asked for by a lookahead peek (strong), or to finish the weak word
     agree_tokens: int = 2  # `agree` span rule default: weak agrees this many tokens in a row
+    # Weak drafts are streamed and cut where the policy defers (in-process policies: a sandboxed one reads chunks,
+    # one message each; and not with a call cache but no continuation store, which alone can replay a cut stream).
+    # Greedy text does not depend on how drafts are cut, so this is not part of an evaluation's identity.
+    stream_drafts: bool = True
+
+    def identity(self) -> dict:
+        """The settings that decide what a decode writes (records carry these): all but `stream_drafts`."""
+        out = asdict(self)
+        del out["stream_drafts"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -194,6 +204,7 @@ class _State:
     since_handoff: int = 0
     spent: int = 0  # the answer budget spent: weak tokens of weak text + strong tokens of strong text
     tracker: Tracker = field(default_factory=Tracker)  # the structure of `text` (policies/structure.py)
+    shown: int = 0  # answer positions before this were shown to the policy (a draft redrawn from a character start)
 
     @property
     def answer_tokens(self) -> int:
@@ -308,6 +319,42 @@ class _Engine:
 
     async def _draft(self, st: _State, ids: list[int], want: int, k: int) -> _Draft:
         out = await _timed(st, "weak", "draft", self.m.weak.complete(ids, max_tokens=want, logprobs=k))
+        return await self._draft_of(st, ids, out)
+
+    async def _streamed_draft(
+        self, st: _State, pol: Policy, k: int, on_signal: Callable[[TokenSignal], None] | None
+    ) -> tuple[_Draft, tuple[int, Decision] | None]:
+        """Stream the weak answer from here (the rest of the budget) and show the policy each token as it comes;
+        the stream is cut at the first token where the policy defers (a peek is settled there and then). Returns
+        the draft as read and that deferral (None: the stream ran to its end)."""
+        dr: _Draft | None = None
+        found: tuple[int, Decision] | None = None
+
+        async def until(out: Completion) -> bool:
+            nonlocal dr, found
+            al = align(out.text, [t.text for t in out.tokens])
+            if al is None:
+                al = await self._align_by_detokenize(st, st.ids, out)
+            seen = 0 if dr is None else dr.n
+            if dr is None:
+                dr = _Draft(out, al)
+            else:  # the same draft, longer: its structure tracker goes on from where it was
+                dr.out, dr.al = out, al
+            while (f := await self._scan(st, pol, dr, seen, on_signal)) is not None:
+                if f[1].action is Action.PEEK and not await self._peek_disagrees(st, dr, f[0]):
+                    seen = f[0] + 1
+                    continue
+                found = f
+                return True
+            return False
+
+        out = await _timed(st, "weak", "draft", self.m.weak.complete_until(
+            st.ids, max_tokens=st.left, logprobs=k, until=until))  # fmt: skip
+        if dr is None or dr.n != len(out.token_ids):  # (nothing shown: an empty answer)
+            dr = await self._draft_of(st, st.ids, out)
+        return dr, found
+
+    async def _draft_of(self, st: _State, ids: list[int], out: Completion) -> _Draft:
         al = align(out.text, [t.text for t in out.tokens])
         if al is None:  # pieces that do not add up to the text: ask the server where each token ends
             al = await self._align_by_detokenize(st, ids, out)
@@ -357,19 +404,31 @@ class _Engine:
     async def _loop(self, st: _State, pol: Policy, on_signal: Callable[[TokenSignal], None] | None = None) -> str:
         s = self.s
         chunk = min(s.first_chunk, s.chunk_tokens)
+        # A cut stream answers no request a call cache could key: only the continuation store replays it, so with
+        # a call cache and no store, drafts are plain requests (a repeated evaluation asks no server).
+        weak = self.m.weak
+        stream = (
+            s.stream_drafts and not isinstance(pol, WorkerPolicy) and (weak.cache is None or weak.reuse is not None)
+        )
         while True:
             if st.left <= 0:
                 return "length"
-            want = min(chunk, st.left)
-            dr = await self._draft(st, st.ids, want, _top_k(s, pol))
-            defer_at, decision, i = None, Decision(Action.CONTINUE), 0
-            while (found := await self._scan(st, pol, dr, i, on_signal)) is not None:
-                i, decision = found
-                if decision.action is Action.PEEK and not await self._peek_disagrees(st, dr, i):
-                    i += 1
-                    continue
-                defer_at = i
-                break
+            defer_at, decision = None, Decision(Action.CONTINUE)
+            if stream:
+                want = st.left
+                dr, found = await self._streamed_draft(st, pol, _top_k(s, pol), on_signal)
+                if found is not None:
+                    defer_at, decision = found
+            else:
+                want = min(chunk, st.left)
+                dr, i = await self._draft(st, st.ids, want, _top_k(s, pol)), 0
+                while (found := await self._scan(st, pol, dr, i, on_signal)) is not None:
+                    i, decision = found
+                    if decision.action is Action.PEEK and not await self._peek_disagrees(st, dr, i):
+                        i += 1
+                        continue
+                    defer_at = i
+                    break
             if defer_at is None:
                 ended = dr.out.finish_reason == "stop"
                 keep = dr.n
@@ -377,6 +436,7 @@ class _Engine:
                     # The draft stopped inside a character: keep up to its first byte and draft it again
                     # (resuming mid-character makes vLLM's detokenizer restart and emit the whole prompt).
                     keep = dr.al.safe_at_or_before(dr.n)
+                    st.shown = st.answer_tokens + dr.n  # the policy has seen these: the next draft repeats them
                     if keep == 0 and want < max(s.chunk_tokens, _MAX_CHAR_TOKENS):
                         chunk = 2 * want  # the whole draft is one character's bytes: ask for more
                         continue
@@ -402,6 +462,9 @@ class _Engine:
         """The first draft token from `start` at which the policy fires and may defer (after `max_deferrals`
         spans it still sees every token, but may not), with its decision."""
         may_defer = st.num_deferrals() < self.s.max_deferrals
+        start = max(start, st.shown - st.answer_tokens)  # each weak token is shown to the policy once
+        if start >= dr.n:
+            return None
 
         def signal(i: int) -> TokenSignal:
             return _signal(dr.out.tokens[i], st.answer_tokens + i, st.text + dr.text_before(i), st.since_handoff + i,
@@ -444,7 +507,7 @@ class _Engine:
             raise EngineError("the strong span is empty after healing")
         ids = await _timed(st, "weak", "tokenize", self.m.weak.tokenize(text))
         st.append("strong", text, ids, max(kept, 1), score)
-        st.since_handoff = 0
+        st.since_handoff, st.shown = 0, 0
         st.policy.on_handoff(text)
         return not eos
 

@@ -340,6 +340,33 @@ class ContinuationStore:
                 return out
         return None
 
+    def known_start(
+        self, scope: bytes, prompt: Sequence[int], max_tokens: int, k: int
+    ) -> tuple[Completion, int] | None:
+        """The longest known start of the completion of `prompt` (at most `max_tokens` tokens), and how many of its
+        tokens end on a character boundary (where the server may be asked for the rest: a request resumed inside a
+        character restarts vLLM's detokenizer); None when nothing is known. A streamed draft reads it before
+        asking the server (`ModelClient.complete_until`)."""
+        best: tuple[Completion, int] | None = None
+        for known, j in self.lookup(ids_key(scope, prompt)):
+            end = min(known.n, j + max_tokens)
+            if best is not None and end - j <= len(best[0].token_ids):
+                continue
+            a = continue_from(known, j, end - j)
+            if a is None:  # its last tokens are inside a run of U+FFFD pieces: start from the last sure boundary
+                end = next((e for e in range(end - 1, j, -1) if known.bounds[e] is not None), j)
+                a = continue_from(known, j, end - j) if end > j else None
+            out = None if a is None else completion_of(known, a, k)
+            if out is None:
+                continue
+            if a.finish_reason == "stop" or known.bounds[a.end] is not None:
+                best = out, out
+            else:
+                e = next(e for e in range(a.end, j - 1, -1) if known.bounds[e] is not None)
+                r = continue_from(known, j, e - j) if e > j else None
+                best = out, None if r is None else completion_of(known, r, k)
+        return best
+
     def record_completion(self, scope: bytes, prompt: Sequence[int], out: Completion, k: int) -> None:
         """Keep a completion the server gave (asked with logprobs=k >= 1), unless it is known already."""
         known = known_from_completion(out, k)

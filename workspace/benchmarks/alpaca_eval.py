@@ -29,7 +29,6 @@ import tarfile
 import tempfile
 import threading
 import time
-from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -387,7 +386,7 @@ class AlpacaEval(JudgedBenchmark):
             out.append(f"models {c.models} are not the canonical {wanted}")
         if c.settings["judge"]["digest"] != JudgeSettings().digest():
             out.append("not the default judge prompt")
-        if c.settings["engine"] != asdict(self.engine_settings()):
+        if c.settings["engine"] != self.engine_settings().identity():
             out.append("not the default decoding settings")
         return out
 

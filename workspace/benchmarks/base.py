@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -245,7 +245,7 @@ class TestedBenchmark(Benchmark):
         if c.models not in self.canonical_models.values():
             named = ", ".join(f"{k}: {v}" for k, v in self.canonical_models.items())
             out.append(f"models {c.models} are not a canonical pair for {self.name} ({named})")
-        if c.settings.get("engine") != asdict(self.engine_settings()):
+        if c.settings.get("engine") != self.engine_settings().identity():
             out.append(f"not the default decoding settings for {self.name} (max_tokens {self.max_tokens})")
         if c.settings.get(TESTED) != self.scorer_identity():
             out.append("not this code's scoring (instruction, extraction or test timeout differ)")

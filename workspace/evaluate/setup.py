@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from servers.settings import PROJECT_ROOT
@@ -43,7 +43,7 @@ class EvalSettings:
         return self.bench.needs_judge
 
     def identity(self) -> dict:
-        return {"engine": asdict(self.engine), **self.bench.settings_identity(self.judge)}
+        return {"engine": self.engine.identity(), **self.bench.settings_identity(self.judge)}
 
     @classmethod
     def from_identity(cls, identity: dict, benchmark: str | None, n_boot: int = 1000, seed: int = 0) -> EvalSettings:

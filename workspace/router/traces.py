@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -204,7 +204,7 @@ async def collect(
         "prompts_hash": prompts.hash,
         "policy": pol.inner.describe(),
         "top_k": settings.top_k,
-        "engine": asdict(settings),
+        "engine": settings.identity(),
         "models": model_names or {},
     }
     meta_file = out / "meta.json"
