@@ -316,10 +316,10 @@ def real_part(args) -> list[tuple[str, str, str]]:
         es = EngineSettings(max_tokens=args.real_max_tokens, top_k=args.top_k, **kw)
         runs[f"{args.real_policy}, {name}"] = asyncio.run(batch(Models.from_endpoints(), instrs, args.real_policy, es))
     print(f"\n== preset {args.preset}: {len(instrs)} instructions, max_tokens {base.max_tokens} (after a warm-up) ==")
-    print(f"{'policy, drafts':<58}{'wall s':>7}{'f_weak':>7}{'defer/dec':>10}{'draft req/wtok':>15}"
+    print(f"{'policy, drafts':<70}{'wall s':>7}{'f_weak':>7}{'defer/dec':>10}{'draft req/wtok':>15}"
           f"{'weak req/wtok':>14}{'drafted/kept':>13}{'client CPU ms/tok':>18}")  # fmt: skip
     for p, r in runs.items():
-        print(f"{p:<58}{r['wall']:>7.1f}{r['f_weak']:>7.3f}{r['defer']:>10.2f}{r['draft']:>15.3f}{r['weak']:>14.3f}"
+        print(f"{p:<70}{r['wall']:>7.1f}{r['f_weak']:>7.3f}{r['defer']:>10.2f}{r['draft']:>15.3f}{r['weak']:>14.3f}"
               f"{r['drafted']:>13.2f}{r['cpu_tok']:>18.3f}")  # fmt: skip
     out = []
     for p, r in list(runs.items())[1:]:
