@@ -22,6 +22,13 @@ from servers.presets import load_catalog
 from servers.settings import paths
 from tests.fakeserver import ServerThread, Toys, script_toys
 
+# jsonschema (altair's chart validation, mcp) checks the "iri" and "iri-reference" formats with rfc3987_syntax when
+# that is installed (jupyter-events asks for it), and importing it builds 38 lark grammars: 3-4 s of CPU in every test
+# process, at collection, since the chart tests import altair. No schema the suite validates uses those formats
+# (Vega-Lite's uses uri, uri-reference and color-hex), so the tests run as on an install without it.
+if "jsonschema" not in sys.modules:
+    sys.modules.setdefault("rfc3987_syntax", None)
+
 TEST_PORTS = {"8111": "18111", "8112": "18112", "8113": "18113", "8114": "18114", "8115": "18115"}
 
 
