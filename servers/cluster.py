@@ -28,6 +28,8 @@ from .sbatch import JobState, SlurmError, SlurmOptions
 from .settings import PROJECT_ROOT, job_environment, job_runtime_setup, paths
 from .startup import LaunchError, StartEvent, is_healthy, log_tail, owned_specs, warm_up
 
+POLL_S = 2.0  # between two looks at the queue and the servers while jobs start
+
 
 @dataclass(frozen=True)
 class JobPlan:
@@ -252,7 +254,7 @@ def _wait(preset: Preset, jobs: list[JobRecord], timeout: float, on_event: Calla
             raise LaunchError(f"{', '.join(names[j] for j in late)} not healthy {timeout:.0f} s after the job started "
                               f"(raise --timeout?).\n{job_log(pending[late[0]])}")  # fmt: skip
         if pending:
-            time.sleep(2.0)
+            time.sleep(POLL_S)
 
 
 def serve_slurm(

@@ -319,13 +319,16 @@ def main_cli():
     return main
 
 
-def test_queue_time_is_not_start_up_time(fake_slurm, tmp_path):
+def test_queue_time_is_not_start_up_time(fake_slurm, tmp_path, monkeypatch):
     """A queued job is not a server that failed to start: only --queue-timeout limits the queue, and --timeout
     counts from the job's start."""
+    monkeypatch.setattr(cluster, "POLL_S", 0.1)  # a few looks at the queue within the queue timeout, not one in 2 s
     (fake_slurm / "queue.txt").write_text("31|PENDING||Priority\n")
     job = _job("31", "cdw-tiny-weak-0", tmp_path)
+    events = []
     with pytest.raises(LaunchError, match=r"still queued after \d+ s \(PENDING \(Priority\)\).*--queue-timeout"):
-        cluster._wait(catalog().preset("tiny"), [job], 0.0, lambda e: None, queue_timeout=1.0)
+        cluster._wait(catalog().preset("tiny"), [job], 0.0, events.append, queue_timeout=0.3)
+    assert len(events) > 1 and {e.state for e in events} == {"queued"}  # queued past --timeout 0, not failed
     (fake_slurm / "queue.txt").write_text("31|RUNNING|vm|None\n")
     with pytest.raises(LaunchError, match="not healthy 0 s after the job started"):
         cluster._wait(catalog().preset("tiny"), [job], 0.0, lambda e: None)
