@@ -109,7 +109,16 @@ def test_every_alias_names_a_committed_evaluation():
     assert len(_ALIASED) == 13 and {p.stem for p in COMMITTED} == _ALIASED
 
 
-@pytest.mark.parametrize("path", COMMITTED, ids=[p.stem for p in COMMITTED])
+# In the fast tier one record of each policy family and prompt set (margin on humaneval:test and on all of humaneval,
+# entropy, both probe weights files, always, never, random); the other taus of the same families in the slow tier.
+SLOW_COMMITTED = {"10b6144fb977459f", "11c7135f68e6eb50", "a5096d094cfeea04", "df8768908f2a17e8", "cd0b2bcffa68e68e"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(p, marks=pytest.mark.slow) if p.stem in SLOW_COMMITTED else p for p in COMMITTED],
+    ids=[p.stem for p in COMMITTED],
+)
 def test_the_commands_that_made_the_committed_evaluations_read_them_back(path, committed_records, start_toys,
                                                                           monkeypatch):  # fmt: skip
     """`cdw eval` as it made each committed evaluation, against servers that serve the same models: the record
