@@ -237,10 +237,27 @@ def synthetic_traces(tmp_path: Path, n_problems: int = 40, prompts: str = "human
     return traces.read(out)
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(synthetic traces, kind -> (weights, report)): each kind trained on them once for this module's tests (each
+    fit is seconds of CPU: a probe's report fits every kind), every call a fresh copy of the weights to change."""
+    import copy
+
+    t = synthetic_traces(tmp_path_factory.mktemp("router"))
+    done: dict[str, tuple] = {}
+
+    def get(kind: str) -> tuple[dict, train.Report]:
+        if kind not in done:
+            done[kind] = train.train(t, "disagreement", kind)
+        return copy.deepcopy(done[kind][0]), done[kind][1]
+
+    return t, get
+
+
 @pytest.mark.parametrize("kind", train.KINDS)
-def test_training_reports_held_out_aucs_and_exports_exact_weights(tmp_path, kind):
-    t = synthetic_traces(tmp_path)
-    obj, report = train.train(t, "disagreement", kind)
+def test_training_reports_held_out_aucs_and_exports_exact_weights(tmp_path, trained, kind):
+    t, get = trained
+    obj, report = get(kind)
     assert report.train_problems == 30 and report.test_problems == 10
     assert set(report.held_out) == {"probe", *[k for k in train.KINDS if k != kind], "margin", "entropy", "top1"}
     assert report.held_out["probe"].roc_auc > 0.8 and report.held_out["margin"].roc_auc > 0.8
@@ -270,7 +287,7 @@ class _Payload:
         return (Path.write_text, (Path("/tmp/cdw-probe-pwned"), "ran"))
 
 
-def test_weights_file_loads_without_executing_code(tmp_path):
+def test_weights_file_loads_without_executing_code(tmp_path, trained):
     Path("/tmp/cdw-probe-pwned").unlink(missing_ok=True)
     evil = tmp_path / "evil.json"
     evil.write_bytes(pickle.dumps(_Payload()))
@@ -279,8 +296,7 @@ def test_weights_file_loads_without_executing_code(tmp_path):
     assert not Path("/tmp/cdw-probe-pwned").exists()
     with pytest.raises(ProbeFileError, match=r"\.json"):
         load(tmp_path / "weights.pkl")
-    t = synthetic_traces(tmp_path)
-    obj, _ = train.train(t, "disagreement", "trees")
+    obj, _ = trained[1]("trees")
     bad = json.loads(json.dumps(obj))
     bad["params"]["trees"][0]["left"][0] = 0  # a node pointing at itself: an endless loop if trusted
     with pytest.raises(ProbeFileError, match="malformed"):
@@ -295,9 +311,9 @@ def test_weights_file_loads_without_executing_code(tmp_path):
         train.save(bad, tmp_path / "str.json") and load(tmp_path / "str.json")
 
 
-async def test_probe_policy_passes_the_engine_invariants(bpe, tmp_path):
+async def test_probe_policy_passes_the_engine_invariants(bpe, tmp_path, trained):
     ws, ss = bpe
-    obj, _ = train.train(synthetic_traces(tmp_path), "disagreement", "logistic")
+    obj, _ = trained[1]("logistic")
     obj["top_k"] = SETTINGS.top_k
     # The synthetic traces have one prompt length: that feature's scale is float noise (~1e-13), which saturates
     # the probe to 0 on any other prompt; a unit scale leaves the probe's output a real range here.
