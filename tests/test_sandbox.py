@@ -282,7 +282,7 @@ def test_environment_is_cleared(monkeypatch):
 
 
 async def test_pool_runs_concurrently_in_order():
-    n, nap = 4, 2.0
+    n, nap = 4, 1.5  # four naps at once take about one nap; one after another, four
     pool = Pool(workers=n, timeout_s=30)
     t0 = time.monotonic()
     results = await asyncio.gather(*(pool.run(f"import time\ntime.sleep({nap})\nprint({i})") for i in range(n)))
