@@ -122,7 +122,7 @@ async def test_one_token_spans_extend_to_the_end_of_the_character_they_start(bpe
     _, ss, m = bpe
     s = EngineSettings(max_tokens=80, max_deferrals=400)
     ds = []
-    for seed in range(3):
+    for seed in range(2):
         ds += await decode_many(INSTRUCTIONS, f"random(rate=0.5, seed={seed}, span=tokens:1)", m, s, progress=False)
     for d in ds:
         check_consistent(d)
@@ -169,13 +169,15 @@ async def test_strong_end_of_sequence_by_integer_stop_reason_ends_the_answer(bpe
 
 
 async def test_lookahead_with_identical_models_never_defers():
-    """Weak and strong are the same model: every peek must agree, so the answer is the weak model's own.
-    Short chunks put the next word across chunk ends; EOS lands inside chunks."""
+    """Weak and strong are the same model: every peek must agree, so the answer is the weak model's own. Streamed,
+    each peek comes inside the next word; in short chunks the next word crosses chunk ends and EOS lands inside
+    chunks."""
     ws, ss, m = await _pair(ByteToy("same", seed=5), ByteToy("same", seed=5))
     try:
-        for first, chunk in ((2, 3), (8, 32)):
-            s = EngineSettings(first_chunk=first, chunk_tokens=chunk, max_tokens=120, peek_tokens=4)
-            for instr in INSTRUCTIONS:
+        streamed = EngineSettings(max_tokens=120, peek_tokens=4)
+        for s in (streamed, EngineSettings(first_chunk=2, chunk_tokens=3, max_tokens=120, peek_tokens=4,
+                                           stream_drafts=False)):  # fmt: skip
+            for instr in INSTRUCTIONS[:3]:
                 d = await decode(instr, "lookahead(always(span=words:1))", m, s)
                 check_consistent(d)
                 assert d.num_deferrals == 0 and d.text == await weak_own(m, instr, 120)

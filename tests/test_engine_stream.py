@@ -62,15 +62,15 @@ async def test_a_stream_is_read_up_to_the_deferral_and_no_further(bpe):
     sending once the client has gone."""
     ws, m = bpe
     s = dataclasses.replace(STREAMED, max_tokens=40)
-    ds = await decode_many(INSTRUCTIONS[:2], "margin(tau=1.0, span=words:1)", m, s, progress=False)
-    assert all(d.error is None for d in ds) and sum(d.num_deferrals for d in ds) >= 20
+    ds = await decode_many(INSTRUCTIONS[:1], "margin(tau=1.0, span=words:1)", m, s, progress=False)
+    assert all(d.error is None for d in ds) and sum(d.num_deferrals for d in ds) >= 10
     for d in ds:
         assert kept(d) + d.num_deferrals <= drafted(d) <= kept(d) + 3 * d.num_deferrals  # (" 中" is 3 tokens)
         streams = sum(1 for c in d.calls if c.kind == "draft")  # one a weak run (the last may be a span's)
         assert streams in (d.num_deferrals, d.num_deferrals + 1)
     read = sum(map(drafted, ds))
     assert ws.streamed <= read + 4 * sum(d.num_deferrals for d in ds)  # (what was in flight when a stream closed)
-    chunked = await decode_many(INSTRUCTIONS[:2], "margin(tau=1.0, span=words:1)", m,
+    chunked = await decode_many(INSTRUCTIONS[:1], "margin(tau=1.0, span=words:1)", m,
                                 dataclasses.replace(s, stream_drafts=False), progress=False)  # fmt: skip
     assert read * 2 < sum(map(drafted, chunked))  # chunked drafts: 8 tokens after each handoff
 
@@ -102,9 +102,9 @@ async def test_the_policy_sees_each_weak_token_once(bpe, settings):
     """Also when a chunked draft ends inside a character and is drawn again from the character's start."""
     _, m = bpe
     SEEN.clear()
-    ds = await decode_many(INSTRUCTIONS, Positions(), m, dataclasses.replace(settings, first_chunk=3, chunk_tokens=5),
-                           progress=False)  # fmt: skip
+    ds = await decode_many(INSTRUCTIONS[:2], Positions(), m,
+                           dataclasses.replace(settings, first_chunk=3, chunk_tokens=5), progress=False)  # fmt: skip
     assert all(d.error is None for d in ds) and all(d.num_deferrals for d in ds)
-    assert len(SEEN) == len(INSTRUCTIONS)
+    assert len(SEEN) == 2
     for seen in SEEN:
         assert len(seen) == len(set(seen)), seen

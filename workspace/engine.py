@@ -323,18 +323,21 @@ class _Engine:
 
     async def _streamed_draft(
         self, st: _State, pol: Policy, k: int, on_signal: Callable[[TokenSignal], None] | None
-    ) -> tuple[_Draft, tuple[int, Decision] | None]:
+    ) -> tuple[_Draft, tuple[int, Decision] | None] | None:
         """Stream the weak answer from here (the rest of the budget) and show the policy each token as it comes;
         the stream is cut at the first token where the policy defers (a peek is settled there and then). Returns
-        the draft as read and that deferral (None: the stream ran to its end)."""
+        the draft as read and that deferral (None: the stream ran to its end), or None when the server's pieces do
+        not add up to its text (nothing was shown to the policy: this decode goes on in chunks)."""
         dr: _Draft | None = None
         found: tuple[int, Decision] | None = None
+        odd = False
 
         async def until(out: Completion) -> bool:
-            nonlocal dr, found
+            nonlocal dr, found, odd
             al = align(out.text, [t.text for t in out.tokens])
-            if al is None:
-                al = await self._align_by_detokenize(st, st.ids, out)
+            if al is None:  # a server whose pieces do not add up: where tokens end costs a request each (chunks)
+                odd = True
+                return True
             seen = 0 if dr is None else dr.n
             if dr is None:
                 dr = _Draft(out, al)
@@ -350,6 +353,8 @@ class _Engine:
 
         out = await _timed(st, "weak", "draft", self.m.weak.complete_until(
             st.ids, max_tokens=st.left, logprobs=k, until=until))  # fmt: skip
+        if odd:
+            return None
         if dr is None or dr.n != len(out.token_ids):  # (nothing shown: an empty answer)
             dr = await self._draft_of(st, st.ids, out)
         return dr, found
@@ -414,9 +419,12 @@ class _Engine:
             if st.left <= 0:
                 return "length"
             defer_at, decision = None, Decision(Action.CONTINUE)
+            if stream and (streamed := await self._streamed_draft(st, pol, _top_k(s, pol), on_signal)) is None:
+                stream = False
+                continue
             if stream:
                 want = st.left
-                dr, found = await self._streamed_draft(st, pol, _top_k(s, pol), on_signal)
+                dr, found = streamed
                 if found is not None:
                     defer_at, decision = found
             else:
