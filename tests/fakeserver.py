@@ -156,22 +156,33 @@ def first_stop(text: str, new: int, stop: list[str]) -> tuple[int, str] | None:
     return min(found)[2:] if found else None
 
 
-def greedy(model, prompt: list[int], max_tokens: int, stop: list[str] | None):
-    """Greedy generation of a toy model; returns (ids, logprob rows, text, finish_reason, stop_reason).
-    Ties go to the lower id; a stop string cuts the text, not the token (as vLLM does: the text before the stop
-    string; the chat endpoint adds it back when asked to include it)."""
-    ids, rows, text = [], [], ""
-    for _ in range(max_tokens):
+def greedy_steps(model, prompt: list[int], max_tokens: int, stop: list[str] | None):
+    """Greedy generation of a toy model, one token at a time: yields (token, its logprob row, the text so far,
+    finish_reason or None while it goes on, stop_reason). Ties go to the lower id; a stop string cuts the text, not
+    the token (as vLLM does: the text before the stop string; the chat endpoint adds it back when asked)."""
+    ids, text = [], ""
+    for n in range(1, max_tokens + 1):
         lp = model.logprobs(prompt + ids)
         tok = max(range(len(lp)), key=lambda i: (lp[i], -i))
         ids.append(tok)
-        rows.append(lp)
         if (reason := model.stop_reason(tok)) is not False:  # end of sequence: None, or another stop id (int)
-            return ids, rows, model.text_of(prompt, ids), "stop", reason
+            yield tok, lp, model.text_of(prompt, ids), "stop", reason
+            return
         before, text = text, model.text_of(prompt, ids)
         if stop and (hit := first_stop(text, len(text) - len(before), stop)):
-            return ids, rows, text[: hit[0]], "stop", hit[1]
-    return ids, rows, model.text_of(prompt, ids), "length", None
+            yield tok, lp, text[: hit[0]], "stop", hit[1]
+            return
+        yield tok, lp, text, "length" if n == max_tokens else None, None
+
+
+def greedy(model, prompt: list[int], max_tokens: int, stop: list[str] | None):
+    """Greedy generation of a toy model; returns (ids, logprob rows, text, finish_reason, stop_reason)."""
+    ids, rows, last = [], [], (None, None, model.text_of(prompt, []), "length", None)
+    for step in greedy_steps(model, prompt, max_tokens, stop):
+        ids.append(step[0])
+        rows.append(step[1])
+        last = step
+    return ids, rows, last[2], last[3] or "length", last[4]
 
 
 @dataclass
@@ -340,6 +351,8 @@ class FakeServer:
         m = self._decoder(b)
         prompt = b["prompt"] if isinstance(b["prompt"], list) else m.encode(b["prompt"])
         self.generated += 1
+        if b.get("stream"):
+            return await self._stream(request, m, prompt, b)
         ids, rows, text, finish, stop_reason = m.generate(prompt, self._max_tokens(b, prompt), b.get("stop"))
         choice = {"index": 0, "text": text, "finish_reason": finish, "stop_reason": stop_reason}
         if b.get("return_token_ids"):
@@ -372,26 +385,26 @@ class FakeServer:
                 entry.setdefault(str(best), {"logprob": row[best], "rank": 1, "decoded_token": m.piece(best, prev)})
                 out.append(entry)
             choice["prompt_logprobs"] = out
-        if b.get("stream"):
-            return await self._stream(request, m, prompt, ids, choice)
         return web.json_response({"id": "cmpl", "choices": [choice]})
 
-    async def _stream(self, request: web.Request, m, prompt: list[int], ids: list[int], choice: dict):
-        """The answer as vLLM streams it: one event per token (its text: what the decoded text gained, so a split
-        character's first pieces bring ""), the finish reason on the last; stops when the client goes."""
+    async def _stream(self, request: web.Request, m, prompt: list[int], b: dict):
+        """The answer as vLLM streams it, generated as it is sent: one event per token (its text: what the decoded
+        text gained, so a split character's first pieces bring ""), the finish reason on the last; generation stops
+        when the client goes (as vLLM aborts the request)."""
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        lp, shown = choice.get("logprobs"), ""
-        for j, tok in enumerate(ids):
-            last = j == len(ids) - 1
-            text = choice["text"] if last else m.text_of(prompt, ids[: j + 1])
+        k, shown, ctx = b.get("logprobs"), "", list(prompt)
+        key = (lambda i, prev: f"token_id:{i}") if b.get("return_tokens_as_token_ids") else m.piece
+        for tok, row, text, finish, reason in greedy_steps(m, prompt, self._max_tokens(b, prompt), b.get("stop")):
             piece = text[len(shown) :] if text.startswith(shown) else ""
             shown += piece
-            event = {"index": 0, "text": piece, "token_ids": [tok], "finish_reason": choice["finish_reason"] if last
-                     else None, "stop_reason": choice["stop_reason"] if last else None}  # fmt: skip
-            if lp:
-                event["logprobs"] = {key: lp[key][j : j + 1] for key in ("tokens", "token_logprobs", "top_logprobs")}
-                event["logprobs"]["text_offset"] = []
+            event = {"index": 0, "text": piece, "token_ids": [tok], "finish_reason": finish, "stop_reason": reason}
+            if k:
+                prev = ctx[-4:]
+                top = {key(j, prev): row[j] for j in heapq.nlargest(k, range(len(row)), key=row.__getitem__)}
+                event["logprobs"] = {"tokens": [key(tok, prev)], "token_logprobs": [row[tok]], "top_logprobs": [top],
+                                     "text_offset": []}  # fmt: skip
+            ctx.append(tok)
             try:
                 await resp.write(b"data: " + json.dumps({"id": "cmpl", "choices": [event]}).encode() + b"\n\n")
                 await asyncio.sleep(0)  # (a client that stopped reading is seen before the next token)
