@@ -342,12 +342,12 @@ class ContinuationStore:
 
     def known_start(
         self, scope: bytes, prompt: Sequence[int], max_tokens: int, k: int
-    ) -> tuple[Completion, int] | None:
-        """The longest known start of the completion of `prompt` (at most `max_tokens` tokens), and how many of its
-        tokens end on a character boundary (where the server may be asked for the rest: a request resumed inside a
-        character restarts vLLM's detokenizer); None when nothing is known. A streamed draft reads it before
-        asking the server (`ModelClient.complete_until`)."""
-        best: tuple[Completion, int] | None = None
+    ) -> tuple[Completion, Completion | None] | None:
+        """The longest known start of the completion of `prompt` (at most `max_tokens` tokens), and its longest start
+        that ends on a character boundary, where the server may be asked for the rest (a request resumed inside a
+        character restarts vLLM's detokenizer; None: no such start); None when nothing is known. A streamed draft
+        reads it before asking the server (`ModelClient.complete_until`)."""
+        best: tuple[Completion, Completion | None] | None = None
         for known, j in self.lookup(ids_key(scope, prompt)):
             end = min(known.n, j + max_tokens)
             if best is not None and end - j <= len(best[0].token_ids):
