@@ -343,13 +343,8 @@ class _Engine:
                 dr = _Draft(out, al)
             else:  # the same draft, longer: its structure tracker goes on from where it was
                 dr.out, dr.al = out, al
-            while (f := await self._scan(st, pol, dr, seen, on_signal)) is not None:
-                if f[1].action is Action.PEEK and not await self._peek_disagrees(st, dr, f[0]):
-                    seen = f[0] + 1
-                    continue
-                found = f
-                return True
-            return False
+            found = await self._deferral(st, pol, dr, seen, on_signal)
+            return found is not None
 
         out = await _timed(st, "weak", "draft", self.m.weak.complete_until(
             st.ids, max_tokens=st.left, logprobs=k, until=until))  # fmt: skip
@@ -418,25 +413,17 @@ class _Engine:
         while True:
             if st.left <= 0:
                 return "length"
-            defer_at, decision = None, Decision(Action.CONTINUE)
-            if stream and (streamed := await self._streamed_draft(st, pol, _top_k(s, pol), on_signal)) is None:
-                stream = False
-                continue
             if stream:
-                want = st.left
-                dr, found = streamed
-                if found is not None:
-                    defer_at, decision = found
+                streamed = await self._streamed_draft(st, pol, _top_k(s, pol), on_signal)
+                if streamed is None:  # the server's pieces do not add up: chunks from here on
+                    stream = False
+                    continue
+                want, (dr, found) = st.left, streamed
             else:
                 want = min(chunk, st.left)
-                dr, i = await self._draft(st, st.ids, want, _top_k(s, pol)), 0
-                while (found := await self._scan(st, pol, dr, i, on_signal)) is not None:
-                    i, decision = found
-                    if decision.action is Action.PEEK and not await self._peek_disagrees(st, dr, i):
-                        i += 1
-                        continue
-                    defer_at = i
-                    break
+                dr = await self._draft(st, st.ids, want, _top_k(s, pol))
+                found = await self._deferral(st, pol, dr, 0, on_signal)
+            defer_at, decision = found if found is not None else (None, Decision(Action.CONTINUE))
             if defer_at is None:
                 ended = dr.out.finish_reason == "stop"
                 keep = dr.n
@@ -463,6 +450,17 @@ class _Engine:
             if not await self._span(st, decision.span or pol.span, decision.score):
                 return "strong_eos"
             chunk = min(s.first_chunk, s.chunk_tokens)
+
+    async def _deferral(
+        self, st: _State, pol: Policy, dr: _Draft, start: int, on_signal: Callable[[TokenSignal], None] | None
+    ) -> tuple[int, Decision] | None:
+        """The first draft token from `start` where the policy defers: where it fires, a peek the strong model
+        agrees with reads on."""
+        while (found := await self._scan(st, pol, dr, start, on_signal)) is not None:
+            if found[1].action is not Action.PEEK or await self._peek_disagrees(st, dr, found[0]):
+                return found
+            start = found[0] + 1
+        return None
 
     async def _scan(
         self, st: _State, pol: Policy, dr: _Draft, start: int, on_signal: Callable[[TokenSignal], None] | None
