@@ -345,10 +345,7 @@ class ModelClient:
         except orjson.JSONDecodeError:
             body = None
         text = raw[:1000].decode("utf-8", errors="replace")
-        if status >= 500:
-            raise _Retryable(ServerError(f"{status} on {path}: {_error_message(body, text)}", status=status, **kw))
-        if status >= 400:
-            raise RequestRejected(f"{status} on {path}: {_error_message(body, text)}", status=status, **kw)
+        _raise_for_status(status, body, text, path, kw)
         if body is None:
             raise MalformedResponse(f"{path} answered {status} with non-JSON: {text[:200]!r}", **kw)
         return body
@@ -566,11 +563,8 @@ class ModelClient:
                                 body = orjson.loads(raw)
                             except orjson.JSONDecodeError:
                                 body = None
-                            why = _error_message(body, raw[:1000].decode(errors="replace"))
-                            msg = f"{resp.status} on /v1/completions: {why}"
-                            if resp.status >= 500:
-                                raise _Retryable(ServerError(msg, status=resp.status, **kw))
-                            raise RequestRejected(msg, status=resp.status, **kw)
+                            _raise_for_status(resp.status, body, raw[:1000].decode(errors="replace"),
+                                              "/v1/completions", kw)  # fmt: skip
                         async for line in resp.content:
                             if not line.startswith(b"data:"):
                                 continue
@@ -725,6 +719,14 @@ class ModelClient:
             return ReplicaStatus(rep.url, True, models, version)
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError, TypeError) as e:
             return ReplicaStatus(rep.url, False, error=f"{type(e).__name__}: {e}".strip(": "))
+
+
+def _raise_for_status(status: int, body: Any, text: str, path: str, kw: dict) -> None:
+    """5xx: a retryable ServerError; 4xx: RequestRejected (the request itself is wrong)."""
+    if status >= 500:
+        raise _Retryable(ServerError(f"{status} on {path}: {_error_message(body, text)}", status=status, **kw))
+    if status >= 400:
+        raise RequestRejected(f"{status} on {path}: {_error_message(body, text)}", status=status, **kw)
 
 
 def _join(head: Completion, rest: Completion) -> Completion:
