@@ -10,7 +10,7 @@ import pytest
 
 from tests.bytetoy import ByteToy
 from tests.fakeserver import FakeServer
-from workspace.client import ClientSettings, ModelClient
+from workspace.client import ClientSettings, ModelClient, RequestRejected
 from workspace.endpoints import Endpoint
 from workspace.engine import EngineSettings, Models, decode_many
 from workspace.policies import Policy, SpanRule, TokenSignal
@@ -108,3 +108,25 @@ async def test_the_policy_sees_each_weak_token_once(bpe, settings):
     assert len(SEEN) == 2
     for seen in SEEN:
         assert len(seen) == len(set(seen)), seen
+
+
+async def test_a_stream_the_server_refuses_is_asked_again_or_is_a_clear_error(bpe):
+    """A 5xx (or a dropped connection) before any token: the draft is asked again as a plain request, with its
+    retries; a 4xx is the request's own fault: RequestRejected."""
+    ws, m = bpe
+    ids = await m.weak.tokenize(messages=[{"role": "user", "content": INSTRUCTIONS[0]}], add_generation_prompt=True)
+
+    async def never_stop(out) -> bool:
+        return False
+
+    want = await m.weak.complete_until(ids, max_tokens=20, logprobs=2, until=never_stop)
+    for fault in ("statuses", "drop"):
+        setattr(ws.faults, fault, [503] if fault == "statuses" else 1)
+        before = len(ws.requests)
+        got = await m.weak.complete_until(ids, max_tokens=20, logprobs=2, until=never_stop)
+        assert got == want
+        asked = [r.get("stream", False) for r in ws.requests[before:] if r["path"] == "/v1/completions"]
+        assert asked[-1] is False  # (the refused stream is not in `requests` when its connection was dropped)
+    ws.faults.statuses = [400]
+    with pytest.raises(RequestRejected, match="400"):
+        await m.weak.complete_until(ids, max_tokens=20, logprobs=2, until=never_stop)
