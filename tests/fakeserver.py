@@ -185,6 +185,21 @@ def greedy(model, prompt: list[int], max_tokens: int, stop: list[str] | None):
     return ids, rows, last[2], last[3] or "length", last[4]
 
 
+def _completion_logprobs(m, b: dict, context: list[int], ids: list[int], rows: list[list[float]]) -> dict:
+    """/v1/completions logprobs of generated `ids` after `context` (each token keyed as vLLM keys it: its piece
+    given the tokens before, or `token_id:N`), with the top `b["logprobs"]` alternatives."""
+    k, ctx = b["logprobs"], list(context)
+    key = (lambda i, prev: f"token_id:{i}") if b.get("return_tokens_as_token_ids") else m.piece
+    toks, tops = [], []
+    for i, row in zip(ids, rows, strict=True):
+        prev = ctx[-4:]
+        toks.append(key(i, prev))
+        tops.append({key(j, prev): row[j] for j in heapq.nlargest(k, range(len(row)), key=row.__getitem__)})
+        ctx.append(i)
+    return {"tokens": toks, "token_logprobs": [row[i] for i, row in zip(ids, rows, strict=True)],
+            "top_logprobs": tops, "text_offset": []}  # fmt: skip
+
+
 @dataclass
 class Penalised:
     """A model under a repetition penalty, as vLLM applies one (HF's rule): a token already in the context has its
@@ -357,22 +372,8 @@ class FakeServer:
         choice = {"index": 0, "text": text, "finish_reason": finish, "stop_reason": stop_reason}
         if b.get("return_token_ids"):
             choice["token_ids"] = ids
-        k = b.get("logprobs")
-        if k:
-            ctx = list(prompt)
-            key = (lambda i, prev: f"token_id:{i}") if b.get("return_tokens_as_token_ids") else m.piece
-            toks, tops = [], []
-            for i, row in zip(ids, rows, strict=True):
-                prev = ctx[-4:]
-                toks.append(key(i, prev))
-                tops.append({key(j, prev): row[j] for j in heapq.nlargest(k, range(len(row)), key=row.__getitem__)})
-                ctx.append(i)
-            choice["logprobs"] = {
-                "tokens": toks,
-                "token_logprobs": [row[i] for i, row in zip(ids, rows, strict=True)],
-                "top_logprobs": tops,
-                "text_offset": [],
-            }
+        if b.get("logprobs"):
+            choice["logprobs"] = _completion_logprobs(m, b, prompt, ids, rows)
         if b.get("prompt_logprobs"):  # vLLM's extension: each prompt token's logprob and rank given the ones before
             out = [None]
             for j in range(1, len(prompt)):
@@ -393,17 +394,13 @@ class FakeServer:
         when the client goes (as vLLM aborts the request)."""
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        k, shown, ctx = b.get("logprobs"), "", list(prompt)
-        key = (lambda i, prev: f"token_id:{i}") if b.get("return_tokens_as_token_ids") else m.piece
+        shown, ctx = "", list(prompt)
         for tok, row, text, finish, reason in greedy_steps(m, prompt, self._max_tokens(b, prompt), b.get("stop")):
             piece = text[len(shown) :] if text.startswith(shown) else ""
             shown += piece
             event = {"index": 0, "text": piece, "token_ids": [tok], "finish_reason": finish, "stop_reason": reason}
-            if k:
-                prev = ctx[-4:]
-                top = {key(j, prev): row[j] for j in heapq.nlargest(k, range(len(row)), key=row.__getitem__)}
-                event["logprobs"] = {"tokens": [key(tok, prev)], "token_logprobs": [row[tok]], "top_logprobs": [top],
-                                     "text_offset": []}  # fmt: skip
+            if b.get("logprobs"):
+                event["logprobs"] = _completion_logprobs(m, b, ctx[-4:], [tok], [row])  # (a piece reads 4 back)
             ctx.append(tok)
             try:
                 await resp.write(b"data: " + json.dumps({"id": "cmpl", "choices": [event]}).encode() + b"\n\n")
