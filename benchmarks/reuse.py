@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing as mp
 import statistics
 import sys
@@ -105,10 +106,22 @@ async def setting(endpoints, instrs: list[str], es: EngineSettings, store: Conti
                 texts = [d.text for d in ds]
                 known = sum(1 for d in ds for c in d.calls if c.kind in GENERATION and c.origin == "reuse")
                 out[step + " asked"] = sum(1 for d in ds for c in d.calls if c.kind in GENERATION)
+                out[step + " calls"] = _by_kind(ds)
             out[step] = {"wall": time.monotonic() - t0, "sent": m.weak.calls + m.strong.calls - sent0,
                          "known": known, "texts": texts}  # fmt: skip
     finally:
         await m.close()
+    return out
+
+
+def _by_kind(ds) -> dict[str, tuple[int, float]]:
+    """Per (role, kind, origin) of the decodes' calls: how many, and their summed latency in seconds (a decode's
+    calls are sequential, so the sums say where its time goes; the decodes themselves overlap)."""
+    out: dict[str, tuple[int, float]] = {}
+    for c in (c for d in ds for c in d.calls):
+        key = f"{c.role} {c.kind}" + ("" if c.origin == "server" else f" ({c.origin})")
+        n, s = out.get(key, (0, 0.0))
+        out[key] = (n + 1, s + c.seconds)
     return out
 
 
@@ -119,6 +132,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=512)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--delay", type=float, default=0.0, help="toys only: seconds added to each request")
+    ap.add_argument("--texts", type=Path, help="write each step's texts (last round) here as JSON, to compare runs")
+    ap.add_argument("--only", choices=("off", "on"), help="run one setting (its ratios only; no comparison across)")
     ap.add_argument("--also", action="append", default=[], metavar="POLICY", help="more policies to decode")
     args = ap.parse_args()
     steps = STEPS + tuple(args.also)
@@ -133,10 +148,11 @@ def main() -> None:
         endpoints, child = toy_endpoints(args.delay)
         where = f"the byte-level toy pair (delay {args.delay} s per request)"
     tmp = Path(tempfile.mkdtemp(prefix="cdw-bench-reuse-"))
-    runs: dict[str, list[dict]] = {"off": [], "on": []}
+    names = (args.only,) if args.only else ("off", "on")
+    runs: dict[str, list[dict]] = {n: [] for n in names}
     try:
         for r in range(args.rounds):
-            for name in ("off", "on") if r % 2 == 0 else ("on", "off"):
+            for name in names if r % 2 == 0 else names[::-1]:
                 store = ContinuationStore(tmp / f"known-{r}.sqlite") if name == "on" else None
                 runs[name].append(asyncio.run(setting(endpoints, instrs, es, store, steps)))
                 print(f"round {r + 1}, reuse {name}: " + ", ".join(
@@ -166,7 +182,16 @@ def main() -> None:
             w = statistics.mean(r[s]["wall"] for r in rs)
             print(f"{'':<6}{s}: {w:.1f} s, sent / known / asked {last[s]['sent']} / {last[s]['known']} / "
                   f"{last[s + ' asked']}")  # fmt: skip
-    first = runs["off"][0]
+    print("\nwhere a decode's time goes (last round; calls, summed latency, mean latency):")
+    for name, rs in runs.items():
+        for s in steps:
+            if s + " calls" in rs[-1]:
+                parts = [f"{k} {n} / {t:.0f} s / {1000 * t / n:.0f} ms" for k, (n, t) in
+                         sorted(rs[-1][s + " calls"].items(), key=lambda kv: -kv[1][1])]  # fmt: skip
+                print(f"  {name:<4}{s}: " + "; ".join(parts))
+    first = runs[names[0]][0]
+    if args.texts:
+        args.texts.write_text(json.dumps({s: runs[names[0]][-1][s]["texts"] for s in steps}, indent=1))
     exact = {
         "always = strong own": all(r["always(span=newline)"]["texts"] == r["strong own"]["texts"]
                                    for rs in runs.values() for r in rs),
@@ -175,9 +200,15 @@ def main() -> None:
                                                  for r in rs for s in steps),
     }  # fmt: skip
     print("\n" + "; ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in exact.items()))
-    print(f"with reuse: always {ratios['on'][0]:.2f}x the strong model's own answers (target <= 0.5), "
-          f"never {ratios['on'][1]:.2f}x the weak model's own answers (target <= 1.1); without: "
-          f"{ratios['off'][0]:.2f}x and {ratios['off'][1]:.2f}x")  # fmt: skip
+    said = {"on": "with reuse", "off": "without"}
+    print(
+        "; ".join(
+            f"{said[n]}: always {ratios[n][0]:.2f}x the strong model's own answers, never {ratios[n][1]:.2f}x "
+            "the weak model's own answers"
+            for n in names
+        )
+        + " (targets with reuse: <= 0.5 and <= 1.1)"
+    )
 
 
 if __name__ == "__main__":
