@@ -163,7 +163,7 @@ def greedy_steps(model, prompt: list[int], max_tokens: int, stop: list[str] | No
     ids, text = [], ""
     for n in range(1, max_tokens + 1):
         lp = model.logprobs(prompt + ids)
-        tok = max(range(len(lp)), key=lambda i: (lp[i], -i))
+        tok = lp.index(max(lp))  # the first maximum: ties go to the lower id
         ids.append(tok)
         if (reason := model.stop_reason(tok)) is not False:  # end of sequence: None, or another stop id (int)
             yield tok, lp, model.text_of(prompt, ids), "stop", reason
@@ -380,7 +380,7 @@ class FakeServer:
                 row = m.logprobs(prompt[:j])
                 tok = prompt[j]
                 rank = 1 + sum(1 for x in range(len(row)) if (row[x], -x) > (row[tok], -tok))
-                best = max(range(len(row)), key=lambda x: (row[x], -x))
+                best = row.index(max(row))
                 prev = prompt[max(0, j - 4) : j]
                 entry = {str(tok): {"logprob": row[tok], "rank": rank, "decoded_token": m.piece(tok, prev)}}
                 entry.setdefault(str(best), {"logprob": row[best], "rank": 1, "decoded_token": m.piece(best, prev)})
