@@ -143,6 +143,25 @@ def test_lc_winrate_equals_alpaca_eval_length_controlled_minimal(alpaca_eval_lc,
     assert abs(ours - theirs) <= 1e-3, (ours, theirs)
 
 
+def test_remembered_fits_are_the_fits_of_those_inputs_and_not_shared():
+    from workspace.stats import glm
+
+    p, cand, ref = dataset("length_biased", 40, 3)
+    d = (ref - cand)[None, :].repeat(3, axis=0)
+    pp = np.stack([p, p[::-1], np.clip(p + 0.1, 0, 1)])
+    first = glm.lc_winrates(pp, d)
+    np.testing.assert_array_equal(first, glm._lc_winrates(pp, d, None))
+    first[:] = -1.0  # a caller writing into its result must not change what the next caller gets
+    again = glm.lc_winrates(pp, d)
+    np.testing.assert_array_equal(again, glm._lc_winrates(pp, d, None))
+    # Other inputs (one preference moved, or groups given) are fitted, not answered from the memo.
+    moved = pp.copy()
+    moved[0, 0] = 1.0 - moved[0, 0]
+    assert glm.lc_winrates(moved, d)[0] == glm._lc_winrates(moved, d, None)[0]
+    groups = np.tile(np.arange(40), (3, 1))
+    np.testing.assert_array_equal(glm.lc_winrates(pp, d, groups), glm._lc_winrates(pp, d, groups))
+
+
 def test_folds_are_groupkfold_on_alpaca_evals_duplicated_rows():
     model_selection = pytest.importorskip("sklearn.model_selection", reason="needs scikit-learn (dev extra)")
     from workspace.stats.glm import _folds
