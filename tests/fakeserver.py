@@ -21,7 +21,7 @@ import re
 import string
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 
 import jinja2.sandbox
@@ -156,19 +156,46 @@ def first_stop(text: str, new: int, stop: list[str]) -> tuple[int, str] | None:
     return min(found)[2:] if found else None
 
 
+# Next-token rows the toys have computed, by model and context. Tests decode the same instructions with the same toys
+# again and again (about 70% of the rows the fast tier asks for were asked before, in the same process), and a row is
+# ~100 exponentials in Python. Only for the classes below, whose rows are a pure function of their dataclass fields
+# (all in the key: a test that changes `eos_after` gets new rows) and the context.
+_ROWS: dict[tuple, list[float]] = {}
+_ROWS_MAX = 50_000  # ~4 KB each
+_ROWS_LOCK = threading.Lock()
+
+
+def rows_of(model, context: list[int]) -> list[float]:
+    """`model.logprobs(context)`, remembered for the toys whose rows depend on nothing else (a copy: callers own it)."""
+    names = _PURE_FIELDS.get(type(model))
+    if names is None:
+        return model.logprobs(context)
+    key = (type(model), *(getattr(model, n) for n in names), tuple(context))
+    row = _ROWS.get(key)
+    if row is None:
+        row = model.logprobs(context)
+        with _ROWS_LOCK:
+            if len(_ROWS) >= _ROWS_MAX:
+                del _ROWS[next(iter(_ROWS))]  # the oldest
+            _ROWS[key] = row
+    return list(row)
+
+
 def greedy_steps(model, prompt: list[int], max_tokens: int, stop: list[str] | None):
     """Greedy generation of a toy model, one token at a time: yields (token, its logprob row, the text so far,
     finish_reason or None while it goes on, stop_reason). Ties go to the lower id; a stop string cuts the text, not
     the token (as vLLM does: the text before the stop string; the chat endpoint adds it back when asked)."""
     ids, text = [], ""
+    # A character-level toy's text grows by each token's own text: no need to decode the whole answer every step.
+    per_token = getattr(type(model), "text_of", None) is ToyModel.text_of and type(model).decode is ToyModel.decode
     for n in range(1, max_tokens + 1):
-        lp = model.logprobs(prompt + ids)
+        lp = rows_of(model, prompt + ids)
         tok = lp.index(max(lp))  # the first maximum: ties go to the lower id
         ids.append(tok)
         if (reason := model.stop_reason(tok)) is not False:  # end of sequence: None, or another stop id (int)
             yield tok, lp, model.text_of(prompt, ids), "stop", reason
             return
-        before, text = text, model.text_of(prompt, ids)
+        before, text = text, (text + model.decode([tok])) if per_token else model.text_of(prompt, ids)
         if stop and (hit := first_stop(text, len(text) - len(before), stop)):
             yield tok, lp, text[: hit[0]], "stop", hit[1]
             return
@@ -377,7 +404,7 @@ class FakeServer:
         if b.get("prompt_logprobs"):  # vLLM's extension: each prompt token's logprob and rank given the ones before
             out = [None]
             for j in range(1, len(prompt)):
-                row = m.logprobs(prompt[:j])
+                row = rows_of(m, prompt[:j])
                 tok = prompt[j]
                 rank = 1 + sum(1 for x in range(len(row)) if (row[x], -x) > (row[tok], -tok))
                 best = row.index(max(row))
@@ -525,6 +552,9 @@ class ScriptToy(ToyModel):
         m = max(logits)
         z = math.log(sum(math.exp(x - m) for x in logits)) + m
         return [x - z for x in logits]
+
+
+_PURE_FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in (ToyModel, ScriptToy)}
 
 
 # Two answers to one coding question, as instruction-tuned models write them: prose, a fenced block (imports, a
