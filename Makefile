@@ -3,7 +3,8 @@
 #               with a margin policy, then a small evaluation (5 canonical prompts) with its numbers
 #   make test   install, then lint and run the whole test suite, tier by tier (fast, slow, browser, vllm, slurm),
 #               each timed, with one summary line per tier (tests/tiers.py)
-# For development: `make test-fast`, the fast tier alone (no lint, no servers; two processes).
+# For development: `make test-fast`, the fast tier alone (no lint, no servers; two processes; bubblewrap installed,
+# as answers and policies from files run in its sandbox).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -53,7 +54,7 @@ test: install lint browser sandbox slurm
 	@# slurm tier last and alone, as its server jobs need the memory the vllm tier's servers hold for a session.
 	$(BIN)/python tests/tiers.py fast slow browser vllm slurm
 
-test-fast: install
+test-fast: install sandbox
 	$(BIN)/python tests/tiers.py fast
 
 # The page test drives Debian's Chromium through playwright (no `playwright install`: its CDN may be unreachable).

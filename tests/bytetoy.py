@@ -62,6 +62,7 @@ class ByteToy:
     eos_after: int = 140  # EOS becomes likely once the whole context is this many tokens
     alt_eos: bool = False
     empty_spans: bool = False
+    PURE_ROWS = True  # (not a field) `logprobs` depends on the fields and the context only: fakeserver.rows_of
 
     def __post_init__(self):
         units = [(" " + w,) for w in WORDS] + [(p,) for p in PUNCT] + list(SPLIT_CHARS)

@@ -67,6 +67,7 @@ class ToyModel:
     extra: tuple[str, ...] = ()  # multi-character tokens (encoded longest-first), e.g. ".\n\n"
     empty_spans: bool = False  # chat answers come back empty with finish_reason "length"
     template: str | None = None  # a jinja chat template (e.g. LLAMA32_DATED_TEMPLATE) instead of the built-in one
+    PURE_ROWS = True  # (not a field) `logprobs` depends on the fields and the context only: rows_of remembers them
 
     def __post_init__(self):
         chars = list(reversed(CHARS)) if self.reverse else CHARS
@@ -158,19 +159,20 @@ def first_stop(text: str, new: int, stop: list[str]) -> tuple[int, str] | None:
 
 # Next-token rows the toys have computed, by model and context. Tests decode the same instructions with the same toys
 # again and again (about 70% of the rows the fast tier asks for were asked before, in the same process), and a row is
-# ~100 exponentials in Python. Only for the classes below, whose rows are a pure function of their dataclass fields
-# (all in the key: a test that changes `eos_after` gets new rows) and the context.
+# ~100 exponentials in Python. Only for classes that say `PURE_ROWS = True` in their own body (a subclass that
+# overrides `logprobs` is not): their rows are a pure function of their dataclass fields (all in the key, so a test
+# that changes `eos_after` gets new rows) and the context.
 _ROWS: dict[tuple, list[float]] = {}
-_ROWS_MAX = 50_000  # ~4 KB each
+_ROWS_MAX = 20_000  # 4-10 KB each
 _ROWS_LOCK = threading.Lock()
 
 
 def rows_of(model, context: list[int]) -> list[float]:
     """`model.logprobs(context)`, remembered for the toys whose rows depend on nothing else (a copy: callers own it)."""
-    names = _PURE_FIELDS.get(type(model))
-    if names is None:
+    cls = type(model)
+    if not cls.__dict__.get("PURE_ROWS"):
         return model.logprobs(context)
-    key = (type(model), *(getattr(model, n) for n in names), tuple(context))
+    key = (cls, *(getattr(model, f.name) for f in fields(cls)), tuple(context))
     row = _ROWS.get(key)
     if row is None:
         row = model.logprobs(context)
@@ -536,6 +538,7 @@ class ScriptToy(ToyModel):
 
     script: str = ""
     turn: str = "<s>assistant\n"  # the built-in template's start of the answer
+    PURE_ROWS = True
 
     def logprobs(self, context: list[int]) -> list[float]:
         text = self.decode(context, skip_special=False)
@@ -552,9 +555,6 @@ class ScriptToy(ToyModel):
         m = max(logits)
         z = math.log(sum(math.exp(x - m) for x in logits)) + m
         return [x - z for x in logits]
-
-
-_PURE_FIELDS = {cls: tuple(f.name for f in fields(cls)) for cls in (ToyModel, ScriptToy)}
 
 
 # Two answers to one coding question, as instruction-tuned models write them: prose, a fenced block (imports, a

@@ -222,14 +222,20 @@ def test_tool_calls_written_as_text_count_only_when_asked(model_server, agent_en
 
 
 def test_bad_settings_are_clear_errors(agent_env, tmp_path):
-    r = cdw(agent_env, "agents", "run", "--agents", "0", "--quiet")
-    assert r.returncode != 0 and "--agents" in r.stdout + r.stderr
+    from click.testing import CliRunner
+
+    from workspace.cli import main
+
+    def refused(*args: str) -> str:  # in this process: the checks come before any agent starts
+        r = CliRunner().invoke(main, list(args), env=agent_env)
+        assert r.exit_code != 0, r.output
+        return r.output
+
+    assert "--agents" in refused("agents", "run", "--agents", "0", "--quiet")
     empty = tmp_path / "directions.txt"
     empty.write_text("# nothing\n\n")
-    r = cdw(agent_env, "agents", "run", "--directions", str(empty), "--quiet")
-    assert r.returncode != 0 and "no directions" in r.stdout + r.stderr
-    r = cdw(agent_env, "agents", "status")
-    assert r.returncode != 0 and "no agent runs" in r.stdout + r.stderr
+    assert "no directions" in refused("agents", "run", "--directions", str(empty), "--quiet")
+    assert "no agent runs" in refused("agents", "status")
 
 
 def test_text_tool_call_reads_only_calls_of_known_tools():

@@ -101,7 +101,8 @@ def test_bad_arguments_are_clear_errors(urls, env):
     assert r.exit_code != 0 and "missing.jsonl" in r.output
 
 
-@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.slow  # a whole search through the CLI; tests/test_search.py runs searches in the fast tier
+@pytest.mark.parametrize("width", (80, 160))
 def test_search_shows_each_decision_and_reads_back(urls, tmp_path, width):
     flags, _ = urls
     for name, k in (("train", 10), ("test", 5)):

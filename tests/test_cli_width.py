@@ -69,8 +69,10 @@ def project_records(tmp_path, monkeypatch):
     monkeypatch.setenv("CDW_TRUSTED_KEYS", str(tmp_path / "records" / "trusted_keys.txt"))
 
 
-# Every committed record is loaded and checked per command: 80 columns (the rule) in the fast tier, wider in slow.
-@pytest.mark.parametrize("width", [w if w == 80 else pytest.param(w, marks=pytest.mark.slow) for w in WIDTHS])
+# Every committed record is loaded and checked per command (seconds each): the slow tier. The fast tier's tables are
+# the unit tests above and the tables below.
+@pytest.mark.slow
+@pytest.mark.parametrize("width", WIDTHS)
 def test_leaderboard_and_findings_fit_with_every_policy_whole(project_records, width):
     from workspace.forum import get_findings
     from workspace.leaderboard import get_leaderboard

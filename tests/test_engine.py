@@ -53,7 +53,10 @@ async def test_never_defer_is_the_weak_models_own_greedy_text(models):
         assert len(d.segments) == 1 and d.segments[0].tokens >= SETTINGS.chunk_tokens  # several chunks, one segment
 
 
-@pytest.mark.parametrize("span", ["sentence", "punct", "newline", "words:2", "tokens:3"])
+@pytest.mark.parametrize(
+    "span",
+    ["punct", "tokens:3", *(pytest.param(s, marks=pytest.mark.slow) for s in ("sentence", "newline", "words:2"))],
+)
 async def test_always_defer_is_the_strong_models_own_greedy_text(models, servers, span):
     s = EngineSettings(chunk_tokens=7, top_k=5, max_tokens=400, max_span_tokens=24, max_deferrals=400)
     healed = 0

@@ -28,7 +28,8 @@ async def _pair(weak: ByteToy, strong: ByteToy):
     return ws, ss, m
 
 
-@pytest.fixture(params=MODES, ids=lambda p: f"{p[0]}-{p[1]}")
+# The fast tier runs each test with vLLM 0.32's way of reporting split characters; slow adds the other way.
+@pytest.fixture(params=[MODES[0], pytest.param(MODES[1], marks=pytest.mark.slow)], ids=lambda p: f"{p[0]}-{p[1]}")
 async def bpe(request):
     split, chat_bytes = request.param
     strong = ByteToy("strong", seed=12, split_text=split, chat_bytes=chat_bytes, alt_eos=True)
@@ -168,6 +169,7 @@ async def test_strong_end_of_sequence_by_integer_stop_reason_ends_the_answer(bpe
         assert d.finish_reason == "strong_eos" and d.f_weak == 0.0  # the weak model does not write on
 
 
+@pytest.mark.slow  # 30 decodes; test_engine_stream checks peeks in the fast tier
 async def test_lookahead_with_identical_models_never_defers():
     """Weak and strong are the same model: every peek must agree, so the answer is the weak model's own. Streamed,
     each peek comes inside the next word; in short chunks the next word crosses chunk ends and EOS lands inside

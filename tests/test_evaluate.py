@@ -74,6 +74,7 @@ async def test_a_middle_policy_lands_between_and_has_intervals(servers, records_
     assert s.f_weak == weak / sum(len(e.candidate.text) for e in ev.examples)
 
 
+@pytest.mark.slow  # three evaluations; test_judge checks a failed call is an error in the fast tier
 async def test_judge_outage_gives_an_uncertified_resumable_evaluation_never_a_silent_half(servers, records_dir):
     async with make_setup(servers) as setup:  # the baselines first: the outage below hits the candidate's verdicts
         await ensure_baselines(PROMPTS, setup, SETTINGS, progress=False)
@@ -126,6 +127,7 @@ async def test_killing_and_resuming_gives_the_same_record_as_an_uninterrupted_ru
     assert [e.candidate.text for e in clean.examples] == [e.candidate.text for e in resumed.examples]
 
 
+@pytest.mark.slow  # two evaluations; the call-cache test below reruns one in the fast tier
 async def test_a_rerun_of_a_finished_evaluation_makes_no_server_calls(servers, records_dir):
     first = await run(servers, "entropy(tau=1.0, span=words:2)")
     hits = {r: sum(s.hits.values()) for r, s in servers.items()}
@@ -151,6 +153,7 @@ async def test_the_call_cache_answers_a_repeated_evaluation_without_the_servers(
     cache.close()
 
 
+@pytest.mark.slow  # an evaluation end to end
 async def test_editing_a_stored_summary_does_not_change_what_is_read_back(servers, records_dir):
     ev = await run(servers, "top1(tau=0.3, span=punct)")
     path = records_dir / "evaluations" / f"{ev.id}.jsonl"
@@ -167,6 +170,7 @@ async def test_editing_a_stored_summary_does_not_change_what_is_read_back(server
     assert back.summary.recovery != 1.0 and not back.certified
 
 
+@pytest.mark.slow  # an evaluation end to end
 async def test_too_few_prompts_for_length_control_is_readable_with_a_reason(servers, records_dir):
     ev = await run(servers, "top1(tau=0.3, span=punct)", prompts=PROMPTS.head(3))
     assert ev.complete and ev.summary is None and "at least 5" in ev.note

@@ -81,6 +81,7 @@ async def run(servers, policy):
         return await evaluate(policy, prompts, setup, SETTINGS, progress=False)
 
 
+@pytest.mark.slow  # two evaluations, sandboxed tests; test_humaneval and test_harness score answers in fast
 async def test_pass_rates_recovery_and_checks(servers, records_dir):
     never = await run(servers, "never")
     assert never.errors == []
@@ -115,6 +116,7 @@ async def test_pass_rates_recovery_and_checks(servers, records_dir):
     assert again.certification.recovery == 1.0 and again.baselines.u_weak == 0.5
 
 
+@pytest.mark.slow  # a whole evaluation with sandboxed tests, for one test line to forge
 async def test_a_test_line_must_be_about_the_answer_on_record(servers, records_dir):
     ev = await run(servers, "never")
     test = next(e for e in read_record("evaluations", ev.id).events if e.get("type") == "test")

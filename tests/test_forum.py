@@ -107,6 +107,7 @@ def test_twenty_processes_posting_at_once_lose_nothing(findings_dir, monkeypatch
     assert not list(findings_dir.glob(".*"))  # no temporary file left behind
 
 
+@pytest.mark.slow  # needs the five evaluations of `made` (seconds)
 def test_a_result_must_name_an_evaluation_that_exists(evals, findings_dir):
     with pytest.raises(FindingError, match="'0123456789abcdef'.*cannot be read"):
         share_finding("Great margins", "result", "f_weak 0.9!", "mallory", evaluation="0123456789abcdef")
@@ -166,6 +167,7 @@ def test_a_malformed_finding_is_skipped_with_a_warning_naming_it(findings_dir):
 # ---------------------------------------------------------------- the leaderboard
 
 
+@pytest.mark.slow  # needs the five evaluations of `made` (seconds)
 def test_leaderboard_ranks_certified_by_f_weak_then_recovery_and_lists_the_rest_apart(evals, findings_dir, monkeypatch):
     canonical_for(monkeypatch, [evals[k] for k in ("margin", "top1_high", "always", "never")])
     board = get_leaderboard()
@@ -195,6 +197,7 @@ def test_the_baselines_row_is_there_with_no_records_at_all(findings_dir):
     ]
 
 
+@pytest.mark.slow  # needs the five evaluations of `made` (seconds)
 def test_tampered_numbers_in_a_finding_do_not_change_the_leaderboard(evals, findings_dir, monkeypatch):
     canonical_for(monkeypatch, evals.values())
     fid = share_finding("Never is great", "result", "f_weak 1.0 at recovery 0.0.", "mallory", evaluation=evals["never"])

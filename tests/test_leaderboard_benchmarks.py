@@ -206,6 +206,7 @@ def _points(chart) -> list[dict]:
     return dots["data"]["values"]
 
 
+@pytest.mark.slow  # builds the Vega-Lite charts of two benchmarks (seconds)
 def test_charts_show_one_benchmark_each(board):
     default = _points(frontier_chart(board))
     he = _points(frontier_chart(board, benchmark="humaneval"))
@@ -227,6 +228,7 @@ def test_charts_show_one_benchmark_each(board):
     assert "humaneval" in json.dumps(sota_chart(board, benchmark="humaneval").to_dict()["title"])
 
 
+@pytest.mark.slow  # renders the page (Vega inlined)
 def test_the_page_has_a_section_per_benchmark(board, monkeypatch):
     from workspace import site
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 import pytest
 
@@ -159,6 +160,7 @@ def test_malformed_specs_are_clear_errors(bad, message):
         load_policy(bad)
 
 
+@pytest.mark.skipif(shutil.which("bwrap") is None, reason="policy workers need bubblewrap (`bwrap`)")
 def test_user_policy_from_a_file(tmp_path):
     f = tmp_path / "mine.py"
     f.write_text(

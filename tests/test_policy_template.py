@@ -4,6 +4,7 @@ real decodes against in-test servers (at least `min_gap` weak tokens after every
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,10 @@ TEMPLATE = Path(__file__).resolve().parent.parent / "policies" / "template.py"
 FAST = ClientSettings(attempts=2, backoff_initial=0.01, backoff_max=0.02, request_timeout=10)
 SETTINGS = EngineSettings(chunk_tokens=7, top_k=5, max_tokens=120, max_span_tokens=24, max_deferrals=120)
 INSTRUCTIONS = [f"Instruction number {i}: write something." for i in range(4)]
+
+
+# A policy from a file runs in a policy worker, which bubblewrap contains (`make sandbox`).
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="policy workers need bubblewrap (`bwrap`)")
 
 
 def spec(args: str = "") -> str:
@@ -71,6 +76,7 @@ async def test_with_no_gap_it_decodes_exactly_like_the_builtin_margin_gate(model
         assert [(s.author, s.text) for s in mine.segments] == [(s.author, s.text) for s in builtin.segments]
 
 
+@pytest.mark.slow  # decodes through a policy worker; the equality above is the template's fast check
 async def test_every_strong_span_is_followed_by_at_least_min_gap_weak_tokens(models):
     checked = 0
     for instr in INSTRUCTIONS:

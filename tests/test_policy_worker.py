@@ -162,6 +162,7 @@ async def test_a_hostile_policy_leaves_the_host_untouched_and_decodes_as_its_hon
     untouched(host, records, before)
 
 
+@pytest.mark.slow  # two CLI evaluations; the test above runs the same hostile policy through the engine (fast tier)
 def test_a_hostile_policy_through_the_cli_leaves_the_host_untouched_and_scores_as_its_honest_twin(
     toys, attack, tmp_path
 ):
@@ -192,6 +193,7 @@ def test_a_hostile_policy_through_the_cli_leaves_the_host_untouched_and_scores_a
     untouched(host, records, before)
 
 
+@pytest.mark.slow  # two evaluations through a policy worker
 def test_replaying_an_evaluation_whose_policy_file_was_edited_says_so_and_does_not_agree(toys, tmp_path):
     """`cdw verify --replay` compares the file policy's identity now with the recorded one: an edit to what it
     runs is reported and nothing is replayed; an edit elsewhere in the file (a comment) replays and agrees."""
@@ -276,12 +278,13 @@ class Gate(Policy):
 @pytest.mark.parametrize(
     "how, message",
     [
-        ("crash", "exited (status 3)"),
+        # (a worker each, ~1 s: three in the fast tier, the rest in slow)
+        pytest.param("crash", "exited (status 3)", marks=pytest.mark.slow),
         ("raise", "the policy raised ValueError: a bug in the policy"),
         ("hang", "did not answer within 0.5 s"),
         ("flood", "flooded"),
-        ("print", "File too large"),  # its prints are capped, never in the channel
-        ("nonsense", "nonsense"),
+        pytest.param("print", "File too large", marks=pytest.mark.slow),  # its prints are capped, not in the channel
+        pytest.param("nonsense", "nonsense", marks=pytest.mark.slow),
     ],
 )
 async def test_a_misbehaving_policy_is_an_error_on_that_decode_only(how, message, toys, tmp_path, monkeypatch):
@@ -346,8 +349,9 @@ class Whole(Policy):
 @pytest.mark.parametrize(
     "mine, builtin, strong",
     [("Peek(tau=0.3)", "lookahead(margin(tau=0.3, span=words:2))", True),
-     ("Peek(tau=0.3)", "lookahead(margin(tau=0.3, span=words:2))", False),
-     ("Whole(tau=0.99)", "cascade(tau=0.99)", True), ("Whole(tau=0.01)", "cascade(tau=0.01)", False)],
+     pytest.param("Peek(tau=0.3)", "lookahead(margin(tau=0.3, span=words:2))", False, marks=pytest.mark.slow),
+     pytest.param("Whole(tau=0.99)", "cascade(tau=0.99)", True, marks=pytest.mark.slow),
+     pytest.param("Whole(tau=0.01)", "cascade(tau=0.01)", False, marks=pytest.mark.slow)],
 )  # fmt: skip
 async def test_peeks_and_prompt_level_policies_from_files_decode_as_the_builtin_ones(
     mine, builtin, strong, start_toys, tmp_path

@@ -67,7 +67,7 @@ def check_rows_tile_the_text(t: traces.Traces, d_by_problem: dict) -> None:
         assert sum(r.deferred for r in rows) == d.num_deferrals  # each handoff is at a traced token
 
 
-@pytest.mark.parametrize("policy", ["never", "margin(tau=0.3, span=words:2)"])
+@pytest.mark.parametrize("policy", ["never", pytest.param("margin(tau=0.3, span=words:2)", marks=pytest.mark.slow)])
 async def test_traces_line_up_with_the_decoded_text(bpe, tmp_path, policy):
     ws, ss = bpe
     m = _models(ws, ss)
@@ -181,6 +181,7 @@ class Scripted(ToyModel):
         return [x - z for x in logits]
 
 
+@pytest.mark.slow  # a decode and a sandboxed test per label
 @pytest.mark.skipif(sandbox.shutil.which("bwrap") is None, reason="needs bubblewrap (make sandbox)")
 async def test_outcome_labels_mark_the_tokens_whose_line_handoff_fixes_the_program(tmp_path):
     p = humaneval.problems()[0]
@@ -196,7 +197,8 @@ async def test_outcome_labels_mark_the_tokens_whose_line_handoff_fixes_the_progr
     assert t.decodes[p.task_id].answer == bad
     line = bad.rindex("    return True\n")
     diverge = line + len("    return ")
-    window = range(line - 3, diverge + 4)
+    # Each side of both edges, and inside (a label is a decode to the end and a sandboxed test: ~0.4 s each).
+    window = (line - 2, line - 1, line, line + 4, diverge, diverge + 1, diverge + 3)
     pos = {r.char_start: r.position for r in t.tokens}
     got = await labels.label(t, "outcome", m, positions=[(p.task_id, pos[c]) for c in window], progress=False)
     by_char = {next(c for c, q in pos.items() if q == lab.position): lab for lab in got}
@@ -254,6 +256,7 @@ def trained(tmp_path_factory):
     return t, get
 
 
+@pytest.mark.slow  # fits gradient-boosted trees and a logistic model (seconds)
 @pytest.mark.parametrize("kind", train.KINDS)
 def test_training_reports_held_out_aucs_and_exports_exact_weights(tmp_path, trained, kind):
     t, get = trained
@@ -287,6 +290,7 @@ class _Payload:
         return (Path.write_text, (Path("/tmp/cdw-probe-pwned"), "ran"))
 
 
+@pytest.mark.slow  # needs trained weights (seconds)
 def test_weights_file_loads_without_executing_code(tmp_path, trained):
     Path("/tmp/cdw-probe-pwned").unlink(missing_ok=True)
     evil = tmp_path / "evil.json"
@@ -311,6 +315,7 @@ def test_weights_file_loads_without_executing_code(tmp_path, trained):
         train.save(bad, tmp_path / "str.json") and load(tmp_path / "str.json")
 
 
+@pytest.mark.slow  # needs trained weights (seconds)
 async def test_probe_policy_passes_the_engine_invariants(bpe, tmp_path, trained):
     ws, ss = bpe
     obj, _ = trained[1]("logistic")
@@ -375,6 +380,7 @@ def bpe_thread():
     loop.call_soon_threadsafe(loop.stop)
 
 
+@pytest.mark.slow  # the whole pipeline through the CLI; each step has its own test above
 def test_cli_collect_label_show_train(bpe_thread, tmp_path, cdw_env):
     """`cdw traces collect|label|show` and `cdw probe train`, as a user runs them (CliRunner, in-test servers)."""
     from click.testing import CliRunner

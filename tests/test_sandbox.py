@@ -281,6 +281,7 @@ def test_environment_is_cleared(monkeypatch):
 # ---------------------------------------------------------------- the pool
 
 
+@pytest.mark.slow  # four programs that sleep 1.5 s
 async def test_pool_runs_concurrently_in_order():
     n, nap = 4, 1.5  # four naps at once take about one nap; one after another, four
     pool = Pool(workers=n, timeout_s=30)
@@ -430,7 +431,10 @@ def test_an_answer_cannot_hold_more_than_1_gib(source):
 @pytest.mark.skipif(sandbox.memory_backend() == "rlimits", reason="no memory cgroup for this evaluator")
 @pytest.mark.parametrize(
     ("source", "limits"),
-    [(HOLD_TREE, Limits(cpu_s=20)), pytest.param(HOLD_MEMFD, Limits(cpu_s=20, open_files=256), marks=pytest.mark.slow)],
+    [
+        pytest.param(HOLD_TREE, Limits(cpu_s=20), marks=pytest.mark.slow),  # four processes write 1.6 GB: seconds
+        pytest.param(HOLD_MEMFD, Limits(cpu_s=20, open_files=256), marks=pytest.mark.slow),
+    ],  # fmt: skip
     ids=["four-processes", "memfd-past-the-open-file-bound"],
 )
 def test_the_cgroup_caps_the_whole_tree_at_1_gib(source, limits):

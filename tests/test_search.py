@@ -251,6 +251,7 @@ GRID = ["never", "always", "cascade(tau=[0.3, 0.7, 0.99])"]
 PLAN = SearchPlan("sums:train", "sums:test", n0=4)
 
 
+@pytest.mark.slow  # three searches; the two tests below search in the fast tier
 @pytest.mark.usefixtures("records_dir")
 async def test_search_finds_the_policy_reproducibly_and_resumes(sums, servers):
     settings = settings_for(sums)

@@ -134,6 +134,7 @@ def test_charts_display_in_a_notebook_without_network():
 # ---------------------------------------------------------------- the page
 
 
+@pytest.mark.slow  # the page inlines Vega: seconds to render (the browser tier checks escaping in Chromium too)
 def test_the_page_is_self_contained_and_escapes_findings(evals, findings_dir):
     post_findings(evals)
     html = render_site()

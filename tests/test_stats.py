@@ -126,16 +126,12 @@ CASES = [
     for n in (20, 100)
     for seed in (0, 1)
 ]
+# (odd sizes among them: alpaca_eval's folds on n not a multiple of 5)
 CASES += [("near_parity", 100, 0), ("near_parity", 40, 3), ("length_biased", 37, 2), ("candidate_longer", 103, 2)]
-# One case of each kind in the fast tier (odd sizes among them: alpaca_eval's folds on n not a multiple of 5); the rest
-# of the grid in the slow tier.
-FAST_CASES = {("length_biased", 37, 2), ("candidate_longer", 103, 2), ("candidate_shorter", 20, 0), ("weak", 100, 1),
-              ("near_parity", 40, 3)}  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("kind", "n", "seed"), [c if c in FAST_CASES else pytest.param(*c, marks=pytest.mark.slow) for c in CASES]
-)
+@pytest.mark.slow  # importing alpaca_eval (pandas, scikit-learn) takes seconds; the GLM's own tests stay fast
+@pytest.mark.parametrize("kind, n, seed", CASES)
 def test_lc_winrate_equals_alpaca_eval_length_controlled_minimal(alpaca_eval_lc, kind, n, seed):
     p, cand, ref = dataset(kind, n, seed)
     ours = length_controlled_winrate(p, cand, ref)
@@ -162,6 +158,7 @@ def test_remembered_fits_are_the_fits_of_those_inputs_and_not_shared():
     np.testing.assert_array_equal(glm.lc_winrates(pp, d, groups), glm._lc_winrates(pp, d, groups))
 
 
+@pytest.mark.slow  # imports scikit-learn (seconds)
 def test_folds_are_groupkfold_on_alpaca_evals_duplicated_rows():
     model_selection = pytest.importorskip("sklearn.model_selection", reason="needs scikit-learn (dev extra)")
     from workspace.stats.glm import _folds
@@ -177,17 +174,16 @@ def test_folds_are_groupkfold_on_alpaca_evals_duplicated_rows():
             assert np.flatnonzero(train[k] == 0).tolist() == ours[k]
 
 
-def test_lc_winrate_corrects_for_length_unlike_the_raw_winrate(alpaca_eval_lc):
-    # The equality above means something only if length control moves the number: here it moves it a lot.
+def test_lc_winrate_corrects_for_length_unlike_the_raw_winrate():
+    # The equality above means something only if length control moves the number: here it moves it a lot (on two
+    # of its cases, candidate_longer-100-0 and candidate_shorter-100-0).
     p, cand, ref = dataset("candidate_longer", 100, 0)
     lc, raw = length_controlled_winrate(p, cand, ref), winrate(p)
     assert lc < raw - 0.05
-    assert abs(lc - alpaca_eval_lc(p, cand, ref)) <= 1e-3
     # and the other way: a systematically shorter candidate, penalised for it, is raised by length control
     p, cand, ref = dataset("candidate_shorter", 100, 0)
     lc, raw = length_controlled_winrate(p, cand, ref), winrate(p)
     assert lc > raw + 0.05
-    assert abs(lc - alpaca_eval_lc(p, cand, ref)) <= 1e-3
 
 
 # ---------------------------------------------------------------- degenerate inputs

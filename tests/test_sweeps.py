@@ -27,6 +27,7 @@ def test_points_in_grid_order_strict_refuses_lenient_keeps_the_error():
     assert sweep_points(lenient, strict=False) == lenient  # points given as points are kept as they are
 
 
+@pytest.mark.slow  # three sweeps end to end; tests/test_cli_eval.py sweeps in the fast tier
 async def test_serial_and_concurrent_sweeps_make_the_records_evaluate_makes(servers, records_dir, monkeypatch):  # noqa: F811
     seen = {"baselines": 0, "points": [], "phases": set()}
 

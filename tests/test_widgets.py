@@ -176,6 +176,7 @@ async def test_explorer_cancels_the_stale_run_in_flight(models):
     assert "margin(tau=0.9)" in ex.status.value
 
 
+@pytest.mark.slow  # waits out debounce intervals
 @NEEDS_IPYWIDGETS
 async def test_explorer_drops_a_setting_moved_within_the_debounce_without_sending_it(models):
     m, weak, strong = models
@@ -251,6 +252,7 @@ async def test_sweep_progress_moves_live_and_a_failing_point_is_shown(servers):
         assert again.bar.bar_style == "success"
 
 
+@pytest.mark.slow  # a sweep end to end with a failing judge
 @NEEDS_IPYWIDGETS
 async def test_judge_failures_are_listed_not_hidden(servers):
     servers["judge"].judge = lambda prompt: None  # the judge answers neither label
