@@ -54,6 +54,7 @@ def test_eval_table_says_why_it_is_not_certified(urls, env):
     assert "recovery" in r.output and "not the canonical set" in r.output
 
 
+@pytest.mark.slow  # the tables test below runs a sweep in the fast tier
 def test_sweep_evaluates_each_point(urls, env):
     flags, _ = urls
     r = cdw("sweep", "--policy", "top1(tau=[0.1,0.3])", "--prompts", env, "--max-tokens", 120, "--json", *flags)

