@@ -169,7 +169,7 @@ async def test_strong_end_of_sequence_by_integer_stop_reason_ends_the_answer(bpe
         assert d.finish_reason == "strong_eos" and d.f_weak == 0.0  # the weak model does not write on
 
 
-@pytest.mark.slow  # 30 decodes; test_engine_stream checks peeks in the fast tier
+@pytest.mark.slow  # 30 decodes; test_engine and test_policy_worker decode with lookahead peeks in the fast tier
 async def test_lookahead_with_identical_models_never_defers():
     """Weak and strong are the same model: every peek must agree, so the answer is the weak model's own. Streamed,
     each peek comes inside the next word; in short chunks the next word crosses chunk ends and EOS lands inside
