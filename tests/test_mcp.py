@@ -292,6 +292,28 @@ async def test_a_search_under_a_budget_with_progress_and_its_records(env, tmp_pa
     assert rederive(out["search_id"]) == []
 
 
+async def test_every_step_of_a_search_is_reported_also_when_it_ends_between_polls():
+    """A search whose rungs end faster than the progress poll (one second) still reports each rung, in order."""
+    from workspace.mcp_server import _with_steps
+
+    class Ctx:
+        def __init__(self):
+            self.sent = []
+
+        async def report_progress(self, done, total, message):
+            self.sent.append((done, total, message))
+
+    async def search(done):
+        await asyncio.sleep(0)
+        done += ["rung 1: kept never", "final: never"]
+        return "result"
+
+    ctx, done = Ctx(), []
+    assert await _with_steps(ctx, search(done), done, 2) == "result"
+    assert [m for _, _, m in ctx.sent if m.startswith(("rung", "final", "done"))] == [*done, "done"]
+    assert [d for d, _, _ in ctx.sent][-3:] == [1, 2, 2]
+
+
 async def test_baselines_and_an_evaluation_with_progress_and_intervals(env, prompts):
     async with connect(env) as session:
         steps: list = []

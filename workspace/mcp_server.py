@@ -214,22 +214,28 @@ async def _with_progress(ctx: Context, work: Callable[[Callable], Awaitable[T]],
 
 
 async def _with_steps(ctx: Context, work: Awaitable[T], done: list[str], steps: int) -> T:
-    """Run `work`, reporting every PROGRESS_EVERY_S seconds how many of its `steps` are `done` (messages appended as
-    each step ends)."""
+    """Run `work`, reporting at least every PROGRESS_EVERY_S seconds how many of its `steps` are `done`: each step's
+    message (appended to `done` as it ends) is reported once, in order, also when `work` ends before the next poll."""
+    reported = 0
+
+    async def report_new() -> None:
+        nonlocal reported
+        while reported < len(done):
+            await ctx.report_progress(min(reported + 1, steps), steps, done[reported])
+            reported += 1
 
     async def poll() -> None:
-        last = -1
+        await ctx.report_progress(0, steps, "first rung")
         while True:
-            if len(done) != last:
-                last = len(done)
-                await ctx.report_progress(min(last, steps), steps, done[-1] if done else "first rung")
             await asyncio.sleep(PROGRESS_EVERY_S)
+            await report_new()
 
     poller = asyncio.create_task(poll())
     try:
         result = await work
     finally:
         poller.cancel()
+    await report_new()
     await ctx.report_progress(steps, steps, "done")
     return result
 
