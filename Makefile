@@ -3,7 +3,7 @@
 #               with a margin policy, then a small evaluation (5 canonical prompts) with its numbers
 #   make test   install, then lint and run the whole test suite, tier by tier (fast, slow, browser, vllm, slurm),
 #               each timed, with one summary line per tier (tests/tiers.py)
-# For development: `make test-fast`, the fast tier alone (no lint, no servers; two processes; bubblewrap installed,
+# For development: `make test-fast`, the fast tier alone (no lint, no servers; cores + 1 processes; bubblewrap installed,
 # as answers and policies from files run in its sandbox).
 PYTHON ?= python3
 VENV := .venv
@@ -57,7 +57,7 @@ demo: install sandbox
 test: install lint browser sandbox slurm
 	$(BIN)/cdw models fetch tiny
 	$(BIN)/cdw models fetch tiny-bpe
-	@# One pytest session per tier: fast and slow on two processes, the others in one (fixed server ports); the
+	@# One pytest session per tier: fast and slow on cores + 1 processes, the others in one (fixed server ports); the
 	@# slurm tier last and alone, as its server jobs need the memory the vllm tier's servers hold for a session.
 	$(BIN)/python tests/tiers.py fast slow browser vllm slurm
 

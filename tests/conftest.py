@@ -45,8 +45,8 @@ def write_test_presets(dest: Path, **replacements: str) -> Path:
 
 # ---------------------------------------------------------------- test placement
 
-# Under pytest-xdist (tests/tiers.py runs fast and slow on two processes) each worker gets uids of its own for the
-# code sandbox's slots: they are 60000 + slot per process, so two processes at once would kill and count each
+# Under pytest-xdist (tests/tiers.py runs fast and slow on several processes) each worker gets uids of its own for
+# the code sandbox's slots: they are 60000 + slot per process, so two processes at once would kill and count each
 # other's programs. Set before any test module reads the base.
 if (_worker := os.environ.get("PYTEST_XDIST_WORKER", "")).startswith("gw"):
     from workspace import sandbox as _sandbox
