@@ -57,8 +57,8 @@ demo: install sandbox
 test: install lint browser sandbox slurm
 	$(BIN)/cdw models fetch tiny
 	$(BIN)/cdw models fetch tiny-bpe
-	@# One pytest session per tier: fast and slow on cores + 1 processes, the others in one (fixed server ports); the
-	@# slurm tier last and alone, as its server jobs need the memory the vllm tier's servers hold for a session.
+	@# One pytest session per tier: fast, slow and browser on cores + 1 processes, vllm and slurm in one (fixed
+	@# server ports); the slurm tier last and alone, as its server jobs need the memory the vllm tier's servers hold.
 	$(BIN)/python tests/tiers.py fast slow browser vllm slurm
 
 test-fast: install sandbox

