@@ -379,18 +379,23 @@ def serve(
     return running + started
 
 
-def _kill_tree(rec: ServerRecord, grace: float = 20.0) -> None:
-    try:
-        root = psutil.Process(rec.pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return
-    try:
-        os.killpg(rec.pid, signal.SIGTERM)  # the server leads its own process group
-    except OSError:
-        for p in procs:
-            with contextlib.suppress(psutil.Error):
-                p.terminate()
+def _kill_trees(recs: list[ServerRecord], grace: float = 20.0) -> None:
+    """SIGTERM every server's process group at once, then wait for all of them together (a vLLM server takes a few
+    seconds to shut down: one after another, three took ~10 s); SIGKILL what is left after `grace` seconds."""
+    procs: list[psutil.Process] = []
+    for rec in recs:
+        try:
+            root = psutil.Process(rec.pid)
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            continue
+        procs += tree
+        try:
+            os.killpg(rec.pid, signal.SIGTERM)  # the server leads its own process group
+        except OSError:
+            for p in tree:
+                with contextlib.suppress(psutil.Error):
+                    p.terminate()
     _, alive = psutil.wait_procs(procs, timeout=grace)
     for p in alive:
         with contextlib.suppress(psutil.Error):
@@ -405,10 +410,7 @@ def stop(preset: str | None = None, records: list[ServerRecord] | None = None) -
     """
     if records is None:
         records = [r for r in read_state().servers if preset is None or r.preset == preset]
-    local = [r for r in records if r.job_id is None]
-    for rec in local:
-        if is_alive(rec):
-            _kill_tree(rec)
+    _kill_trees([r for r in records if r.job_id is None and is_alive(r)])
     gone = {(r.preset, r.role, r.pid, r.job_id) for r in records}
     with locked_state() as box:
         left = tuple(r for r in box[0].servers if (r.preset, r.role, r.pid, r.job_id) not in gone)
