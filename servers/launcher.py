@@ -30,7 +30,7 @@ from .build import check as check_build
 from .build import probe as probe_build
 from .presets import Catalog, Preset, RoleSpec, load_catalog
 from .provision import load_provenance, model_path
-from .runtime import ServerRecord, locked_state, read_state
+from .runtime import ServerRecord, locked_state, process_started, read_state
 from .sbatch import in_job
 from .settings import paths, server_job
 from .startup import LaunchError, StartEvent, is_healthy, log_tail, owned_specs, warm_up
@@ -42,7 +42,11 @@ def is_alive(rec: ServerRecord) -> bool:
     """True if the recorded process still exists and is the one we started (not a reused pid)."""
     try:
         p = psutil.Process(rec.pid)
-        return abs(p.create_time() - rec.create_time) < 1.0 and p.status() != psutil.STATUS_ZOMBIE
+        if rec.since_boot is not None:
+            same = abs(process_started(rec.pid) - rec.since_boot) < 1.0
+        else:  # a runtime file from before since_boot: the wall-clock start time
+            same = abs(p.create_time() - rec.create_time) < 1.0
+        return same and p.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
 
@@ -75,7 +79,7 @@ def _port_claims():
     A free port is not enough: vLLM binds with SO_REUSEPORT, so two servers that pick the same free port at once
     (replicas starting together on one node) both bind it and the kernel splits requests between them. Choosing a
     port and recording the claim under one lock prevents that; claims of processes that have exited are dropped.
-    Yields a dict port -> [pid, create_time] to update in place."""
+    Yields a dict port -> [pid, start time since boot (`process_started`)] to update in place."""
     base = os.path.join(tempfile.gettempdir(), f"cdw-ports-{os.getuid()}")
     with open(base + ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -86,7 +90,7 @@ def _port_claims():
         claims = {}
         for port, (pid, created) in raw.items():
             with contextlib.suppress(psutil.Error):
-                if abs(psutil.Process(pid).create_time() - created) < 1.0:
+                if abs(process_started(pid) - created) < 1.0:
                     claims[int(port)] = [pid, created]
         yield claims
         with open(base + ".json.tmp", "w") as f:
@@ -274,7 +278,8 @@ def _spawn(preset: Preset, spec: RoleSpec, prov: dict, catalog: Catalog, host: s
     return ServerRecord(
         preset=preset.name, role=spec.role, serves=plan_.serves, url=f"http://{host}:{spec.port}",
         model=prov["served_name"], model_path=str(model_path(catalog.model(spec.model))), source=prov["source"],
-        pid=proc.pid, create_time=psutil.Process(proc.pid).create_time(), log=plan_.log, started_at=time.time(),
+        pid=proc.pid, create_time=psutil.Process(proc.pid).create_time(), since_boot=process_started(proc.pid),
+        log=plan_.log, started_at=time.time(),
         notes=notes, max_in_flight=spec.max_in_flight, request_timeout=spec.request_timeout,
         engine=engine_facts(list(plan_.command), plan_.env) | probe_build().facts(),
     )  # fmt: skip
@@ -367,7 +372,7 @@ def serve(
                         s = replace(s, port=_free_port(host, claims))
                     recs.append(_spawn(preset, s, provs[s.role], catalog, host))
                     started.append(recs[-1])
-                    claims[s.port] = [recs[-1].pid, recs[-1].create_time]
+                    claims[s.port] = [recs[-1].pid, recs[-1].since_boot]
             with locked_state() as box:
                 box[0] = replace(box[0], active=preset.name, servers=box[0].servers + tuple(recs))
             _wait(recs, timeout, on_event)

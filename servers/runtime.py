@@ -15,7 +15,16 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import psutil
+
 from .settings import paths
+
+
+def process_started(pid: int) -> float:
+    """When process `pid` started, in seconds since this machine booted (psutil.Error if there is no such process).
+    A wall-clock start time moves when the clock is stepped (NTP, a virtual machine paused or moved): in one test run
+    every live server then looked like another process, "exited while starting", and was left running."""
+    return psutil.Process(pid).create_time() - psutil.boot_time()
 
 
 @dataclass(frozen=True)
@@ -28,7 +37,7 @@ class ServerRecord:
     model_path: str
     source: str  # where the model came from (hub id, PyPI packages, built locally)
     pid: int
-    create_time: float  # guards against stopping an unrelated process that reused the pid
+    create_time: float  # when the process started, by the wall clock (as psutil says it)
     log: str
     started_at: float
     notes: dict[str, str] = field(default_factory=dict)  # role -> why this server answers it
@@ -36,6 +45,9 @@ class ServerRecord:
     request_timeout: float | None = None  # the preset's time limit for one request to this server
     job_id: str | None = None  # the SLURM job running it (`cdw serve --slurm`); its pid is then on `node`
     node: str = ""
+    # When the process started, in seconds since this machine booted (`process_started`): guards against stopping an
+    # unrelated process that reused the pid. None in runtime files written before it (create_time is compared then).
+    since_boot: float | None = None
     # How the server decodes, as the launcher started it (`launcher.engine_facts`): generation config, batch
     # invariance, vLLM platform and version. Records say it (`Header.decoding`).
     engine: dict[str, str] = field(default_factory=dict)

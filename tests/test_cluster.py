@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from servers import cluster, control, launcher, sbatch
 from servers.presets import load_catalog
-from servers.runtime import JobRecord, RuntimeState, ServerRecord, locked_state, read_state
+from servers.runtime import JobRecord, RuntimeState, ServerRecord, locked_state, process_started, read_state
 from servers.sbatch import SlurmError, SlurmOptions
 from servers.startup import LaunchError
 
@@ -218,8 +218,8 @@ def test_port_claims_hold_while_the_claimant_lives(tmp_path, monkeypatch):
     monkeypatch.setattr(launcher.tempfile, "gettempdir", lambda: str(tmp_path))
     me = psutil.Process()
     with launcher._port_claims() as claims:
-        claims[28111] = [me.pid, me.create_time()]
-        claims[28112] = [me.pid, me.create_time() - 100]  # a reused pid: not the claimant any more
+        claims[28111] = [me.pid, process_started(me.pid)]
+        claims[28112] = [me.pid, process_started(me.pid) - 100]  # a reused pid: not the claimant any more
     with launcher._port_claims() as claims:
         assert list(claims) == [28111]
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
+from dataclasses import replace
 
 import pytest
 
 from servers import launcher, provision
 from servers.presets import PresetError, load_catalog
-from servers.runtime import RuntimeState, ServerRecord, locked_state, read_state
+from servers.runtime import RuntimeState, ServerRecord, locked_state, process_started, read_state
 from servers.startup import LaunchError
 from tests.conftest import write_test_presets
 
@@ -74,14 +75,44 @@ def test_stop_signals_only_recorded_live_processes(home):
     rec = ServerRecord(
         preset="t", role="weak", serves=("weak",), url="http://127.0.0.1:1", model="m", model_path="",
         source="", pid=proc.pid, create_time=psutil.Process(proc.pid).create_time(), log="", started_at=0,
+        since_boot=process_started(proc.pid),
     )  # fmt: skip
-    stale = ServerRecord(**{**rec.__dict__, "role": "strong", "pid": proc.pid, "create_time": 1.0})
+    stale = ServerRecord(**{**rec.__dict__, "role": "strong", "pid": proc.pid, "since_boot": 1.0})
     with locked_state() as box:
         box[0] = RuntimeState(active="t", servers=(rec, stale))
     assert launcher.is_alive(rec) and not launcher.is_alive(stale)  # same pid, other start time: not ours
+    # A runtime file from before since_boot: the wall-clock start time decides
+    assert launcher.is_alive(replace(rec, since_boot=None)) and not launcher.is_alive(
+        replace(stale, since_boot=None, create_time=1.0)
+    )
     stopped = launcher.stop()
     assert len(stopped) == 2 and proc.wait(timeout=10) is not None
     assert read_state().servers == ()
+
+
+def test_a_server_stays_ours_when_the_clock_is_stepped(home, monkeypatch):
+    """NTP or a virtual machine paused and moved steps the wall clock, and with it every process's wall-clock start
+    time (psutil adds the boot time, which the kernel reports by the wall clock). A live server must still be alive
+    and stoppable: a stepped clock once made every test server look like a stranger that had 'exited while
+    starting', and nothing stopped them."""
+    import subprocess
+
+    import psutil
+    from psutil import _pslinux
+
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    rec = ServerRecord(
+        preset="t", role="weak", serves=("weak",), url="http://127.0.0.1:1", model="m", model_path="",
+        source="", pid=proc.pid, create_time=psutil.Process(proc.pid).create_time(), log="", started_at=0,
+        since_boot=process_started(proc.pid),
+    )  # fmt: skip
+    with locked_state() as box:
+        box[0] = RuntimeState(active="t", servers=(rec,))
+    booted = _pslinux.boot_time()
+    monkeypatch.setattr(_pslinux, "boot_time", lambda: booted + 95.0)  # the clock stepped ~95 s (as seen once)
+    assert abs(psutil.Process(proc.pid).create_time() - rec.create_time) > 90  # the wall-clock start time moved
+    assert launcher.is_alive(rec)
+    assert len(launcher.stop()) == 1 and proc.wait(timeout=10) is not None
 
 
 def test_corrupt_runtime_file_is_a_clear_error(home):

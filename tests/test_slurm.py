@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from servers.runtime import process_started
 from servers.settings import PROJECT_ROOT, paths
 from tests.conftest import write_test_presets
 from tests.test_agents import SCRIPT, model_server  # noqa: F401 (a fixture)
@@ -143,7 +144,7 @@ def _serve_evaluate_preempt_stop(env):
     assert runtime(env)["jobs"] == [] and runtime(env)["servers"] == []
     for s in servers:  # the vLLM processes the jobs started (one node: their pids are on this machine)
         try:
-            alive = abs(psutil.Process(s["pid"]).create_time() - s["create_time"]) < 1.0
+            alive = abs(process_started(s["pid"]) - s["since_boot"]) < 1.0
         except psutil.NoSuchProcess:
             alive = False
         assert not alive, f"{s['role']} server (pid {s['pid']}) left running after --stop"
