@@ -66,17 +66,24 @@ def test_too_little_memory_is_a_clear_error(home, cpu_build):
         launcher.serve("tiny", catalog=cat)
 
 
-def test_stop_signals_only_recorded_live_processes(home):
+def sleeping_server():
+    """A process to stand in for a server (`sleep 60`, its own process group) and its record, as the launcher
+    writes one."""
     import subprocess
 
-    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
     import psutil
 
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
     rec = ServerRecord(
         preset="t", role="weak", serves=("weak",), url="http://127.0.0.1:1", model="m", model_path="",
         source="", pid=proc.pid, create_time=psutil.Process(proc.pid).create_time(), log="", started_at=0,
         since_boot=process_started(proc.pid),
     )  # fmt: skip
+    return proc, rec
+
+
+def test_stop_signals_only_recorded_live_processes(home):
+    proc, rec = sleeping_server()
     stale = ServerRecord(**{**rec.__dict__, "role": "strong", "pid": proc.pid, "since_boot": 1.0})
     with locked_state() as box:
         box[0] = RuntimeState(active="t", servers=(rec, stale))
@@ -95,17 +102,10 @@ def test_a_server_stays_ours_when_the_clock_is_stepped(home, monkeypatch):
     time (psutil adds the boot time, which the kernel reports by the wall clock). A live server must still be alive
     and stoppable: a stepped clock once made every test server look like a stranger that had 'exited while
     starting', and nothing stopped them."""
-    import subprocess
-
     import psutil
     from psutil import _pslinux
 
-    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)
-    rec = ServerRecord(
-        preset="t", role="weak", serves=("weak",), url="http://127.0.0.1:1", model="m", model_path="",
-        source="", pid=proc.pid, create_time=psutil.Process(proc.pid).create_time(), log="", started_at=0,
-        since_boot=process_started(proc.pid),
-    )  # fmt: skip
+    proc, rec = sleeping_server()
     with locked_state() as box:
         box[0] = RuntimeState(active="t", servers=(rec,))
     booted = _pslinux.boot_time()
