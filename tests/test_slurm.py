@@ -1,8 +1,10 @@
 """The `slurm` tier: a real one-node SLURM cluster on this machine (`servers/slurm/local-cluster.sh`: Debian's
 slurm-wlm and munge), driven through `cdw` exactly as on a cluster's login node.
 
-- the `tiny` preset as SLURM jobs (two weak replicas), a decode through them, a 5-prompt evaluation submitted as a
-  job, a pre-empted replica reported and replaced with --resume, and `--stop` leaving no job in squeue;
+- the `tiny-bpe` preset as SLURM jobs (two weak replicas and the strong server, which also serves the judge: three
+  jobs, the fewest that show replicas and a role served by another's job; four `tiny` jobs took twice as long to
+  start on this 2-core machine), a decode through them, a 5-problem HumanEval evaluation submitted as a job, a
+  pre-empted replica reported and replaced with --resume, and `--stop` leaving no job in squeue;
 - research agents as one job each (the scripted tool-calling model of test_agents), and `cdw agents stop`.
 """
 
@@ -28,7 +30,7 @@ from tests.test_agents import SCRIPT, model_server  # noqa: F401 (a fixture)
 pytestmark = pytest.mark.slurm
 
 # Ports of their own, so these servers never meet the vllm tier's (18111…) or a user's (8111…).
-SLURM_PORTS = {"port = 18111": "port = 28111", "port = 18112": "port = 28112", "port = 18115": "port = 28115"}
+SLURM_PORTS = {"port = 18113": "port = 28113", "port = 18114": "port = 28114"}
 
 
 @pytest.fixture(scope="module")
@@ -72,9 +74,9 @@ def runtime(env) -> dict:
     return json.loads((Path(env["CDW_HOME"]) / "run" / "servers.json").read_text())
 
 
-def test_tiny_preset_as_slurm_jobs_serves_evaluates_survives_a_preemption_and_stops(slurm_env):
+def test_tiny_bpe_preset_as_slurm_jobs_serves_evaluates_survives_a_preemption_and_stops(slurm_env):
     env = slurm_env
-    subprocess.run([sys.executable, "-m", "workspace.cli", "models", "fetch", "tiny"], env=env, check=True,
+    subprocess.run([sys.executable, "-m", "workspace.cli", "models", "fetch", "tiny-bpe"], env=env, check=True,
                    capture_output=True, timeout=600)  # fmt: skip
     try:
         _serve_evaluate_preempt_stop(env)
@@ -84,12 +86,12 @@ def test_tiny_preset_as_slurm_jobs_serves_evaluates_survives_a_preemption_and_st
 
 def _serve_evaluate_preempt_stop(env):
     t0 = time.monotonic()
-    up = cdw(env, "serve", "--preset", "tiny", "--slurm", "--replicas", "weak=2", "--time", "60", "--timeout", 600)
+    up = cdw(env, "serve", "--preset", "tiny-bpe", "--slurm", "--replicas", "weak=2", "--time", "60", "--timeout", 600)
     assert up.returncode == 0, up.stdout + up.stderr
-    print(f"\n4 tiny servers as SLURM jobs healthy in {time.monotonic() - t0:.0f} s:\n{up.stdout}")
+    print(f"\n3 tiny-bpe servers as SLURM jobs healthy in {time.monotonic() - t0:.0f} s:\n{up.stdout}")
     state = runtime(env)
     jobs = {j["name"]: j["job_id"] for j in state["jobs"]}
-    assert sorted(jobs) == ["cdw-tiny-judge-0", "cdw-tiny-strong-0", "cdw-tiny-weak-0", "cdw-tiny-weak-1"]
+    assert sorted(jobs) == ["cdw-tiny-bpe-strong-0", "cdw-tiny-bpe-weak-0", "cdw-tiny-bpe-weak-1"]
     assert set(jobs.values()) <= queued_ids()
     weak_urls = [s["url"] for s in state["servers"] if s["role"] == "weak"]
     assert len(weak_urls) == 2 and len(set(weak_urls)) == 2, weak_urls  # two replicas on one node: two ports
@@ -107,33 +109,36 @@ def _serve_evaluate_preempt_stop(env):
     segments = json.loads(dec.stdout)["segments"]
     assert {s["author"] for s in segments} == {"weak", "strong"}, segments
 
-    ev = cdw(env, "eval", "--policy", "margin(tau=0.3, span=words:2)", "--n", 5, "--max-tokens", 32, "--json",
-             "--slurm", "--wait", "--time", 30)  # fmt: skip
+    # HumanEval: its answers are scored by tests in the sandbox, inside the job (tiny-bpe's random strong model
+    # cannot judge; every answer fails its tests, which is a result).
+    ev = cdw(env, "eval", "--benchmark", "humaneval", "--policy", "margin(tau=0.3, span=words:2)", "--n", 5,
+             "--max-tokens", 32, "--json", "--slurm", "--wait", "--time", 30)  # fmt: skip
     assert ev.returncode == 0, ev.stdout + ev.stderr
-    assert re.search(r"submitted SLURM job \d+: cdw eval --policy", ev.stderr), ev.stderr
+    assert re.search(r"submitted SLURM job \d+: cdw eval --policy .* --benchmark humaneval", ev.stderr), ev.stderr
     out = json.loads(ev.stdout[ev.stdout.index("{") :])
+    assert out["benchmark"] == "humaneval" and out["prompts"] == "humaneval[:5]"
     assert out["n"] == 5 and out["judged"] == 5 and out["errors"] == [] and out["verified"] is True
     assert (Path(env["CDW_RECORDS_DIR"]) / "evaluations" / f"{out['evaluation_id']}.jsonl").exists()
 
     # A pre-empted replica: its job ends under us. Status reports it with its log; a plain restart refuses; --resume
     # replaces exactly that job.
-    gone = jobs["cdw-tiny-weak-1"]
+    gone = jobs["cdw-tiny-bpe-weak-1"]
     subprocess.run(["scancel", gone], check=True)
     deadline = time.monotonic() + 120
     while gone in queued_ids() and time.monotonic() < deadline:
         time.sleep(1)
     st = cdw(env, "status")
-    assert st.returncode == 1 and f"job {gone} (cdw-tiny-weak-1) ended: CANCELLED" in st.stdout, st.stdout
+    assert st.returncode == 1 and f"job {gone} (cdw-tiny-bpe-weak-1) ended: CANCELLED" in st.stdout, st.stdout
     assert "stopping: asked to end" in st.stdout and "--resume" in st.stdout  # the job log's tail
-    again = cdw(env, "serve", "--preset", "tiny", "--slurm", "--replicas", "weak=2")
+    again = cdw(env, "serve", "--preset", "tiny-bpe", "--slurm", "--replicas", "weak=2")
     assert again.returncode == 1 and "--resume" in again.stdout + again.stderr
-    resumed = cdw(env, "serve", "--preset", "tiny", "--slurm", "--replicas", "weak=2", "--resume", "--time", "60",
+    resumed = cdw(env, "serve", "--preset", "tiny-bpe", "--slurm", "--replicas", "weak=2", "--resume", "--time", "60",
                   "--timeout", 600)  # fmt: skip
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert resumed.stdout.count("already running") == 3
+    assert resumed.stdout.count("already running") == 2
     after = {j["name"]: j["job_id"] for j in runtime(env)["jobs"]}
-    assert after["cdw-tiny-weak-1"] != gone and {k: v for k, v in after.items() if k != "cdw-tiny-weak-1"} == {
-        k: v for k, v in jobs.items() if k != "cdw-tiny-weak-1"
+    assert after["cdw-tiny-bpe-weak-1"] != gone and {k: v for k, v in after.items() if k != "cdw-tiny-bpe-weak-1"} == {
+        k: v for k, v in jobs.items() if k != "cdw-tiny-bpe-weak-1"
     }
     assert cdw(env, "status").returncode == 0
 
