@@ -197,3 +197,19 @@ def test_dry_run_prints_each_servers_command_and_environment_and_starts_nothing(
     cmd = next(ln for ln in lines if "--port 8002" in ln)
     assert "--served-model-name Qwen/Qwen2.5-7B-Instruct" in cmd and "--generation-config vllm" in cmd
     assert read_state().servers == () and not (home / "home" / "logs").exists()
+
+
+@pytest.mark.slow  # a real vLLM: it imports for 10-20 s before it reads its arguments and exits
+def test_server_dying_at_start_shows_its_log(tiny_catalog, tmp_path, monkeypatch):
+    pytest.importorskip("vllm")
+    monkeypatch.setenv("CDW_HOME", str(tmp_path))
+    bad = load_catalog(
+        write_test_presets(
+            tmp_path / "p.toml",
+            **{'"--max-model-len", "8192"': '"--max-model-len", "lots"', "port = 18111": "port = 18121"},
+        )
+    )
+    with pytest.raises(LaunchError) as e:
+        launcher.serve("tiny", ["weak"], catalog=bad, timeout=300)
+    assert "exited while starting" in str(e.value) and "lots" in str(e.value)
+    assert launcher.read_state().servers == ()  # nothing recorded as running

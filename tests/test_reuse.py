@@ -336,3 +336,20 @@ def test_a_file_that_is_not_a_store_is_a_clear_error(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["decode", "hi", "--weak-url", "http://127.0.0.1:9", "--strong-url",
                                   "http://127.0.0.1:9"])  # fmt: skip
     assert r.exit_code != 0 and "known continuations cannot be opened" in r.output and "--no-reuse" in r.output
+
+
+@pytest.mark.slow  # importing vLLM takes 10-20 s of CPU: the one test here that needs it
+def test_the_stop_string_rule_is_vllms_own():
+    pytest.importorskip("vllm")
+    from vllm.v1.engine.detokenizer import check_stop_strings as vllm_check
+
+    rng = random.Random(2)
+    for _ in range(3000):
+        text = "".join(rng.choice("ab .\n中") for _ in range(rng.randint(0, 12)))
+        new = rng.randint(0, len(text))
+        stop = rng.sample(["a", "b.", " ", "\n", ". ", "ab", "中", "a a"], rng.randint(1, 4))
+        include = rng.random() < 0.5
+        want = vllm_check(text, new, stop, include)
+        if want is not None and want[1] == -1:
+            want = (want[0], len(text))  # vLLM says "no truncation" where the stop string ends the text
+        assert check_stop_strings(text, new, stop, include) == want

@@ -91,23 +91,6 @@ def test_port_in_use_is_a_clear_error(tiny_servers, tiny_catalog, tmp_path, monk
         launcher.serve("tiny", ["weak"], catalog=tiny_catalog)
 
 
-def test_server_dying_at_start_shows_its_log(tiny_catalog, tmp_path, monkeypatch):
-    from servers.presets import load_catalog
-    from tests.conftest import write_test_presets
-
-    monkeypatch.setenv("CDW_HOME", str(tmp_path))
-    bad = load_catalog(
-        write_test_presets(
-            tmp_path / "p.toml",
-            **{'"--max-model-len", "8192"': '"--max-model-len", "lots"', "port = 18111": "port = 18121"},
-        )
-    )
-    with pytest.raises(LaunchError) as e:
-        launcher.serve("tiny", ["weak"], catalog=bad, timeout=300)
-    assert "exited while starting" in str(e.value) and "lots" in str(e.value)
-    assert launcher.read_state().servers == ()  # nothing recorded as running
-
-
 # ---------------------------------------------------------------- the engine on real servers
 
 
