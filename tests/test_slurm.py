@@ -2,9 +2,10 @@
 slurm-wlm and munge), driven through `cdw` exactly as on a cluster's login node.
 
 - the `tiny-bpe` preset as SLURM jobs (two weak replicas and the strong server, which also serves the judge: three
-  jobs, the fewest that show replicas and a role served by another's job; four `tiny` jobs took twice as long to
-  start on this 2-core machine), a decode through them, a 5-problem HumanEval evaluation submitted as a job, a
-  pre-empted replica reported and replaced with --resume, and `--stop` leaving no job in squeue;
+  jobs, the fewest that show replicas and a role served by another's job; on this 2-core machine, alternated, four
+  `tiny` jobs were up in 120 and 109 s, three `tiny-bpe` jobs in 72 and 76 s), a decode through them, a 5-problem
+  HumanEval evaluation submitted as a job, a pre-empted replica reported and replaced with --resume, and `--stop`
+  leaving no job in squeue;
 - research agents as one job each (the scripted tool-calling model of test_agents), and `cdw agents stop`.
 """
 
