@@ -323,9 +323,12 @@ def jupyterlab(fake_env, tmp_path):
         json.dumps({"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}})
     )
     settings = tmp_path / "lab-settings"
-    (settings / "@jupyterlab" / "docmanager-extension").mkdir(parents=True)
-    # A fresh profile asks which kernel to start; the notebooks name theirs (python3), so start it.
-    (settings / "@jupyterlab" / "docmanager-extension" / "plugin.jupyterlab-settings").write_text(
+    (settings / "@jupyterlab" / "notebook-extension").mkdir(parents=True)
+    # A fresh profile may ask which kernel to start (a "Select Kernel" dialog over the notebook, when the page asks
+    # before it has the kernel list: it failed a CI run); the notebooks name theirs (python3), so start it. The
+    # setting is the notebook tracker's (JupyterLab 4.6's schemas); the document manager, where this file used to
+    # set it, has no such setting.
+    (settings / "@jupyterlab" / "notebook-extension" / "tracker.jupyterlab-settings").write_text(
         json.dumps({"autoStartDefaultKernel": True})
     )
     env = {
@@ -392,11 +395,14 @@ def _run_all(page, base: str, token: str, name: str, ready: str) -> None:
     """Open a notebook in JupyterLab, Run → Run All Cells, and wait until `ready` shows and every cell has run."""
     page.goto(f"{base}/lab/workspaces/{name}/tree/{name}.ipynb?token={token}")  # its own workspace: one tab
     page.wait_for_selector(f"{PANEL} .jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=90_000)
+    select_kernel = page.locator(".jp-Dialog", has_text="Select Kernel")
     for _ in range(3):  # a run queued while the kernel is still connecting can be dropped: then ask again
-        page.locator(f"{PANEL} .jp-Cell").first.click()  # Run All acts on the focused notebook
-        page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-        page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+        if select_kernel.count():  # asked before the page had the kernel list (once in CI): answer as a user would
+            select_kernel.locator(".jp-mod-accept").click()
         try:
+            page.locator(f"{PANEL} .jp-Cell").first.click(timeout=10_000)  # Run All acts on the focused notebook
+            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click(timeout=10_000)
+            page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click(timeout=10_000)
             page.wait_for_function(f"() => ({PROMPTS})().some(t => /\\[(\\*|\\d+)\\]/.test(t))", timeout=15_000)
             break
         except Exception:
