@@ -123,13 +123,14 @@ def _serve_evaluate_preempt_stop(env):
 
     # A pre-empted replica: its job ends under us. Status reports it with its log; a plain restart refuses; --resume
     # replaces exactly that job.
-    gone = jobs["cdw-tiny-bpe-weak-1"]
+    lost = "cdw-tiny-bpe-weak-1"
+    gone = jobs[lost]
     subprocess.run(["scancel", gone], check=True)
     deadline = time.monotonic() + 120
     while gone in queued_ids() and time.monotonic() < deadline:
         time.sleep(1)
     st = cdw(env, "status")
-    assert st.returncode == 1 and f"job {gone} (cdw-tiny-bpe-weak-1) ended: CANCELLED" in st.stdout, st.stdout
+    assert st.returncode == 1 and f"job {gone} ({lost}) ended: CANCELLED" in st.stdout, st.stdout
     assert "stopping: asked to end" in st.stdout and "--resume" in st.stdout  # the job log's tail
     again = cdw(env, "serve", "--preset", "tiny-bpe", "--slurm", "--replicas", "weak=2")
     assert again.returncode == 1 and "--resume" in again.stdout + again.stderr
@@ -138,9 +139,8 @@ def _serve_evaluate_preempt_stop(env):
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert resumed.stdout.count("already running") == 2
     after = {j["name"]: j["job_id"] for j in runtime(env)["jobs"]}
-    assert after["cdw-tiny-bpe-weak-1"] != gone and {k: v for k, v in after.items() if k != "cdw-tiny-bpe-weak-1"} == {
-        k: v for k, v in jobs.items() if k != "cdw-tiny-bpe-weak-1"
-    }
+    assert after[lost] != gone
+    assert {k: v for k, v in after.items() if k != lost} == {k: v for k, v in jobs.items() if k != lost}
     assert cdw(env, "status").returncode == 0
 
     servers = runtime(env)["servers"]
